@@ -1,1 +1,236 @@
-fn main() {}
+//! shrink: compress large language models after training, and prove the result.
+mod bench;
+mod progress;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use shrink_eval::{peak_rss_mb, perplexity, PplOptions};
+use shrink_model::tokenizer::encode;
+use shrink_model::ModelSource;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "shrink",
+    version,
+    about = "Compress large language models after training, and prove the result",
+    long_about = "shrink loads a model the way you hold it - a Hugging Face directory (config.json, \
+*.safetensors, tokenizer.json) or a llama.cpp GGUF file - and runs it on the CPU in f32, one decoder \
+layer at a time. Supported architectures: Llama (incl. SmolLM), Mistral, Qwen2.\n\n\
+Quick start (after scripts/fetch):\n  shrink eval --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text data/eval.txt"
+)]
+struct Cli {
+    /// No progress bars (they are also hidden when stderr is not a terminal).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Perplexity of a model on a text (GPTQ protocol).
+    ///
+    /// The whole text is tokenized once (with the model's own tokenizer and its default special
+    /// tokens), cut into non-overlapping windows of --seqlen tokens (a final partial window is
+    /// dropped), and perplexity = exp(mean NLL over every predicted token). This is token
+    /// perplexity, not the word perplexity some harnesses report.
+    Eval(EvalArgs),
+    /// Convert a GGUF file into a Hugging Face directory (f32 safetensors, config.json,
+    /// tokenizer.json, tokenizer_config.json) that transformers loads unchanged.
+    ///
+    /// Quantized GGUF tensors are dequantized exactly; q/k rows are un-permuted back to the
+    /// Hugging Face layout. The directory is written under a temporary name and renamed at the end.
+    Convert(ConvertArgs),
+    /// List a model file's tensors: name, type, shape, size and bits per weight.
+    Inspect(InspectArgs),
+    /// Measure speed: this machine's f32 matmul rate, then eval throughput and the forward pass's
+    /// GFLOP/s as a fraction of that rate, in the same run. Writes JSON.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A Hugging Face model directory or a .gguf file.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// UTF-8 text file to evaluate on (e.g. data/eval.txt from scripts/fetch).
+    #[arg(long, short)]
+    text: PathBuf,
+    /// Window length in tokens.
+    #[arg(long, default_value_t = 512)]
+    seqlen: usize,
+    /// Use only the first N tokens of the text.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Windows per forward batch (memory grows with it).
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Print one JSON object (perplexity, tokens, seqlen, seconds, tokens_per_second, peak_rss_mb, ...).
+    #[arg(long)]
+    json: bool,
+    /// Also write the logits of the first window (or of the whole text if shorter) to this
+    /// safetensors file, as tensor `logits` [T, vocab] (for comparison with a reference).
+    #[arg(long)]
+    logits_out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// The .gguf file to convert.
+    model: PathBuf,
+    /// Output directory (must not exist unless --force).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Replace an existing output directory (only once the new one is complete).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// A .gguf or .safetensors file, or a Hugging Face model directory.
+    path: PathBuf,
+}
+
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
+    if text.trim().is_empty() {
+        bail!("{}: the text is empty", path.display());
+    }
+    Ok(text)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let quiet = cli.quiet;
+    let r = match cli.cmd {
+        Cmd::Eval(a) => cmd_eval(a, quiet),
+        Cmd::Convert(a) => cmd_convert(a, quiet),
+        Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Bench(a) => bench::run(a, quiet),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let src = ModelSource::open(&a.model)?;
+    let text = read_text(&a.text)?;
+    let ids = encode(&src.tokenizer, &text).with_context(|| format!("{}: tokenizing", a.text.display()))?;
+    let mut model = src.load_all()?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    if let Some(path) = &a.logits_out {
+        let t = ids.len().min(a.seqlen);
+        let hidden = model.hidden_states(&ids[..t], 1, t)?;
+        let logits = model.logits(&hidden, t);
+        let vocab = logits.len() / t;
+        shrink_formats::write_safetensors(path, &[("logits".into(), vec![t, vocab])], &Default::default(), &mut |_| {
+            Ok(shrink_model::Tensor::new(vec![t, vocab], logits.clone()))
+        })?;
+        if !a.json {
+            eprintln!("wrote logits [{t}, {vocab}] to {}", path.display());
+        }
+        if ids.len() < a.seqlen {
+            if a.json {
+                println!("{}", json!({"logits_out": path, "tokens": t, "input_ids": &ids[..t]}));
+            }
+            return Ok(());
+        }
+    }
+    let opts = PplOptions { seqlen: a.seqlen, max_tokens: a.max_tokens, batch: a.batch };
+    let total = opts.max_tokens.unwrap_or(ids.len()).min(ids.len()) / a.seqlen.max(1);
+    let bar = progress::bar(total as u64, "windows", quiet || a.json);
+    let r = perplexity(&mut model, &ids, &opts, &mut |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    let peak = peak_rss_mb();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        let o = v.as_object_mut().unwrap();
+        o.insert("peak_rss_mb".into(), json!(peak));
+        o.insert("load_seconds".into(), json!(load_seconds));
+        o.insert("model".into(), json!(a.model));
+        o.insert("text".into(), json!(a.text));
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!(
+            "perplexity {:.4} over {} windows of {} tokens ({} tokens in the text); {:.1} s, {:.0} tokens/s; peak RSS {:.0} MB",
+            r.perplexity, r.windows, r.seqlen, r.text_tokens, r.seconds, r.tokens_per_second, peak.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {
+    let src = ModelSource::open(&a.model)?;
+    if !src.is_gguf {
+        bail!("{}: convert reads a GGUF file; this is already a Hugging Face directory", a.model.display());
+    }
+    let bar = progress::bar(0, "tensors", quiet);
+    let out = shrink_formats::write_hf_dir(&src, &a.out, a.force, &mut |d, t| {
+        bar.set_length(t as u64);
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let p = &a.path;
+    let mut rows: Vec<(String, String, Vec<usize>, u64)> = Vec::new();
+    let mut is_gguf = false;
+    if p.is_file() && std::fs::read(p).map(|b| b.starts_with(b"GGUF")).unwrap_or(false) {
+        is_gguf = true;
+        let f = shrink_model::gguf::GgufFile::open(p)?;
+        println!("{}: GGUF v{}, {} tensors, {} metadata keys", p.display(), f.version(), f.tensors().len(), f.metadata().len());
+        for (k, v) in f.metadata() {
+            let s = match v {
+                shrink_model::gguf::GgufValue::Array(a) => format!("[{} values]", a.len()),
+                shrink_model::gguf::GgufValue::String(s) if s.len() > 80 => format!("{:?}...", &s.chars().take(80).collect::<String>()),
+                v => format!("{v:?}"),
+            };
+            println!("  {k} = {s}");
+        }
+        for t in f.tensors() {
+            rows.push((t.name.clone(), t.dtype.name().to_string(), t.shape_row_major(), t.n_bytes()));
+        }
+    } else {
+        let st = shrink_model::source::SafetensorsSource::open(p)?;
+        println!("{}: safetensors", st_describe(&st));
+        for name in st.names() {
+            let (dt, shape) = st.info(name).unwrap();
+            let n: usize = shape.iter().product();
+            rows.push((name.to_string(), format!("{dt:?}"), shape, (n * dt.bitsize() / 8) as u64));
+        }
+    }
+    let mut total_bytes = 0u64;
+    let mut total_n = 0u64;
+    println!("{:<48} {:>6} {:>16} {:>12} {:>7}", "tensor", "type", "shape", "bytes", "bits/w");
+    for (name, ty, shape, bytes) in &rows {
+        let n: usize = shape.iter().product();
+        total_bytes += bytes;
+        total_n += n as u64;
+        println!("{:<48} {:>6} {:>16} {:>12} {:>7.3}", name, ty, format!("{shape:?}"), bytes, *bytes as f64 * 8.0 / n.max(1) as f64);
+    }
+    println!(
+        "{} tensors, {} parameters, {} bytes of tensor data, {:.3} bits per weight{}",
+        rows.len(),
+        total_n,
+        total_bytes,
+        total_bytes as f64 * 8.0 / total_n.max(1) as f64,
+        if is_gguf { "" } else { "" }
+    );
+    Ok(())
+}
+
+fn st_describe(st: &shrink_model::source::SafetensorsSource) -> String {
+    use shrink_model::TensorSource;
+    st.describe()
+}

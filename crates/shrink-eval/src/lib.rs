@@ -1,1 +1,124 @@
+//! Evaluation: perplexity by the GPTQ protocol, and process measurements (peak memory).
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use shrink_model::tensor::log_sum_exp;
+use shrink_model::Model;
+use std::time::Instant;
 
+/// Perplexity settings.
+#[derive(Clone, Debug)]
+pub struct PplOptions {
+    /// Window length in tokens (non-overlapping windows).
+    pub seqlen: usize,
+    /// Use only the first N tokens of the text (before cutting windows).
+    pub max_tokens: Option<usize>,
+    /// Windows run together through the model.
+    pub batch: usize,
+}
+
+impl Default for PplOptions {
+    fn default() -> Self {
+        PplOptions { seqlen: 512, max_tokens: None, batch: 4 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PplResult {
+    pub perplexity: f64,
+    /// Mean negative log-likelihood per predicted token (nats).
+    pub mean_nll: f64,
+    /// Tokens in the evaluated windows (windows * seqlen).
+    pub tokens: usize,
+    /// Tokens whose likelihood was scored (windows * (seqlen - 1)).
+    pub predicted_tokens: usize,
+    pub windows: usize,
+    pub seqlen: usize,
+    /// Tokens of the whole text before windowing.
+    pub text_tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+}
+
+/// Perplexity by the GPTQ protocol: the text was tokenized once into `ids`; it is cut into
+/// non-overlapping windows of `seqlen` tokens (a final partial window is dropped); every token but
+/// the first of each window is predicted from the ones before it; ppl = exp(sum NLL / count).
+/// `progress(done, total)` is called after each batch of windows.
+pub fn perplexity(model: &mut Model, ids: &[u32], opts: &PplOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<PplResult> {
+    if opts.seqlen < 2 {
+        bail!("seqlen must be at least 2, got {}", opts.seqlen);
+    }
+    let text_tokens = ids.len();
+    let ids = match opts.max_tokens {
+        Some(m) => &ids[..m.min(ids.len())],
+        None => ids,
+    };
+    let windows = ids.len() / opts.seqlen;
+    if windows == 0 {
+        bail!("the text has {} tokens, fewer than one window of {} (lower --seqlen or give more text)", ids.len(), opts.seqlen);
+    }
+    let start = Instant::now();
+    let seq = opts.seqlen;
+    let batch = opts.batch.max(1);
+    let mut nll = 0f64;
+    let mut done = 0;
+    while done < windows {
+        let b = batch.min(windows - done);
+        let chunk = &ids[done * seq..(done + b) * seq];
+        let hidden = model.hidden_states(chunk, b, seq)?;
+        nll += window_nll(model, &hidden, chunk, b, seq);
+        done += b;
+        progress(done, windows);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let predicted = windows * (seq - 1);
+    let mean_nll = nll / predicted as f64;
+    Ok(PplResult {
+        perplexity: mean_nll.exp(),
+        mean_nll,
+        tokens: windows * seq,
+        predicted_tokens: predicted,
+        windows,
+        seqlen: seq,
+        text_tokens,
+        seconds,
+        tokens_per_second: (windows * seq) as f64 / seconds,
+    })
+}
+
+/// Sum of the NLL of tokens 1..seq of each window given normed hidden states `[b*seq, hidden]`.
+/// Logits are computed a slice of rows at a time to bound memory.
+fn window_nll(model: &Model, hidden: &[f32], ids: &[u32], b: usize, seq: usize) -> f64 {
+    let h = model.config.hidden_size;
+    let vocab = model.head().shape[0];
+    const ROWS: usize = 256;
+    let mut total = 0f64;
+    let rows = b * seq;
+    let mut r0 = 0;
+    while r0 < rows {
+        let r1 = (r0 + ROWS).min(rows);
+        let logits = model.logits(&hidden[r0 * h..r1 * h], r1 - r0);
+        total += logits
+            .par_chunks_exact(vocab)
+            .enumerate()
+            .map(|(i, row)| {
+                let r = r0 + i;
+                if (r + 1) % seq == 0 {
+                    return 0.0; // last position of a window predicts nothing inside it
+                }
+                let target = ids[r + 1] as usize;
+                log_sum_exp(row) - row[target] as f64
+            })
+            .sum::<f64>();
+        r0 = r1;
+    }
+    total
+}
+
+/// Peak resident memory of this process in MiB (VmHWM), where the OS reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,93 @@
+//! `shrink bench`: speed measured against this machine's own matmul rate, in one run.
+use crate::{progress, read_text};
+use anyhow::Result;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par};
+use serde_json::json;
+use shrink_eval::{peak_rss_mb, perplexity, PplOptions};
+use shrink_model::tokenizer::encode;
+use shrink_model::{ModelConfig, ModelSource};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Model to benchmark (Hugging Face directory or .gguf).
+    #[arg(long, short, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// Text to evaluate on.
+    #[arg(long, short, default_value = "data/eval.txt")]
+    text: PathBuf,
+    /// Tokens of the text to evaluate (whole windows).
+    #[arg(long, default_value_t = 8192)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 512)]
+    seqlen: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Write the JSON here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Best-of-`reps` f32 matmul rate in GFLOP/s for `[m,k] x [k,n]` with faer on all threads.
+pub fn matmul_gflops(m: usize, k: usize, n: usize, reps: usize) -> f64 {
+    let a = Mat::<f32>::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f32 * 0.1);
+    let b = Mat::<f32>::from_fn(k, n, |i, j| ((i * 5 + j) % 13) as f32 * 0.1);
+    let mut c = Mat::<f32>::zeros(m, n);
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        matmul(c.as_mut(), Accum::Replace, a.as_ref(), b.as_ref(), 1.0, Par::rayon(0));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+/// FLOPs of one forward pass per token at window length `seq`: every linear and the output head
+/// (2 per multiply-add), plus causal attention (QK^T and PV over on average (seq+1)/2 keys).
+pub fn flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
+    let (h, q, kv, i) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+    let linear = (h * q + 2 * h * kv + q * h + 3 * h * i) as f64;
+    let attn = 2.0 * (c.num_heads * c.head_dim) as f64 * (seq as f64 + 1.0) / 2.0;
+    2.0 * (linear + attn) * c.num_layers as f64 + 2.0 * (c.vocab_size * h) as f64
+}
+
+pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
+    let square = matmul_gflops(1024, 1024, 1024, 5);
+    let mlp_shape = matmul_gflops(2048, 576, 1536, 5);
+    let t0 = Instant::now();
+    let src = ModelSource::open(&a.model)?;
+    let mut model = src.load_all()?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let text = read_text(&a.text)?;
+    let t1 = Instant::now();
+    let ids = encode(&src.tokenizer, &text)?;
+    let tokenize_s = t1.elapsed().as_secs_f64();
+    let opts = PplOptions { seqlen: a.seqlen, max_tokens: Some(a.max_tokens), batch: a.batch };
+    let bar = progress::bar((a.max_tokens / a.seqlen) as u64, "windows", quiet);
+    let r = perplexity(&mut model, &ids, &opts, &mut |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    let fpt = flops_per_token(&src.config, a.seqlen);
+    let fwd_gflops = fpt * r.tokens as f64 / r.seconds / 1e9;
+    let matmul_rate = square.max(mlp_shape);
+    let v = json!({
+        "machine": {"threads": rayon::current_num_threads()},
+        "matmul_gflops_f32": {"1024x1024x1024": square, "2048x576x1536": mlp_shape, "best": matmul_rate},
+        "model": a.model, "text": a.text,
+        "load_seconds": load_s,
+        "tokenize": {"chars": text.len(), "tokens": ids.len(), "seconds": tokenize_s, "tokens_per_second": ids.len() as f64 / tokenize_s},
+        "eval": {"perplexity": r.perplexity, "tokens": r.tokens, "seqlen": r.seqlen, "batch": a.batch, "seconds": r.seconds, "tokens_per_second": r.tokens_per_second},
+        "forward": {"gflop_per_token": fpt / 1e9, "gflops": fwd_gflops, "ratio_to_matmul": fwd_gflops / matmul_rate},
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    let s = serde_json::to_string_pretty(&v)?;
+    match &a.out {
+        Some(p) => {
+            std::fs::write(p, s + "\n")?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => println!("{s}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Hugging Face model directories (config.json, model.safetensors, tokenizer.json,
+//! tokenizer_config.json) that transformers loads unchanged.
+use crate::safetensors_writer::write_safetensors;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use shrink_model::{arch, ModelSource};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// An output directory built under a temporary name next to the target and renamed into place by
+/// [`OutputDir::commit`]; dropped without commit, it is removed.
+pub struct OutputDir {
+    target: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl OutputDir {
+    /// Refuses an existing target unless `force` (then it is replaced only at commit).
+    pub fn create(target: &Path, force: bool) -> Result<Self> {
+        if target.exists() && !force {
+            bail!("{}: already exists (pass --force to replace it)", target.display());
+        }
+        let name = target.file_name().with_context(|| format!("{}: not a valid output path", target.display()))?;
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create directory", parent.display()))?;
+        let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).ok();
+        }
+        std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        Ok(OutputDir { target: target.into(), tmp, committed: false })
+    }
+    /// Path of a file inside the (temporary) directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.tmp.join(name)
+    }
+    /// Moves the finished directory into place (replacing an old one only now, when forced).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if self.target.exists() {
+            let old = self.tmp.with_extension("old");
+            std::fs::rename(&self.target, &old).with_context(|| format!("{}: cannot move aside", self.target.display()))?;
+            std::fs::rename(&self.tmp, &self.target).with_context(|| format!("{}: cannot rename into place", self.target.display()))?;
+            std::fs::remove_dir_all(&old).ok();
+        } else {
+            std::fs::rename(&self.tmp, &self.target).with_context(|| format!("{}: cannot rename into place", self.target.display()))?;
+        }
+        self.committed = true;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Writes `src` as a Hugging Face directory with f32 weights, one tensor at a time.
+/// `progress(done, total)` is called after each tensor.
+pub fn write_hf_dir(src: &ModelSource, out: &Path, force: bool, progress: &mut dyn FnMut(usize, usize)) -> Result<PathBuf> {
+    let dir = OutputDir::create(out, force)?;
+    let cfg = &src.config;
+    let names = arch::hf_tensor_names(cfg);
+    let mut names_shapes = Vec::with_capacity(names.len());
+    for n in &names {
+        let shape = expected_shape(cfg, n).with_context(|| format!("no shape for tensor '{n}'"))?;
+        names_shapes.push((n.clone(), shape));
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert("producer".to_string(), format!("shrink {} convert", env!("CARGO_PKG_VERSION")));
+    meta.insert("source".to_string(), src.path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let total = names.len();
+    write_safetensors(&dir.join("model.safetensors"), &names_shapes, &meta, &mut |i| {
+        let (name, shape) = &names_shapes[i];
+        let t = shrink_model::layer::load_checked(src.tensors.as_ref(), name, shape)?;
+        progress(i + 1, total);
+        Ok(t)
+    })?;
+    write_json(&dir.join("config.json"), &cfg.to_hf_json())?;
+    src.tokenizer
+        .save(dir.join("tokenizer.json"), true)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", dir.join("tokenizer.json").display()))?;
+    write_json(&dir.join("tokenizer_config.json"), &tokenizer_config(src))?;
+    dir.commit()
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let tmp = path.with_extension("json.part");
+    std::fs::write(&tmp, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename", path.display()))?;
+    Ok(())
+}
+
+/// tokenizer_config.json: which special tokens are bos/eos and whether BOS is added.
+fn tokenizer_config(src: &ModelSource) -> serde_json::Value {
+    let tok = &src.tokenizer;
+    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
+    let mut v = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": src.config.max_position_embeddings,
+        "clean_up_tokenization_spaces": false,
+    });
+    let o = v.as_object_mut().unwrap();
+    if let Some(b) = name(src.config.bos_token_id) {
+        o.insert("bos_token".into(), json!(b));
+    }
+    if let Some(e) = name(src.config.eos_token_id) {
+        o.insert("eos_token".into(), json!(e));
+    }
+    if let Some(t) = &src.chat_template {
+        o.insert("chat_template".into(), json!(t));
+    }
+    v
+}
+
+/// The shape a tensor must have under `cfg`.
+pub fn expected_shape(cfg: &shrink_model::ModelConfig, name: &str) -> Option<Vec<usize>> {
+    use shrink_model::layer::linear_shape;
+    let h = cfg.hidden_size;
+    match name {
+        arch::HF_EMBED | arch::HF_LM_HEAD => return Some(vec![cfg.vocab_size, h]),
+        arch::HF_NORM => return Some(vec![h]),
+        _ => {}
+    }
+    if name.ends_with("layernorm.weight") {
+        return Some(vec![h]);
+    }
+    for l in shrink_model::Linear::ALL {
+        if name.contains(&format!(".{}.", l.hf_name())) {
+            let s = linear_shape(cfg, l);
+            return Some(if name.ends_with(".bias") { vec![s[0]] } else { s.to_vec() });
+        }
+    }
+    None
+}

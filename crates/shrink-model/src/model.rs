@@ -1,0 +1,164 @@
+//! Opening a model (Hugging Face directory or GGUF file) and running it end to end.
+use crate::arch;
+use crate::config::ModelConfig;
+use crate::gguf::GgufFile;
+use crate::layer::{load_checked, DecoderLayer, LayerHook, NoHook, Rope};
+use crate::source::{config_from_gguf, GgufSource, SafetensorsSource, TensorSource};
+use crate::tensor::{linear, rms_norm, Tensor};
+use crate::tokenizer;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// A model as the user holds it: its config, its (memory-mapped) tensors and its tokenizer.
+/// Nothing is dequantized until a layer is loaded.
+pub struct ModelSource {
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    pub tensors: Box<dyn TensorSource>,
+    pub tokenizer: Tokenizer,
+    /// True when read from a GGUF file.
+    pub is_gguf: bool,
+    /// The chat template, when the model has one (GGUF metadata or tokenizer_config.json).
+    pub chat_template: Option<String>,
+}
+
+impl ModelSource {
+    /// Opens a Hugging Face directory (config.json, *.safetensors, tokenizer.json) or a `.gguf` file.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("{}: no such file or directory", path.display());
+        }
+        if path.is_dir() {
+            let cfg_path = path.join("config.json");
+            if !cfg_path.is_file() {
+                bail!("{}: not a model directory (no config.json)", path.display());
+            }
+            let config = ModelConfig::from_hf_file(&cfg_path)?;
+            let tensors = SafetensorsSource::open(path)?;
+            let tok_path = path.join("tokenizer.json");
+            if !tok_path.is_file() {
+                bail!("{}: no tokenizer.json", path.display());
+            }
+            let tokenizer = tokenizer::load_tokenizer_json(&tok_path)?;
+            tokenizer::check_vocab(&tokenizer, config.vocab_size, &tok_path.display().to_string())?;
+            let chat_template = std::fs::read_to_string(path.join("tokenizer_config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(String::from));
+            Ok(ModelSource { path: path.into(), config, tensors: Box::new(tensors), tokenizer, is_gguf: false, chat_template })
+        } else {
+            let mut magic = [0u8; 4];
+            {
+                use std::io::Read;
+                let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+                let n = f.read(&mut magic).with_context(|| format!("{}: cannot read", path.display()))?;
+                if n < 4 {
+                    bail!("{}: file is too short to be a model ({n} bytes)", path.display());
+                }
+            }
+            if &magic == b"GGUF" {
+                let file = GgufFile::open(path)?;
+                let config = config_from_gguf(&file)?;
+                let tokenizer = tokenizer::tokenizer_from_gguf(&file)?;
+                tokenizer::check_vocab(&tokenizer, config.vocab_size, &path.display().to_string())?;
+                let chat_template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from);
+                let src = GgufSource::new(file, &config);
+                Ok(ModelSource { path: path.into(), config, tensors: Box::new(src), tokenizer, is_gguf: true, chat_template })
+            } else if path.extension().is_some_and(|e| e == "safetensors") {
+                bail!("{}: a lone safetensors file has no config or tokenizer; pass its directory", path.display())
+            } else {
+                bail!("{}: not a GGUF file (magic {:?}) and not a model directory", path.display(), magic)
+            }
+        }
+    }
+
+    pub fn load_layer(&self, i: usize) -> Result<DecoderLayer> {
+        DecoderLayer::load(self.tensors.as_ref(), &self.config, i)
+    }
+
+    /// Embedding matrix `[vocab, hidden]`.
+    pub fn load_embedding(&self) -> Result<Tensor> {
+        load_checked(self.tensors.as_ref(), arch::HF_EMBED, &[self.config.vocab_size, self.config.hidden_size])
+    }
+
+    /// The final norm and the output head (`None` when tied to the embedding).
+    pub fn load_head(&self) -> Result<(Tensor, Option<Tensor>)> {
+        let c = &self.config;
+        let norm = load_checked(self.tensors.as_ref(), arch::HF_NORM, &[c.hidden_size])?;
+        let head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(load_checked(self.tensors.as_ref(), arch::HF_LM_HEAD, &[c.vocab_size, c.hidden_size])?)
+        };
+        Ok((norm, head))
+    }
+
+    /// Loads every layer (f32) into memory for inference.
+    pub fn load_all(&self) -> Result<Model> {
+        let embed = self.load_embedding()?;
+        let layers = (0..self.config.num_layers).map(|i| self.load_layer(i)).collect::<Result<Vec<_>>>()?;
+        let (norm, lm_head) = self.load_head()?;
+        Ok(Model { config: self.config.clone(), embed, layers, norm, lm_head })
+    }
+}
+
+/// A model fully loaded in f32.
+pub struct Model {
+    pub config: ModelConfig,
+    pub embed: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Tensor,
+    pub lm_head: Option<Tensor>,
+}
+
+impl Model {
+    /// Hidden states `[ids.len(), hidden]` for token ids; errors on an id outside the vocabulary.
+    pub fn embed(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        embed_tokens(&self.embed, ids)
+    }
+
+    /// The output head (the embedding when tied).
+    pub fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Runs all layers on `batch` sequences of `seq` tokens (`ids.len() == batch * seq`) and returns
+    /// the final normed hidden states `[batch * seq, hidden]`.
+    pub fn hidden_states(&mut self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
+        if ids.len() != batch * seq {
+            bail!("expected {batch} x {seq} token ids, got {}", ids.len());
+        }
+        let mut x = self.embed(ids)?;
+        let rope = Rope::new(&self.config, seq);
+        let cfg = self.config.clone();
+        for layer in self.layers.iter_mut() {
+            layer.forward(&cfg, &rope, &mut x, batch, seq, &mut NoHook as &mut dyn LayerHook)?;
+        }
+        let mut out = vec![0f32; x.len()];
+        rms_norm(&x, &self.norm.data, cfg.rms_norm_eps as f32, &mut out);
+        Ok(out)
+    }
+
+    /// Logits `[rows, vocab]` for normed hidden states `[rows, hidden]`.
+    pub fn logits(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
+        let head = self.head();
+        let mut y = vec![0f32; rows * head.shape[0]];
+        linear(hidden, rows, head, None, &mut y);
+        y
+    }
+}
+
+/// Looks up rows of an embedding matrix.
+pub fn embed_tokens(embed: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
+    let (vocab, h) = embed.dims2();
+    let mut x = Vec::with_capacity(ids.len() * h);
+    for &id in ids {
+        let id = id as usize;
+        if id >= vocab {
+            bail!("token id {id} is outside the vocabulary of {vocab}");
+        }
+        x.extend_from_slice(&embed.data[id * h..(id + 1) * h]);
+    }
+    Ok(x)
+}

@@ -1,0 +1,269 @@
+//! Where weights come from: a Hugging Face directory of safetensors files, or a GGUF file.
+//!
+//! Both are memory-mapped and read one tensor at a time, so a model is never read whole; callers
+//! ask for tensors by their Hugging Face names (see `arch`) and get f32 data in Hugging Face layout.
+use crate::arch::{self, Arch};
+use crate::config::{ModelConfig, RopeScaling};
+use crate::gguf::GgufFile;
+use crate::tensor::Tensor;
+use anyhow::{bail, Context, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// A source of named tensors in Hugging Face naming and layout.
+pub trait TensorSource: Send + Sync {
+    /// Loads a tensor as f32; the error names the file and the tensor.
+    fn load(&self, name: &str) -> Result<Tensor>;
+    fn contains(&self, name: &str) -> bool;
+    /// Where the tensors live, for messages.
+    fn describe(&self) -> String;
+}
+
+struct StFile {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Byte offset of the data section (8 + header length).
+    data_start: usize,
+    tensors: HashMap<String, safetensors::tensor::TensorInfo>,
+}
+
+/// One or more safetensors files (sharded with `model.safetensors.index.json`, or a single file).
+pub struct SafetensorsSource {
+    files: Vec<StFile>,
+    /// Tensor name -> index into `files`.
+    index: BTreeMap<String, usize>,
+}
+
+fn map_file(path: &Path) -> Result<Mmap> {
+    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    // SAFETY: the file is opened read-only; as with every mmap-based loader, the user must not
+    // modify it while shrink runs.
+    unsafe { Mmap::map(&f) }.with_context(|| format!("{}: cannot memory-map", path.display()))
+}
+
+impl SafetensorsSource {
+    /// Opens a directory (`model.safetensors`, or the shards listed in `model.safetensors.index.json`,
+    /// or every `*.safetensors`) or a single `.safetensors` file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let paths: Vec<PathBuf> = if path.is_file() {
+            vec![path.to_path_buf()]
+        } else {
+            let index = path.join("model.safetensors.index.json");
+            let single = path.join("model.safetensors");
+            if index.is_file() {
+                let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+                let map = v
+                    .get("weight_map")
+                    .and_then(|m| m.as_object())
+                    .with_context(|| format!("{}: missing object 'weight_map'", index.display()))?;
+                let mut files: Vec<String> = Vec::new();
+                for (k, f) in map {
+                    let f = f.as_str().with_context(|| format!("{}: weight_map['{k}'] is not a file name", index.display()))?;
+                    if f.contains('/') || f.contains('\\') || f.contains("..") {
+                        bail!("{}: weight_map['{k}'] = '{f}' is not a plain file name", index.display());
+                    }
+                    if !files.iter().any(|x| x == f) {
+                        files.push(f.to_string());
+                    }
+                }
+                files.sort();
+                files.into_iter().map(|f| path.join(f)).collect()
+            } else if single.is_file() {
+                vec![single]
+            } else {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                    .with_context(|| format!("{}: cannot list directory", path.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                    .collect();
+                v.sort();
+                if v.is_empty() {
+                    bail!("{}: no model.safetensors, no model.safetensors.index.json and no *.safetensors file", path.display());
+                }
+                v
+            }
+        };
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for p in paths {
+            let mmap = map_file(&p)?;
+            let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+                anyhow::anyhow!("{}: invalid safetensors file ({} bytes): {e}", p.display(), mmap.len())
+            })?;
+            let tensors: HashMap<String, _> = meta.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
+            for name in tensors.keys() {
+                if let Some(prev) = index.insert(name.clone(), files.len()) {
+                    let prev: &StFile = &files[prev];
+                    bail!("{}: tensor '{name}' also appears in {}", p.display(), prev.path.display());
+                }
+            }
+            files.push(StFile { path: p, mmap, data_start: 8 + n, tensors });
+        }
+        Ok(SafetensorsSource { files, index })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(|s| s.as_str())
+    }
+
+    /// The raw dtype and shape of a tensor.
+    pub fn info(&self, name: &str) -> Option<(Dtype, Vec<usize>)> {
+        let f = &self.files[*self.index.get(name)?];
+        f.tensors.get(name).map(|t| (t.dtype, t.shape.clone()))
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let Some(&fi) = self.index.get(name) else {
+            bail!("{}: tensor '{name}' is missing", self.describe());
+        };
+        let f = &self.files[fi];
+        let t = &f.tensors[name];
+        let (a, b) = t.data_offsets;
+        let bytes = &f.mmap[f.data_start + a..f.data_start + b];
+        let n: usize = t.shape.iter().product();
+        let data: Vec<f32> = match t.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            d => bail!("{}: tensor '{name}' has dtype {d:?}; shrink reads F32, F16 and BF16", f.path.display()),
+        };
+        if data.len() != n {
+            bail!("{}: tensor '{name}' has {} bytes for shape {:?}", f.path.display(), bytes.len(), t.shape);
+        }
+        Ok(Tensor::new(t.shape.clone(), data))
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+    fn describe(&self) -> String {
+        match self.files.as_slice() {
+            [one] => one.path.display().to_string(),
+            many => format!("{} (and {} more shards)", many[0].path.display(), many.len() - 1),
+        }
+    }
+}
+
+/// A llama.cpp GGUF file, served in Hugging Face naming and layout (dequantized to f32, q/k rows
+/// un-permuted where llama.cpp's converter permuted them).
+pub struct GgufSource {
+    pub file: GgufFile,
+    arch: Arch,
+    num_heads: usize,
+    num_kv_heads: usize,
+}
+
+impl GgufSource {
+    pub fn new(file: GgufFile, cfg: &ModelConfig) -> Self {
+        GgufSource { file, arch: cfg.arch, num_heads: cfg.num_heads, num_kv_heads: cfg.num_kv_heads }
+    }
+}
+
+/// Undoes llama.cpp's `permute` of q/k rows: GGUF row `h*2d + 2i + j` is HF row `h*2d + j*d + i`.
+pub fn unpermute_rows(t: &mut Tensor, n_head: usize) -> Result<()> {
+    let (rows, cols) = t.dims2();
+    if n_head == 0 || rows % (2 * n_head) != 0 {
+        bail!("cannot un-permute {rows} rows over {n_head} heads");
+    }
+    let d = rows / n_head / 2;
+    let mut out = vec![0f32; t.data.len()];
+    for h in 0..n_head {
+        for i in 0..d {
+            for j in 0..2 {
+                let src = h * 2 * d + 2 * i + j;
+                let dst = h * 2 * d + j * d + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    t.data = out;
+    Ok(())
+}
+
+impl TensorSource for GgufSource {
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let path = self.file.path().display();
+        let gname = arch::hf_to_gguf(name).with_context(|| format!("{path}: no GGUF tensor corresponds to '{name}'"))?;
+        let info = self.file.tensor(&gname).with_context(|| format!("{path}: tensor '{gname}' (for '{name}') is missing"))?;
+        let shape = info.shape_row_major();
+        let data = self.file.dequantize(&gname)?;
+        let mut t = Tensor::new(shape, data);
+        if self.arch.gguf_permutes_qk() && name.ends_with(".weight") {
+            if name.contains(".q_proj.") {
+                unpermute_rows(&mut t, self.num_heads).with_context(|| format!("{path}: tensor '{gname}'"))?;
+            } else if name.contains(".k_proj.") {
+                unpermute_rows(&mut t, self.num_kv_heads).with_context(|| format!("{path}: tensor '{gname}'"))?;
+            }
+        }
+        Ok(t)
+    }
+    fn contains(&self, name: &str) -> bool {
+        arch::hf_to_gguf(name).is_some_and(|g| self.file.tensor(&g).is_some())
+    }
+    fn describe(&self) -> String {
+        self.file.path().display().to_string()
+    }
+}
+
+/// Reads the model configuration from GGUF metadata (llama.cpp key names).
+pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
+    let file = f.path().display().to_string();
+    let a = f.get_str("general.architecture")?;
+    let arch = Arch::from_gguf(a).with_context(|| format!("{file}: unknown architecture '{a}' (supported GGUF architectures: llama, qwen2)"))?;
+    let k = |s: &str| format!("{a}.{s}");
+    let u = |s: &str| -> Result<usize> { Ok(f.get_u64(&k(s))? as usize) };
+    let hidden_size = u("embedding_length")?;
+    let num_heads = u("attention.head_count")?;
+    let num_kv_heads = if f.get(&k("attention.head_count_kv")).is_some() { u("attention.head_count_kv")? } else { num_heads };
+    let head_dim = if f.get(&k("attention.key_length")).is_some() {
+        u("attention.key_length")?
+    } else if num_heads > 0 {
+        hidden_size / num_heads
+    } else {
+        0
+    };
+    let vocab_size = if f.get(&k("vocab_size")).is_some() {
+        u("vocab_size")?
+    } else {
+        f.get_str_array("tokenizer.ggml.tokens")?.len()
+    };
+    let rope_scaling = match f.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear { factor: f.get_f64(&k("rope.scaling.factor"))? }),
+        Some(t) => bail!("{file}: rope scaling type '{t}' is not supported (supported: none, linear)"),
+    };
+    if f.tensor("rope_freqs.weight").is_some() {
+        bail!("{file}: has a 'rope_freqs.weight' tensor (Llama 3.1 rope scaling in GGUF form), which shrink does not read yet");
+    }
+    let tie = f.tensor("output.weight").is_none();
+    let qkv_bias = f.tensor("blk.0.attn_q.bias").is_some();
+    let tok_id = |key: &str| f.get(key).and_then(|v| v.as_u64()).map(|x| x as u32);
+    let cfg = ModelConfig {
+        arch,
+        vocab_size,
+        hidden_size,
+        intermediate_size: u("feed_forward_length")?,
+        num_layers: u("block_count")?,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rms_norm_eps: f.get_f64(&k("attention.layer_norm_rms_epsilon"))?,
+        rope_theta: if f.get(&k("rope.freq_base")).is_some() { f.get_f64(&k("rope.freq_base"))? } else { 10000.0 },
+        rope_scaling,
+        max_position_embeddings: if f.get(&k("context_length")).is_some() { u("context_length")? } else { 2048 },
+        tie_word_embeddings: tie,
+        qkv_bias,
+        o_bias: f.tensor("blk.0.attn_output.bias").is_some(),
+        mlp_bias: f.tensor("blk.0.ffn_up.bias").is_some(),
+        bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id: tok_id("tokenizer.ggml.eos_token_id"),
+    };
+    cfg.validate(&file)?;
+    Ok(cfg)
+}

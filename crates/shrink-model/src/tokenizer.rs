@@ -1,0 +1,149 @@
+//! Tokenizers: a `tokenizer.json` from a Hugging Face directory, or one rebuilt from GGUF metadata
+//! (`tokenizer.ggml.*`) the way transformers rebuilds it, so the token ids agree with it.
+use crate::gguf::GgufFile;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::str::FromStr;
+use tokenizers::Tokenizer;
+
+pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Tokenizer::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))
+}
+
+/// Errors when the tokenizer can produce ids the model has no embedding for.
+pub fn check_vocab(tok: &Tokenizer, vocab_size: usize, file: &str) -> Result<()> {
+    let n = tok.get_vocab_size(true);
+    let max_id = tok.get_vocab(true).values().copied().max().unwrap_or(0) as usize;
+    if n == 0 {
+        bail!("{file}: the tokenizer has an empty vocabulary");
+    }
+    if max_id >= vocab_size {
+        bail!(
+            "{file}: the tokenizer's vocabulary ({n} tokens, largest id {max_id}) does not fit the model's vocab_size {vocab_size}"
+        );
+    }
+    Ok(())
+}
+
+/// GPT-2's reversible map from bytes to printable characters (`bytes_to_unicode`).
+pub fn bytes_to_unicode() -> [char; 256] {
+    let mut out = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..256u32 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        out[b as usize] = if printable {
+            char::from_u32(b).unwrap()
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap()
+        };
+    }
+    out
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split regex transformers uses for a GGUF `tokenizer.ggml.pre` value (None: GPT-2's own).
+fn pre_split(pre: &str) -> Option<&'static str> {
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" | "pixtral" => Some(LLAMA3_SPLIT),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
+        _ => None,
+    }
+}
+
+/// Builds the tokenizer a GGUF file describes. Only GPT-2 style byte-level BPE
+/// (`tokenizer.ggml.model = "gpt2"`) is supported so far.
+pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
+    let file = f.path().display().to_string();
+    let model = f.get_str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        bail!("{file}: tokenizer.ggml.model '{model}' is not supported yet (supported: gpt2 byte-level BPE)");
+    }
+    let tokens = f.get_str_array("tokenizer.ggml.tokens")?;
+    if tokens.is_empty() {
+        bail!("{file}: tokenizer.ggml.tokens is empty");
+    }
+    let merges = f.get_str_array("tokenizer.ggml.merges")?;
+    let types: Vec<i64> = if f.get("tokenizer.ggml.token_type").is_some() { f.get_i64_array("tokenizer.ggml.token_type")? } else { vec![] };
+    if !types.is_empty() && types.len() != tokens.len() {
+        bail!("{file}: tokenizer.ggml.token_type has {} entries but there are {} tokens", types.len(), tokens.len());
+    }
+    let pre = f.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+    let add_bos = f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+    let bos = f.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64());
+    let spelling = bytes_to_unicode();
+    let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
+
+    let mut vocab = Map::new();
+    let mut spelled = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        let t: &str = t.as_ref();
+        let s: String = if t.chars().all(|c| alphabet.contains(&c)) { t.to_string() } else { t.bytes().map(|b| spelling[b as usize]).collect() };
+        vocab.insert(s.clone(), json!(i));
+        spelled.push(s);
+    }
+    let mut merge_list = Vec::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        let m: &str = m.as_ref();
+        let parts: Vec<&str> = m.split(' ').collect();
+        if parts.len() != 2 {
+            bail!("{file}: tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by one space");
+        }
+        merge_list.push(json!([parts[0], parts[1]]));
+    }
+    let mut added = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let t: &str = t.as_ref();
+        let ty = types.get(i).copied().unwrap_or(1);
+        // 3 = CONTROL (special), 4 = USER_DEFINED (added, not special); as transformers does, a control
+        // token spelled outside the byte alphabet is a mislabel and is skipped.
+        let special = match ty {
+            3 if t.chars().all(|c| alphabet.contains(&c)) => true,
+            4 => false,
+            _ => continue,
+        };
+        added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                          "normalized": !special && false, "special": special}));
+    }
+    let pre_tokenizer = match pre_split(pre) {
+        Some(re) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+        None => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+    };
+    let post_processor = match (add_bos, bos) {
+        (true, Some(b)) => {
+            let bt = &spelled[b as usize % spelled.len()];
+            json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bt, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bt, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bt, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bt.clone(): {"id": bt, "ids": [b], "tokens": [bt]}}})
+        }
+        _ => Value::Null,
+    };
+    let tj = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": post_processor,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merge_list},
+    });
+    Tokenizer::from_str(&tj.to_string()).map_err(|e| anyhow::anyhow!("{file}: cannot build a tokenizer from its metadata: {e}"))
+}
+
+/// Tokenizes `text` as the model's tokenizer does by default (special tokens per its post-processor).
+pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let enc = tok.encode(text, true).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+    Ok(enc.get_ids().to_vec())
+}
