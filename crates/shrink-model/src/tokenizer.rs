@@ -107,7 +107,7 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
             _ => continue,
         };
         added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                          "normalized": !special && false, "special": special}));
+                          "normalized": false, "special": special}));
     }
     let pre_tokenizer = match pre_split(pre) {
         Some(re) => json!({"type": "Sequence", "pretokenizers": [

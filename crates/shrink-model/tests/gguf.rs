@@ -1,0 +1,798 @@
+//! GGUF reader/writer and dequantizer tests.
+//!
+//! Reference fixtures come from `tools/reference/gguf_blocks.py` (gguf-py).
+
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use serde_json::Value;
+use shrink_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
+use shrink_model::quants;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixtures() -> PathBuf {
+    workspace_root().join("tests/fixtures/gguf_blocks")
+}
+
+fn same_bits(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Round trip
+
+fn every_value_type() -> Vec<(String, GgufValue)> {
+    vec![
+        ("t.u8".into(), GgufValue::U8(200)),
+        ("t.i8".into(), GgufValue::I8(-100)),
+        ("t.u16".into(), GgufValue::U16(60000)),
+        ("t.i16".into(), GgufValue::I16(-30000)),
+        ("t.u32".into(), GgufValue::U32(4_000_000_000)),
+        ("t.i32".into(), GgufValue::I32(-2_000_000_000)),
+        ("t.u64".into(), GgufValue::U64(u64::MAX)),
+        ("t.i64".into(), GgufValue::I64(i64::MIN)),
+        ("t.f32".into(), GgufValue::F32(-1.5e-7)),
+        ("t.f64".into(), GgufValue::F64(std::f64::consts::PI)),
+        ("t.bool_true".into(), GgufValue::Bool(true)),
+        ("t.bool_false".into(), GgufValue::Bool(false)),
+        ("t.string".into(), GgufValue::String("héllo ✓ \u{0}".into())),
+        ("t.empty_string".into(), GgufValue::String(String::new())),
+        (
+            "t.array_u32".into(),
+            GgufValue::Array(vec![GgufValue::U32(1), GgufValue::U32(2)]),
+        ),
+        (
+            "t.array_str".into(),
+            GgufValue::Array(vec![
+                GgufValue::String("a".into()),
+                GgufValue::String("".into()),
+                GgufValue::String("ccc".into()),
+            ]),
+        ),
+        (
+            "t.array_f32".into(),
+            GgufValue::Array(vec![GgufValue::F32(0.5), GgufValue::F32(-2.0)]),
+        ),
+        ("t.array_empty".into(), GgufValue::Array(vec![])),
+        (
+            "t.array_nested".into(),
+            GgufValue::Array(vec![
+                GgufValue::Array(vec![GgufValue::I64(-1), GgufValue::I64(2)]),
+                GgufValue::Array(vec![GgufValue::I64(3)]),
+            ]),
+        ),
+        (
+            "general.architecture".into(),
+            GgufValue::String("llama".into()),
+        ),
+        ("llama.block_count".into(), GgufValue::U32(30)),
+    ]
+}
+
+#[test]
+fn round_trip_all_value_types_and_float_tensors() {
+    for alignment in [None, Some(64u32)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("round_trip.gguf");
+        let mut w = GgufWriter::new();
+        let mut meta = every_value_type();
+        if let Some(a) = alignment {
+            meta.push(("general.alignment".into(), GgufValue::U32(a)));
+        }
+        for (k, v) in &meta {
+            w.add_metadata(k.clone(), v.clone());
+        }
+        let f32_vals: Vec<f32> = vec![1.0, -2.5, f32::INFINITY, 0.0, -0.0, 1e-40];
+        let f16_vals: Vec<f16> = (0..64u16).map(|i| f16::from_bits(i * 1021)).collect();
+        let f16_raw: Vec<u8> = f16_vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.add_tensor("a.f32", vec![3, 2], GgmlType::F32, f32_bytes(&f32_vals))
+            .unwrap();
+        w.add_tensor("b.f16", vec![32, 2], GgmlType::F16, f16_raw.clone())
+            .unwrap();
+        w.add_tensor("c.scalar", vec![], GgmlType::F32, f32_bytes(&[7.0]))
+            .unwrap();
+        w.write(&path).unwrap();
+        assert!(!path.with_extension("part").exists());
+
+        let g = GgufFile::open(&path).unwrap();
+        assert_eq!(g.version(), 3);
+        assert_eq!(g.path(), path.as_path());
+        assert_eq!(g.alignment(), alignment.unwrap_or(32) as u64);
+        assert_eq!(g.data_offset() % g.alignment(), 0);
+        assert_eq!(g.metadata().len(), meta.len());
+        for ((k, v), (k2, v2)) in g.metadata().iter().zip(&meta) {
+            assert_eq!(k, k2);
+            assert_eq!(v, v2, "key {k}");
+            assert_eq!(g.get(k), Some(v2));
+        }
+        assert_eq!(g.get_u64("t.u64").unwrap(), u64::MAX);
+        assert_eq!(g.get_u64("llama.block_count").unwrap(), 30);
+        assert_eq!(g.get_i64("t.i64").unwrap(), i64::MIN);
+        assert_eq!(g.get_f64("t.f64").unwrap(), std::f64::consts::PI);
+        assert_eq!(g.get_f64("t.u16").unwrap(), 60000.0);
+        assert_eq!(g.get_str("t.string").unwrap(), "héllo ✓ \u{0}");
+        assert!(g.get_bool("t.bool_true").unwrap());
+        assert_eq!(
+            g.get_str_array("t.array_str").unwrap(),
+            vec!["a", "", "ccc"]
+        );
+        assert_eq!(g.get_i64_array("t.array_u32").unwrap(), vec![1, 2]);
+        assert_eq!(g.get_f32_array("t.array_f32").unwrap(), vec![0.5, -2.0]);
+        assert_eq!(g.architecture().unwrap(), "llama");
+
+        assert_eq!(g.tensors().len(), 3);
+        let a = g.tensor("a.f32").unwrap();
+        assert_eq!(a.dims, vec![3, 2]);
+        assert_eq!(a.shape_row_major(), vec![2, 3]);
+        assert_eq!(a.dtype, GgmlType::F32);
+        assert_eq!(a.n_elements(), 6);
+        assert_eq!(a.n_bytes(), 24);
+        assert_eq!(g.tensor_data(a), f32_bytes(&f32_vals).as_slice());
+        let back = g.dequantize("a.f32").unwrap();
+        assert!(back.iter().zip(&f32_vals).all(|(x, y)| same_bits(*x, *y)));
+
+        let b = g.tensor("b.f16").unwrap();
+        assert_eq!(b.offset % g.alignment(), 0);
+        assert_eq!(g.tensor_data(b), f16_raw.as_slice());
+        let back = g.dequantize("b.f16").unwrap();
+        assert_eq!(back.len(), 64);
+        for (x, h) in back.iter().zip(&f16_vals) {
+            assert!(same_bits(*x, h.to_f32()));
+        }
+        let c = g.tensor("c.scalar").unwrap();
+        assert_eq!(c.n_elements(), 1);
+        assert_eq!(g.dequantize("c.scalar").unwrap(), vec![7.0]);
+        let row: Vec<u32> = g
+            .dequantize_rows("b.f16", 1..2)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let want: Vec<u32> = back[32..].iter().map(|x| x.to_bits()).collect();
+        assert_eq!(row, want);
+        assert!(g.tensor("nope").is_none());
+        let e = format!("{:#}", g.dequantize("nope").unwrap_err());
+        assert!(e.contains("round_trip.gguf") && e.contains("'nope'"), "{e}");
+    }
+}
+
+#[test]
+fn metadata_accessor_errors_name_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    let mut w = GgufWriter::new();
+    for (k, v) in every_value_type() {
+        w.add_metadata(k, v);
+    }
+    w.write(&path).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    let e = g.get_u64("llama.context_length").unwrap_err().to_string();
+    assert!(
+        e.contains("model.gguf") && e.contains("'llama.context_length' is missing"),
+        "{e}"
+    );
+    let e = g.get_u64("t.string").unwrap_err().to_string();
+    assert!(
+        e.contains("model.gguf") && e.contains("'t.string' has type string, expected an integer"),
+        "{e}"
+    );
+    let e = g.get_u64("t.i8").unwrap_err().to_string();
+    assert!(e.contains("non-negative"), "{e}");
+    let e = g.get_str("t.u32").unwrap_err().to_string();
+    assert!(e.contains("has type u32, expected a string"), "{e}");
+    let e = g.get_str_array("t.array_u32").unwrap_err().to_string();
+    assert!(e.contains("has type array of u32"), "{e}");
+    let e = g.get_i64_array("t.array_str").unwrap_err().to_string();
+    assert!(e.contains("t.array_str"), "{e}");
+    assert!(g.get_f64("t.bool_true").is_err());
+    assert!(g.get_u64_opt("absent").unwrap().is_none());
+}
+
+#[test]
+fn writer_rejects_bad_input() {
+    let mut w = GgufWriter::new();
+    assert!(w
+        .add_tensor("x", vec![4], GgmlType::F32, vec![0; 15])
+        .is_err());
+    assert!(w
+        .add_tensor("q", vec![33], GgmlType::Q8_0, vec![0; 34])
+        .is_err());
+    assert!(w.add_tensor("z", vec![0], GgmlType::F32, vec![]).is_err());
+    assert!(w
+        .add_tensor("d", vec![1; 5], GgmlType::F32, vec![0; 4])
+        .is_err());
+    w.add_tensor("x", vec![4], GgmlType::F32, vec![0; 16])
+        .unwrap();
+    assert!(w
+        .add_tensor("x", vec![4], GgmlType::F32, vec![0; 16])
+        .is_err());
+    w.add_metadata(
+        "mixed",
+        GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)]),
+    );
+    assert!(w.to_bytes().is_err());
+    w.add_metadata("mixed", GgufValue::U8(1)); // replaces
+    w.add_metadata("general.alignment", GgufValue::U32(48));
+    assert!(w.to_bytes().is_err());
+    w.add_metadata("general.alignment", GgufValue::U32(16));
+    let bytes = w.to_bytes().unwrap();
+    assert_eq!(&bytes[..4], b"GGUF");
+}
+
+// ---------------------------------------------------------------------------
+// Malformed files
+
+/// Hand-assembled GGUF bytes.
+#[derive(Clone)]
+struct B(Vec<u8>);
+
+impl B {
+    fn header(version: u32, n_tensors: u64, n_kv: u64) -> B {
+        let mut b = B(b"GGUF".to_vec());
+        b.u32(version).u64(n_tensors).u64(n_kv);
+        b
+    }
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn raw(&mut self, v: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(v);
+        self
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.u64(s.len() as u64).raw(s.as_bytes())
+    }
+    fn kv_u32(&mut self, k: &str, v: u32) -> &mut Self {
+        self.str(k).u32(4).u32(v)
+    }
+    fn tensor(&mut self, name: &str, dims: &[u64], ty: u32, offset: u64) -> &mut Self {
+        self.str(name).u32(dims.len() as u32);
+        for &d in dims {
+            self.u64(d);
+        }
+        self.u32(ty).u64(offset)
+    }
+    /// Pads to 32 and appends `n` data bytes.
+    fn data(&mut self, n: usize) -> &mut Self {
+        let padded = self.0.len().div_ceil(32) * 32;
+        self.0.resize(padded, 0);
+        self.0.resize(padded + n, 0x11);
+        self
+    }
+    fn bytes(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+}
+
+fn open_bytes(name: &str, bytes: &[u8]) -> anyhow::Result<GgufFile> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    GgufFile::open(&path)
+}
+
+/// Asserts that opening `bytes` fails with a message naming the file and containing `word`.
+#[track_caller]
+fn expect_err(name: &str, bytes: &[u8], word: &str) {
+    let file = format!("{name}.gguf");
+    match open_bytes(&file, bytes) {
+        Ok(_) => panic!("{file}: expected an error containing {word:?}, got Ok"),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains(&file),
+                "{file}: message lacks file name: {msg}"
+            );
+            assert!(msg.contains(word), "{file}: message lacks {word:?}: {msg}");
+        }
+    }
+}
+
+/// A valid file with two keys and two F32 tensors, built by hand.
+fn valid_bytes() -> B {
+    let mut b = B::header(3, 2, 2);
+    b.kv_u32("a.count", 7)
+        .str("a.name")
+        .u32(8)
+        .str("x")
+        .tensor("t0", &[8], 0, 0)
+        .tensor("t1", &[4, 2], 0, 32)
+        .data(64);
+    b
+}
+
+#[test]
+fn hand_built_valid_file_opens() {
+    let g = open_bytes("valid.gguf", &valid_bytes().bytes()).unwrap();
+    assert_eq!(g.get_u64("a.count").unwrap(), 7);
+    assert_eq!(g.get_str("a.name").unwrap(), "x");
+    assert_eq!(g.tensors()[1].offset, 32);
+    assert_eq!(g.dequantize("t1").unwrap().len(), 8);
+    // v2 has the same layout
+    let mut v2 = valid_bytes().bytes();
+    v2[4] = 2;
+    assert_eq!(open_bytes("v2.gguf", &v2).unwrap().version(), 2);
+}
+
+#[test]
+fn malformed_header() {
+    expect_err("empty", &[], "magic");
+    expect_err("bad_magic", b"GGML\x03\0\0\0", "magic");
+    expect_err("short_magic", b"GG", "magic");
+    expect_err("version1", &B::header(1, 0, 0).bytes(), "version");
+    expect_err("version99", &B::header(99, 0, 0).bytes(), "version");
+    expect_err(
+        "big_endian",
+        &B::header(3u32.swap_bytes(), 0, 0).bytes(),
+        "big-endian",
+    );
+    expect_err(
+        "truncated_header",
+        &B::header(3, 0, 0).bytes()[..12],
+        "truncated",
+    );
+    expect_err(
+        "huge_kv_count",
+        &B::header(3, 0, u64::MAX).bytes(),
+        "cannot fit",
+    );
+    expect_err(
+        "huge_tensor_count",
+        &B::header(3, 1 << 40, 0).bytes(),
+        "cannot fit",
+    );
+    // No tensors and no metadata is a valid (if useless) file.
+    assert!(open_bytes("minimal.gguf", &B::header(3, 0, 0).bytes()).is_ok());
+}
+
+#[test]
+fn malformed_metadata() {
+    let mut b = B::header(3, 0, 1);
+    b.u64(u64::MAX).raw(b"key").u32(4).u32(0);
+    expect_err("huge_key_len", &b.bytes(), "exceeds");
+
+    let mut b = B::header(3, 0, 1);
+    b.str("k").u32(8).u64(1 << 40).raw(b"abc");
+    expect_err("huge_string_len", &b.bytes(), "exceeds");
+
+    let mut b = B::header(3, 0, 1);
+    b.str("k").u32(9).u32(6).u64(1 << 60);
+    expect_err("huge_array_len", &b.bytes(), "needs at least");
+
+    let mut b = B::header(3, 0, 1);
+    b.str("k").u32(9).u32(6).u64(u64::MAX / 2).u64(0);
+    expect_err("overflowing_array_len", &b.bytes(), "array");
+
+    // Array of 10 strings with only 3 present.
+    let mut b = B::header(3, 0, 1);
+    b.str("k").u32(9).u32(8).u64(10).str("a").str("b").str("c");
+    expect_err("truncated_string_array", &b.bytes(), "array");
+
+    let mut b = B::header(3, 0, 2);
+    b.kv_u32("dup", 1).kv_u32("dup", 2);
+    expect_err("dup_key", &b.bytes(), "duplicate metadata key 'dup'");
+
+    let mut b = B::header(3, 0, 1);
+    b.u64(2).raw(&[0xff, 0xfe]).u32(4).u32(0);
+    expect_err("bad_utf8_key", &b.bytes(), "UTF-8");
+
+    let mut b = B::header(3, 0, 1);
+    b.str("k").u32(8).u64(3).raw(&[b'a', 0xc3, 0x28]);
+    expect_err("bad_utf8_value", &b.bytes(), "UTF-8");
+
+    let mut b = B::header(3, 0, 1);
+    b.str("k").u32(13).u32(0);
+    expect_err("unknown_value_type", &b.bytes(), "unknown value type");
+
+    let mut b = B::header(3, 0, 1);
+    b.str("k").u32(9).u32(77).u64(1).u32(0);
+    expect_err("unknown_array_type", &b.bytes(), "unknown value type");
+
+    let mut b = B::header(3, 0, 1);
+    b.str("k").u32(7).u8(2);
+    expect_err("bad_bool", &b.bytes(), "bool");
+
+    // 100 levels of arrays, each with one element.
+    let mut b = B::header(3, 0, 1);
+    b.str("deep").u32(9);
+    for _ in 0..100 {
+        b.u32(9).u64(1);
+    }
+    b.u32(0).u64(0);
+    expect_err("deep_nesting", &b.bytes(), "nested");
+
+    let mut b = B::header(3, 0, 1);
+    b.kv_u32("general.alignment", 3);
+    expect_err("bad_alignment", &b.bytes(), "alignment");
+
+    let mut b = B::header(3, 0, 1);
+    b.kv_u32("general.alignment", 0);
+    expect_err("zero_alignment", &b.bytes(), "alignment");
+}
+
+#[test]
+fn malformed_tensor_infos() {
+    let one = |name: &str, dims: &[u64], ty: u32, offset: u64, data: usize| {
+        let mut b = B::header(3, 1, 0);
+        b.tensor(name, dims, ty, offset).data(data);
+        b.bytes()
+    };
+    assert!(open_bytes("ok.gguf", &one("w", &[32], 8, 0, 34)).is_ok());
+    expect_err(
+        "five_dims",
+        &one("w", &[1, 1, 1, 1, 1], 0, 0, 4),
+        "dimensions",
+    );
+    expect_err("zero_dim", &one("w", &[4, 0], 0, 0, 0), "zero-sized");
+    expect_err(
+        "dims_overflow",
+        &one("w", &[1 << 40, 1 << 40], 0, 0, 0),
+        "overflow",
+    );
+    expect_err("bytes_overflow", &one("w", &[1 << 62], 0, 0, 0), "overflow");
+    expect_err("negative_dim", &one("w", &[u64::MAX], 0, 0, 0), "overflow");
+    expect_err(
+        "unknown_type",
+        &one("w", &[4], 4, 0, 16),
+        "unknown ggml type",
+    );
+    expect_err(
+        "unknown_type_big",
+        &one("w", &[4], 1000, 0, 16),
+        "unknown ggml type",
+    );
+    expect_err(
+        "not_block_multiple",
+        &one("w", &[33], 8, 0, 34),
+        "block size",
+    );
+    expect_err("misaligned", &one("w", &[4], 0, 4, 32), "misaligned");
+    expect_err("data_past_eof", &one("w", &[32], 8, 0, 33), "past the end");
+    expect_err(
+        "offset_past_eof",
+        &one("w", &[4], 0, 1 << 20, 16),
+        "past the end",
+    );
+    expect_err(
+        "offset_overflow",
+        &one("w", &[4], 0, u64::MAX - 31, 16),
+        "past the end",
+    );
+
+    let mut b = B::header(3, 2, 0);
+    b.tensor("a", &[16], 0, 0).tensor("b", &[8], 0, 32).data(64);
+    expect_err("overlap", &b.bytes(), "overlap");
+
+    let mut b = B::header(3, 2, 0);
+    b.tensor("same", &[8], 0, 0)
+        .tensor("same", &[8], 0, 32)
+        .data(64);
+    expect_err("dup_tensor", &b.bytes(), "duplicate tensor name 'same'");
+
+    let mut b = B::header(3, 1, 0);
+    b.u64(2)
+        .raw(&[0xc0, 0x80])
+        .u32(1)
+        .u64(4)
+        .u32(0)
+        .u64(0)
+        .data(16);
+    expect_err("bad_utf8_tensor", &b.bytes(), "UTF-8");
+
+    // A file that declares more tensors than it contains.
+    let mut b = B::header(3, 3, 0);
+    b.tensor("a", &[8], 0, 0).tensor("b", &[8], 0, 32);
+    expect_err("missing_tensor_info", &b.bytes(), "truncated");
+}
+
+#[test]
+fn every_truncation_of_a_valid_file_is_an_error() {
+    // Writer output with metadata of every type and two tensors.
+    let mut w = GgufWriter::new();
+    for (k, v) in every_value_type() {
+        w.add_metadata(k, v);
+    }
+    w.add_tensor("a", vec![8], GgmlType::F32, vec![1; 32])
+        .unwrap();
+    w.add_tensor("b", vec![32], GgmlType::Q8_0, vec![2; 34])
+        .unwrap();
+    let full = w.to_bytes().unwrap();
+    assert!(open_bytes("full.gguf", &full).is_ok());
+    let dir = tempfile::tempdir().unwrap();
+    for len in 0..full.len() {
+        let path = dir.path().join(format!("cut{len}.gguf"));
+        std::fs::write(&path, &full[..len]).unwrap();
+        let msg = match GgufFile::open(&path) {
+            Ok(_) => panic!("prefix of {len} bytes opened"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(msg.contains(&format!("cut{len}.gguf")), "{msg}");
+        assert!(
+            msg.contains("truncated") || msg.contains("magic"),
+            "{len}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn corrupted_bytes_never_panic() {
+    // Flip each header byte of a valid file to a few values: any result is fine but no panic.
+    let mut w = GgufWriter::new();
+    for (k, v) in every_value_type() {
+        w.add_metadata(k, v);
+    }
+    w.add_tensor("a", vec![8], GgmlType::F32, vec![1; 32])
+        .unwrap();
+    w.add_tensor("b", vec![256], GgmlType::Q4K, vec![2; 144])
+        .unwrap();
+    let full = w.to_bytes().unwrap();
+    let header_len = full.len() - 144 - 32;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flip.gguf");
+    for i in 0..header_len {
+        for v in [0x00u8, 0xff, 0x80, full[i] ^ 1] {
+            let mut b = full.clone();
+            b[i] = v;
+            std::fs::write(&path, &b).unwrap();
+            if let Ok(g) = GgufFile::open(&path) {
+                for t in g.tensors() {
+                    let _ = g.dequantize(&t.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unsupported_dequantization_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iq.gguf");
+    let mut w = GgufWriter::new();
+    w.add_tensor("iq", vec![256], GgmlType::IQ2_XXS, vec![0; 66])
+        .unwrap();
+    w.write(&path).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    assert_eq!(g.tensor("iq").unwrap().dtype.name(), "IQ2_XXS");
+    let e = format!("{:#}", g.dequantize("iq").unwrap_err());
+    assert!(e.contains("iq.gguf") && e.contains("not supported"), "{e}");
+    // Length mismatches in the raw API.
+    let mut out = vec![0f32; 32];
+    assert!(quants::dequantize(GgmlType::Q8_0, &[0; 33], &mut out).is_err());
+    let mut out = vec![0f32; 31];
+    assert!(quants::dequantize(GgmlType::Q8_0, &[0; 34], &mut out).is_err());
+}
+
+#[test]
+fn type_table() {
+    for (ty, id, name, bs, ts) in [
+        (GgmlType::F32, 0, "F32", 1, 4),
+        (GgmlType::F16, 1, "F16", 1, 2),
+        (GgmlType::Q4_0, 2, "Q4_0", 32, 18),
+        (GgmlType::Q4_1, 3, "Q4_1", 32, 20),
+        (GgmlType::Q5_0, 6, "Q5_0", 32, 22),
+        (GgmlType::Q5_1, 7, "Q5_1", 32, 24),
+        (GgmlType::Q8_0, 8, "Q8_0", 32, 34),
+        (GgmlType::Q8_1, 9, "Q8_1", 32, 36),
+        (GgmlType::Q2K, 10, "Q2_K", 256, 84),
+        (GgmlType::Q3K, 11, "Q3_K", 256, 110),
+        (GgmlType::Q4K, 12, "Q4_K", 256, 144),
+        (GgmlType::Q5K, 13, "Q5_K", 256, 176),
+        (GgmlType::Q6K, 14, "Q6_K", 256, 210),
+        (GgmlType::Q8K, 15, "Q8_K", 256, 292),
+        (GgmlType::I8, 24, "I8", 1, 1),
+        (GgmlType::I16, 25, "I16", 1, 2),
+        (GgmlType::I32, 26, "I32", 1, 4),
+        (GgmlType::I64, 27, "I64", 1, 8),
+        (GgmlType::F64, 28, "F64", 1, 8),
+        (GgmlType::BF16, 30, "BF16", 1, 2),
+    ] {
+        assert_eq!(ty.to_u32(), id);
+        assert_eq!(GgmlType::from_u32(id), Some(ty));
+        assert_eq!(ty.name(), name);
+        assert_eq!(GgmlType::from_name(name), Some(ty));
+        assert_eq!((ty.block_size(), ty.type_size()), (bs, ts), "{name}");
+        assert!(ty.can_dequantize());
+    }
+    for id in [4, 5, 31, 32, 33, 36, 37, 38, 40, 1000, u32::MAX] {
+        assert_eq!(GgmlType::from_u32(id), None, "{id}");
+    }
+    for t in GgmlType::ALL {
+        assert_eq!(GgmlType::from_u32(t.to_u32()), Some(t));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Exactness against gguf-py
+
+struct Case {
+    ty: GgmlType,
+    raw: Vec<u8>,
+    expected: Vec<f32>,
+}
+
+fn reference_cases() -> Vec<Case> {
+    let dir = fixtures();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12, "fixture set changed");
+    cases
+        .iter()
+        .map(|c| {
+            let name = c["type"].as_str().unwrap();
+            let ty = GgmlType::from_name(name).unwrap();
+            assert_eq!(ty.to_u32() as u64, c["type_id"].as_u64().unwrap(), "{name}");
+            let raw = std::fs::read(dir.join(c["raw"].as_str().unwrap())).unwrap();
+            let expected = f32s(&std::fs::read(dir.join(c["expected"].as_str().unwrap())).unwrap());
+            assert_eq!(expected.len() as u64, c["n_elements"].as_u64().unwrap());
+            Case { ty, raw, expected }
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_bits_eq(ty: GgmlType, got: &[f32], expected: &[f32]) {
+    assert_eq!(got.len(), expected.len());
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            same_bits(*g, *e),
+            "{ty}: element {i}: got {g:e} ({:#010x}), gguf-py gives {e:e} ({:#010x})",
+            g.to_bits(),
+            e.to_bits()
+        );
+    }
+}
+
+#[test]
+fn dequantize_matches_gguf_py_bit_for_bit() {
+    let cases = reference_cases();
+    let names: Vec<&str> = cases.iter().map(|c| c.ty.name()).collect();
+    for required in [
+        "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16",
+        "BF16",
+    ] {
+        assert!(names.contains(&required), "missing fixture for {required}");
+    }
+    for c in &cases {
+        let mut out = vec![0f32; c.expected.len()];
+        quants::dequantize(c.ty, &c.raw, &mut out).unwrap();
+        assert_bits_eq(c.ty, &out, &c.expected);
+    }
+}
+
+#[test]
+fn dequantize_parallel_path_and_gguf_file_match() {
+    // Tile each case past the parallel threshold, run it through a GGUF file.
+    let dir = tempfile::tempdir().unwrap();
+    for c in reference_cases() {
+        let reps = 100_000 / c.expected.len() + 1;
+        let raw = c.raw.repeat(reps);
+        let expected = c.expected.repeat(reps);
+        let mut out = vec![0f32; expected.len()];
+        quants::dequantize(c.ty, &raw, &mut out).unwrap();
+        assert_bits_eq(c.ty, &out, &expected);
+
+        let path = dir.path().join(format!("{}.gguf", c.ty.name()));
+        let row = c.expected.len() as u64;
+        let mut w = GgufWriter::new();
+        w.add_tensor("w", vec![row, reps as u64], c.ty, raw)
+            .unwrap();
+        w.write(&path).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        assert_bits_eq(c.ty, &g.dequantize("w").unwrap(), &expected);
+        assert_bits_eq(c.ty, &g.dequantize_rows("w", 2..3).unwrap(), &c.expected);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real default model
+
+#[test]
+fn smollm2_q4_1_model() {
+    let path = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!(
+            "note: {} is absent, skipping the real-model GGUF test",
+            path.display()
+        );
+        return;
+    }
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("smollm2_q4_1.json")).unwrap(),
+    )
+    .unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    assert_eq!(g.tensors().len(), 272);
+    assert_eq!(
+        g.tensors().len() as u64,
+        fixture["n_tensors"].as_u64().unwrap()
+    );
+    assert_eq!(g.get_u64("llama.block_count").unwrap(), 30);
+    assert_eq!(fixture["block_count"].as_u64().unwrap(), 30);
+    assert_eq!(g.architecture().unwrap(), "llama");
+    assert!(g.get_str_array("tokenizer.ggml.tokens").unwrap().len() >= 49152);
+
+    let emb = g.tensor("token_embd.weight").unwrap();
+    assert_eq!(emb.dtype, GgmlType::Q8_0);
+    assert_eq!(emb.dims, vec![576, 49152]);
+    assert_eq!(emb.shape_row_major(), vec![49152, 576]);
+    assert_eq!(
+        g.tensor("blk.0.attn_q.weight").unwrap().dtype,
+        GgmlType::Q4_1
+    );
+
+    for (name, fx) in fixture["tensors"].as_object().unwrap() {
+        let info = g.tensor(name).unwrap();
+        assert_eq!(info.dtype.name(), fx["type"].as_str().unwrap());
+        let dims: Vec<u64> = fx["dims"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
+        assert_eq!(info.dims, dims);
+        let t0 = std::time::Instant::now();
+        let v = g.dequantize(name).unwrap();
+        eprintln!(
+            "{name}: {} {} values dequantized in {:?}",
+            info.dtype,
+            v.len(),
+            t0.elapsed()
+        );
+        assert_eq!(v.len() as u64, fx["n_elements"].as_u64().unwrap());
+        let bits_sum = v
+            .iter()
+            .fold(0u64, |acc, x| acc.wrapping_add(x.to_bits() as u64));
+        assert_eq!(
+            bits_sum,
+            fx["bits_sum"].as_u64().unwrap(),
+            "{name}: bit checksum"
+        );
+        let sum: f64 = v.iter().map(|&x| x as f64).sum();
+        let want = fx["sum"].as_f64().unwrap();
+        assert!(
+            (sum - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{name}: sum {sum} vs {want}"
+        );
+        let row_len = dims[0] as usize;
+        for (r, rf) in fx["rows"].as_object().unwrap() {
+            let r: usize = r.parse().unwrap();
+            let bits: Vec<u32> = rf["bits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u32)
+                .collect();
+            let got: Vec<u32> = v[r * row_len..r * row_len + 16]
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            assert_eq!(got, bits, "{name} row {r}");
+            let row = g.dequantize_rows(name, r as u64..r as u64 + 1).unwrap();
+            assert_eq!(row.as_slice(), &v[r * row_len..(r + 1) * row_len]);
+        }
+    }
+}
