@@ -7,5 +7,5 @@ cd "$(dirname "$0")/../.."
 python3 -m venv .venv-ref
 .venv-ref/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 .venv-ref/bin/pip install --quiet --disable-pip-version-check \
-  torch transformers gguf numpy safetensors sentencepiece tokenizers protobuf
+  torch transformers gguf numpy safetensors sentencepiece tokenizers protobuf accelerate
 .venv-ref/bin/python -c "import importlib.metadata, torch, transformers, gguf; print('torch', torch.__version__, 'transformers', transformers.__version__, 'gguf', importlib.metadata.version('gguf'))"

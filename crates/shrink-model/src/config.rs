@@ -36,6 +36,9 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Sliding-window attention span, where the config enables it (Mistral, Qwen2 with
+    /// `use_sliding_window`); shrink runs full attention and refuses longer sequences.
+    pub sliding_window: Option<usize>,
 }
 
 fn get_usize(v: &Value, key: &str, file: &str) -> Result<usize> {
@@ -148,6 +151,11 @@ impl ModelConfig {
             mlp_bias: opt_bool(v, "mlp_bias", file)?.unwrap_or(false),
             bos_token_id: opt_token_id(v, "bos_token_id"),
             eos_token_id: opt_token_id(v, "eos_token_id"),
+            sliding_window: match arch {
+                Arch::Mistral => opt_usize(v, "sliding_window", file)?,
+                Arch::Qwen2 if opt_bool(v, "use_sliding_window", file)?.unwrap_or(false) => opt_usize(v, "sliding_window", file)?,
+                _ => None,
+            },
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -228,8 +236,8 @@ impl ModelConfig {
             o.insert("mlp_bias".into(), json!(self.mlp_bias));
         }
         if self.arch != Arch::Llama {
-            o.insert("sliding_window".into(), Value::Null);
-            o.insert("use_sliding_window".into(), json!(false));
+            o.insert("sliding_window".into(), json!(self.sliding_window));
+            o.insert("use_sliding_window".into(), json!(self.sliding_window.is_some()));
         }
         if let Some(b) = self.bos_token_id {
             o.insert("bos_token_id".into(), json!(b));

@@ -96,10 +96,7 @@ impl ModelSource {
 
     /// Loads every layer (f32) into memory for inference.
     pub fn load_all(&self) -> Result<Model> {
-        let embed = self.load_embedding()?;
-        let layers = (0..self.config.num_layers).map(|i| self.load_layer(i)).collect::<Result<Vec<_>>>()?;
-        let (norm, lm_head) = self.load_head()?;
-        Ok(Model { config: self.config.clone(), embed, layers, norm, lm_head })
+        Model::load(&self.config, self.tensors.as_ref())
     }
 }
 
@@ -113,6 +110,16 @@ pub struct Model {
 }
 
 impl Model {
+    /// Loads every tensor of a model with config `cfg` from `src`, checking shapes.
+    pub fn load(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Model> {
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let embed = load_checked(src, arch::HF_EMBED, &[v, h])?;
+        let layers = (0..cfg.num_layers).map(|i| DecoderLayer::load(src, cfg, i)).collect::<Result<Vec<_>>>()?;
+        let norm = load_checked(src, arch::HF_NORM, &[h])?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(load_checked(src, arch::HF_LM_HEAD, &[v, h])?) };
+        Ok(Model { config: cfg.clone(), embed, layers, norm, lm_head })
+    }
+
     /// Hidden states `[ids.len(), hidden]` for token ids; errors on an id outside the vocabulary.
     pub fn embed(&self, ids: &[u32]) -> Result<Vec<f32>> {
         embed_tokens(&self.embed, ids)
@@ -128,6 +135,11 @@ impl Model {
     pub fn hidden_states(&mut self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
         if ids.len() != batch * seq {
             bail!("expected {batch} x {seq} token ids, got {}", ids.len());
+        }
+        if let Some(w) = self.config.sliding_window {
+            if seq > w {
+                bail!("sequences of {seq} tokens exceed the model's sliding attention window of {w}, which shrink does not implement");
+            }
         }
         let mut x = self.embed(ids)?;
         let rope = Rope::new(&self.config, seq);

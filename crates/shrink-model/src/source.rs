@@ -263,6 +263,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         mlp_bias: f.tensor("blk.0.ffn_up.bias").is_some(),
         bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
         eos_token_id: tok_id("tokenizer.ggml.eos_token_id"),
+        sliding_window: None,
     };
     cfg.validate(&file)?;
     Ok(cfg)
