@@ -38,7 +38,14 @@ pub fn matmul_gflops(m: usize, k: usize, n: usize, reps: usize) -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..reps {
         let t = Instant::now();
-        matmul(c.as_mut(), Accum::Replace, a.as_ref(), b.as_ref(), 1.0, Par::rayon(0));
+        matmul(
+            c.as_mut(),
+            Accum::Replace,
+            a.as_ref(),
+            b.as_ref(),
+            1.0,
+            Par::rayon(0),
+        );
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (m * k * n) as f64 / best / 1e9
@@ -47,7 +54,12 @@ pub fn matmul_gflops(m: usize, k: usize, n: usize, reps: usize) -> f64 {
 /// FLOPs of one forward pass per token at window length `seq`: every linear and the output head
 /// (2 per multiply-add), plus causal attention (QK^T and PV over on average (seq+1)/2 keys).
 pub fn flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
-    let (h, q, kv, i) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+    let (h, q, kv, i) = (
+        c.hidden_size,
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+        c.intermediate_size,
+    );
     let linear = (h * q + 2 * h * kv + q * h + 3 * h * i) as f64;
     let attn = 2.0 * (c.num_heads * c.head_dim) as f64 * (seq as f64 + 1.0) / 2.0;
     2.0 * (linear + attn) * c.num_layers as f64 + 2.0 * (c.vocab_size * h) as f64
@@ -64,9 +76,15 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
     let t1 = Instant::now();
     let ids = encode(&src.tokenizer, &text)?;
     let tokenize_s = t1.elapsed().as_secs_f64();
-    let opts = PplOptions { seqlen: a.seqlen, max_tokens: Some(a.max_tokens), batch: a.batch };
+    let opts = PplOptions {
+        seqlen: a.seqlen,
+        max_tokens: Some(a.max_tokens),
+        batch: a.batch,
+    };
     let bar = progress::bar((a.max_tokens / a.seqlen) as u64, "windows", quiet);
-    let r = perplexity(&mut model, &ids, &opts, &mut |d, _| bar.set_position(d as u64))?;
+    let r = perplexity(&mut model, &ids, &opts, &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
     bar.finish_and_clear();
     let fpt = flops_per_token(&src.config, a.seqlen);
     let fwd_gflops = fpt * r.tokens as f64 / r.seconds / 1e9;

@@ -97,7 +97,13 @@ struct InspectArgs {
 
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
     if text.trim().is_empty() {
         bail!("{}: the text is empty", path.display());
     }
@@ -123,7 +129,8 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let src = ModelSource::open(&a.model)?;
     let text = read_text(&a.text)?;
-    let ids = encode(&src.tokenizer, &text).with_context(|| format!("{}: tokenizing", a.text.display()))?;
+    let ids = encode(&src.tokenizer, &text)
+        .with_context(|| format!("{}: tokenizing", a.text.display()))?;
     let mut model = src.load_all()?;
     let load_seconds = t0.elapsed().as_secs_f64();
     if let Some(path) = &a.logits_out {
@@ -131,23 +138,35 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         let hidden = model.hidden_states(&ids[..t], 1, t)?;
         let logits = model.logits(&hidden, t);
         let vocab = logits.len() / t;
-        shrink_formats::write_safetensors(path, &[("logits".into(), vec![t, vocab])], &Default::default(), &mut |_| {
-            Ok(shrink_model::Tensor::new(vec![t, vocab], logits.clone()))
-        })?;
+        shrink_formats::write_safetensors(
+            path,
+            &[("logits".into(), vec![t, vocab])],
+            &Default::default(),
+            &mut |_| Ok(shrink_model::Tensor::new(vec![t, vocab], logits.clone())),
+        )?;
         if !a.json {
             eprintln!("wrote logits [{t}, {vocab}] to {}", path.display());
         }
         if ids.len() < a.seqlen {
             if a.json {
-                println!("{}", json!({"logits_out": path, "tokens": t, "input_ids": &ids[..t]}));
+                println!(
+                    "{}",
+                    json!({"logits_out": path, "tokens": t, "input_ids": &ids[..t]})
+                );
             }
             return Ok(());
         }
     }
-    let opts = PplOptions { seqlen: a.seqlen, max_tokens: a.max_tokens, batch: a.batch };
+    let opts = PplOptions {
+        seqlen: a.seqlen,
+        max_tokens: a.max_tokens,
+        batch: a.batch,
+    };
     let total = opts.max_tokens.unwrap_or(ids.len()).min(ids.len()) / a.seqlen.max(1);
     let bar = progress::bar(total as u64, "windows", quiet || a.json);
-    let r = perplexity(&mut model, &ids, &opts, &mut |d, _| bar.set_position(d as u64))?;
+    let r = perplexity(&mut model, &ids, &opts, &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
     bar.finish_and_clear();
     let peak = peak_rss_mb();
     if a.json {
@@ -170,7 +189,10 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
 fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {
     let src = ModelSource::open(&a.model)?;
     if !src.is_gguf {
-        bail!("{}: convert reads a GGUF file; this is already a Hugging Face directory", a.model.display());
+        bail!(
+            "{}: convert reads a GGUF file; this is already a Hugging Face directory",
+            a.model.display()
+        );
     }
     let bar = progress::bar(0, "tensors", quiet);
     let out = shrink_formats::write_hf_dir(&src, &a.out, a.force, &mut |d, t| {
@@ -186,20 +208,37 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let p = &a.path;
     let mut rows: Vec<(String, String, Vec<usize>, u64)> = Vec::new();
     let mut is_gguf = false;
-    if p.is_file() && std::fs::read(p).map(|b| b.starts_with(b"GGUF")).unwrap_or(false) {
+    if p.is_file()
+        && std::fs::read(p)
+            .map(|b| b.starts_with(b"GGUF"))
+            .unwrap_or(false)
+    {
         is_gguf = true;
         let f = shrink_model::gguf::GgufFile::open(p)?;
-        println!("{}: GGUF v{}, {} tensors, {} metadata keys", p.display(), f.version(), f.tensors().len(), f.metadata().len());
+        println!(
+            "{}: GGUF v{}, {} tensors, {} metadata keys",
+            p.display(),
+            f.version(),
+            f.tensors().len(),
+            f.metadata().len()
+        );
         for (k, v) in f.metadata() {
             let s = match v {
                 shrink_model::gguf::GgufValue::Array(a) => format!("[{} values]", a.len()),
-                shrink_model::gguf::GgufValue::String(s) if s.len() > 80 => format!("{:?}...", &s.chars().take(80).collect::<String>()),
+                shrink_model::gguf::GgufValue::String(s) if s.len() > 80 => {
+                    format!("{:?}...", &s.chars().take(80).collect::<String>())
+                }
                 v => format!("{v:?}"),
             };
             println!("  {k} = {s}");
         }
         for t in f.tensors() {
-            rows.push((t.name.clone(), t.dtype.name().to_string(), t.shape_row_major(), t.n_bytes()));
+            rows.push((
+                t.name.clone(),
+                t.dtype.name().to_string(),
+                t.shape_row_major(),
+                t.n_bytes(),
+            ));
         }
     } else {
         let st = shrink_model::source::SafetensorsSource::open(p)?;
@@ -207,17 +246,32 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         for name in st.names() {
             let (dt, shape) = st.info(name).unwrap();
             let n: usize = shape.iter().product();
-            rows.push((name.to_string(), format!("{dt:?}"), shape, (n * dt.bitsize() / 8) as u64));
+            rows.push((
+                name.to_string(),
+                format!("{dt:?}"),
+                shape,
+                (n * dt.bitsize() / 8) as u64,
+            ));
         }
     }
     let mut total_bytes = 0u64;
     let mut total_n = 0u64;
-    println!("{:<48} {:>6} {:>16} {:>12} {:>7}", "tensor", "type", "shape", "bytes", "bits/w");
+    println!(
+        "{:<48} {:>6} {:>16} {:>12} {:>7}",
+        "tensor", "type", "shape", "bytes", "bits/w"
+    );
     for (name, ty, shape, bytes) in &rows {
         let n: usize = shape.iter().product();
         total_bytes += bytes;
         total_n += n as u64;
-        println!("{:<48} {:>6} {:>16} {:>12} {:>7.3}", name, ty, format!("{shape:?}"), bytes, *bytes as f64 * 8.0 / n.max(1) as f64);
+        println!(
+            "{:<48} {:>6} {:>16} {:>12} {:>7.3}",
+            name,
+            ty,
+            format!("{shape:?}"),
+            bytes,
+            *bytes as f64 * 8.0 / n.max(1) as f64
+        );
     }
     println!(
         "{} tensors, {} parameters, {} bytes of tensor data, {:.3} bits per weight{}",

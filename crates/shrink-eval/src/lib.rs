@@ -19,7 +19,11 @@ pub struct PplOptions {
 
 impl Default for PplOptions {
     fn default() -> Self {
-        PplOptions { seqlen: 512, max_tokens: None, batch: 4 }
+        PplOptions {
+            seqlen: 512,
+            max_tokens: None,
+            batch: 4,
+        }
     }
 }
 
@@ -44,7 +48,12 @@ pub struct PplResult {
 /// non-overlapping windows of `seqlen` tokens (a final partial window is dropped); every token but
 /// the first of each window is predicted from the ones before it; ppl = exp(sum NLL / count).
 /// `progress(done, total)` is called after each batch of windows.
-pub fn perplexity(model: &mut Model, ids: &[u32], opts: &PplOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<PplResult> {
+pub fn perplexity(
+    model: &mut Model,
+    ids: &[u32],
+    opts: &PplOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PplResult> {
     if opts.seqlen < 2 {
         bail!("seqlen must be at least 2, got {}", opts.seqlen);
     }

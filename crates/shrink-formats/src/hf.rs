@@ -19,17 +19,34 @@ impl OutputDir {
     /// Refuses an existing target unless `force` (then it is replaced only at commit).
     pub fn create(target: &Path, force: bool) -> Result<Self> {
         if target.exists() && !force {
-            bail!("{}: already exists (pass --force to replace it)", target.display());
+            bail!(
+                "{}: already exists (pass --force to replace it)",
+                target.display()
+            );
         }
-        let name = target.file_name().with_context(|| format!("{}: not a valid output path", target.display()))?;
-        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create directory", parent.display()))?;
-        let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let name = target
+            .file_name()
+            .with_context(|| format!("{}: not a valid output path", target.display()))?;
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create directory", parent.display()))?;
+        let tmp = parent.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).ok();
         }
         std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        Ok(OutputDir { target: target.into(), tmp, committed: false })
+        Ok(OutputDir {
+            target: target.into(),
+            tmp,
+            committed: false,
+        })
     }
     /// Path of a file inside the (temporary) directory.
     pub fn join(&self, name: &str) -> PathBuf {
@@ -39,11 +56,14 @@ impl OutputDir {
     pub fn commit(mut self) -> Result<PathBuf> {
         if self.target.exists() {
             let old = self.tmp.with_extension("old");
-            std::fs::rename(&self.target, &old).with_context(|| format!("{}: cannot move aside", self.target.display()))?;
-            std::fs::rename(&self.tmp, &self.target).with_context(|| format!("{}: cannot rename into place", self.target.display()))?;
+            std::fs::rename(&self.target, &old)
+                .with_context(|| format!("{}: cannot move aside", self.target.display()))?;
+            std::fs::rename(&self.tmp, &self.target)
+                .with_context(|| format!("{}: cannot rename into place", self.target.display()))?;
             std::fs::remove_dir_all(&old).ok();
         } else {
-            std::fs::rename(&self.tmp, &self.target).with_context(|| format!("{}: cannot rename into place", self.target.display()))?;
+            std::fs::rename(&self.tmp, &self.target)
+                .with_context(|| format!("{}: cannot rename into place", self.target.display()))?;
         }
         self.committed = true;
         Ok(self.target.clone())
@@ -60,7 +80,12 @@ impl Drop for OutputDir {
 
 /// Writes `src` as a Hugging Face directory with f32 weights, one tensor at a time.
 /// `progress(done, total)` is called after each tensor.
-pub fn write_hf_dir(src: &ModelSource, out: &Path, force: bool, progress: &mut dyn FnMut(usize, usize)) -> Result<PathBuf> {
+pub fn write_hf_dir(
+    src: &ModelSource,
+    out: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PathBuf> {
     let dir = OutputDir::create(out, force)?;
     let cfg = &src.config;
     let names = arch::hf_tensor_names(cfg);
@@ -71,26 +96,46 @@ pub fn write_hf_dir(src: &ModelSource, out: &Path, force: bool, progress: &mut d
     }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    meta.insert("producer".to_string(), format!("shrink {} convert", env!("CARGO_PKG_VERSION")));
-    meta.insert("source".to_string(), src.path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    meta.insert(
+        "producer".to_string(),
+        format!("shrink {} convert", env!("CARGO_PKG_VERSION")),
+    );
+    meta.insert(
+        "source".to_string(),
+        src.path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
     let total = names.len();
-    write_safetensors(&dir.join("model.safetensors"), &names_shapes, &meta, &mut |i| {
-        let (name, shape) = &names_shapes[i];
-        let t = shrink_model::layer::load_checked(src.tensors.as_ref(), name, shape)?;
-        progress(i + 1, total);
-        Ok(t)
-    })?;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        &names_shapes,
+        &meta,
+        &mut |i| {
+            let (name, shape) = &names_shapes[i];
+            let t = shrink_model::layer::load_checked(src.tensors.as_ref(), name, shape)?;
+            progress(i + 1, total);
+            Ok(t)
+        },
+    )?;
     write_json(&dir.join("config.json"), &cfg.to_hf_json())?;
     src.tokenizer
         .save(dir.join("tokenizer.json"), true)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", dir.join("tokenizer.json").display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot write: {e}",
+                dir.join("tokenizer.json").display()
+            )
+        })?;
     write_json(&dir.join("tokenizer_config.json"), &tokenizer_config(src))?;
     dir.commit()
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let tmp = path.with_extension("json.part");
-    std::fs::write(&tmp, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_string_pretty(v)? + "\n")
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename", path.display()))?;
     Ok(())
 }
@@ -132,7 +177,11 @@ pub fn expected_shape(cfg: &shrink_model::ModelConfig, name: &str) -> Option<Vec
     for l in shrink_model::Linear::ALL {
         if name.contains(&format!(".{}.", l.hf_name())) {
             let s = linear_shape(cfg, l);
-            return Some(if name.ends_with(".bias") { vec![s[0]] } else { s.to_vec() });
+            return Some(if name.ends_with(".bias") {
+                vec![s[0]]
+            } else {
+                s.to_vec()
+            });
         }
     }
     None

@@ -23,7 +23,10 @@ pub fn write_safetensors(
     for (name, shape) in names_shapes {
         let n: usize = shape.iter().product();
         let end = offset + 4 * n;
-        header.insert(name.clone(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+        );
         offset = end;
     }
     let mut hbytes = Value::Object(header).to_string().into_bytes();
@@ -32,29 +35,39 @@ pub fn write_safetensors(
     }
     let tmp = path.with_extension("safetensors.part");
     let result = (|| -> Result<()> {
-        let f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let f = std::fs::File::create(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
         let mut w = BufWriter::with_capacity(1 << 22, f);
         w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
         w.write_all(&hbytes)?;
         for (i, (name, shape)) in names_shapes.iter().enumerate() {
             let t = load(i)?;
             if &t.shape != shape {
-                bail!("tensor '{name}' has shape {:?}, expected {:?}", t.shape, shape);
+                bail!(
+                    "tensor '{name}' has shape {:?}, expected {:?}",
+                    t.shape,
+                    shape
+                );
             }
             let mut buf = Vec::with_capacity(t.data.len() * 4);
             for v in &t.data {
                 buf.extend_from_slice(&v.to_le_bytes());
             }
-            w.write_all(&buf).with_context(|| format!("{}: write failed", tmp.display()))?;
+            w.write_all(&buf)
+                .with_context(|| format!("{}: write failed", tmp.display()))?;
         }
-        let f = w.into_inner().map_err(|e| anyhow::anyhow!("{}: write failed: {}", tmp.display(), e.error()))?;
-        f.sync_all().with_context(|| format!("{}: sync failed", tmp.display()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("{}: write failed: {}", tmp.display(), e.error()))?;
+        f.sync_all()
+            .with_context(|| format!("{}: sync failed", tmp.display()))?;
         Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.context(format!("writing {}", path.display())));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }

@@ -80,7 +80,15 @@ pub enum Linear {
 }
 
 impl Linear {
-    pub const ALL: [Linear; 7] = [Linear::Q, Linear::K, Linear::V, Linear::O, Linear::Gate, Linear::Up, Linear::Down];
+    pub const ALL: [Linear; 7] = [
+        Linear::Q,
+        Linear::K,
+        Linear::V,
+        Linear::O,
+        Linear::Gate,
+        Linear::Up,
+        Linear::Down,
+    ];
     /// Short name as in Hugging Face tensor names (`q_proj`, ...).
     pub fn hf_name(self) -> &'static str {
         match self {
@@ -149,7 +157,11 @@ impl Group {
 
 /// Hugging Face name of a linear's weight (`suffix` = "weight" or "bias").
 pub fn hf_linear(layer: usize, l: Linear, suffix: &str) -> String {
-    format!("model.layers.{layer}.{}.{}.{suffix}", l.hf_module(), l.hf_name())
+    format!(
+        "model.layers.{layer}.{}.{}.{suffix}",
+        l.hf_module(),
+        l.hf_name()
+    )
 }
 pub fn hf_input_norm(layer: usize) -> String {
     format!("model.layers.{layer}.input_layernorm.weight")

@@ -10,7 +10,12 @@ pub enum RopeScaling {
     /// Positions divided by `factor` (HF "linear").
     Linear { factor: f64 },
     /// Llama 3.1 piecewise scaling of the inverse frequencies (HF "llama3").
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,10 +49,9 @@ pub struct ModelConfig {
 fn get_usize(v: &Value, key: &str, file: &str) -> Result<usize> {
     match v.get(key) {
         None | Some(Value::Null) => bail!("{file}: required field '{key}' is missing"),
-        Some(x) => x
-            .as_u64()
-            .map(|n| n as usize)
-            .with_context(|| format!("{file}: field '{key}' must be a non-negative integer, found {x}")),
+        Some(x) => x.as_u64().map(|n| n as usize).with_context(|| {
+            format!("{file}: field '{key}' must be a non-negative integer, found {x}")
+        }),
     }
 }
 fn opt_usize(v: &Value, key: &str, file: &str) -> Result<Option<usize>> {
@@ -59,13 +63,19 @@ fn opt_usize(v: &Value, key: &str, file: &str) -> Result<Option<usize>> {
 fn opt_f64(v: &Value, key: &str, file: &str) -> Result<Option<f64>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x.as_f64().map(Some).with_context(|| format!("{file}: field '{key}' must be a number, found {x}")),
+        Some(x) => x
+            .as_f64()
+            .map(Some)
+            .with_context(|| format!("{file}: field '{key}' must be a number, found {x}")),
     }
 }
 fn opt_bool(v: &Value, key: &str, file: &str) -> Result<Option<bool>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x.as_bool().map(Some).with_context(|| format!("{file}: field '{key}' must be true or false, found {x}")),
+        Some(x) => x
+            .as_bool()
+            .map(Some)
+            .with_context(|| format!("{file}: field '{key}' must be true or false, found {x}")),
     }
 }
 fn opt_token_id(v: &Value, key: &str) -> Option<u32> {
@@ -79,8 +89,10 @@ fn opt_token_id(v: &Value, key: &str) -> Option<u32> {
 impl ModelConfig {
     /// Reads and validates a Hugging Face `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
         Self::from_hf_json(&v, &path.display().to_string())
     }
 
@@ -90,8 +102,11 @@ impl ModelConfig {
             bail!("{file}: expected a JSON object");
         }
         let model_type = v.get("model_type").and_then(|x| x.as_str());
-        let archs: Vec<&str> =
-            v.get("architectures").and_then(|a| a.as_array()).map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+        let archs: Vec<&str> = v
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
         let arch = match model_type {
             Some(t) => Arch::from_model_type(t)
                 .with_context(|| format!("{file}: unknown architecture model_type '{t}' (supported: {})", Arch::supported()))?,
@@ -120,9 +135,14 @@ impl ModelConfig {
         // transformers 5 nests rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.
         let rope_params = v.get("rope_parameters").filter(|x| x.is_object());
         let rope_theta = opt_f64(v, "rope_theta", file)?
-            .or(rope_params.and_then(|p| p.get("rope_theta")).and_then(|x| x.as_f64()))
+            .or(rope_params
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(|x| x.as_f64()))
             .unwrap_or(10000.0);
-        let scaling = v.get("rope_scaling").filter(|x| x.is_object()).or(rope_params);
+        let scaling = v
+            .get("rope_scaling")
+            .filter(|x| x.is_object())
+            .or(rope_params);
         let rope_scaling = match scaling {
             None => None,
             Some(s) => parse_rope_scaling(s, file)?,
@@ -153,7 +173,9 @@ impl ModelConfig {
             eos_token_id: opt_token_id(v, "eos_token_id"),
             sliding_window: match arch {
                 Arch::Mistral => opt_usize(v, "sliding_window", file)?,
-                Arch::Qwen2 if opt_bool(v, "use_sliding_window", file)?.unwrap_or(false) => opt_usize(v, "sliding_window", file)?,
+                Arch::Qwen2 if opt_bool(v, "use_sliding_window", file)?.unwrap_or(false) => {
+                    opt_usize(v, "sliding_window", file)?
+                }
                 _ => None,
             },
         };
@@ -188,7 +210,10 @@ impl ModelConfig {
             );
         }
         if self.head_dim % 2 != 0 {
-            bail!("{file}: head_dim {} must be even for rotary embeddings", self.head_dim);
+            bail!(
+                "{file}: head_dim {} must be even for rotary embeddings",
+                self.head_dim
+            );
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
             bail!("{file}: rms_norm_eps {} is out of range", self.rms_norm_eps);
@@ -203,8 +228,15 @@ impl ModelConfig {
     pub fn to_hf_json(&self) -> Value {
         let rope_scaling = match &self.rope_scaling {
             None => Value::Null,
-            Some(RopeScaling::Linear { factor }) => json!({"rope_type": "linear", "type": "linear", "factor": factor}),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => json!({
+            Some(RopeScaling::Linear { factor }) => {
+                json!({"rope_type": "linear", "type": "linear", "factor": factor})
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => json!({
                 "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                 "high_freq_factor": high_freq_factor,
                 "original_max_position_embeddings": *original_max_position_embeddings as u64,
@@ -237,7 +269,10 @@ impl ModelConfig {
         }
         if self.arch != Arch::Llama {
             o.insert("sliding_window".into(), json!(self.sliding_window));
-            o.insert("use_sliding_window".into(), json!(self.sliding_window.is_some()));
+            o.insert(
+                "use_sliding_window".into(),
+                json!(self.sliding_window.is_some()),
+            );
         }
         if let Some(b) = self.bos_token_id {
             o.insert("bos_token_id".into(), json!(b));
@@ -250,9 +285,15 @@ impl ModelConfig {
 }
 
 fn parse_rope_scaling(s: &Value, file: &str) -> Result<Option<RopeScaling>> {
-    let ty = s.get("rope_type").or_else(|| s.get("type")).and_then(|x| x.as_str()).unwrap_or("default");
+    let ty = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(|x| x.as_str())
+        .unwrap_or("default");
     let f = |k: &str| -> Result<f64> {
-        s.get(k).and_then(|x| x.as_f64()).with_context(|| format!("{file}: rope scaling '{ty}' needs a numeric '{k}'"))
+        s.get(k)
+            .and_then(|x| x.as_f64())
+            .with_context(|| format!("{file}: rope scaling '{ty}' needs a numeric '{k}'"))
     };
     Ok(match ty {
         "default" | "none" => None,

@@ -16,7 +16,13 @@ use rayon::prelude::*;
 /// Observes (and may modify) a layer's weights before each group of linears is applied.
 pub trait LayerHook {
     /// `input` is `[rows, d_in]` row-major: the common input of `group`'s linears.
-    fn before_group(&mut self, layer: &mut DecoderLayer, group: Group, input: &[f32], rows: usize) -> Result<()>;
+    fn before_group(
+        &mut self,
+        layer: &mut DecoderLayer,
+        group: Group,
+        input: &[f32],
+        rows: usize,
+    ) -> Result<()>;
 }
 
 /// A hook that does nothing (plain inference).
@@ -56,14 +62,23 @@ pub fn load_checked(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Resu
         );
     }
     if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-        bail!("{}: tensor '{name}' has a non-finite value ({}) at element {i}", src.describe(), t.data[i]);
+        bail!(
+            "{}: tensor '{name}' has a non-finite value ({}) at element {i}",
+            src.describe(),
+            t.data[i]
+        );
     }
     Ok(t)
 }
 
 /// `[d_out, d_in]` of a linear under `cfg`.
 pub fn linear_shape(cfg: &ModelConfig, l: Linear) -> [usize; 2] {
-    let (h, q, kv, i) = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
+    let (h, q, kv, i) = (
+        cfg.hidden_size,
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+        cfg.intermediate_size,
+    );
     match l {
         Linear::Q => [q, h],
         Linear::K | Linear::V => [kv, h],
@@ -89,7 +104,15 @@ impl DecoderLayer {
         for l in Linear::ALL {
             let shape = linear_shape(cfg, l);
             let weight = load_checked(src, &arch::hf_linear(index, l, "weight"), &shape)?;
-            let bias = if has_bias(cfg, l) { Some(load_checked(src, &arch::hf_linear(index, l, "bias"), &shape[..1])?) } else { None };
+            let bias = if has_bias(cfg, l) {
+                Some(load_checked(
+                    src,
+                    &arch::hf_linear(index, l, "bias"),
+                    &shape[..1],
+                )?)
+            } else {
+                None
+            };
             linears.push(LinearWeights { weight, bias });
         }
         Ok(DecoderLayer {
@@ -116,8 +139,21 @@ impl DecoderLayer {
 
     /// Runs the layer in place on `x` = `[batch * seq, hidden]` (`batch` sequences of `seq` tokens,
     /// positions 0..seq, causal attention), calling `hook` before each group of linears.
-    pub fn forward(&mut self, cfg: &ModelConfig, rope: &Rope, x: &mut [f32], batch: usize, seq: usize, hook: &mut dyn LayerHook) -> Result<()> {
-        let (hd, nh, nkv, h) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.hidden_size);
+    pub fn forward(
+        &mut self,
+        cfg: &ModelConfig,
+        rope: &Rope,
+        x: &mut [f32],
+        batch: usize,
+        seq: usize,
+        hook: &mut dyn LayerHook,
+    ) -> Result<()> {
+        let (hd, nh, nkv, h) = (
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.hidden_size,
+        );
         let rows = batch * seq;
         assert_eq!(x.len(), rows * h);
         let eps = cfg.rms_norm_eps as f32;
@@ -157,7 +193,16 @@ impl DecoderLayer {
 
 /// Causal grouped-query attention: `q` `[rows, nh*hd]`, `k`/`v` `[rows, nkv*hd]` -> `[rows, nh*hd]`.
 #[allow(clippy::too_many_arguments)]
-fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, seq: usize, nh: usize, nkv: usize, hd: usize) -> Vec<f32> {
+fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    batch: usize,
+    seq: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> Vec<f32> {
     let group = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let qw = nh * hd;
@@ -167,11 +212,21 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, seq: usize, nh: usiz
         .map(|bh| {
             let (b, hq) = (bh / nh, bh % nh);
             let hk = hq / group;
-            let qm = MatRef::from_row_major_slice(&q[b * seq * qw..(b + 1) * seq * qw], seq, qw).subcols(hq * hd, hd);
-            let km = MatRef::from_row_major_slice(&k[b * seq * kw..(b + 1) * seq * kw], seq, kw).subcols(hk * hd, hd);
-            let vm = MatRef::from_row_major_slice(&v[b * seq * kw..(b + 1) * seq * kw], seq, kw).subcols(hk * hd, hd);
+            let qm = MatRef::from_row_major_slice(&q[b * seq * qw..(b + 1) * seq * qw], seq, qw)
+                .subcols(hq * hd, hd);
+            let km = MatRef::from_row_major_slice(&k[b * seq * kw..(b + 1) * seq * kw], seq, kw)
+                .subcols(hk * hd, hd);
+            let vm = MatRef::from_row_major_slice(&v[b * seq * kw..(b + 1) * seq * kw], seq, kw)
+                .subcols(hk * hd, hd);
             let mut s = vec![0f32; seq * seq];
-            matmul(MatMut::from_row_major_slice_mut(&mut s, seq, seq), Accum::Replace, qm, km.transpose(), scale, Par::Seq);
+            matmul(
+                MatMut::from_row_major_slice_mut(&mut s, seq, seq),
+                Accum::Replace,
+                qm,
+                km.transpose(),
+                scale,
+                Par::Seq,
+            );
             for (i, row) in s.chunks_exact_mut(seq).enumerate() {
                 let m = row[..=i].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
                 let mut sum = 0f32;
@@ -220,12 +275,24 @@ pub struct Rope {
 /// Inverse frequencies `1 / theta^(2i/d)`, scaled as in transformers' `ROPE_INIT_FUNCTIONS`.
 pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     let d = cfg.head_dim;
-    let base: Vec<f32> = (0..d / 2).map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32)).collect();
+    let base: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+        .collect();
     match &cfg.rope_scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f32).collect(),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
-            let (factor, lo, hi, old) = (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32, *original_max_position_embeddings as f32);
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let (factor, lo, hi, old) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+                *original_max_position_embeddings as f32,
+            );
             let low_wl = old / lo;
             let high_wl = old / hi;
             base.iter()
@@ -259,17 +326,29 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
-        Rope { half, cos, sin, max_seq }
+        Rope {
+            half,
+            cos,
+            sin,
+            max_seq,
+        }
     }
 
     /// Rotates `x` = `[batch * seq, heads * 2 * half]` in place (position = index within its sequence).
     pub fn apply(&self, x: &mut [f32], batch: usize, seq: usize, heads: usize, hd: usize) {
-        assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds the rotary table ({})", self.max_seq);
+        assert!(
+            seq <= self.max_seq,
+            "sequence of {seq} tokens exceeds the rotary table ({})",
+            self.max_seq
+        );
         assert_eq!(hd, 2 * self.half);
         let w = heads * hd;
         x.par_chunks_exact_mut(w).enumerate().for_each(|(r, row)| {
             let p = r % seq;
-            let (c, s) = (&self.cos[p * self.half..(p + 1) * self.half], &self.sin[p * self.half..(p + 1) * self.half]);
+            let (c, s) = (
+                &self.cos[p * self.half..(p + 1) * self.half],
+                &self.sin[p * self.half..(p + 1) * self.half],
+            );
             for head in row.chunks_exact_mut(hd) {
                 let (a, b) = head.split_at_mut(self.half);
                 for i in 0..self.half {

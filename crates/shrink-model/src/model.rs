@@ -41,20 +41,41 @@ impl ModelSource {
                 bail!("{}: no tokenizer.json", path.display());
             }
             let tokenizer = tokenizer::load_tokenizer_json(&tok_path)?;
-            tokenizer::check_vocab(&tokenizer, config.vocab_size, &tok_path.display().to_string())?;
+            tokenizer::check_vocab(
+                &tokenizer,
+                config.vocab_size,
+                &tok_path.display().to_string(),
+            )?;
             let chat_template = std::fs::read_to_string(path.join("tokenizer_config.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(String::from));
-            Ok(ModelSource { path: path.into(), config, tensors: Box::new(tensors), tokenizer, is_gguf: false, chat_template })
+                .and_then(|v| {
+                    v.get("chat_template")
+                        .and_then(|c| c.as_str())
+                        .map(String::from)
+                });
+            Ok(ModelSource {
+                path: path.into(),
+                config,
+                tensors: Box::new(tensors),
+                tokenizer,
+                is_gguf: false,
+                chat_template,
+            })
         } else {
             let mut magic = [0u8; 4];
             {
                 use std::io::Read;
-                let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-                let n = f.read(&mut magic).with_context(|| format!("{}: cannot read", path.display()))?;
+                let mut f = std::fs::File::open(path)
+                    .with_context(|| format!("{}: cannot open", path.display()))?;
+                let n = f
+                    .read(&mut magic)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
                 if n < 4 {
-                    bail!("{}: file is too short to be a model ({n} bytes)", path.display());
+                    bail!(
+                        "{}: file is too short to be a model ({n} bytes)",
+                        path.display()
+                    );
                 }
             }
             if &magic == b"GGUF" {
@@ -62,13 +83,30 @@ impl ModelSource {
                 let config = config_from_gguf(&file)?;
                 let tokenizer = tokenizer::tokenizer_from_gguf(&file)?;
                 tokenizer::check_vocab(&tokenizer, config.vocab_size, &path.display().to_string())?;
-                let chat_template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from);
+                let chat_template = file
+                    .get("tokenizer.chat_template")
+                    .and_then(|v| v.as_str())
+                    .map(String::from);
                 let src = GgufSource::new(file, &config);
-                Ok(ModelSource { path: path.into(), config, tensors: Box::new(src), tokenizer, is_gguf: true, chat_template })
+                Ok(ModelSource {
+                    path: path.into(),
+                    config,
+                    tensors: Box::new(src),
+                    tokenizer,
+                    is_gguf: true,
+                    chat_template,
+                })
             } else if path.extension().is_some_and(|e| e == "safetensors") {
-                bail!("{}: a lone safetensors file has no config or tokenizer; pass its directory", path.display())
+                bail!(
+                    "{}: a lone safetensors file has no config or tokenizer; pass its directory",
+                    path.display()
+                )
             } else {
-                bail!("{}: not a GGUF file (magic {:?}) and not a model directory", path.display(), magic)
+                bail!(
+                    "{}: not a GGUF file (magic {:?}) and not a model directory",
+                    path.display(),
+                    magic
+                )
             }
         }
     }
@@ -79,7 +117,11 @@ impl ModelSource {
 
     /// Embedding matrix `[vocab, hidden]`.
     pub fn load_embedding(&self) -> Result<Tensor> {
-        load_checked(self.tensors.as_ref(), arch::HF_EMBED, &[self.config.vocab_size, self.config.hidden_size])
+        load_checked(
+            self.tensors.as_ref(),
+            arch::HF_EMBED,
+            &[self.config.vocab_size, self.config.hidden_size],
+        )
     }
 
     /// The final norm and the output head (`None` when tied to the embedding).
@@ -89,7 +131,11 @@ impl ModelSource {
         let head = if c.tie_word_embeddings {
             None
         } else {
-            Some(load_checked(self.tensors.as_ref(), arch::HF_LM_HEAD, &[c.vocab_size, c.hidden_size])?)
+            Some(load_checked(
+                self.tensors.as_ref(),
+                arch::HF_LM_HEAD,
+                &[c.vocab_size, c.hidden_size],
+            )?)
         };
         Ok((norm, head))
     }
@@ -114,10 +160,22 @@ impl Model {
     pub fn load(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Model> {
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed = load_checked(src, arch::HF_EMBED, &[v, h])?;
-        let layers = (0..cfg.num_layers).map(|i| DecoderLayer::load(src, cfg, i)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| DecoderLayer::load(src, cfg, i))
+            .collect::<Result<Vec<_>>>()?;
         let norm = load_checked(src, arch::HF_NORM, &[h])?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(load_checked(src, arch::HF_LM_HEAD, &[v, h])?) };
-        Ok(Model { config: cfg.clone(), embed, layers, norm, lm_head })
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(load_checked(src, arch::HF_LM_HEAD, &[v, h])?)
+        };
+        Ok(Model {
+            config: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
     }
 
     /// Hidden states `[ids.len(), hidden]` for token ids; errors on an id outside the vocabulary.
@@ -145,7 +203,14 @@ impl Model {
         let rope = Rope::new(&self.config, seq);
         let cfg = self.config.clone();
         for layer in self.layers.iter_mut() {
-            layer.forward(&cfg, &rope, &mut x, batch, seq, &mut NoHook as &mut dyn LayerHook)?;
+            layer.forward(
+                &cfg,
+                &rope,
+                &mut x,
+                batch,
+                seq,
+                &mut NoHook as &mut dyn LayerHook,
+            )?;
         }
         let mut out = vec![0f32; x.len()];
         rms_norm(&x, &self.norm.data, cfg.rms_norm_eps as f32, &mut out);

@@ -38,7 +38,8 @@ pub struct SafetensorsSource {
 }
 
 fn map_file(path: &Path) -> Result<Mmap> {
-    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     // SAFETY: the file is opened read-only; as with every mmap-based loader, the user must not
     // modify it while shrink runs.
     unsafe { Mmap::map(&f) }.with_context(|| format!("{}: cannot memory-map", path.display()))
@@ -54,18 +55,24 @@ impl SafetensorsSource {
             let index = path.join("model.safetensors.index.json");
             let single = path.join("model.safetensors");
             if index.is_file() {
-                let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+                let text = std::fs::read_to_string(&index)
+                    .with_context(|| format!("{}: cannot read", index.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid JSON", index.display()))?;
                 let map = v
                     .get("weight_map")
                     .and_then(|m| m.as_object())
                     .with_context(|| format!("{}: missing object 'weight_map'", index.display()))?;
                 let mut files: Vec<String> = Vec::new();
                 for (k, f) in map {
-                    let f = f.as_str().with_context(|| format!("{}: weight_map['{k}'] is not a file name", index.display()))?;
+                    let f = f.as_str().with_context(|| {
+                        format!("{}: weight_map['{k}'] is not a file name", index.display())
+                    })?;
                     if f.contains('/') || f.contains('\\') || f.contains("..") {
-                        bail!("{}: weight_map['{k}'] = '{f}' is not a plain file name", index.display());
+                        bail!(
+                            "{}: weight_map['{k}'] = '{f}' is not a plain file name",
+                            index.display()
+                        );
                     }
                     if !files.iter().any(|x| x == f) {
                         files.push(f.to_string());
@@ -93,16 +100,33 @@ impl SafetensorsSource {
         for p in paths {
             let mmap = map_file(&p)?;
             let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-                anyhow::anyhow!("{}: invalid safetensors file ({} bytes): {e}", p.display(), mmap.len())
+                anyhow::anyhow!(
+                    "{}: invalid safetensors file ({} bytes): {e}",
+                    p.display(),
+                    mmap.len()
+                )
             })?;
-            let tensors: HashMap<String, _> = meta.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
+            let tensors: HashMap<String, _> = meta
+                .tensors()
+                .into_iter()
+                .map(|(k, v)| (k, v.clone()))
+                .collect();
             for name in tensors.keys() {
                 if let Some(prev) = index.insert(name.clone(), files.len()) {
                     let prev: &StFile = &files[prev];
-                    bail!("{}: tensor '{name}' also appears in {}", p.display(), prev.path.display());
+                    bail!(
+                        "{}: tensor '{name}' also appears in {}",
+                        p.display(),
+                        prev.path.display()
+                    );
                 }
             }
-            files.push(StFile { path: p, mmap, data_start: 8 + n, tensors });
+            files.push(StFile {
+                path: p,
+                mmap,
+                data_start: 8 + n,
+                tensors,
+            });
         }
         Ok(SafetensorsSource { files, index })
     }
@@ -129,13 +153,30 @@ impl TensorSource for SafetensorsSource {
         let bytes = &f.mmap[f.data_start + a..f.data_start + b];
         let n: usize = t.shape.iter().product();
         let data: Vec<f32> = match t.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            d => bail!("{}: tensor '{name}' has dtype {d:?}; shrink reads F32, F16 and BF16", f.path.display()),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            d => bail!(
+                "{}: tensor '{name}' has dtype {d:?}; shrink reads F32, F16 and BF16",
+                f.path.display()
+            ),
         };
         if data.len() != n {
-            bail!("{}: tensor '{name}' has {} bytes for shape {:?}", f.path.display(), bytes.len(), t.shape);
+            bail!(
+                "{}: tensor '{name}' has {} bytes for shape {:?}",
+                f.path.display(),
+                bytes.len(),
+                t.shape
+            );
         }
         Ok(Tensor::new(t.shape.clone(), data))
     }
@@ -145,7 +186,11 @@ impl TensorSource for SafetensorsSource {
     fn describe(&self) -> String {
         match self.files.as_slice() {
             [one] => one.path.display().to_string(),
-            many => format!("{} (and {} more shards)", many[0].path.display(), many.len() - 1),
+            many => format!(
+                "{} (and {} more shards)",
+                many[0].path.display(),
+                many.len() - 1
+            ),
         }
     }
 }
@@ -161,7 +206,12 @@ pub struct GgufSource {
 
 impl GgufSource {
     pub fn new(file: GgufFile, cfg: &ModelConfig) -> Self {
-        GgufSource { file, arch: cfg.arch, num_heads: cfg.num_heads, num_kv_heads: cfg.num_kv_heads }
+        GgufSource {
+            file,
+            arch: cfg.arch,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+        }
     }
 }
 
@@ -178,7 +228,8 @@ pub fn unpermute_rows(t: &mut Tensor, n_head: usize) -> Result<()> {
             for j in 0..2 {
                 let src = h * 2 * d + 2 * i + j;
                 let dst = h * 2 * d + j * d + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -189,16 +240,22 @@ pub fn unpermute_rows(t: &mut Tensor, n_head: usize) -> Result<()> {
 impl TensorSource for GgufSource {
     fn load(&self, name: &str) -> Result<Tensor> {
         let path = self.file.path().display();
-        let gname = arch::hf_to_gguf(name).with_context(|| format!("{path}: no GGUF tensor corresponds to '{name}'"))?;
-        let info = self.file.tensor(&gname).with_context(|| format!("{path}: tensor '{gname}' (for '{name}') is missing"))?;
+        let gname = arch::hf_to_gguf(name)
+            .with_context(|| format!("{path}: no GGUF tensor corresponds to '{name}'"))?;
+        let info = self
+            .file
+            .tensor(&gname)
+            .with_context(|| format!("{path}: tensor '{gname}' (for '{name}') is missing"))?;
         let shape = info.shape_row_major();
         let data = self.file.dequantize(&gname)?;
         let mut t = Tensor::new(shape, data);
         if self.arch.gguf_permutes_qk() && name.ends_with(".weight") {
             if name.contains(".q_proj.") {
-                unpermute_rows(&mut t, self.num_heads).with_context(|| format!("{path}: tensor '{gname}'"))?;
+                unpermute_rows(&mut t, self.num_heads)
+                    .with_context(|| format!("{path}: tensor '{gname}'"))?;
             } else if name.contains(".k_proj.") {
-                unpermute_rows(&mut t, self.num_kv_heads).with_context(|| format!("{path}: tensor '{gname}'"))?;
+                unpermute_rows(&mut t, self.num_kv_heads)
+                    .with_context(|| format!("{path}: tensor '{gname}'"))?;
             }
         }
         Ok(t)
@@ -215,12 +272,18 @@ impl TensorSource for GgufSource {
 pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     let file = f.path().display().to_string();
     let a = f.get_str("general.architecture")?;
-    let arch = Arch::from_gguf(a).with_context(|| format!("{file}: unknown architecture '{a}' (supported GGUF architectures: llama, qwen2)"))?;
+    let arch = Arch::from_gguf(a).with_context(|| {
+        format!("{file}: unknown architecture '{a}' (supported GGUF architectures: llama, qwen2)")
+    })?;
     let k = |s: &str| format!("{a}.{s}");
     let u = |s: &str| -> Result<usize> { Ok(f.get_u64(&k(s))? as usize) };
     let hidden_size = u("embedding_length")?;
     let num_heads = u("attention.head_count")?;
-    let num_kv_heads = if f.get(&k("attention.head_count_kv")).is_some() { u("attention.head_count_kv")? } else { num_heads };
+    let num_kv_heads = if f.get(&k("attention.head_count_kv")).is_some() {
+        u("attention.head_count_kv")?
+    } else {
+        num_heads
+    };
     let head_dim = if f.get(&k("attention.key_length")).is_some() {
         u("attention.key_length")?
     } else if num_heads > 0 {
@@ -235,8 +298,12 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     };
     let rope_scaling = match f.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
         None | Some("none") => None,
-        Some("linear") => Some(RopeScaling::Linear { factor: f.get_f64(&k("rope.scaling.factor"))? }),
-        Some(t) => bail!("{file}: rope scaling type '{t}' is not supported (supported: none, linear)"),
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: f.get_f64(&k("rope.scaling.factor"))?,
+        }),
+        Some(t) => {
+            bail!("{file}: rope scaling type '{t}' is not supported (supported: none, linear)")
+        }
     };
     if f.tensor("rope_freqs.weight").is_some() {
         bail!("{file}: has a 'rope_freqs.weight' tensor (Llama 3.1 rope scaling in GGUF form), which shrink does not read yet");
@@ -254,9 +321,17 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         num_kv_heads,
         head_dim,
         rms_norm_eps: f.get_f64(&k("attention.layer_norm_rms_epsilon"))?,
-        rope_theta: if f.get(&k("rope.freq_base")).is_some() { f.get_f64(&k("rope.freq_base"))? } else { 10000.0 },
+        rope_theta: if f.get(&k("rope.freq_base")).is_some() {
+            f.get_f64(&k("rope.freq_base"))?
+        } else {
+            10000.0
+        },
         rope_scaling,
-        max_position_embeddings: if f.get(&k("context_length")).is_some() { u("context_length")? } else { 2048 },
+        max_position_embeddings: if f.get(&k("context_length")).is_some() {
+            u("context_length")?
+        } else {
+            2048
+        },
         tie_word_embeddings: tie,
         qkv_bias,
         o_bias: f.tensor("blk.0.attn_output.bias").is_some(),

@@ -16,7 +16,10 @@ impl Tensor {
     }
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Tensor { shape, data: vec![0.0; n] }
+        Tensor {
+            shape,
+            data: vec![0.0; n],
+        }
     }
     pub fn numel(&self) -> usize {
         self.data.len()
@@ -39,12 +42,21 @@ pub fn par() -> Par {
 /// `y[n, d_out] = x[n, d_in] * w[d_out, d_in]^T` (+ `bias`), the product every linear layer computes.
 pub fn linear(x: &[f32], n: usize, w: &Tensor, bias: Option<&Tensor>, y: &mut [f32]) {
     let (d_out, d_in) = w.dims2();
-    assert_eq!(x.len(), n * d_in, "linear: input has {} values, expected {n} x {d_in}", x.len());
+    assert_eq!(
+        x.len(),
+        n * d_in,
+        "linear: input has {} values, expected {n} x {d_in}",
+        x.len()
+    );
     assert_eq!(y.len(), n * d_out);
     let lhs = MatRef::from_row_major_slice(x, n, d_in);
     let rhs = MatRef::from_row_major_slice(&w.data, d_out, d_in).transpose();
     let dst = MatMut::from_row_major_slice_mut(y, n, d_out);
-    let p = if n * d_out * d_in < 1 << 18 { Par::Seq } else { par() };
+    let p = if n * d_out * d_in < 1 << 18 {
+        Par::Seq
+    } else {
+        par()
+    };
     matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, p);
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(d_out) {

@@ -2,14 +2,16 @@
 //! (`tokenizer.ggml.*`) the way transformers rebuilds it, so the token ids agree with it.
 use crate::gguf::GgufFile;
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use std::path::Path;
 use std::str::FromStr;
 use tokenizers::Tokenizer;
 
 pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Tokenizer::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Tokenizer::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))
 }
 
 /// Errors when the tokenizer can produce ids the model has no embedding for.
@@ -32,7 +34,8 @@ pub fn bytes_to_unicode() -> [char; 256] {
     let mut out = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         out[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -49,7 +52,9 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// The split regex transformers uses for a GGUF `tokenizer.ggml.pre` value (None: GPT-2's own).
 fn pre_split(pre: &str) -> Option<&'static str> {
     match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" | "pixtral" => Some(LLAMA3_SPLIT),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" | "pixtral" => {
+            Some(LLAMA3_SPLIT)
+        }
         "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
         _ => None,
     }
@@ -68,13 +73,29 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
         bail!("{file}: tokenizer.ggml.tokens is empty");
     }
     let merges = f.get_str_array("tokenizer.ggml.merges")?;
-    let types: Vec<i64> = if f.get("tokenizer.ggml.token_type").is_some() { f.get_i64_array("tokenizer.ggml.token_type")? } else { vec![] };
+    let types: Vec<i64> = if f.get("tokenizer.ggml.token_type").is_some() {
+        f.get_i64_array("tokenizer.ggml.token_type")?
+    } else {
+        vec![]
+    };
     if !types.is_empty() && types.len() != tokens.len() {
-        bail!("{file}: tokenizer.ggml.token_type has {} entries but there are {} tokens", types.len(), tokens.len());
+        bail!(
+            "{file}: tokenizer.ggml.token_type has {} entries but there are {} tokens",
+            types.len(),
+            tokens.len()
+        );
     }
-    let pre = f.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
-    let add_bos = f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
-    let bos = f.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64());
+    let pre = f
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let add_bos = f
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let bos = f
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.as_u64());
     let spelling = bytes_to_unicode();
     let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
 
@@ -82,7 +103,11 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     let mut spelled = Vec::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
         let t: &str = t.as_ref();
-        let s: String = if t.chars().all(|c| alphabet.contains(&c)) { t.to_string() } else { t.bytes().map(|b| spelling[b as usize]).collect() };
+        let s: String = if t.chars().all(|c| alphabet.contains(&c)) {
+            t.to_string()
+        } else {
+            t.bytes().map(|b| spelling[b as usize]).collect()
+        };
         vocab.insert(s.clone(), json!(i));
         spelled.push(s);
     }
@@ -106,14 +131,18 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
             4 => false,
             _ => continue,
         };
-        added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                          "normalized": false, "special": special}));
+        added.push(
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                          "normalized": false, "special": special}),
+        );
     }
     let pre_tokenizer = match pre_split(pre) {
         Some(re) => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
-        None => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
     };
     let post_processor = match (add_bos, bos) {
         (true, Some(b)) => {
@@ -124,7 +153,11 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
                          {"SpecialToken": {"id": bt, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": {bt.clone(): {"id": bt, "ids": [b], "tokens": [bt]}}})
         }
-        _ => Value::Null,
+        // transformers writes a template without special tokens when no BOS is added.
+        _ => json!({"type": "TemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {}}),
     };
     let tj = json!({
         "version": "1.0",
@@ -139,11 +172,14 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
                   "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": merge_list},
     });
-    Tokenizer::from_str(&tj.to_string()).map_err(|e| anyhow::anyhow!("{file}: cannot build a tokenizer from its metadata: {e}"))
+    Tokenizer::from_str(&tj.to_string())
+        .map_err(|e| anyhow::anyhow!("{file}: cannot build a tokenizer from its metadata: {e}"))
 }
 
 /// Tokenizes `text` as the model's tokenizer does by default (special tokens per its post-processor).
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    let enc = tok.encode(text, true).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+    let enc = tok
+        .encode(text, true)
+        .map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
     Ok(enc.get_ids().to_vec())
 }

@@ -14,7 +14,10 @@ pub fn fetched(rel: &str) -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{} is missing under CI: .ci/run must run scripts/fetch first", p.display());
+        panic!(
+            "{} is missing under CI: .ci/run must run scripts/fetch first",
+            p.display()
+        );
     }
     eprintln!("SKIPPED: {} is absent (run scripts/fetch)", p.display());
     None
@@ -28,11 +31,19 @@ pub fn fixture(rel: &str) -> PathBuf {
 pub fn st_read(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f64>) {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("{}: no tensor {name}", path.display()));
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("{}: no tensor {name}", path.display()));
     let d = t.data();
     let v: Vec<f64> = match t.dtype() {
-        safetensors::Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        safetensors::Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        safetensors::Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        safetensors::Dtype::I64 => d
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
         dt => panic!("unexpected dtype {dt:?}"),
     };
     (t.shape().to_vec(), v)

@@ -23,7 +23,11 @@ fn check(name: &str, tol: f64) {
     let (_, want) = st_read(&refp, "logits");
     let hidden = m.hidden_states(&ids, b, t).unwrap();
     let got = m.logits(&hidden, b * t);
-    let d = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
     eprintln!("{name}: max |logit diff| = {d:.2e}");
     assert!(d < tol, "{name}: logits differ from transformers by {d}");
 
@@ -32,8 +36,14 @@ fn check(name: &str, tol: f64) {
     let mut x = m.embed(&ids[..t]).unwrap();
     let rope = Rope::new(&m.config, t);
     let cfg = m.config.clone();
-    m.layers[0].forward(&cfg, &rope, &mut x, 1, t, &mut NoHook).unwrap();
-    let d = x.iter().zip(&want_h).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    m.layers[0]
+        .forward(&cfg, &rope, &mut x, 1, t, &mut NoHook)
+        .unwrap();
+    let d = x
+        .iter()
+        .zip(&want_h)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
     assert!(d < 1e-4, "{name}: layer 0 output differs by {d}");
 }
 
@@ -64,9 +74,15 @@ fn configs_parse_their_variants() {
     assert_eq!(c.rope_theta, 1e6);
     let l = load("llama").config;
     assert!(l.tie_word_embeddings);
-    assert!(matches!(l.rope_scaling, Some(shrink_model::RopeScaling::Llama3 { .. })));
+    assert!(matches!(
+        l.rope_scaling,
+        Some(shrink_model::RopeScaling::Llama3 { .. })
+    ));
     let s = load("llama_bf16_sharded").config;
-    assert_eq!(s.rope_scaling, Some(shrink_model::RopeScaling::Linear { factor: 2.0 }));
+    assert_eq!(
+        s.rope_scaling,
+        Some(shrink_model::RopeScaling::Linear { factor: 2.0 })
+    );
 }
 
 /// The hook sees every group's input in true-sequential order with the right widths, and a
@@ -75,10 +91,20 @@ fn configs_parse_their_variants() {
 fn hook_sees_group_inputs_in_order_and_can_edit_weights() {
     struct Rec(Vec<(Group, usize, usize)>, bool);
     impl LayerHook for Rec {
-        fn before_group(&mut self, layer: &mut shrink_model::DecoderLayer, g: Group, input: &[f32], rows: usize) -> anyhow::Result<()> {
+        fn before_group(
+            &mut self,
+            layer: &mut shrink_model::DecoderLayer,
+            g: Group,
+            input: &[f32],
+            rows: usize,
+        ) -> anyhow::Result<()> {
             self.0.push((g, rows, input.len() / rows));
             if self.1 && g == Group::MlpOut {
-                layer.linear_mut(shrink_model::Linear::Down).weight.data.fill(0.0);
+                layer
+                    .linear_mut(shrink_model::Linear::Down)
+                    .weight
+                    .data
+                    .fill(0.0);
             }
             Ok(())
         }
@@ -89,14 +115,23 @@ fn hook_sees_group_inputs_in_order_and_can_edit_weights() {
     let x0 = m.embed(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
     let mut rec = Rec(vec![], false);
     let mut x = x0.clone();
-    m.layers[0].forward(&cfg, &rope, &mut x, 2, 4, &mut rec).unwrap();
+    m.layers[0]
+        .forward(&cfg, &rope, &mut x, 2, 4, &mut rec)
+        .unwrap();
     let q = cfg.num_heads * cfg.head_dim;
     assert_eq!(
         rec.0,
-        vec![(Group::AttnIn, 8, 64), (Group::AttnOut, 8, q), (Group::MlpIn, 8, 64), (Group::MlpOut, 8, cfg.intermediate_size)]
+        vec![
+            (Group::AttnIn, 8, 64),
+            (Group::AttnOut, 8, q),
+            (Group::MlpIn, 8, 64),
+            (Group::MlpOut, 8, cfg.intermediate_size)
+        ]
     );
     let mut zeroed = Rec(vec![], true);
     let mut y = x0.clone();
-    m.layers[0].forward(&cfg, &rope, &mut y, 2, 4, &mut zeroed).unwrap();
+    m.layers[0]
+        .forward(&cfg, &rope, &mut y, 2, 4, &mut zeroed)
+        .unwrap();
     assert_ne!(x, y, "zeroing down_proj in the hook must change the output");
 }

@@ -1,0 +1,431 @@
+//! The `shrink` binary end to end on tiny models the tests write themselves: convert, eval,
+//! inspect, and a clear error (exit code 1, file and problem named, no panic) for bad input.
+use shrink_model::gguf::{GgmlType, GgufValue, GgufWriter};
+use shrink_model::source::{SafetensorsSource, TensorSource};
+use shrink_model::tokenizer::bytes_to_unicode;
+use shrink_model::{arch, Model, ModelConfig, ModelSource};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+fn tiny(name: &str) -> PathBuf {
+    root().join("tests/fixtures/tiny").join(name)
+}
+
+fn shrink(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shrink"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Runs shrink expecting a clean failure whose message contains every `needle`.
+fn fails_with(args: &[&str], needles: &[&str]) -> String {
+    let (code, _, err) = shrink(args);
+    assert_eq!(
+        code, 1,
+        "expected exit code 1 for {args:?}, got {code}; stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr for {args:?} lacks {n:?}: {err}");
+    }
+    err
+}
+
+/// A byte-level BPE tokenizer.json of 128 single-byte tokens (bytes 0..127), no merges.
+fn tokenizer_json(n: usize) -> String {
+    let sp = bytes_to_unicode();
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|b| (sp[b % 256].to_string(), (b as u64).into()))
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
+/// A Hugging Face directory: the tiny Llama fixture plus a tokenizer.
+fn hf_dir(dir: &Path) -> PathBuf {
+    let d = dir.join("hf");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny("llama").join(f), d.join(f)).unwrap();
+    }
+    std::fs::write(d.join("tokenizer.json"), tokenizer_json(128)).unwrap();
+    d
+}
+
+/// llama.cpp's q/k row permutation (convert_hf_to_gguf.py `permute`), the inverse of what
+/// shrink undoes when reading.
+fn permute(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let d = rows / n_head / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..d {
+                let hf = h * 2 * d + j * d + i;
+                let gg = h * 2 * d + 2 * i + j;
+                out[gg * cols..(gg + 1) * cols].copy_from_slice(&w[hf * cols..(hf + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// A GGUF file of the tiny Mistral fixture (untied head; F32 tensors, q/k permuted as llama.cpp
+/// stores them for its "llama" architecture, a byte-level BPE tokenizer in the metadata).
+fn gguf_file(dir: &Path) -> PathBuf {
+    let src = SafetensorsSource::open(&tiny("mistral")).unwrap();
+    let cfg = ModelConfig::from_hf_file(&tiny("mistral").join("config.json")).unwrap();
+    let mut w = GgufWriter::new();
+    let u = |x: usize| GgufValue::U32(x as u32);
+    w.add_metadata("general.architecture", GgufValue::String("llama".into()));
+    w.add_metadata("llama.block_count", u(cfg.num_layers));
+    w.add_metadata("llama.embedding_length", u(cfg.hidden_size));
+    w.add_metadata("llama.feed_forward_length", u(cfg.intermediate_size));
+    w.add_metadata("llama.attention.head_count", u(cfg.num_heads));
+    w.add_metadata("llama.attention.head_count_kv", u(cfg.num_kv_heads));
+    w.add_metadata(
+        "llama.rope.freq_base",
+        GgufValue::F32(cfg.rope_theta as f32),
+    );
+    w.add_metadata(
+        "llama.attention.layer_norm_rms_epsilon",
+        GgufValue::F32(cfg.rms_norm_eps as f32),
+    );
+    w.add_metadata("llama.context_length", u(64));
+    w.add_metadata("tokenizer.ggml.model", GgufValue::String("gpt2".into()));
+    let sp = bytes_to_unicode();
+    w.add_metadata(
+        "tokenizer.ggml.tokens",
+        GgufValue::Array(
+            (0..128)
+                .map(|b| GgufValue::String(sp[b].to_string()))
+                .collect(),
+        ),
+    );
+    w.add_metadata(
+        "tokenizer.ggml.token_type",
+        GgufValue::Array((0..128).map(|_| GgufValue::I32(1)).collect()),
+    );
+    w.add_metadata("tokenizer.ggml.merges", GgufValue::Array(vec![]));
+    for name in arch::hf_tensor_names(&cfg) {
+        let t = src.load(&name).unwrap();
+        let (rows, cols) = t.dims2();
+        let data = if name.contains("q_proj") {
+            permute(&t.data, rows, cols, cfg.num_heads)
+        } else if name.contains("k_proj") {
+            permute(&t.data, rows, cols, cfg.num_kv_heads)
+        } else {
+            t.data.clone()
+        };
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.add_tensor(arch::hf_to_gguf(&name).unwrap(), dims, GgmlType::F32, bytes)
+            .unwrap();
+    }
+    let p = dir.join("tiny.gguf");
+    w.write(&p).unwrap();
+    p
+}
+
+fn logits_of(path: &Path, ids: &[u32]) -> Vec<f32> {
+    let src = ModelSource::open(path).unwrap();
+    let mut m = src.load_all().unwrap();
+    let h = m.hidden_states(ids, 1, ids.len()).unwrap();
+    m.logits(&h, ids.len())
+}
+
+#[test]
+fn gguf_convert_roundtrip_gives_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gguf_file(tmp.path());
+    let out = tmp.path().join("converted");
+    let (code, _, err) = shrink(&[
+        "convert",
+        g.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 128).collect();
+    let from_gguf = logits_of(&g, &ids);
+    let from_dir = logits_of(&out, &ids);
+    assert_eq!(
+        from_gguf, from_dir,
+        "converted directory must compute exactly what the GGUF computes"
+    );
+    // And both equal the original safetensors model (the GGUF permutation was undone).
+    let cfg = ModelConfig::from_hf_file(&tiny("mistral").join("config.json")).unwrap();
+    let mut m = Model::load(&cfg, &SafetensorsSource::open(&tiny("mistral")).unwrap()).unwrap();
+    let h = m.hidden_states(&ids, 1, ids.len()).unwrap();
+    let orig = m.logits(&h, ids.len());
+    let d = orig
+        .iter()
+        .zip(&from_dir)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-5, "converted model differs from the original by {d}");
+    // Refuses to overwrite without --force; nothing half-written is left behind.
+    fails_with(
+        &[
+            "convert",
+            g.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ],
+        &["already exists", "--force"],
+    );
+    let (code, _, _) = shrink(&[
+        "convert",
+        g.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--force",
+    ]);
+    assert_eq!(code, 0);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn eval_json_and_inspect_on_a_tiny_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = hf_dir(tmp.path());
+    let text = tmp.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(20),
+    )
+    .unwrap();
+    let (code, out, err) = shrink(&[
+        "eval",
+        "--model",
+        d.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--seqlen",
+        "32",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for k in [
+        "perplexity",
+        "tokens",
+        "seqlen",
+        "seconds",
+        "tokens_per_second",
+        "peak_rss_mb",
+    ] {
+        assert!(
+            v.get(k).is_some_and(|x| !x.is_null()),
+            "missing {k} in {out}"
+        );
+    }
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl > 1.0);
+    assert_eq!(v["seqlen"], 32);
+    assert_eq!(v["tokens"].as_u64().unwrap() % 32, 0);
+    let (code, out, _) = shrink(&["inspect", d.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("model.layers.1.mlp.down_proj.weight") && out.contains("F32"),
+        "{out}"
+    );
+}
+
+/// Every kind of bad input named in the issue gets exit code 1 and a message naming the file and
+/// the problem.
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let good = hf_dir(t);
+    let text = t.join("t.txt");
+    std::fs::write(&text, "some text to evaluate on, long enough. ".repeat(10)).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let eval = |model: &Path, text: &Path| {
+        vec![
+            "eval".to_string(),
+            "--model".into(),
+            s(model),
+            "--text".into(),
+            s(text),
+            "--seqlen".into(),
+            "16".into(),
+        ]
+    };
+    let run = |args: Vec<String>, needles: &[&str]| {
+        let a: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+        fails_with(&a, needles)
+    };
+    let variant = |name: &str, edit: &dyn Fn(&Path)| {
+        let d = t.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(good.join(f), d.join(f)).unwrap();
+        }
+        edit(&d);
+        d
+    };
+
+    // Missing model, missing text, empty text, non-UTF-8 text, too little text.
+    run(eval(&t.join("nope"), &text), &["nope", "no such file"]);
+    run(
+        eval(&good, &t.join("missing.txt")),
+        &["missing.txt", "cannot read"],
+    );
+    let empty = t.join("empty.txt");
+    std::fs::write(&empty, " \n").unwrap();
+    run(eval(&good, &empty), &["empty.txt", "empty"]);
+    let bin = t.join("bin.txt");
+    std::fs::write(&bin, [0xffu8, 0xfe, 0x00, 0x41]).unwrap();
+    run(eval(&good, &bin), &["bin.txt", "UTF-8"]);
+    let short = t.join("short.txt");
+    std::fs::write(&short, "hi").unwrap();
+    run(eval(&good, &short), &["fewer than one window"]);
+
+    // Truncated safetensors.
+    let d = variant("trunc", &|d| {
+        let b = std::fs::read(d.join("model.safetensors")).unwrap();
+        std::fs::write(d.join("model.safetensors"), &b[..b.len() / 2]).unwrap();
+    });
+    run(
+        eval(&d, &text),
+        &["model.safetensors", "invalid safetensors"],
+    );
+    // A header whose offsets run past the data.
+    let d = variant("offsets", &|d| {
+        let p = d.join("model.safetensors");
+        let b = std::fs::read(&p).unwrap();
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let h = String::from_utf8(b[8..8 + n].to_vec()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&h).unwrap();
+        let e = &mut v["model.norm.weight"]["data_offsets"];
+        let end = e[1].as_u64().unwrap();
+        e[1] = (end + 4000).into();
+        let mut h = v.to_string().into_bytes();
+        while h.len() % 8 != 0 {
+            h.push(b' ');
+        }
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend(h);
+        out.extend(&b[8 + n..]);
+        std::fs::write(&p, out).unwrap();
+    });
+    run(
+        eval(&d, &text),
+        &["model.safetensors", "invalid safetensors"],
+    );
+    // A config that disagrees with the tensor shapes.
+    let d = variant("shape", &|d| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        v["intermediate_size"] = 96.into();
+        std::fs::write(d.join("config.json"), v.to_string()).unwrap();
+    });
+    run(
+        eval(&d, &text),
+        &["model.safetensors", "gate_proj.weight", "shape"],
+    );
+    // Unknown architecture.
+    let d = variant("arch", &|d| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        v["model_type"] = "gpt_neox".into();
+        std::fs::write(d.join("config.json"), v.to_string()).unwrap();
+    });
+    run(
+        eval(&d, &text),
+        &["config.json", "unknown architecture", "gpt_neox"],
+    );
+    // Config with a missing field and one that is not JSON.
+    let d = variant("field", &|d| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        std::fs::write(d.join("config.json"), v.to_string()).unwrap();
+    });
+    run(eval(&d, &text), &["config.json", "hidden_size", "missing"]);
+    let d = variant("json", &|d| {
+        std::fs::write(d.join("config.json"), "{not json").unwrap()
+    });
+    run(eval(&d, &text), &["config.json", "not valid JSON"]);
+    // A tokenizer larger than the model's vocabulary.
+    let d = variant("tok", &|d| {
+        std::fs::write(d.join("tokenizer.json"), tokenizer_json(200)).unwrap()
+    });
+    run(eval(&d, &text), &["tokenizer.json", "vocab_size 128"]);
+    let d = variant("tokbad", &|d| {
+        std::fs::write(d.join("tokenizer.json"), "[]").unwrap()
+    });
+    run(
+        eval(&d, &text),
+        &["tokenizer.json", "not a valid tokenizer.json"],
+    );
+    // Non-finite weights.
+    let d = variant("nan", &|d| {
+        let p = d.join("model.safetensors");
+        let mut b = std::fs::read(&p).unwrap();
+        let n = b.len();
+        b[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+        std::fs::write(&p, b).unwrap();
+    });
+    run(eval(&d, &text), &["model.safetensors", "non-finite"]);
+
+    // GGUF: truncated, not a GGUF, unknown architecture.
+    let g = gguf_file(t);
+    let b = std::fs::read(&g).unwrap();
+    let tg = t.join("trunc.gguf");
+    std::fs::write(&tg, &b[..b.len() - 100]).unwrap();
+    run(eval(&tg, &text), &["trunc.gguf"]);
+    let hg = t.join("half.gguf");
+    std::fs::write(&hg, &b[..200]).unwrap();
+    run(eval(&hg, &text), &["half.gguf", "truncated"]);
+    let junk = t.join("junk.bin");
+    std::fs::write(&junk, b"not a model at all").unwrap();
+    run(eval(&junk, &text), &["junk.bin", "not a GGUF"]);
+    let ag = t.join("arch.gguf");
+    let mut f = shrink_model::gguf::GgufFile::open(&g)
+        .unwrap()
+        .metadata()
+        .to_vec();
+    f.retain(|(k, _)| k != "general.architecture");
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", GgufValue::String("falcon".into()));
+    for (k, v) in f {
+        w.add_metadata(k, v);
+    }
+    w.write(&ag).unwrap();
+    run(
+        eval(&ag, &text),
+        &["arch.gguf", "unknown architecture", "falcon"],
+    );
+    // Convert refuses a directory and a bad output path leaves nothing.
+    run(
+        vec!["convert".into(), s(&good), "--out".into(), s(&t.join("o"))],
+        &["GGUF"],
+    );
+    assert!(!t.join("o").exists());
+}

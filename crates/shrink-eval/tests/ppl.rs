@@ -1,0 +1,129 @@
+//! Perplexity by the GPTQ protocol, against values computed from transformers' outputs.
+#[path = "../../shrink-model/tests/common.rs"]
+mod common;
+use common::*;
+use shrink_eval::{perplexity, PplOptions};
+use shrink_model::source::SafetensorsSource;
+use shrink_model::{Model, ModelConfig, ModelSource};
+
+/// On a tiny model, shrink's perplexity equals exp(mean NLL) computed from transformers' logits
+/// for the same windows (two windows of 24 tokens).
+#[test]
+fn protocol_matches_reference_logits_on_tiny_model() {
+    let dir = fixture("tiny/qwen2");
+    let cfg = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    let mut m = Model::load(&cfg, &SafetensorsSource::open(&dir).unwrap()).unwrap();
+    let refp = dir.join("reference.safetensors");
+    let (shape, ids) = st_read(&refp, "input_ids");
+    let (_, logits) = st_read(&refp, "logits");
+    let (b, t, v) = (shape[0], shape[1], cfg.vocab_size);
+    let mut nll = 0.0;
+    for s in 0..b {
+        for p in 0..t - 1 {
+            let row = &logits[(s * t + p) * v..(s * t + p + 1) * v];
+            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            nll += lse - row[ids[s * t + p + 1] as usize];
+        }
+    }
+    let want = (nll / (b * (t - 1)) as f64).exp();
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    // One extra token beyond the two windows is dropped, as a partial window is.
+    let mut longer = ids.clone();
+    longer.push(5);
+    for batch in [1, 2] {
+        let r = perplexity(
+            &mut m,
+            &longer,
+            &PplOptions {
+                seqlen: t,
+                max_tokens: None,
+                batch,
+            },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!((r.windows, r.tokens, r.predicted_tokens), (2, 48, 46));
+        assert!(
+            (r.perplexity / want - 1.0).abs() < 1e-5,
+            "ppl {} vs reference {want}",
+            r.perplexity
+        );
+    }
+    // max_tokens keeps only the first window.
+    let r = perplexity(
+        &mut m,
+        &ids,
+        &PplOptions {
+            seqlen: t,
+            max_tokens: Some(30),
+            batch: 4,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.windows, 1);
+    // Too little text is an error, not a NaN.
+    let e = perplexity(
+        &mut m,
+        &ids[..10],
+        &PplOptions {
+            seqlen: t,
+            max_tokens: None,
+            batch: 1,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("fewer than one window"), "{e}");
+}
+
+/// The default model on the whole evaluation split agrees with transformers within 0.1%
+/// (tests/fixtures/reference/ppl_eval.json from tools/reference/perplexity.py).
+#[test]
+fn default_model_eval_split_perplexity_matches_transformers() {
+    let (Some(model), Some(text)) = (
+        fetched("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        fetched("data/eval.txt"),
+    ) else {
+        return;
+    };
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("reference/ppl_eval.json")).unwrap())
+            .unwrap();
+    let text = std::fs::read_to_string(text).unwrap();
+    assert_eq!(
+        text.len() as u64,
+        fx["text"]["bytes"].as_u64().unwrap(),
+        "data/eval.txt is not the text the fixture used"
+    );
+    let src = ModelSource::open(&model).unwrap();
+    let ids = shrink_model::tokenizer::encode(&src.tokenizer, &text).unwrap();
+    assert_eq!(
+        ids.len() as u64,
+        fx["text"]["total_text_tokens"].as_u64().unwrap()
+    );
+    let mut m = src.load_all().unwrap();
+    let r = perplexity(
+        &mut m,
+        &ids,
+        &PplOptions {
+            seqlen: 512,
+            max_tokens: None,
+            batch: 4,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let want = fx["perplexity"].as_f64().unwrap();
+    eprintln!(
+        "eval split: shrink {:.6} vs transformers {want:.6} ({} tokens)",
+        r.perplexity, r.tokens
+    );
+    assert_eq!(r.tokens as u64, fx["tokens"].as_u64().unwrap());
+    assert!(
+        (r.perplexity / want - 1.0).abs() < 1e-3,
+        "perplexity {} vs transformers {want}",
+        r.perplexity
+    );
+}
