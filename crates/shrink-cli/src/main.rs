@@ -207,13 +207,11 @@ fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let p = &a.path;
     let mut rows: Vec<(String, String, Vec<usize>, u64)> = Vec::new();
-    let mut is_gguf = false;
     if p.is_file()
         && std::fs::read(p)
             .map(|b| b.starts_with(b"GGUF"))
             .unwrap_or(false)
     {
-        is_gguf = true;
         let f = shrink_model::gguf::GgufFile::open(p)?;
         println!(
             "{}: GGUF v{}, {} tensors, {} metadata keys",
@@ -274,12 +272,11 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         );
     }
     println!(
-        "{} tensors, {} parameters, {} bytes of tensor data, {:.3} bits per weight{}",
+        "{} tensors, {} parameters, {} bytes of tensor data, {:.3} bits per weight",
         rows.len(),
         total_n,
         total_bytes,
         total_bytes as f64 * 8.0 / total_n.max(1) as f64,
-        if is_gguf { "" } else { "" }
     );
     Ok(())
 }

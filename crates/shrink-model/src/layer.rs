@@ -301,7 +301,7 @@ pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
                     let scaled = if wl > low_wl { f / factor } else { f };
                     let smooth = (old / wl - lo) / (hi - lo);
                     let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
-                    let medium = !(wl < high_wl) && !(wl > low_wl);
+                    let medium = wl >= high_wl && wl <= low_wl;
                     if medium {
                         smoothed
                     } else {

@@ -286,10 +286,8 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     };
     let head_dim = if f.get(&k("attention.key_length")).is_some() {
         u("attention.key_length")?
-    } else if num_heads > 0 {
-        hidden_size / num_heads
     } else {
-        0
+        hidden_size.checked_div(num_heads).unwrap_or(0)
     };
     let vocab_size = if f.get(&k("vocab_size")).is_some() {
         u("vocab_size")?

@@ -102,7 +102,6 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     let mut vocab = Map::new();
     let mut spelled = Vec::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
-        let t: &str = t.as_ref();
         let s: String = if t.chars().all(|c| alphabet.contains(&c)) {
             t.to_string()
         } else {
@@ -113,7 +112,6 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     }
     let mut merge_list = Vec::with_capacity(merges.len());
     for (i, m) in merges.iter().enumerate() {
-        let m: &str = m.as_ref();
         let parts: Vec<&str> = m.split(' ').collect();
         if parts.len() != 2 {
             bail!("{file}: tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by one space");
@@ -122,7 +120,6 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     }
     let mut added = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
-        let t: &str = t.as_ref();
         let ty = types.get(i).copied().unwrap_or(1);
         // 3 = CONTROL (special), 4 = USER_DEFINED (added, not special); as transformers does, a control
         // token spelled outside the byte alphabet is a mislabel and is skipped.
