@@ -143,18 +143,16 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 /// tokenizer_config.json: which special tokens are bos/eos and whether BOS is added.
 fn tokenizer_config(src: &ModelSource) -> serde_json::Value {
     let tok = &src.tokenizer;
-    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
     let mut v = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": src.config.max_position_embeddings,
         "clean_up_tokenization_spaces": false,
     });
     let o = v.as_object_mut().unwrap();
-    if let Some(b) = name(src.config.bos_token_id) {
-        o.insert("bos_token".into(), json!(b));
-    }
-    if let Some(e) = name(src.config.eos_token_id) {
-        o.insert("eos_token".into(), json!(e));
+    for (name, id) in &src.special_tokens {
+        if let Some(t) = tok.id_to_token(*id) {
+            o.insert(name.clone(), json!(t));
+        }
     }
     if let Some(t) = &src.chat_template {
         o.insert("chat_template".into(), json!(t));

@@ -21,6 +21,8 @@ pub struct ModelSource {
     pub is_gguf: bool,
     /// The chat template, when the model has one (GGUF metadata or tokenizer_config.json).
     pub chat_template: Option<String>,
+    /// Named special tokens ("bos_token", "eos_token", "unk_token", "pad_token") and their ids.
+    pub special_tokens: Vec<(String, u32)>,
 }
 
 impl ModelSource {
@@ -54,6 +56,8 @@ impl ModelSource {
                         .and_then(|c| c.as_str())
                         .map(String::from)
                 });
+            let special_tokens =
+                special_from_tokenizer_config(&path.join("tokenizer_config.json"), &tokenizer);
             Ok(ModelSource {
                 path: path.into(),
                 config,
@@ -61,6 +65,7 @@ impl ModelSource {
                 tokenizer,
                 is_gguf: false,
                 chat_template,
+                special_tokens,
             })
         } else {
             let mut magic = [0u8; 4];
@@ -87,6 +92,19 @@ impl ModelSource {
                     .get("tokenizer.chat_template")
                     .and_then(|v| v.as_str())
                     .map(String::from);
+                let keys = [
+                    ("bos_token", "bos_token_id"),
+                    ("eos_token", "eos_token_id"),
+                    ("unk_token", "unknown_token_id"),
+                    ("pad_token", "padding_token_id"),
+                ];
+                let special_tokens = keys
+                    .iter()
+                    .filter_map(|(name, key)| {
+                        let id = file.get(&format!("tokenizer.ggml.{key}"))?.as_u64()?;
+                        (id < config.vocab_size as u64).then(|| (name.to_string(), id as u32))
+                    })
+                    .collect();
                 let src = GgufSource::new(file, &config);
                 Ok(ModelSource {
                     path: path.into(),
@@ -95,6 +113,7 @@ impl ModelSource {
                     tokenizer,
                     is_gguf: true,
                     chat_template,
+                    special_tokens,
                 })
             } else if path.extension().is_some_and(|e| e == "safetensors") {
                 bail!(
@@ -144,6 +163,26 @@ impl ModelSource {
     pub fn load_all(&self) -> Result<Model> {
         Model::load(&self.config, self.tensors.as_ref())
     }
+}
+
+/// Special tokens named in a tokenizer_config.json (as strings or `{"content": ...}`), with their ids.
+fn special_from_tokenizer_config(path: &Path, tok: &Tokenizer) -> Vec<(String, u32)> {
+    let Some(v) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return vec![];
+    };
+    ["bos_token", "eos_token", "unk_token", "pad_token"]
+        .iter()
+        .filter_map(|k| {
+            let s = v.get(*k).and_then(|x| {
+                x.as_str()
+                    .or_else(|| x.get("content").and_then(|c| c.as_str()))
+            })?;
+            Some((k.to_string(), tok.token_to_id(s)?))
+        })
+        .collect()
 }
 
 /// A model fully loaded in f32.
