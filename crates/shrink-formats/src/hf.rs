@@ -3,7 +3,7 @@
 use crate::safetensors_writer::write_safetensors;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use shrink_model::{arch, ModelSource};
+use shrink_model::{arch, ModelSource, TensorSource};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -87,6 +87,19 @@ pub fn write_hf_dir(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PathBuf> {
     let dir = OutputDir::create(out, force)?;
+    write_hf_files(src, src.tensors.as_ref(), &dir, "convert", progress)?;
+    dir.commit()
+}
+
+/// Writes model.safetensors (every tensor of `src.config`, taken from `tensors`, f32),
+/// config.json, tokenizer.json and tokenizer_config.json into `dir`.
+pub fn write_hf_files(
+    src: &ModelSource,
+    tensors: &dyn TensorSource,
+    dir: &OutputDir,
+    producer: &str,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
     let cfg = &src.config;
     let names = arch::hf_tensor_names(cfg);
     let mut names_shapes = Vec::with_capacity(names.len());
@@ -98,7 +111,7 @@ pub fn write_hf_dir(
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
         "producer".to_string(),
-        format!("shrink {} convert", env!("CARGO_PKG_VERSION")),
+        format!("shrink {} {producer}", env!("CARGO_PKG_VERSION")),
     );
     meta.insert(
         "source".to_string(),
@@ -114,7 +127,7 @@ pub fn write_hf_dir(
         &meta,
         &mut |i| {
             let (name, shape) = &names_shapes[i];
-            let t = shrink_model::layer::load_checked(src.tensors.as_ref(), name, shape)?;
+            let t = shrink_model::layer::load_checked(tensors, name, shape)?;
             progress(i + 1, total);
             Ok(t)
         },
@@ -129,10 +142,10 @@ pub fn write_hf_dir(
             )
         })?;
     write_json(&dir.join("tokenizer_config.json"), &tokenizer_config(src))?;
-    dir.commit()
+    Ok(())
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let tmp = path.with_extension("json.part");
     std::fs::write(&tmp, serde_json::to_string_pretty(v)? + "\n")
         .with_context(|| format!("{}: cannot write", tmp.display()))?;

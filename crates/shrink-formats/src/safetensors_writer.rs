@@ -1,5 +1,5 @@
-//! A streaming safetensors writer: the header is computed from the shapes, then each tensor is
-//! produced and written one at a time, so a model larger than memory can be written.
+//! A streaming safetensors writer: the header is computed from dtypes and shapes, then each tensor
+//! is produced and written one at a time, so a model larger than memory can be written.
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use shrink_model::Tensor;
@@ -7,25 +7,64 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-/// Writes f32 tensors to `path` (via `path.part` and a rename). `names_shapes` fixes the order and
-/// the header; `load(i)` produces tensor `i` when it is written.
-pub fn write_safetensors(
+/// The element types shrink writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U8,
+    I32,
+    I64,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::U8 => 1,
+            DType::F32 | DType::I32 => 4,
+            DType::I64 => 8,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::U8 => "U8",
+            DType::I32 => "I32",
+            DType::I64 => "I64",
+        }
+    }
+}
+
+/// One entry of a file: name, element type, shape.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// Little-endian bytes of f32 values.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes tensors given as raw little-endian bytes to `path` (via `path.part` and a rename).
+/// `entries` fixes the order and the header; `load(i)` produces the bytes of entry `i`.
+pub fn write_safetensors_raw(
     path: &Path,
-    names_shapes: &[(String, Vec<usize>)],
+    entries: &[Entry],
     metadata: &BTreeMap<String, String>,
-    load: &mut dyn FnMut(usize) -> Result<Tensor>,
+    load: &mut dyn FnMut(usize) -> Result<Vec<u8>>,
 ) -> Result<()> {
     let mut header = Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), json!(metadata));
     }
     let mut offset = 0usize;
-    for (name, shape) in names_shapes {
-        let n: usize = shape.iter().product();
-        let end = offset + 4 * n;
+    for e in entries {
+        let end = offset + e.dtype.size() * e.shape.iter().product::<usize>();
         header.insert(
-            name.clone(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+            e.name.clone(),
+            json!({"dtype": e.dtype.name(), "shape": e.shape, "data_offsets": [offset, end]}),
         );
         offset = end;
     }
@@ -40,20 +79,19 @@ pub fn write_safetensors(
         let mut w = BufWriter::with_capacity(1 << 22, f);
         w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
         w.write_all(&hbytes)?;
-        for (i, (name, shape)) in names_shapes.iter().enumerate() {
-            let t = load(i)?;
-            if &t.shape != shape {
+        for (i, e) in entries.iter().enumerate() {
+            let bytes = load(i)?;
+            let want = e.dtype.size() * e.shape.iter().product::<usize>();
+            if bytes.len() != want {
                 bail!(
-                    "tensor '{name}' has shape {:?}, expected {:?}",
-                    t.shape,
-                    shape
+                    "tensor '{}' has {} bytes, expected {want} for {:?} {:?}",
+                    e.name,
+                    bytes.len(),
+                    e.dtype,
+                    e.shape
                 );
             }
-            let mut buf = Vec::with_capacity(t.data.len() * 4);
-            for v in &t.data {
-                buf.extend_from_slice(&v.to_le_bytes());
-            }
-            w.write_all(&buf)
+            w.write_all(&bytes)
                 .with_context(|| format!("{}: write failed", tmp.display()))?;
         }
         let f = w
@@ -70,4 +108,33 @@ pub fn write_safetensors(
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
+}
+
+/// Writes f32 tensors; `load(i)` produces tensor `i`, which must have the listed shape.
+pub fn write_safetensors(
+    path: &Path,
+    names_shapes: &[(String, Vec<usize>)],
+    metadata: &BTreeMap<String, String>,
+    load: &mut dyn FnMut(usize) -> Result<Tensor>,
+) -> Result<()> {
+    let entries: Vec<Entry> = names_shapes
+        .iter()
+        .map(|(n, s)| Entry {
+            name: n.clone(),
+            dtype: DType::F32,
+            shape: s.clone(),
+        })
+        .collect();
+    write_safetensors_raw(path, &entries, metadata, &mut |i| {
+        let t = load(i)?;
+        if t.shape != names_shapes[i].1 {
+            bail!(
+                "tensor '{}' has shape {:?}, expected {:?}",
+                names_shapes[i].0,
+                t.shape,
+                names_shapes[i].1
+            );
+        }
+        Ok(f32_bytes(&t.data))
+    })
 }

@@ -1,0 +1,326 @@
+//! Calibration sets: text from a file, a JSON-lines file or a directory; tokenized once; N windows
+//! of L tokens drawn with a seed.
+//!
+//! Sampling follows the GPTQ reference for a joined corpus (its wikitext2 loader): the documents
+//! are joined with a blank line and tokenized once, and each sample is the window of L tokens
+//! starting at a uniformly random position. The generator is SplitMix64, so a seed gives the same
+//! windows on every machine.
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// Default number of calibration samples (the GPTQ reference uses 128).
+pub const DEFAULT_NSAMPLES: usize = 128;
+/// Default sample length in tokens (the reference uses 2048; 512 keeps CPU runs short).
+pub const DEFAULT_SEQLEN: usize = 512;
+pub const DEFAULT_SEED: u64 = 0;
+
+/// Where calibration text comes from.
+#[derive(Clone, Debug, Serialize)]
+pub enum TextSource {
+    /// A UTF-8 text file, used whole.
+    File(PathBuf),
+    /// A JSON-lines file: one object per line; the named string field of each is a document.
+    JsonLines { path: PathBuf, field: String },
+    /// Every `*.txt` file of a directory (sorted by name), each a document.
+    Dir(PathBuf),
+}
+
+impl TextSource {
+    /// Picks the kind from the path: a directory, a `.jsonl` file (needs `field`), or text.
+    pub fn from_path(path: &Path, field: Option<&str>) -> Result<Self> {
+        if path.is_dir() {
+            return Ok(TextSource::Dir(path.into()));
+        }
+        let jsonl = path
+            .extension()
+            .is_some_and(|e| e == "jsonl" || e == "ndjson");
+        Ok(match (jsonl, field) {
+            (true, f) => TextSource::JsonLines {
+                path: path.into(),
+                field: f.unwrap_or("text").into(),
+            },
+            (false, Some(f)) => TextSource::JsonLines {
+                path: path.into(),
+                field: f.into(),
+            },
+            (false, None) => TextSource::File(path.into()),
+        })
+    }
+
+    /// The documents of the source, in order.
+    pub fn documents(&self) -> Result<Vec<String>> {
+        let read = |p: &Path| -> Result<String> {
+            let b = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            String::from_utf8(b).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: not UTF-8 text (invalid byte at offset {})",
+                    p.display(),
+                    e.utf8_error().valid_up_to()
+                )
+            })
+        };
+        let docs = match self {
+            TextSource::File(p) => vec![read(p)?],
+            TextSource::JsonLines { path, field } => {
+                let text = read(path)?;
+                let mut docs = Vec::new();
+                for (i, line) in text.lines().enumerate() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let v: serde_json::Value = serde_json::from_str(line).with_context(|| {
+                        format!("{}: line {} is not valid JSON", path.display(), i + 1)
+                    })?;
+                    let s = v.get(field).and_then(|x| x.as_str()).with_context(|| {
+                        format!(
+                            "{}: line {} has no string field '{field}'",
+                            path.display(),
+                            i + 1
+                        )
+                    })?;
+                    docs.push(s.to_string());
+                }
+                docs
+            }
+            TextSource::Dir(d) => {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+                    .with_context(|| format!("{}: cannot list directory", d.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+                    .collect();
+                files.sort();
+                if files.is_empty() {
+                    bail!("{}: no *.txt files in the directory", d.display());
+                }
+                files.iter().map(|p| read(p)).collect::<Result<Vec<_>>>()?
+            }
+        };
+        let docs: Vec<String> = docs.into_iter().filter(|d| !d.trim().is_empty()).collect();
+        if docs.is_empty() {
+            bail!("{}: the calibration text is empty", self.describe());
+        }
+        Ok(docs)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            TextSource::File(p) | TextSource::Dir(p) => p.display().to_string(),
+            TextSource::JsonLines { path, field } => {
+                format!("{} (field '{field}')", path.display())
+            }
+        }
+    }
+}
+
+/// SplitMix64: a tiny, well-mixed, portable generator.
+pub struct SplitMix64(u64);
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0), without modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let v = self.next_u64();
+            if v < zone {
+                return v % n;
+            }
+        }
+    }
+}
+
+/// N calibration samples of L tokens each.
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibSet {
+    pub nsamples: usize,
+    pub seqlen: usize,
+    pub seed: u64,
+    pub source: String,
+    /// Tokens of the whole text the windows were drawn from.
+    pub text_tokens: usize,
+    /// `[nsamples * seqlen]`, sample after sample.
+    #[serde(skip)]
+    pub ids: Vec<u32>,
+    /// Start of each window in the tokenized text.
+    pub starts: Vec<usize>,
+}
+
+impl CalibSet {
+    /// Tokenizes `source` once (documents joined with "\n\n") and draws `nsamples` windows of
+    /// `seqlen` tokens at seeded uniformly random starts.
+    pub fn sample(
+        source: &TextSource,
+        tok: &Tokenizer,
+        nsamples: usize,
+        seqlen: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if nsamples == 0 || seqlen == 0 {
+            bail!("calibration needs at least one sample of at least one token (got {nsamples} x {seqlen})");
+        }
+        let text = source.documents()?.join("\n\n");
+        let enc = tok
+            .encode(text.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("{}: tokenization failed: {e}", source.describe()))?;
+        let all = enc.get_ids();
+        if all.len() < seqlen + 1 {
+            bail!(
+                "{}: the calibration text has {} tokens, too short for samples of {seqlen} tokens (lower --seqlen or give more text)",
+                source.describe(),
+                all.len()
+            );
+        }
+        let mut rng = SplitMix64::new(seed);
+        let span = (all.len() - seqlen) as u64;
+        let starts: Vec<usize> = (0..nsamples)
+            .map(|_| rng.below(span + 1) as usize)
+            .collect();
+        let mut ids = Vec::with_capacity(nsamples * seqlen);
+        for &s in &starts {
+            ids.extend_from_slice(&all[s..s + seqlen]);
+        }
+        Ok(CalibSet {
+            nsamples,
+            seqlen,
+            seed,
+            source: source.describe(),
+            text_tokens: all.len(),
+            ids,
+            starts,
+        })
+    }
+
+    /// Writes the token ids as a safetensors file with one I64 tensor `input_ids` `[nsamples, seqlen]`
+    /// (the form the peer scripts in tools/peer read, so both tools see the same tokens).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<u8> = self
+            .ids
+            .iter()
+            .flat_map(|&i| (i as i64).to_le_bytes())
+            .collect();
+        let view = TensorView::new(Dtype::I64, vec![self.nsamples, self.seqlen], &bytes)
+            .map_err(|e| anyhow::anyhow!("calibration ids: {e}"))?;
+        let tmp = path.with_extension("safetensors.part");
+        safetensors::serialize_to_file([("input_ids", view)], None, &tmp)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("{}: cannot rename", path.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tok() -> Tokenizer {
+        // Whitespace-split word-level tokenizer over a tiny vocabulary.
+        let vocab: serde_json::Map<String, serde_json::Value> = ["[UNK]", "a", "b", "c", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), (i as u64).into()))
+            .collect();
+        let j = serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}});
+        j.to_string().parse().unwrap()
+    }
+
+    #[test]
+    fn seeded_windows_are_reproducible_and_within_the_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.txt");
+        std::fs::write(&p, "a b c d ".repeat(50)).unwrap();
+        let src = TextSource::from_path(&p, None).unwrap();
+        let a = CalibSet::sample(&src, &tok(), 8, 16, 7).unwrap();
+        let b = CalibSet::sample(&src, &tok(), 8, 16, 7).unwrap();
+        let c = CalibSet::sample(&src, &tok(), 8, 16, 8).unwrap();
+        assert_eq!(a.ids, b.ids);
+        assert_ne!(a.starts, c.starts);
+        assert_eq!(a.ids.len(), 8 * 16);
+        assert!(a.starts.iter().all(|&s| s + 16 <= a.text_tokens));
+    }
+
+    #[test]
+    fn sources_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("t.jsonl");
+        std::fs::write(&j, "{\"text\": \"a b c\"}\n\n{\"text\": \"d a b\"}\n").unwrap();
+        let s = TextSource::from_path(&j, None).unwrap();
+        assert_eq!(s.documents().unwrap(), vec!["a b c", "d a b"]);
+        let e = TextSource::from_path(&j, Some("body"))
+            .unwrap()
+            .documents()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.jsonl") && e.contains("field 'body'"), "{e}");
+        let d = dir.path().join("docs");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("1.txt"), "a b").unwrap();
+        std::fs::write(d.join("2.txt"), "c d").unwrap();
+        assert_eq!(
+            TextSource::from_path(&d, None)
+                .unwrap()
+                .documents()
+                .unwrap(),
+            vec!["a b", "c d"]
+        );
+        let empty = dir.path().join("e.txt");
+        std::fs::write(&empty, "\n  \n").unwrap();
+        let e = CalibSet::sample(
+            &TextSource::from_path(&empty, None).unwrap(),
+            &tok(),
+            2,
+            4,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("e.txt") && e.contains("empty"), "{e}");
+        let short = dir.path().join("s.txt");
+        std::fs::write(&short, "a b c").unwrap();
+        let e = CalibSet::sample(
+            &TextSource::from_path(&short, None).unwrap(),
+            &tok(),
+            2,
+            4,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("s.txt") && e.contains("too short"), "{e}");
+    }
+
+    #[test]
+    fn save_writes_i64_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.txt");
+        std::fs::write(&p, "a b c d ".repeat(10)).unwrap();
+        let c =
+            CalibSet::sample(&TextSource::from_path(&p, None).unwrap(), &tok(), 3, 5, 1).unwrap();
+        let out = dir.path().join("ids.safetensors");
+        c.save(&out).unwrap();
+        let b = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+        let t = st.tensor("input_ids").unwrap();
+        assert_eq!(t.shape(), &[3, 5]);
+        let got: Vec<u32> = t
+            .data()
+            .chunks_exact(8)
+            .map(|x| i64::from_le_bytes(x.try_into().unwrap()) as u32)
+            .collect();
+        assert_eq!(got, c.ids);
+    }
+}
