@@ -1,5 +1,6 @@
 //! shrink: compress large language models after training, and prove the result.
 mod bench;
+mod compress;
 mod progress;
 
 use anyhow::{bail, Context, Result};
@@ -31,6 +32,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Compress a model: calibrate, then quantize layer by layer (RTN or GPTQ).
+    ///
+    /// Calibration windows are drawn from --calib with --seed; each decoder layer is run once on
+    /// them, and the linears of each group ({q,k,v} -> {o} -> {gate,up} -> {down}) are compressed
+    /// in turn, each group seeing the outputs of the already-compressed ones. Only one layer's
+    /// weights, the calibration activations and one group's Hessian are in memory at a time.
+    Compress(compress::CompressArgs),
     /// Perplexity of a model on a text (GPTQ protocol).
     ///
     /// The whole text is tokenized once (with the model's own tokenizer and its default special
@@ -114,6 +122,7 @@ fn main() {
     let cli = Cli::parse();
     let quiet = cli.quiet;
     let r = match cli.cmd {
+        Cmd::Compress(a) => compress::run(a, quiet),
         Cmd::Eval(a) => cmd_eval(a, quiet),
         Cmd::Convert(a) => cmd_convert(a, quiet),
         Cmd::Inspect(a) => cmd_inspect(a),
@@ -184,6 +193,14 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Perplexity of a model on a text with the default settings (seqlen 512).
+pub fn eval_ppl(model: &Path, text: &str) -> Result<shrink_eval::PplResult> {
+    let src = ModelSource::open(model)?;
+    let ids = encode(&src.tokenizer, text)?;
+    let mut m = src.load_all()?;
+    perplexity(&mut m, &ids, &PplOptions::default(), &mut |_, _| {})
 }
 
 fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {

@@ -135,6 +135,18 @@ impl SafetensorsSource {
         self.index.keys().map(|s| s.as_str())
     }
 
+    /// The raw dtype, shape and little-endian bytes of a tensor.
+    pub fn raw(&self, name: &str) -> Option<(Dtype, &[usize], &[u8])> {
+        let f = &self.files[*self.index.get(name)?];
+        let t = f.tensors.get(name)?;
+        let (a, b) = t.data_offsets;
+        Some((
+            t.dtype,
+            &t.shape,
+            &f.mmap[f.data_start + a..f.data_start + b],
+        ))
+    }
+
     /// The raw dtype and shape of a tensor.
     pub fn info(&self, name: &str) -> Option<(Dtype, Vec<usize>)> {
         let f = &self.files[*self.index.get(name)?];
@@ -192,6 +204,33 @@ impl TensorSource for SafetensorsSource {
                 many.len() - 1
             ),
         }
+    }
+}
+
+/// Tensors from `primary` where it has them, otherwise from `fallback` (e.g. compressed layers
+/// over the original model).
+pub struct Overlay<'a> {
+    pub primary: &'a dyn TensorSource,
+    pub fallback: &'a dyn TensorSource,
+}
+
+impl TensorSource for Overlay<'_> {
+    fn load(&self, name: &str) -> Result<Tensor> {
+        if self.primary.contains(name) {
+            self.primary.load(name)
+        } else {
+            self.fallback.load(name)
+        }
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.primary.contains(name) || self.fallback.contains(name)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} over {}",
+            self.primary.describe(),
+            self.fallback.describe()
+        )
     }
 }
 

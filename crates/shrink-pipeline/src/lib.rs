@@ -1,1 +1,311 @@
+//! The sequential layer-by-layer compression driver.
+//!
+//! Calibration samples are embedded once; then, for each decoder layer in turn, the layer is loaded
+//! (only that layer is in memory besides the activations), and run forward once on all samples
+//! with a hook. Before each group of linears that share an input ({q,k,v} -> {o} -> {gate,up} ->
+//! {down}, "true sequential"), the hook accumulates what the method needs from that input (the
+//! Hessian 2/n X^T X), compresses the group's linears, and puts the compressed weights in place;
+//! the forward pass then continues with them, so every later group — and the next layer — sees
+//! the outputs of already-compressed linears. Every linear runs once, every Hessian is built once.
+use anyhow::{bail, Result};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use serde::Serialize;
+use shrink_calib::CalibSet;
+use shrink_methods::{all_finite, Hessian, InputStats, Method, QuantizedWeight};
+use shrink_model::arch::hf_linear;
+use shrink_model::layer::{LayerHook, Rope};
+use shrink_model::model::embed_tokens;
+use shrink_model::{DecoderLayer, Group, Linear, ModelSource};
+use std::ops::Range;
+use std::time::Instant;
 
+/// Wall time per phase, in seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phases {
+    /// Loading (and dequantizing) layer weights.
+    pub load: f64,
+    /// The forward pass itself (norms, linears, attention), excluding the hook's work.
+    pub forward: f64,
+    /// Accumulating Hessians.
+    pub hessian: f64,
+    /// The method's solve (compressing weights).
+    pub solve: f64,
+    /// Measuring each linear's output error.
+    pub error: f64,
+    /// Handing finished layers to the sink (writing them).
+    pub write: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LinearReport {
+    pub name: String,
+    pub d_out: usize,
+    pub d_in: usize,
+    /// ||X W^T - X W'^T||_F^2 / ||X W^T||_F^2 over the calibration inputs X of this linear
+    /// (computed as tr(D H D^T) / tr(W H W^T) with D = W - W').
+    pub rel_error: f64,
+    /// Rows of X the error was measured on.
+    pub error_rows: usize,
+    pub seconds: f64,
+    /// Method-specific details (damping used, retries, ...).
+    pub info: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub index: usize,
+    pub seconds: f64,
+    pub linears: Vec<LinearReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineReport {
+    pub method: String,
+    pub layers: Vec<LayerReport>,
+    pub phases: Phases,
+    pub seconds: f64,
+}
+
+/// Receives each layer when it is finished, with the quantized form of its linears (if any).
+pub trait LayerSink {
+    fn layer_done(
+        &mut self,
+        layer: &DecoderLayer,
+        quant: &[(Linear, QuantizedWeight)],
+    ) -> Result<()>;
+}
+
+/// A sink that keeps nothing (for measurements).
+pub struct Discard;
+impl LayerSink for Discard {
+    fn layer_done(&mut self, _: &DecoderLayer, _: &[(Linear, QuantizedWeight)]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Rows used to measure the output error when the method needs no Hessian.
+const ERROR_ROWS_WITHOUT_HESSIAN: usize = 2048;
+
+struct CompressHook<'a> {
+    method: &'a dyn Method,
+    layer: usize,
+    phases: Phases,
+    linears: Vec<LinearReport>,
+    quant: Vec<(Linear, QuantizedWeight)>,
+}
+
+fn group_label(g: Group) -> String {
+    g.linears()
+        .iter()
+        .map(|l| l.hf_name())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// sum_ij (A B)_ij * C_ij for row-major A [m,k], B [k,n], C [m,n] (a trace of A B C^T).
+fn trace_abct(a: &[f32], b: &[f32], c: &[f32], m: usize, k: usize, n: usize) -> f64 {
+    let mut ab = vec![0f32; m * n];
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut ab, m, n),
+        Accum::Replace,
+        MatRef::from_row_major_slice(a, m, k),
+        MatRef::from_row_major_slice(b, k, n),
+        1.0f32,
+        Par::rayon(0),
+    );
+    ab.iter().zip(c).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Relative output error of replacing `w` by `w_new` (both [d_out, d_in]) for inputs with
+/// Hessian `h` (f32 copy, [d_in, d_in]), or directly on `x` ([rows, d_in]) without one.
+fn rel_output_error(
+    w: &[f32],
+    w_new: &[f32],
+    d_out: usize,
+    d_in: usize,
+    h: Option<&[f32]>,
+    x: &[f32],
+    rows: usize,
+) -> (f64, usize) {
+    let diff: Vec<f32> = w.iter().zip(w_new).map(|(a, b)| a - b).collect();
+    match h {
+        Some(h) => {
+            let num = trace_abct(&diff, h, &diff, d_out, d_in, d_in);
+            let den = trace_abct(w, h, w, d_out, d_in, d_in);
+            (num / den.max(f64::MIN_POSITIVE), rows)
+        }
+        None => {
+            let r = rows.min(ERROR_ROWS_WITHOUT_HESSIAN);
+            let xr = &x[..r * d_in];
+            let mut y = vec![0f32; r * d_out];
+            let mut e = vec![0f32; r * d_out];
+            let xm = MatRef::from_row_major_slice(xr, r, d_in);
+            matmul(
+                MatMut::from_row_major_slice_mut(&mut y, r, d_out),
+                Accum::Replace,
+                xm,
+                MatRef::from_row_major_slice(w, d_out, d_in).transpose(),
+                1.0f32,
+                Par::rayon(0),
+            );
+            matmul(
+                MatMut::from_row_major_slice_mut(&mut e, r, d_out),
+                Accum::Replace,
+                xm,
+                MatRef::from_row_major_slice(&diff, d_out, d_in).transpose(),
+                1.0f32,
+                Par::rayon(0),
+            );
+            let num: f64 = e.iter().map(|v| (*v as f64).powi(2)).sum();
+            let den: f64 = y.iter().map(|v| (*v as f64).powi(2)).sum();
+            (num / den.max(f64::MIN_POSITIVE), r)
+        }
+    }
+}
+
+impl LayerHook for CompressHook<'_> {
+    fn before_group(
+        &mut self,
+        layer: &mut DecoderLayer,
+        group: Group,
+        input: &[f32],
+        rows: usize,
+    ) -> Result<()> {
+        let d_in = input.len() / rows;
+        if !all_finite(input) {
+            bail!(
+                "layer {}: the input of {} has non-finite values (NaN or Inf); the layers before it produced them",
+                self.layer,
+                group_label(group)
+            );
+        }
+        let hessian = if self.method.needs_hessian() {
+            let t = Instant::now();
+            let mut h = Hessian::new(d_in);
+            h.add_batch(input, rows);
+            h.check_finite().map_err(|e| {
+                anyhow::anyhow!(
+                    "layer {}: Hessian of {}: {e}",
+                    self.layer,
+                    group_label(group)
+                )
+            })?;
+            self.phases.hessian += t.elapsed().as_secs_f64();
+            Some(h)
+        } else {
+            None
+        };
+        let h32: Option<Vec<f32>> = hessian
+            .as_ref()
+            .map(|h| h.matrix().iter().map(|&v| v as f32).collect());
+        let stats = hessian.as_ref().map(|h| InputStats { hessian: h });
+        for &l in group.linears() {
+            let name = hf_linear(self.layer, l, "weight");
+            let t = Instant::now();
+            let old = &layer.linear(l).weight;
+            let (d_out, d_in_w) = old.dims2();
+            let c = self.method.compress(&name, old, stats.as_ref())?;
+            let solve = t.elapsed().as_secs_f64();
+            self.phases.solve += solve;
+            if c.weight.len() != old.data.len() || !all_finite(&c.weight) {
+                bail!("layer {}: compressing {name} produced a weight that is not finite or has the wrong size", self.layer);
+            }
+            let t = Instant::now();
+            let (rel_error, error_rows) = rel_output_error(
+                &old.data,
+                &c.weight,
+                d_out,
+                d_in_w,
+                h32.as_deref(),
+                input,
+                rows,
+            );
+            self.phases.error += t.elapsed().as_secs_f64();
+            layer.linear_mut(l).weight.data = c.weight;
+            if let Some(q) = c.quant {
+                self.quant.push((l, q));
+            }
+            self.linears.push(LinearReport {
+                name,
+                d_out,
+                d_in: d_in_w,
+                rel_error,
+                error_rows,
+                seconds: solve,
+                info: c.info,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Compresses `layers` of `src` with `method`, calibrated on `calib`, handing each finished layer
+/// to `sink`. `progress(done, total)` is called after each layer.
+pub fn run(
+    src: &ModelSource,
+    calib: &CalibSet,
+    method: &dyn Method,
+    layers: Range<usize>,
+    sink: &mut dyn LayerSink,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PipelineReport> {
+    let start = Instant::now();
+    let cfg = &src.config;
+    if layers.end > cfg.num_layers {
+        bail!(
+            "layer range {layers:?} exceeds the model's {} layers",
+            cfg.num_layers
+        );
+    }
+    let mut phases = Phases::default();
+    let t = Instant::now();
+    let embed = src.load_embedding()?;
+    let mut x = embed_tokens(&embed, &calib.ids)?;
+    drop(embed);
+    phases.load += t.elapsed().as_secs_f64();
+    let rope = Rope::new(cfg, calib.seqlen);
+    let total = layers.len();
+    let mut reports = Vec::with_capacity(total);
+    for (done, i) in layers.enumerate() {
+        let t_layer = Instant::now();
+        let t = Instant::now();
+        let mut layer = src.load_layer(i)?;
+        phases.load += t.elapsed().as_secs_f64();
+        let mut hook = CompressHook {
+            method,
+            layer: i,
+            phases: Phases::default(),
+            linears: vec![],
+            quant: vec![],
+        };
+        let t = Instant::now();
+        layer.forward(cfg, &rope, &mut x, calib.nsamples, calib.seqlen, &mut hook)?;
+        let fwd_total = t.elapsed().as_secs_f64();
+        if !all_finite(&x) {
+            bail!(
+                "layer {i}: its output on the calibration data has non-finite values (NaN or Inf)"
+            );
+        }
+        let h = &hook.phases;
+        phases.forward += fwd_total - h.hessian - h.solve - h.error;
+        phases.hessian += h.hessian;
+        phases.solve += h.solve;
+        phases.error += h.error;
+        let t = Instant::now();
+        sink.layer_done(&layer, &hook.quant)?;
+        phases.write += t.elapsed().as_secs_f64();
+        reports.push(LayerReport {
+            index: i,
+            seconds: t_layer.elapsed().as_secs_f64(),
+            linears: hook.linears,
+        });
+        progress(done + 1, total);
+    }
+    Ok(PipelineReport {
+        method: method.name(),
+        layers: reports,
+        phases,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

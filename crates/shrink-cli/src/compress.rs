@@ -1,0 +1,486 @@
+//! `shrink compress`: calibrate, compress layer by layer, write a Hugging Face directory, the
+//! quantized form and a JSON report.
+use crate::progress;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shrink_calib::{CalibSet, TextSource, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN};
+use shrink_formats::{
+    f32_bytes, write_hf_files, write_json, write_safetensors_raw, DType, Entry, OutputDir,
+};
+use shrink_methods::{ActOrder, Gptq, GptqConfig, Method, QuantConfig, QuantizedWeight, Rtn};
+use shrink_model::arch::{hf_input_norm, hf_linear, hf_post_norm};
+use shrink_model::source::{Overlay, SafetensorsSource};
+use shrink_model::{DecoderLayer, Linear, ModelSource};
+use shrink_pipeline::LayerSink;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+#[command(after_long_help = "EXAMPLES:\n  \
+shrink compress --model models/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --bits 4 --group-size 64 \\\n      \
+--calib data/calib.txt --nsamples 64 --seqlen 512 --out out/smollm2-gptq-w4g64 --eval data/eval.txt\n  \
+shrink compress --model MODEL --recipe recipe.toml --out DIR\n\n\
+RECIPE (TOML; command-line flags override it):\n  \
+[calibration]\n  file = \"data/calib.txt\"   # or a .jsonl file (with field = \"text\") or a directory of .txt\n  \
+nsamples = 64\n  seqlen = 512\n  seed = 0\n\n  \
+[[stage]]                   # one stage for now\n  method = \"gptq\"            # rtn | gptq\n  bits = 4\n  \
+group_size = 64             # omit for per-output-channel\n  sym = false\n  act_order = \"none\"          # none | dynamic | static\n  \
+static_groups = false\n  damp = 0.01\n  block_size = 128\n  mse = false\n\n\
+OUTPUT (DIR, written under a temporary name and renamed when complete):\n  \
+config.json, model.safetensors (dequantized f32), tokenizer.json, tokenizer_config.json\n  \
+quantized.safetensors   integer codes (U8), scales (F32), zero points (I32) and g_idx (I32) per linear\n  \
+calibration_ids.safetensors   the calibration tokens (I64 [nsamples, seqlen])\n  \
+report.json             settings, seed, per-layer relative output error and time, totals")]
+pub struct CompressArgs {
+    /// Model to compress: a Hugging Face directory or a .gguf file.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Output directory (must not exist unless --force).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Replace an existing output directory (only once the new one is complete).
+    #[arg(long)]
+    force: bool,
+    /// A TOML recipe (see below); flags given on the command line override it.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Method: rtn (round to nearest) or gptq.
+    #[arg(long)]
+    method: Option<String>,
+    /// Bits per weight, 2..=8.
+    #[arg(long)]
+    bits: Option<u32>,
+    /// Input columns per quantization group (e.g. 32, 64, 128; need not divide the input size:
+    /// the last group of a row is then shorter). Omit for one group per output channel.
+    #[arg(long)]
+    group_size: Option<usize>,
+    /// Symmetric quantization (zero point fixed at the middle of the grid); default asymmetric.
+    #[arg(long)]
+    sym: bool,
+    /// Search the clipping range per group to minimise the rounding error (GPTQ's MSE grid).
+    #[arg(long)]
+    mse: bool,
+    /// GPTQ column order: none, dynamic (the GPTQ paper's act-order: descending Hessian diagonal,
+    /// groups formed in that order, g_idx recorded) or static (llm-compressor's default: natural
+    /// groups fixed up front, columns processed in descending Hessian-diagonal order).
+    #[arg(long, value_name = "none|dynamic|static", num_args = 0..=1, default_missing_value = "dynamic")]
+    act_order: Option<String>,
+    /// GPTQ: compute every group's scale and zero point up front from the original weights.
+    #[arg(long)]
+    static_groups: bool,
+    /// GPTQ dampening as a fraction of the mean Hessian diagonal (raised automatically, with a
+    /// warning, when the Hessian is not positive definite).
+    #[arg(long)]
+    damp: Option<f64>,
+    /// GPTQ block size (columns updated together).
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Calibration text: a UTF-8 file, a .jsonl file (see --calib-field) or a directory of .txt files.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// String field of each JSON line to use as a document.
+    #[arg(long)]
+    calib_field: Option<String>,
+    /// Number of calibration samples [default: 128].
+    #[arg(long)]
+    nsamples: Option<usize>,
+    /// Tokens per calibration sample [default: 512; the GPTQ paper uses 2048].
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Seed for drawing calibration windows [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// After compressing, evaluate the original and the compressed model on this text
+    /// (perplexity, GPTQ protocol, seqlen 512) and add both to the report.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Compress only the first N layers (for measurements; the rest are copied unchanged).
+    #[arg(long, hide = true)]
+    layers: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibSection {
+    pub file: Option<PathBuf>,
+    pub field: Option<String>,
+    pub nsamples: Option<usize>,
+    pub seqlen: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub method: Option<String>,
+    pub bits: Option<u32>,
+    pub group_size: Option<usize>,
+    pub sym: Option<bool>,
+    pub mse: Option<bool>,
+    pub act_order: Option<String>,
+    pub static_groups: Option<bool>,
+    pub damp: Option<f64>,
+    pub block_size: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    #[serde(default)]
+    pub calibration: CalibSection,
+    #[serde(default)]
+    pub stage: Vec<Stage>,
+}
+
+impl Recipe {
+    pub fn load(path: &Path) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let r: Recipe = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: invalid recipe: {e}", path.display()))?;
+        if r.stage.len() > 1 {
+            bail!(
+                "{}: {} stages given; this version runs one stage per recipe",
+                path.display(),
+                r.stage.len()
+            );
+        }
+        Ok(r)
+    }
+}
+
+/// The recipe with the command line's flags applied over it.
+fn merged(a: &CompressArgs) -> Result<Recipe> {
+    let mut r = match &a.recipe {
+        Some(p) => Recipe::load(p)?,
+        None => Recipe::default(),
+    };
+    if r.stage.is_empty() {
+        r.stage.push(Stage::default());
+    }
+    let c = &mut r.calibration;
+    c.file = a.calib.clone().or(c.file.take());
+    c.field = a.calib_field.clone().or(c.field.take());
+    c.nsamples = a.nsamples.or(c.nsamples).or(Some(DEFAULT_NSAMPLES));
+    c.seqlen = a.seqlen.or(c.seqlen).or(Some(DEFAULT_SEQLEN));
+    c.seed = a.seed.or(c.seed).or(Some(DEFAULT_SEED));
+    let s = &mut r.stage[0];
+    s.method = a.method.clone().or(s.method.take());
+    s.bits = a.bits.or(s.bits);
+    s.group_size = a.group_size.or(s.group_size);
+    s.sym = Some(a.sym || s.sym.unwrap_or(false));
+    s.mse = Some(a.mse || s.mse.unwrap_or(false));
+    s.act_order = a
+        .act_order
+        .clone()
+        .or(s.act_order.take())
+        .or(Some("none".into()));
+    s.static_groups = Some(a.static_groups || s.static_groups.unwrap_or(false));
+    s.damp = a.damp.or(s.damp).or(Some(0.01));
+    s.block_size = a.block_size.or(s.block_size).or(Some(128));
+    Ok(r)
+}
+
+/// Builds the method a stage describes, validating every setting before any heavy work.
+pub fn build_method(s: &Stage) -> Result<Box<dyn Method>> {
+    let method = s
+        .method
+        .as_deref()
+        .context("no method given (use --method rtn|gptq or a recipe)")?;
+    let bits = s.bits.context("no bit width given (use --bits 2..8)")?;
+    if s.group_size == Some(0) {
+        bail!("group size must be positive (omit --group-size for one group per output channel)");
+    }
+    let quant = QuantConfig {
+        bits,
+        group_size: s.group_size,
+        sym: s.sym.unwrap_or(false),
+        mse: s.mse.unwrap_or(false),
+    };
+    quant.validate()?;
+    Ok(match method {
+        "rtn" => Box::new(Rtn(quant)),
+        "gptq" => {
+            let act_order = match s.act_order.as_deref().unwrap_or("none") {
+                "none" | "false" => ActOrder::None,
+                "dynamic" | "true" => ActOrder::Dynamic,
+                "static" => ActOrder::Static,
+                o => bail!("unknown act order '{o}' (use none, dynamic or static)"),
+            };
+            let block_size = s.block_size.unwrap_or(128);
+            if block_size == 0 {
+                bail!("block size must be positive");
+            }
+            let damp = s.damp.unwrap_or(0.01);
+            if !(damp > 0.0 && damp <= 1.0) {
+                bail!("damp must be in (0, 1], got {damp}");
+            }
+            Box::new(Gptq(GptqConfig {
+                quant,
+                block_size,
+                damp,
+                act_order,
+                static_groups: s.static_groups.unwrap_or(false),
+            }))
+        }
+        m => bail!("unknown method '{m}' (available: rtn, gptq)"),
+    })
+}
+
+/// Writes each finished layer (f32 tensors plus the quantized form) to its own safetensors file.
+struct LayerFiles {
+    dir: PathBuf,
+}
+
+fn quant_entries(base: &str, q: &QuantizedWeight) -> Vec<(Entry, Vec<u8>)> {
+    let g = q.n_groups();
+    let e = |suffix: &str, dtype, shape: Vec<usize>| Entry {
+        name: format!("{base}.{suffix}"),
+        dtype,
+        shape,
+    };
+    vec![
+        (
+            e("qcodes", DType::U8, vec![q.d_out, q.d_in]),
+            q.codes.clone(),
+        ),
+        (
+            e("scales", DType::F32, vec![q.d_out, g]),
+            f32_bytes(&q.scales),
+        ),
+        (
+            e("zeros", DType::I32, vec![q.d_out, g]),
+            q.zeros
+                .iter()
+                .flat_map(|&z| (z as i32).to_le_bytes())
+                .collect(),
+        ),
+        (
+            e("g_idx", DType::I32, vec![q.d_in]),
+            q.g_idx
+                .iter()
+                .flat_map(|&z| (z as i32).to_le_bytes())
+                .collect(),
+        ),
+    ]
+}
+
+impl LayerSink for LayerFiles {
+    fn layer_done(
+        &mut self,
+        layer: &DecoderLayer,
+        quant: &[(Linear, QuantizedWeight)],
+    ) -> Result<()> {
+        let i = layer.index;
+        let mut items: Vec<(Entry, Vec<u8>)> = Vec::new();
+        let mut f32t = |name: String, t: &shrink_model::Tensor| {
+            items.push((
+                Entry {
+                    name,
+                    dtype: DType::F32,
+                    shape: t.shape.clone(),
+                },
+                f32_bytes(&t.data),
+            ));
+        };
+        f32t(hf_input_norm(i), &layer.input_norm);
+        f32t(hf_post_norm(i), &layer.post_norm);
+        for l in Linear::ALL {
+            let lw = layer.linear(l);
+            f32t(hf_linear(i, l, "weight"), &lw.weight);
+            if let Some(b) = &lw.bias {
+                f32t(hf_linear(i, l, "bias"), b);
+            }
+        }
+        for (l, q) in quant {
+            let base = hf_linear(i, *l, "weight");
+            items.extend(quant_entries(base.trim_end_matches(".weight"), q));
+        }
+        let entries: Vec<Entry> = items.iter().map(|(e, _)| e.clone()).collect();
+        let mut bytes: Vec<Option<Vec<u8>>> = items.into_iter().map(|(_, b)| Some(b)).collect();
+        let path = self.dir.join(format!("layer_{i:05}.safetensors"));
+        write_safetensors_raw(&path, &entries, &BTreeMap::new(), &mut |k| {
+            Ok(bytes[k].take().unwrap_or_default())
+        })
+    }
+}
+
+/// Gathers the per-layer quantized tensors into one quantized.safetensors.
+fn write_quantized(
+    layers: &SafetensorsSource,
+    path: &Path,
+    meta: BTreeMap<String, String>,
+) -> Result<usize> {
+    let mut entries = Vec::new();
+    for name in layers.names() {
+        if [".qcodes", ".scales", ".zeros", ".g_idx"]
+            .iter()
+            .any(|s| name.ends_with(s))
+        {
+            let (dt, shape, _) = layers.raw(name).unwrap();
+            let dtype = match dt {
+                safetensors::Dtype::U8 => DType::U8,
+                safetensors::Dtype::I32 => DType::I32,
+                _ => DType::F32,
+            };
+            entries.push(Entry {
+                name: name.to_string(),
+                dtype,
+                shape: shape.to_vec(),
+            });
+        }
+    }
+    let n = entries.len();
+    if n > 0 {
+        write_safetensors_raw(path, &entries, &meta, &mut |k| {
+            Ok(layers.raw(&entries[k].name).unwrap().2.to_vec())
+        })?;
+    }
+    Ok(n / 4)
+}
+
+pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
+    let recipe = merged(&a)?;
+    let stage = &recipe.stage[0];
+    let method = build_method(stage)?;
+    let c = &recipe.calibration;
+    let calib_path = c.file.clone().context(
+        "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
+    )?;
+    let src = ModelSource::open(&a.model)?;
+    let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
+    let (nsamples, seqlen, seed) = (c.nsamples.unwrap(), c.seqlen.unwrap(), c.seed.unwrap());
+    if seqlen > src.config.max_position_embeddings {
+        eprintln!(
+            "warning: --seqlen {seqlen} exceeds the model's max_position_embeddings {}",
+            src.config.max_position_embeddings
+        );
+    }
+    let calib = CalibSet::sample(&source, &src.tokenizer, nsamples, seqlen, seed)?;
+    let eval_text = match &a.eval {
+        Some(p) => Some(crate::read_text(p)?),
+        None => None,
+    };
+    let dir = OutputDir::create(&a.out, a.force)?;
+    calib.save(&dir.join("calibration_ids.safetensors"))?;
+    let layers_dir = dir.join("layers");
+    std::fs::create_dir(&layers_dir)
+        .with_context(|| format!("{}: cannot create", layers_dir.display()))?;
+    let n_layers = a
+        .layers
+        .unwrap_or(src.config.num_layers)
+        .min(src.config.num_layers);
+    if !quiet {
+        eprintln!(
+            "compressing {} with {} ({} layers), calibration {} x {} tokens from {} (seed {seed})",
+            a.model.display(),
+            method.name(),
+            n_layers,
+            nsamples,
+            seqlen,
+            source.describe()
+        );
+    }
+    let bar = progress::bar(n_layers as u64, "layers", quiet);
+    let mut sink = LayerFiles {
+        dir: layers_dir.clone(),
+    };
+    let report = shrink_pipeline::run(
+        &src,
+        &calib,
+        method.as_ref(),
+        0..n_layers,
+        &mut sink,
+        &mut |d, _| bar.set_position(d as u64),
+    )?;
+    bar.finish_and_clear();
+    let peak_compress = shrink_eval::peak_rss_mb();
+    for l in &report.layers {
+        for lin in &l.linears {
+            if lin
+                .info
+                .get("damp_retries")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+                > 0
+            {
+                eprintln!(
+                    "warning: {}: Hessian not positive definite; damping raised to {}",
+                    lin.name, lin.info["damp"]
+                );
+            }
+        }
+    }
+
+    // Assemble the output: compressed layers over the original model's other tensors.
+    let t = std::time::Instant::now();
+    let layer_src = SafetensorsSource::open(&layers_dir)?;
+    let overlay = Overlay {
+        primary: &layer_src,
+        fallback: src.tensors.as_ref(),
+    };
+    write_hf_files(&src, &overlay, &dir, "compress", &mut |_, _| {})?;
+    let mut meta = BTreeMap::new();
+    meta.insert("format".into(), "shrink-quantized-v1".into());
+    meta.insert("method".into(), method.name());
+    meta.insert("stage".into(), serde_json::to_string(stage)?);
+    let n_quant = write_quantized(&layer_src, &dir.join("quantized.safetensors"), meta)?;
+    drop(layer_src);
+    std::fs::remove_dir_all(&layers_dir)
+        .with_context(|| format!("{}: cannot remove", layers_dir.display()))?;
+    let write_s = t.elapsed().as_secs_f64();
+
+    let n_lin: usize = report.layers.iter().map(|l| l.linears.len()).sum();
+    let mean_err = report
+        .layers
+        .iter()
+        .flat_map(|l| l.linears.iter().map(|x| x.rel_error))
+        .sum::<f64>()
+        / n_lin.max(1) as f64;
+    let mut out = json!({
+        "shrink_version": env!("CARGO_PKG_VERSION"),
+        "model": a.model,
+        "method": method.name(),
+        "recipe": recipe,
+        "calibration": calib,
+        "layers_compressed": n_layers,
+        "quantized_linears": n_quant,
+        "layers": report.layers,
+        "totals": {
+            "pipeline_seconds": report.seconds,
+            "phases": report.phases,
+            "assemble_seconds": write_s,
+            "mean_rel_error": mean_err,
+            "peak_rss_mb": peak_compress,
+        },
+    });
+    if let Some(text) = &eval_text {
+        let o = crate::eval_ppl(&a.model, text)?;
+        let dir_model = dir.join("");
+        let q = crate::eval_ppl(&dir_model, text)?;
+        eprintln!(
+            "perplexity: original {:.4}, compressed {:.4} ({:+.2}%)",
+            o.perplexity,
+            q.perplexity,
+            100.0 * (q.perplexity / o.perplexity - 1.0)
+        );
+        out["eval"] = json!({"text": a.eval, "original": o, "compressed": q});
+    }
+    write_json(&dir.join("report.json"), &out)?;
+    let path = dir.commit()?;
+    if !quiet {
+        eprintln!(
+            "wrote {} in {:.1} s (pipeline {:.1} s: forward {:.1}, hessian {:.1}, solve {:.1}); mean relative output error {:.3e}; peak RSS {:.0} MB",
+            path.display(),
+            report.seconds + write_s,
+            report.seconds,
+            report.phases.forward,
+            report.phases.hessian,
+            report.phases.solve,
+            mean_err,
+            peak_compress.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Input statistics of one linear layer: the GPTQ/SparseGPT Hessian proxy
+//! `H = (2/n) * sum_t x_t x_t^T` over the `n` calibration rows (tokens) `x_t` seen so far, kept as a
+//! running average so batches can be added one by one (GPTQ reference `add_batch`), plus the
+//! per-column sums of squares `sum_t x_tj^2` (Wanda's `||X_j||^2`).
+//!
+//! Note: the reference counts `n` in sequences, not tokens; that only rescales `H` by a constant,
+//! which GPTQ is invariant to (the damping is relative to `mean(diag H)`), but it rescales the
+//! reported loss. Here `n` counts rows.
+//!
+//! Each batch's `X^T X` is computed chunk by chunk ([`CHUNK_ROWS`] rows at a time) as an f32
+//! symmetric rank-k update (lower triangle only, faer, all threads); every chunk's product is added
+//! into an f64 accumulator, so rounding does not grow with the number of tokens.
+use anyhow::{bail, Result};
+use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+use faer::{Accum, Mat, MatRef, Par};
+use rayon::prelude::*;
+
+/// Rows per f32 product before it is added into the f64 accumulator. Adding batches whose
+/// sizes are multiples of this gives the same sums as one big batch (up to f64 rounding).
+pub const CHUNK_ROWS: usize = 512;
+
+/// Running average `(2/n) X^T X` of a linear layer's inputs, in f64.
+#[derive(Clone, Debug)]
+pub struct Hessian {
+    d: usize,
+    n: usize,
+    /// `[d, d]` symmetric, row-major.
+    h: Vec<f64>,
+    /// `[d]`: sum over rows of `x_j^2`.
+    col_sq: Vec<f64>,
+}
+
+/// Whether every value is finite (a batch with NaN/Inf must be rejected by the caller).
+pub fn all_finite(x: &[f32]) -> bool {
+    x.iter().all(|v| v.is_finite())
+}
+
+impl Hessian {
+    /// An empty accumulator for inputs of dimension `d`.
+    pub fn new(d: usize) -> Self {
+        Hessian {
+            d,
+            n: 0,
+            h: vec![0.0; d * d],
+            col_sq: vec![0.0; d],
+        }
+    }
+
+    /// A Hessian given directly: `h` is the `[d, d]` average `(2/n) X^T X` (row-major) over `n`
+    /// rows. For tests and for statistics computed elsewhere; the column sums of squares are
+    /// derived from the diagonal (`n/2 * H_jj`). The matrix is used as given (it need not be
+    /// positive semi-definite).
+    pub fn from_matrix(d: usize, h: Vec<f64>, n: usize) -> Self {
+        assert_eq!(
+            h.len(),
+            d * d,
+            "Hessian::from_matrix: expected {d} x {d} values"
+        );
+        let col_sq = (0..d).map(|j| h[j * d + j] * n as f64 / 2.0).collect();
+        Hessian { d, n, h, col_sq }
+    }
+
+    /// Adds `rows` input rows `x` (`[rows, d]` row-major): `H <- (n H + 2 X^T X) / (n + rows)`.
+    ///
+    /// Panics when `x.len() != rows * d`. NaN/Inf are not checked here (see [`all_finite`]).
+    pub fn add_batch(&mut self, x: &[f32], rows: usize) {
+        let d = self.d;
+        assert_eq!(
+            x.len(),
+            rows * d,
+            "Hessian::add_batch: got {} values, expected {rows} x {d}",
+            x.len()
+        );
+        if rows == 0 || d == 0 {
+            self.n += rows;
+            return;
+        }
+        // Batch sum of x x^T, lower triangle, column-major: s[j * d + i] for i >= j.
+        let mut s = vec![0.0f64; d * d];
+        let mut tmp = Mat::<f32>::zeros(d, d);
+        for chunk in x.chunks(CHUNK_ROWS * d) {
+            let c = chunk.len() / d;
+            let xr = MatRef::from_row_major_slice(chunk, c, d);
+            let par = if c * d * d < 1 << 20 {
+                Par::Seq
+            } else {
+                Par::rayon(0)
+            };
+            tri_matmul(
+                tmp.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Replace,
+                xr.transpose(),
+                BlockStructure::Rectangular,
+                xr,
+                BlockStructure::Rectangular,
+                1.0f32,
+                par,
+            );
+            let tmp = &tmp;
+            s.par_chunks_mut(d).enumerate().for_each(|(j, scol)| {
+                let col = tmp.col(j);
+                for i in j..d {
+                    scol[i] += col[i] as f64;
+                }
+            });
+        }
+        for row in x.chunks(d) {
+            for (acc, &v) in self.col_sq.iter_mut().zip(row) {
+                *acc += (v as f64) * (v as f64);
+            }
+        }
+        let n2 = self.n + rows;
+        let a = self.n as f64 / n2 as f64;
+        let b = 2.0 / n2 as f64;
+        for j in 0..d {
+            for i in j..d {
+                let v = a * self.h[i * d + j] + b * s[j * d + i];
+                self.h[i * d + j] = v;
+                self.h[j * d + i] = v;
+            }
+        }
+        self.n = n2;
+    }
+
+    /// Input dimension `d`.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Number of rows (tokens) added so far.
+    pub fn nsamples(&self) -> usize {
+        self.n
+    }
+
+    /// The current average `(2/n) X^T X`, `[d, d]` row-major (symmetric).
+    pub fn matrix(&self) -> &[f64] {
+        &self.h
+    }
+
+    /// Per-column sum over all rows of `x_j^2` (Wanda's squared input norms).
+    pub fn col_sq_norms(&self) -> Vec<f64> {
+        self.col_sq.clone()
+    }
+
+    /// Errors when the matrix holds NaN or infinite values.
+    pub fn check_finite(&self) -> Result<()> {
+        if let Some(k) = self.h.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "Hessian ({} x {}) has a non-finite value {} at ({}, {}) after {} rows",
+                self.d,
+                self.d,
+                self.h[k],
+                k / self.d,
+                k % self.d,
+                self.n
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! The uniform integer quantization grid shared by RTN and GPTQ.
+//!
+//! This follows the `Quantizer` of the GPTQ reference code (IST-DASLab/gptq, `quant.py`):
+//! min-max parameters per output row (or per group of input columns of that row), an optional
+//! MSE-style clipping search (norm 2.4, grid 100, max shrink 0.8), and
+//! `q = clamp(round(x / scale) + zero, 0, maxq)`, `x' = scale * (q - zero)`.
+//!
+//! All arithmetic is in f32 with round-half-to-even (what `torch.round` does), so codes match the
+//! Python reference bit for bit where the inputs are the same.
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// The quantization grid: bit width, grouping, symmetric or asymmetric, optional clipping search.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QuantConfig {
+    /// Bits per weight, 2..=8.
+    pub bits: u32,
+    /// Number of consecutive input columns sharing one (scale, zero); `None` = one pair per output
+    /// channel (row).
+    pub group_size: Option<usize>,
+    /// Symmetric grid: zero point fixed at `(maxq + 1) / 2`.
+    pub sym: bool,
+    /// Search shrunk ranges for the lowest `sum |q(x) - x|^2.4` (GPTQ's `mse` option).
+    pub mse: bool,
+}
+
+/// Norm of the clipping search error (GPTQ reference `norm`).
+pub const MSE_NORM: f32 = 2.4;
+/// Number of grid steps of the clipping search (GPTQ reference `grid`).
+pub const MSE_GRID: usize = 100;
+/// Largest relative shrink of the range tried by the clipping search (GPTQ reference `maxshrink`).
+pub const MSE_MAXSHRINK: f64 = 0.8;
+
+impl QuantConfig {
+    /// Checks the configuration, with a message that names the bad field.
+    pub fn validate(&self) -> Result<()> {
+        if !(2..=8).contains(&self.bits) {
+            bail!("bits must be between 2 and 8, got {}", self.bits);
+        }
+        if self.group_size == Some(0) {
+            bail!("group_size must be at least 1 (or absent for per-channel), got 0");
+        }
+        Ok(())
+    }
+
+    /// Largest code, `2^bits - 1`.
+    pub fn maxq(&self) -> u32 {
+        (1u32 << self.bits) - 1
+    }
+
+    /// Width of a group for a row of `d_in` columns (`d_in` when per-channel; never 0).
+    pub fn group_len(&self, d_in: usize) -> usize {
+        match self.group_size {
+            Some(g) => g.max(1),
+            None => d_in.max(1),
+        }
+    }
+
+    /// Number of groups per row: `ceil(d_in / g)`, the last group being shorter when `g` does
+    /// not divide `d_in` (1 when per-channel).
+    pub fn n_groups(&self, d_in: usize) -> usize {
+        d_in.div_ceil(self.group_len(d_in)).max(1)
+    }
+
+    /// A short label such as `w4 g128 asym` or `w3 perchannel sym mse`.
+    pub fn label(&self) -> String {
+        let g = match self.group_size {
+            Some(g) => format!("g{g}"),
+            None => "perchannel".to_string(),
+        };
+        let s = if self.sym { "sym" } else { "asym" };
+        let m = if self.mse { " mse" } else { "" };
+        format!("w{} {g} {s}{m}", self.bits)
+    }
+}
+
+/// Round half to even, like `torch.round`.
+#[inline]
+pub fn round_even(x: f32) -> f32 {
+    x.round_ties_even()
+}
+
+/// Min-max quantization parameters `(scale, zero)` of one row segment (GPTQ `Quantizer.find_params`).
+///
+/// Asymmetric: `xmin = min(min x, 0)`, `xmax = max(max x, 0)` so that 0 is always on the grid;
+/// `scale = (xmax - xmin) / maxq`, `zero = round(-xmin / scale)`.
+/// Symmetric: `xmax = max(|xmin|, xmax)`, `xmin = -xmax` when `xmin < 0` (as the reference does;
+/// a segment with no negative value keeps `xmin = 0`), `zero = (maxq + 1) / 2`.
+/// An all-zero segment uses the range `[-1, 1]`.
+///
+/// With `cfg.mse`, ranges `p * [xmin, xmax]` for `p = 1, 0.99, ..., 0.21` are tried and the one with the
+/// lowest `sum |q(x) - x|^2.4` is kept (ties keep the wider range).
+pub fn find_params(x: &[f32], cfg: &QuantConfig) -> (f32, u32) {
+    let maxq_u = cfg.maxq();
+    let maxq = maxq_u as f32;
+    let mut xmin = x.iter().fold(0.0f32, |a, &b| a.min(b));
+    let mut xmax = x.iter().fold(0.0f32, |a, &b| a.max(b));
+    if cfg.sym {
+        xmax = xmax.max(xmin.abs());
+        if xmin < 0.0 {
+            xmin = -xmax;
+        }
+    }
+    if xmin == 0.0 && xmax == 0.0 {
+        xmin = -1.0;
+        xmax = 1.0;
+    }
+    let sym_zero = (maxq_u + 1) / 2;
+    let params = |lo: f32, hi: f32| -> (f32, u32) {
+        let scale = (hi - lo) / maxq;
+        if !(scale > 0.0 && scale.is_finite()) {
+            // Degenerate range (e.g. subnormal weights): fall back to the [-1, 1] grid, on which
+            // such values quantize to the zero point.
+            let scale = 2.0 / maxq;
+            let zero = if cfg.sym {
+                sym_zero
+            } else {
+                round_even(1.0 / scale) as u32
+            };
+            return (scale, zero);
+        }
+        let zero = if cfg.sym {
+            sym_zero
+        } else {
+            (round_even(-lo / scale).clamp(0.0, maxq)) as u32
+        };
+        (scale, zero)
+    };
+    let (mut scale, mut zero) = params(xmin, xmax);
+    if cfg.mse {
+        let mut best = f64::INFINITY;
+        let steps = (MSE_MAXSHRINK * MSE_GRID as f64) as usize;
+        for i in 0..steps {
+            let p = (1.0 - i as f64 / MSE_GRID as f64) as f32;
+            let (s1, z1) = params(p * xmin, p * xmax);
+            let err: f64 = x
+                .iter()
+                .map(|&v| {
+                    let q = dequantize_value(quantize_value(v, s1, z1, maxq_u), s1, z1);
+                    ((q - v).abs() as f64).powf(MSE_NORM as f64)
+                })
+                .sum();
+            if err < best {
+                best = err;
+                scale = s1;
+                zero = z1;
+            }
+        }
+    }
+    (scale, zero)
+}
+
+/// Code of one value: `clamp(round(x / scale) + zero, 0, maxq)` (round half to even).
+#[inline]
+pub fn quantize_value(x: f32, scale: f32, zero: u32, maxq: u32) -> u32 {
+    let q = round_even(x / scale) + zero as f32;
+    // NaN falls through `clamp` and converts to 0.
+    q.clamp(0.0, maxq as f32) as u32
+}
+
+/// Value of one code: `scale * (q - zero)`.
+#[inline]
+pub fn dequantize_value(q: u32, scale: f32, zero: u32) -> f32 {
+    scale * (q as f32 - zero as f32)
+}
+
+/// Quantized form of one linear weight: what the export formats pack.
+#[derive(Clone, Debug)]
+pub struct QuantizedWeight {
+    pub d_out: usize,
+    pub d_in: usize,
+    pub config: QuantConfig,
+    /// `[d_out, d_in]` row-major codes, each `<= maxq`.
+    pub codes: Vec<u8>,
+    /// `[d_out, n_groups]` scales.
+    pub scales: Vec<f32>,
+    /// `[d_out, n_groups]` zero points (codes).
+    pub zeros: Vec<u32>,
+    /// `[d_in]`: the group of each input column (`i / group_size` unless GPTQ's dynamic act-order
+    /// formed the groups in permuted order).
+    pub g_idx: Vec<u32>,
+}
+
+impl QuantizedWeight {
+    /// Number of (scale, zero) pairs per row.
+    pub fn n_groups(&self) -> usize {
+        if self.d_out == 0 {
+            self.config.n_groups(self.d_in)
+        } else {
+            self.scales.len() / self.d_out
+        }
+    }
+
+    /// Whether `g_idx` is the natural `i / group_size` (what formats without `g_idx` assume).
+    pub fn g_idx_is_trivial(&self) -> bool {
+        let g = self.config.group_len(self.d_in);
+        self.g_idx
+            .iter()
+            .enumerate()
+            .all(|(i, &k)| k as usize == i / g)
+    }
+
+    /// The f32 weight `[d_out, d_in]` these codes stand for: `scale[r, g_idx[j]] * (q - zero)`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let ng = self.n_groups();
+        let mut out = vec![0.0f32; self.d_out * self.d_in];
+        for r in 0..self.d_out {
+            let codes = &self.codes[r * self.d_in..(r + 1) * self.d_in];
+            let scales = &self.scales[r * ng..(r + 1) * ng];
+            let zeros = &self.zeros[r * ng..(r + 1) * ng];
+            let dst = &mut out[r * self.d_in..(r + 1) * self.d_in];
+            for j in 0..self.d_in {
+                let g = self.g_idx[j] as usize;
+                dst[j] = dequantize_value(codes[j] as u32, scales[g], zeros[g]);
+            }
+        }
+        out
+    }
+}
