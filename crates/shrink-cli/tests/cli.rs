@@ -429,3 +429,252 @@ fn bad_inputs_get_clear_errors() {
     );
     assert!(!t.join("o").exists());
 }
+
+fn calib_text(dir: &Path) -> PathBuf {
+    let p = dir.join("calib.txt");
+    let text: String = (0..400)
+        .map(|i| {
+            format!(
+                "sample {i} of calibration text, with words and numbers {}. ",
+                i * 7 % 13
+            )
+        })
+        .collect();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn report(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
+/// Compress a tiny model with RTN and GPTQ: complete output, a quantized form that dequantizes to
+/// the written weights, GPTQ's total output error below RTN's, and the same settings from a
+/// recipe give the same model.
+#[test]
+fn compress_rtn_and_gptq_on_a_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut outs = vec![];
+    for method in ["rtn", "gptq"] {
+        let out = t.join(method);
+        let args = [
+            "compress",
+            "--model",
+            &s(&model),
+            "--method",
+            method,
+            "--bits",
+            "3",
+            "--group-size",
+            "24",
+            "--calib",
+            &s(&calib),
+            "--nsamples",
+            "8",
+            "--seqlen",
+            "32",
+            "--out",
+            &s(&out),
+            "-q",
+        ];
+        let (code, _, err) = shrink(&args);
+        assert_eq!(code, 0, "{err}");
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "quantized.safetensors",
+            "report.json",
+            "calibration_ids.safetensors",
+        ] {
+            assert!(out.join(f).is_file(), "{method}: missing {f}");
+        }
+        assert!(!out.join("layers").exists());
+        // Codes, scales, zeros and g_idx reproduce the written weights exactly; 3-bit codes only.
+        let q = SafetensorsSource::open(&out.join("quantized.safetensors")).unwrap();
+        let m = SafetensorsSource::open(&out.join("model.safetensors")).unwrap();
+        let base = "model.layers.1.mlp.down_proj";
+        let (_, shape, codes) = q.raw(&format!("{base}.qcodes")).unwrap();
+        let (d_out, d_in) = (shape[0], shape[1]);
+        assert!(codes.iter().all(|&c| c < 8));
+        let scales = q.load(&format!("{base}.scales")).unwrap();
+        let i32s = |n: &str| -> Vec<i32> {
+            q.raw(n)
+                .unwrap()
+                .2
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let zeros = i32s(&format!("{base}.zeros"));
+        let gidx = i32s(&format!("{base}.g_idx"));
+        let ng = scales.shape[1];
+        assert_eq!(
+            ng,
+            d_in.div_ceil(24),
+            "160 columns in groups of 24: the last group is shorter"
+        );
+        let w = m.load(&format!("{base}.weight")).unwrap();
+        for r in 0..d_out {
+            for c in 0..d_in {
+                let g = gidx[c] as usize;
+                let deq = scales.data[r * ng + g]
+                    * (codes[r * d_in + c] as f32 - zeros[r * ng + g] as f32);
+                assert_eq!(deq, w.data[r * d_in + c], "{method}: row {r} col {c}");
+            }
+        }
+        let rep = report(&out);
+        assert_eq!(rep["layers"].as_array().unwrap().len(), 2);
+        assert_eq!(rep["calibration"]["seed"], 0);
+        outs.push(rep);
+    }
+    let errs = |r: &serde_json::Value| -> Vec<f64> {
+        r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| {
+                l["linears"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x["rel_error"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let (rtn, gptq) = (errs(&outs[0]), errs(&outs[1]));
+    assert_eq!(rtn.len(), 14);
+    // Each run sees its own (already compressed) upstream outputs, so compare totals here; the
+    // per-linear comparison on identical inputs is in shrink-pipeline's tests.
+    let (sr, sg): (f64, f64) = (rtn.iter().sum(), gptq.iter().sum());
+    assert!(
+        sg < sr,
+        "GPTQ total relative error {sg} not below RTN's {sr}"
+    );
+    // The same job from a recipe gives the same weights.
+    let recipe = t.join("r.toml");
+    std::fs::write(&recipe, format!("[calibration]\nfile = {:?}\nnsamples = 8\nseqlen = 32\n\n[[stage]]\nmethod = \"gptq\"\nbits = 3\ngroup_size = 24\n", s(&calib))).unwrap();
+    let out = t.join("recipe");
+    let (code, _, err) = shrink(&[
+        "compress",
+        "--model",
+        &s(&model),
+        "--recipe",
+        &s(&recipe),
+        "--out",
+        &s(&out),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(t.join("gptq/model.safetensors")).unwrap()
+    );
+}
+
+/// Bad compression settings and inputs: a clear error and no output directory left behind.
+#[test]
+fn compress_bad_input_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = t.join("out");
+    let base = |extra: &[&str], calib: &Path| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "compress",
+            "--model",
+            &s(&model),
+            "--calib",
+            &s(calib),
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "16",
+            "--out",
+            &s(&out),
+            "-q",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let check = |args: Vec<String>, needles: &[&str]| {
+        let a: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+        fails_with(&a, needles);
+        assert!(!out.exists(), "output directory left behind for {args:?}");
+        let stray: Vec<_> = std::fs::read_dir(t)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "temporary directory left behind for {args:?}"
+        );
+    };
+    check(
+        base(&["--method", "gptq", "--bits", "9"], &calib),
+        &["bits", "2 and 8", "9"],
+    );
+    check(
+        base(&["--method", "gptq", "--bits", "1"], &calib),
+        &["bits"],
+    );
+    check(
+        base(
+            &["--method", "rtn", "--bits", "4", "--group-size", "0"],
+            &calib,
+        ),
+        &["group size"],
+    );
+    check(
+        base(&["--method", "awq", "--bits", "4"], &calib),
+        &["unknown method", "awq"],
+    );
+    check(
+        base(
+            &["--method", "gptq", "--bits", "4", "--act-order", "sideways"],
+            &calib,
+        ),
+        &["act order"],
+    );
+    let empty = t.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    check(
+        base(&["--method", "gptq", "--bits", "4"], &empty),
+        &["empty.txt", "empty"],
+    );
+    let short = t.join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    check(
+        base(&["--method", "gptq", "--bits", "4"], &short),
+        &["short.txt", "too short"],
+    );
+    let bad_recipe = t.join("bad.toml");
+    std::fs::write(&bad_recipe, "[[stage]]\nmethod = \"gptq\"\nbitz = 4\n").unwrap();
+    check(
+        base(&["--recipe", &s(&bad_recipe)], &calib),
+        &["bad.toml", "bitz"],
+    );
+    // Non-finite weights are caught at load, naming the file and tensor.
+    let nan = t.join("nan");
+    std::fs::create_dir(&nan).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(model.join(f), nan.join(f)).unwrap();
+    }
+    let mut b = std::fs::read(model.join("model.safetensors")).unwrap();
+    let n = b.len();
+    b[n - 4..].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    std::fs::write(nan.join("model.safetensors"), b).unwrap();
+    let mut args = base(&["--method", "rtn", "--bits", "4"], &calib);
+    args[2] = s(&nan);
+    check(args, &["model.safetensors", "non-finite"]);
+}

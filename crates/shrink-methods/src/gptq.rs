@@ -110,7 +110,6 @@ pub struct GptqResult {
 /// half the work). Returns `None` when the factorization fails or gives non-finite values.
 fn upper_chol_of_inverse(h: &[f64], n: usize) -> Option<Vec<f32>> {
     let par = Par::rayon(0);
-    let t0 = std::time::Instant::now();
     let mut a = Mat::<f64>::from_fn(n, n, |i, j| {
         if i >= j {
             h[(n - 1 - i) * n + (n - 1 - j)]
@@ -128,7 +127,6 @@ fn upper_chol_of_inverse(h: &[f64], n: usize) -> Option<Vec<f32>> {
         Default::default(),
     )
     .ok()?;
-    let t1 = t0.elapsed().as_secs_f64();
     for j in 0..n {
         for i in 0..j {
             a[(i, j)] = 0.0;
@@ -136,7 +134,6 @@ fn upper_chol_of_inverse(h: &[f64], n: usize) -> Option<Vec<f32>> {
     }
     let mut linv = Mat::<f64>::zeros(n, n);
     invert_lower_triangular(linv.as_mut(), a.as_ref(), par);
-    let t2 = t0.elapsed().as_secs_f64();
     let mut u = vec![0.0f32; n * n];
     for i in 0..n {
         for j in i..n {
@@ -147,12 +144,6 @@ fn upper_chol_of_inverse(h: &[f64], n: usize) -> Option<Vec<f32>> {
         let d = u[i * n + i];
         d.is_finite() && d > 0.0
     }) && u.iter().all(|v| v.is_finite());
-    if std::env::var("GPTQ_TIMING").is_ok() {
-        eprintln!(
-            "  chol {t1:.3} inv {t2:.3} all {:.3}",
-            t0.elapsed().as_secs_f64()
-        );
-    }
     ok.then_some(u)
 }
 
@@ -272,7 +263,6 @@ pub fn gptq(
     let mut hp = vec![0.0f64; n * n];
     let mut damp = cfg.damp;
     let mut damp_retries = 0u32;
-    let t0 = std::time::Instant::now();
     let u = loop {
         for a in 0..n {
             for b in 0..n {
@@ -301,8 +291,6 @@ pub fn gptq(
         damp_retries += 1;
     };
     drop(hp);
-    let t_chol = t0.elapsed().as_secs_f64();
-    let mut t_mm = 0.0;
 
     // 5. Block loop. Codes are kept in processing order until the end.
     let mut codes_p = vec![0u8; d_out * n];
@@ -375,19 +363,11 @@ pub fn gptq(
             } else {
                 Par::rayon(0)
             };
-            let tm = std::time::Instant::now();
             matmul(dst, Accum::Add, lhs, rhs, -1.0f32, par);
-            t_mm += tm.elapsed().as_secs_f64();
         }
         i1 = i2;
     }
 
-    if std::env::var("GPTQ_TIMING").is_ok() {
-        eprintln!(
-            "chol {t_chol:.3} mm {t_mm:.3} total {:.3}",
-            t0.elapsed().as_secs_f64()
-        );
-    }
     // 6. Undo the permutation.
     let (weight, codes) = if identity {
         (wp, codes_p)
@@ -422,4 +402,54 @@ pub fn gptq(
         dead_columns,
         loss,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `U^T U` is the inverse of `H` and `U` is upper triangular with a positive diagonal.
+    #[test]
+    fn upper_factor_of_inverse() {
+        let n = 7;
+        let mut s = 12345u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+        };
+        let a: Vec<f64> = (0..n * n).map(|_| next()).collect();
+        let mut h = vec![0.0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                h[i * n + j] = (0..n).map(|k| a[i * n + k] * a[j * n + k]).sum::<f64>()
+                    + if i == j { 0.1 } else { 0.0 };
+            }
+        }
+        let u = upper_chol_of_inverse(&h, n).unwrap();
+        for i in 0..n {
+            assert!(u[i * n + i] > 0.0);
+            for j in 0..i {
+                assert_eq!(u[i * n + j], 0.0);
+            }
+        }
+        // (U^T U) H = I
+        for i in 0..n {
+            for j in 0..n {
+                let mut v = 0.0f64;
+                for k in 0..n {
+                    let utu: f64 = (0..n)
+                        .map(|m| u[m * n + i] as f64 * u[m * n + k] as f64)
+                        .sum();
+                    v += utu * h[k * n + j];
+                }
+                let e = if i == j { 1.0 } else { 0.0 };
+                assert!((v - e).abs() < 1e-4, "({i},{j}): {v}");
+            }
+        }
+        // Not positive definite.
+        let bad = vec![1.0, 2.0, 2.0, 1.0];
+        assert!(upper_chol_of_inverse(&bad, 2).is_none());
+    }
 }

@@ -1,7 +1,7 @@
 //! Input statistics of one linear layer: the GPTQ/SparseGPT Hessian proxy
 //! `H = (2/n) * sum_t x_t x_t^T` over the `n` calibration rows (tokens) `x_t` seen so far, kept as a
 //! running average so batches can be added one by one (GPTQ reference `add_batch`), plus the
-//! per-column sums of squares `sum_t x_tj^2` (Wanda's `||X_j||^2`).
+//! per-column sums of squares `sum_t x_tj^2` (Wanda's `||X_j||^2`, the diagonal of `X^T X`).
 //!
 //! Note: the reference counts `n` in sequences, not tokens; that only rescales `H` by a constant,
 //! which GPTQ is invariant to (the damping is relative to `mean(diag H)`), but it rescales the
@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 /// Rows per f32 product before it is added into the f64 accumulator. Adding batches whose
 /// sizes are multiples of this gives the same sums as one big batch (up to f64 rounding).
-pub const CHUNK_ROWS: usize = 512;
+pub const CHUNK_ROWS: usize = 2048;
 
 /// Running average `(2/n) X^T X` of a linear layer's inputs, in f64.
 #[derive(Clone, Debug)]
@@ -105,10 +105,9 @@ impl Hessian {
                 }
             });
         }
-        for row in x.chunks(d) {
-            for (acc, &v) in self.col_sq.iter_mut().zip(row) {
-                *acc += (v as f64) * (v as f64);
-            }
+        // The column sums of squares are the diagonal of the batch's X^T X.
+        for j in 0..d {
+            self.col_sq[j] += s[j * d + j];
         }
         let n2 = self.n + rows;
         let a = self.n as f64 / n2 as f64;

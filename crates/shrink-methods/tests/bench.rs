@@ -156,3 +156,25 @@ fn bench_gptq() {
         );
     }
 }
+
+#[test]
+#[ignore]
+fn bench_find_params_mse() {
+    let x: Vec<f32> = common::Rng::new(4).normals(128 * 2000);
+    let cfg = QuantConfig {
+        bits: 4,
+        group_size: Some(128),
+        sym: false,
+        mse: true,
+    };
+    let t = Instant::now();
+    let mut acc = 0.0f32;
+    for c in x.chunks(128) {
+        acc += find_params(c, &cfg).0;
+    }
+    println!(
+        "find_params mse g128: {:.2} us/group ({:.1} ns/el) {acc}",
+        t.elapsed().as_secs_f64() * 1e6 / 2000.0,
+        t.elapsed().as_secs_f64() * 1e9 / x.len() as f64
+    );
+}
