@@ -105,7 +105,7 @@ pub fn find_params(x: &[f32], cfg: &QuantConfig) -> (f32, u32) {
         xmin = -1.0;
         xmax = 1.0;
     }
-    let sym_zero = (maxq_u + 1) / 2;
+    let sym_zero = 1u32 << (cfg.bits - 1); // (maxq + 1) / 2
     let params = |lo: f32, hi: f32| -> (f32, u32) {
         let scale = (hi - lo) / maxq;
         if !(scale > 0.0 && scale.is_finite()) {
@@ -190,11 +190,10 @@ pub struct QuantizedWeight {
 impl QuantizedWeight {
     /// Number of (scale, zero) pairs per row.
     pub fn n_groups(&self) -> usize {
-        if self.d_out == 0 {
-            self.config.n_groups(self.d_in)
-        } else {
-            self.scales.len() / self.d_out
-        }
+        self.scales
+            .len()
+            .checked_div(self.d_out)
+            .unwrap_or_else(|| self.config.n_groups(self.d_in))
     }
 
     /// Whether `g_idx` is the natural `i / group_size` (what formats without `g_idx` assume).
