@@ -202,6 +202,59 @@ impl CalibSet {
         })
     }
 
+    /// Reads calibration ids saved by [`CalibSet::save`] (or any safetensors file with an I64 or
+    /// I32 tensor `input_ids` of shape `[nsamples, seqlen]`), e.g. to reuse another tool's tokens.
+    pub fn load(path: &Path, vocab_size: usize) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()))?;
+        let t = st
+            .tensor("input_ids")
+            .map_err(|_| anyhow::anyhow!("{}: no tensor 'input_ids'", path.display()))?;
+        let [nsamples, seqlen] = t.shape() else {
+            bail!(
+                "{}: input_ids must be 2-D [nsamples, seqlen], found shape {:?}",
+                path.display(),
+                t.shape()
+            );
+        };
+        let ids: Vec<i64> = match t.dtype() {
+            Dtype::I64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::I32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                .collect(),
+            d => bail!(
+                "{}: input_ids has dtype {d:?}; expected I64 or I32",
+                path.display()
+            ),
+        };
+        if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= vocab_size) {
+            bail!(
+                "{}: token id {bad} is outside the model's vocabulary of {vocab_size}",
+                path.display()
+            );
+        }
+        if *nsamples == 0 || *seqlen == 0 {
+            bail!("{}: input_ids is empty", path.display());
+        }
+        Ok(CalibSet {
+            nsamples: *nsamples,
+            seqlen: *seqlen,
+            seed: 0,
+            source: path.display().to_string(),
+            text_tokens: 0,
+            ids: ids.into_iter().map(|i| i as u32).collect(),
+            starts: vec![],
+        })
+    }
+
     /// Writes the token ids as a safetensors file with one I64 tensor `input_ids` `[nsamples, seqlen]`
     /// (the form the peer scripts in tools/peer read, so both tools see the same tokens).
     pub fn save(&self, path: &Path) -> Result<()> {

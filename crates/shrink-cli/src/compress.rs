@@ -79,6 +79,10 @@ pub struct CompressArgs {
     /// Calibration text: a UTF-8 file, a .jsonl file (see --calib-field) or a directory of .txt files.
     #[arg(long)]
     calib: Option<PathBuf>,
+    /// Use these calibration token ids instead of drawing windows: a safetensors file with an
+    /// I64/I32 tensor `input_ids` [nsamples, seqlen] (as written to calibration_ids.safetensors).
+    #[arg(long, conflicts_with_all = ["calib", "nsamples", "seqlen", "seed"])]
+    calib_ids: Option<PathBuf>,
     /// String field of each JSON line to use as a document.
     #[arg(long)]
     calib_field: Option<String>,
@@ -379,7 +383,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             n_layers,
             nsamples,
             seqlen,
-            source.describe()
+            calib.source
         );
     }
     let bar = progress::bar(n_layers as u64, "layers", quiet);

@@ -312,6 +312,7 @@ pub fn gptq(
             .zip(err.par_chunks_mut(count * rows_per_task))
             .map(|((((wrows, crows), srows), zrows), erows)| {
                 let mut buf = vec![0.0f32; count];
+                let mut gbuf: Vec<f32> = Vec::with_capacity(g.min(n));
                 let mut l = 0.0f64;
                 let nr = wrows.len() / n;
                 for r in 0..nr {
@@ -325,8 +326,18 @@ pub fn gptq(
                         let p = i1 + i;
                         let k = group_of_pos[p];
                         if !static_params && p % g == 0 {
-                            // Dynamic group: parameters from W as of the block start.
-                            (srow[k], zrow[k]) = find_params(&wrow[p..(p + g).min(n)], qc);
+                            // Dynamic group: parameters from the weights as updated so far
+                            // (in-block updates included; columns past the block carry every
+                            // earlier block's update). The reference reads the block-start W
+                            // here, which lets in-block updates push the second group of a
+                            // block off its grid; see the note on `gptq`.
+                            let end = (p + g).min(n);
+                            gbuf.clear();
+                            gbuf.extend_from_slice(&buf[i..(end.min(i2) - i1)]);
+                            if end > i2 {
+                                gbuf.extend_from_slice(&wrow[i2..end]);
+                            }
+                            (srow[k], zrow[k]) = find_params(&gbuf, qc);
                         }
                         let (s, z) = (srow[k], zrow[k]);
                         let x = buf[i];

@@ -153,3 +153,61 @@ fn gptq_never_worse_than_rtn_on_real_layers_of_the_default_model() {
         ActOrder::Static,
     );
 }
+
+/// Diagnostic (run by hand): GPTQ vs RTN layer loss on the default model with a larger
+/// calibration set. SHRINK_DIAG_SAMPLES (default 64) x 512 tokens, SHRINK_DIAG_LAYERS (default 13).
+#[test]
+#[ignore]
+fn diagnostic_gptq_vs_rtn_per_linear() {
+    let (Some(model), Some(calib)) = (
+        fetched("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        fetched("data/calib.txt"),
+    ) else {
+        return;
+    };
+    let n: usize = std::env::var("SHRINK_DIAG_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let layers: usize = std::env::var("SHRINK_DIAG_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(13);
+    let src = ModelSource::open(&model).unwrap();
+    let cs = CalibSet::sample(
+        &TextSource::from_path(&calib, None).unwrap(),
+        &src.tokenizer,
+        n,
+        512,
+        0,
+    )
+    .unwrap();
+    let quant = QuantConfig {
+        bits: 4,
+        group_size: Some(64),
+        sym: false,
+        mse: false,
+    };
+    let m = Both {
+        gptq: Gptq(GptqConfig {
+            quant,
+            block_size: 128,
+            damp: 0.01,
+            act_order: ActOrder::None,
+            static_groups: false,
+        }),
+        losses: Mutex::new(vec![]),
+    };
+    shrink_pipeline::run(
+        &src,
+        &cs,
+        &m,
+        0..layers,
+        &mut shrink_pipeline::Discard,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for (name, g, r) in m.losses.into_inner().unwrap() {
+        eprintln!("{name:50} gptq {g:.4e} rtn {r:.4e} ratio {:.3}", g / r);
+    }
+}
