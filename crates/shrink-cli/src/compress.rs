@@ -349,19 +349,25 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let stage = &recipe.stage[0];
     let method = build_method(stage)?;
     let c = &recipe.calibration;
-    let calib_path = c.file.clone().context(
-        "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
-    )?;
     let src = ModelSource::open(&a.model)?;
-    let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
-    let (nsamples, seqlen, seed) = (c.nsamples.unwrap(), c.seqlen.unwrap(), c.seed.unwrap());
+    let calib = match &a.calib_ids {
+        Some(p) => CalibSet::load(p, src.config.vocab_size)?,
+        None => {
+            let calib_path = c.file.clone().context(
+                "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
+            )?;
+            let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
+            let (n, l, seed) = (c.nsamples.unwrap(), c.seqlen.unwrap(), c.seed.unwrap());
+            CalibSet::sample(&source, &src.tokenizer, n, l, seed)?
+        }
+    };
+    let (nsamples, seqlen, seed) = (calib.nsamples, calib.seqlen, calib.seed);
     if seqlen > src.config.max_position_embeddings {
         eprintln!(
-            "warning: --seqlen {seqlen} exceeds the model's max_position_embeddings {}",
+            "warning: calibration seqlen {seqlen} exceeds the model's max_position_embeddings {}",
             src.config.max_position_embeddings
         );
     }
-    let calib = CalibSet::sample(&source, &src.tokenizer, nsamples, seqlen, seed)?;
     let eval_text = match &a.eval {
         Some(p) => Some(crate::read_text(p)?),
         None => None,

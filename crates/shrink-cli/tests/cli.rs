@@ -574,6 +574,30 @@ fn compress_rtn_and_gptq_on_a_tiny_model() {
         std::fs::read(out.join("model.safetensors")).unwrap(),
         std::fs::read(t.join("gptq/model.safetensors")).unwrap()
     );
+    // Reusing the saved calibration tokens (--calib-ids) reproduces the run too.
+    let out2 = t.join("ids");
+    let ids = t.join("gptq/calibration_ids.safetensors");
+    let (code, _, err) = shrink(&[
+        "compress",
+        "--model",
+        &s(&model),
+        "--method",
+        "gptq",
+        "--bits",
+        "3",
+        "--group-size",
+        "24",
+        "--calib-ids",
+        &s(&ids),
+        "--out",
+        &s(&out2),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(out2.join("model.safetensors")).unwrap(),
+        std::fs::read(t.join("gptq/model.safetensors")).unwrap()
+    );
 }
 
 /// Bad compression settings and inputs: a clear error and no output directory left behind.
