@@ -25,7 +25,7 @@ RECIPE (TOML; command-line flags override it):\n  \
 [calibration]\n  file = \"data/calib.txt\"   # or a .jsonl file (with field = \"text\") or a directory of .txt\n  \
 nsamples = 64\n  seqlen = 512\n  seed = 0\n\n  \
 [[stage]]                   # one stage for now\n  method = \"gptq\"            # rtn | gptq\n  bits = 4\n  \
-group_size = 64             # omit for per-output-channel\n  sym = false\n  act_order = \"none\"          # none | dynamic | static\n  \
+group_size = 64             # omit for per-output-channel\n  sym = false\n  act_order = \"static\"        # static | dynamic | none\n  \
 static_groups = false\n  damp = 0.01\n  block_size = 128\n  mse = false\n\n\
 OUTPUT (DIR, written under a temporary name and renamed when complete):\n  \
 config.json, model.safetensors (dequantized f32), tokenizer.json, tokenizer_config.json\n  \
@@ -61,9 +61,11 @@ pub struct CompressArgs {
     /// Search the clipping range per group to minimise the rounding error (GPTQ's MSE grid).
     #[arg(long)]
     mse: bool,
-    /// GPTQ column order: none, dynamic (the GPTQ paper's act-order: descending Hessian diagonal,
-    /// groups formed in that order, g_idx recorded) or static (llm-compressor's default: natural
-    /// groups fixed up front, columns processed in descending Hessian-diagonal order).
+    /// GPTQ column order [default: static]: static (llm-compressor's default: natural groups
+    /// fixed up front from the original weights, columns processed in descending Hessian-diagonal
+    /// order), dynamic (the GPTQ paper's act-order: groups formed in that order, g_idx recorded)
+    /// or none (natural order, groups fitted to the updated weights). On SmolLM2-135M W4 g64,
+    /// static gave perplexity 17.10 where none gave 19.10 (RTN: 19.00).
     #[arg(long, value_name = "none|dynamic|static", num_args = 0..=1, default_missing_value = "dynamic")]
     act_order: Option<String>,
     /// GPTQ: compute every group's scale and zero point up front from the original weights.
@@ -179,7 +181,7 @@ fn merged(a: &CompressArgs) -> Result<Recipe> {
         .act_order
         .clone()
         .or(s.act_order.take())
-        .or(Some("none".into()));
+        .or(Some("static".into()));
     s.static_groups = Some(a.static_groups || s.static_groups.unwrap_or(false));
     s.damp = a.damp.or(s.damp).or(Some(0.01));
     s.block_size = a.block_size.or(s.block_size).or(Some(128));
@@ -206,7 +208,7 @@ pub fn build_method(s: &Stage) -> Result<Box<dyn Method>> {
     Ok(match method {
         "rtn" => Box::new(Rtn(quant)),
         "gptq" => {
-            let act_order = match s.act_order.as_deref().unwrap_or("none") {
+            let act_order = match s.act_order.as_deref().unwrap_or("static") {
                 "none" | "false" => ActOrder::None,
                 "dynamic" | "true" => ActOrder::Dynamic,
                 "static" => ActOrder::Static,
