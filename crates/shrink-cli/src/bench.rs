@@ -25,6 +25,16 @@ pub struct BenchArgs {
     seqlen: usize,
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// Also benchmark a GPTQ W4 g64 compression (no output written): wall time per phase and the
+    /// Hessian and solve phases in GFLOP/s against the matmul rate.
+    #[arg(long)]
+    compress: bool,
+    /// Calibration text for --compress.
+    #[arg(long, default_value = "data/calib.txt")]
+    calib: PathBuf,
+    /// Calibration samples of 512 tokens for --compress.
+    #[arg(long, default_value_t = 16)]
+    nsamples: usize,
     /// Write the JSON here instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -89,6 +99,11 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
     let fpt = flops_per_token(&src.config, a.seqlen);
     let fwd_gflops = fpt * r.tokens as f64 / r.seconds / 1e9;
     let matmul_rate = square.max(mlp_shape);
+    let compress = if a.compress {
+        Some(bench_compress(&src, &a, matmul_rate, quiet)?)
+    } else {
+        None
+    };
     let v = json!({
         "machine": {"threads": rayon::current_num_threads()},
         "matmul_gflops_f32": {"1024x1024x1024": square, "2048x576x1536": mlp_shape, "best": matmul_rate},
@@ -98,6 +113,7 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
         "eval": {"perplexity": r.perplexity, "tokens": r.tokens, "seqlen": r.seqlen, "batch": a.batch, "seconds": r.seconds, "tokens_per_second": r.tokens_per_second},
         "forward": {"gflop_per_token": fpt / 1e9, "gflops": fwd_gflops, "ratio_to_matmul": fwd_gflops / matmul_rate},
         "peak_rss_mb": peak_rss_mb(),
+        "compress": compress,
     });
     let s = serde_json::to_string_pretty(&v)?;
     match &a.out {
@@ -108,4 +124,81 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
         None => println!("{s}"),
     }
     Ok(())
+}
+
+/// FLOPs of the Hessians of one layer for `rows` calibration rows (2 * rows * d^2 per group).
+fn hessian_flops(c: &ModelConfig, rows: usize) -> f64 {
+    let (h, q, i) = (
+        c.hidden_size as f64,
+        (c.num_heads * c.head_dim) as f64,
+        c.intermediate_size as f64,
+    );
+    2.0 * rows as f64 * (2.0 * h * h + q * q + i * i)
+}
+
+/// FLOPs of GPTQ on one layer: per linear, the factorization and inverse (~d_in^3 in total, the
+/// Hessian being shared by the group, counted once per group) and the updates (2 d_out d_in^2).
+fn gptq_flops(c: &ModelConfig) -> f64 {
+    use shrink_model::layer::linear_shape;
+    let mut f = 0.0;
+    for g in shrink_model::Group::ORDER {
+        let d_in = linear_shape(c, g.linears()[0])[1] as f64;
+        f += d_in.powi(3);
+        for &l in g.linears() {
+            f += 2.0 * linear_shape(c, l)[0] as f64 * d_in * d_in;
+        }
+    }
+    f
+}
+
+fn bench_compress(
+    src: &ModelSource,
+    a: &BenchArgs,
+    matmul_rate: f64,
+    quiet: bool,
+) -> Result<serde_json::Value> {
+    use shrink_methods::{ActOrder, Gptq, GptqConfig, QuantConfig};
+    let source = shrink_calib::TextSource::from_path(&a.calib, None)?;
+    let calib = shrink_calib::CalibSet::sample(&source, &src.tokenizer, a.nsamples, 512, 0)?;
+    let quant = QuantConfig {
+        bits: 4,
+        group_size: Some(64),
+        sym: false,
+        mse: false,
+    };
+    let method = Gptq(GptqConfig {
+        quant,
+        block_size: 128,
+        damp: 0.01,
+        act_order: ActOrder::Static,
+        static_groups: false,
+    });
+    let n = src.config.num_layers;
+    let bar = progress::bar(n as u64, "layers", quiet);
+    let t = Instant::now();
+    let r = shrink_pipeline::run(
+        src,
+        &calib,
+        &method,
+        0..n,
+        &mut shrink_pipeline::Discard,
+        &mut |d, _| bar.set_position(d as u64),
+    )?;
+    bar.finish_and_clear();
+    let wall = t.elapsed().as_secs_f64();
+    let rows = calib.nsamples * calib.seqlen;
+    let hf = hessian_flops(&src.config, rows) * n as f64;
+    let sf = gptq_flops(&src.config) * n as f64;
+    let ff = (flops_per_token(&src.config, 512)
+        - 2.0 * (src.config.vocab_size * src.config.hidden_size) as f64)
+        * rows as f64;
+    let p = &r.phases;
+    Ok(json!({
+        "method": "gptq w4 g64 asym actorder=static", "nsamples": calib.nsamples, "seqlen": calib.seqlen,
+        "wall_seconds": wall, "phases": p,
+        "forward_gflops": ff / p.forward / 1e9, "forward_ratio_to_matmul": ff / p.forward / 1e9 / matmul_rate,
+        "hessian_gflops": hf / p.hessian / 1e9, "hessian_ratio_to_matmul": hf / p.hessian / 1e9 / matmul_rate,
+        "solve_gflops": sf / p.solve / 1e9, "solve_ratio_to_matmul": sf / p.solve / 1e9 / matmul_rate,
+        "peak_rss_mb": peak_rss_mb(),
+    }))
 }
