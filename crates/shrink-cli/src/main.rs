@@ -38,7 +38,7 @@ enum Cmd {
     /// them, and the linears of each group ({q,k,v} -> {o} -> {gate,up} -> {down}) are compressed
     /// in turn, each group seeing the outputs of the already-compressed ones. Only one layer's
     /// weights, the calibration activations and one group's Hessian are in memory at a time.
-    Compress(compress::CompressArgs),
+    Compress(Box<compress::CompressArgs>),
     /// Perplexity of a model on a text (GPTQ protocol).
     ///
     /// The whole text is tokenized once (with the model's own tokenizer and its default special
@@ -122,7 +122,7 @@ fn main() {
     let cli = Cli::parse();
     let quiet = cli.quiet;
     let r = match cli.cmd {
-        Cmd::Compress(a) => compress::run(a, quiet),
+        Cmd::Compress(a) => compress::run(*a, quiet),
         Cmd::Eval(a) => cmd_eval(a, quiet),
         Cmd::Convert(a) => cmd_convert(a, quiet),
         Cmd::Inspect(a) => cmd_inspect(a),
