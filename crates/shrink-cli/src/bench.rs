@@ -126,14 +126,15 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// FLOPs of the Hessians of one layer for `rows` calibration rows (2 * rows * d^2 per group).
+/// FLOPs of the Hessians of one layer for `rows` calibration rows: a symmetric rank-k update
+/// computes d(d+1)/2 entries with 2 flops per row each, ~rows * d^2 per group.
 fn hessian_flops(c: &ModelConfig, rows: usize) -> f64 {
     let (h, q, i) = (
         c.hidden_size as f64,
         (c.num_heads * c.head_dim) as f64,
         c.intermediate_size as f64,
     );
-    2.0 * rows as f64 * (2.0 * h * h + q * q + i * i)
+    rows as f64 * (2.0 * h * h + q * q + i * i)
 }
 
 /// FLOPs of GPTQ on one layer: per linear, the factorization and inverse (~d_in^3 in total, the
