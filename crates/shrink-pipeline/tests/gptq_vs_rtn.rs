@@ -57,30 +57,34 @@ impl Method for Both {
     }
 }
 
-fn check(
+/// GPTQ and RTN layer losses of every linear of the first `layers` layers, on `n` x `seqlen` tokens.
+fn both_losses(
     model: &std::path::Path,
     calib: &std::path::Path,
+    n: usize,
+    seqlen: usize,
     layers: usize,
     quant: QuantConfig,
     act_order: ActOrder,
-) {
+) -> Vec<(String, f64, f64)> {
     let src = ModelSource::open(model).unwrap();
     let cs = CalibSet::sample(
         &TextSource::from_path(calib, None).unwrap(),
         &src.tokenizer,
-        4,
-        128,
+        n,
+        seqlen,
         0,
     )
     .unwrap();
+    let cfg = GptqConfig {
+        quant,
+        block_size: 128,
+        damp: 0.01,
+        act_order,
+        static_groups: false,
+    };
     let m = Both {
-        gptq: Gptq(GptqConfig {
-            quant,
-            block_size: 128,
-            damp: 0.01,
-            act_order,
-            static_groups: false,
-        }),
+        gptq: Gptq(cfg),
         losses: Mutex::new(vec![]),
     };
     shrink_pipeline::run(
@@ -92,7 +96,17 @@ fn check(
         &mut |_, _| {},
     )
     .unwrap();
-    let losses = m.losses.into_inner().unwrap();
+    m.losses.into_inner().unwrap()
+}
+
+fn check(
+    model: &std::path::Path,
+    calib: &std::path::Path,
+    layers: usize,
+    quant: QuantConfig,
+    act_order: ActOrder,
+) {
+    let losses = both_losses(model, calib, 4, 128, layers, quant, act_order);
     assert_eq!(losses.len(), 7 * layers);
     for (name, g, r) in &losses {
         assert!(
@@ -173,41 +187,14 @@ fn diagnostic_gptq_vs_rtn_per_linear() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(13);
-    let src = ModelSource::open(&model).unwrap();
-    let cs = CalibSet::sample(
-        &TextSource::from_path(&calib, None).unwrap(),
-        &src.tokenizer,
-        n,
-        512,
-        0,
-    )
-    .unwrap();
     let quant = QuantConfig {
         bits: 4,
         group_size: Some(64),
         sym: false,
         mse: false,
     };
-    let m = Both {
-        gptq: Gptq(GptqConfig {
-            quant,
-            block_size: 128,
-            damp: 0.01,
-            act_order: ActOrder::None,
-            static_groups: false,
-        }),
-        losses: Mutex::new(vec![]),
-    };
-    shrink_pipeline::run(
-        &src,
-        &cs,
-        &m,
-        0..layers,
-        &mut shrink_pipeline::Discard,
-        &mut |_, _| {},
-    )
-    .unwrap();
-    for (name, g, r) in m.losses.into_inner().unwrap() {
+    let losses = both_losses(&model, &calib, n, 512, layers, quant, ActOrder::None);
+    for (name, g, r) in losses {
         eprintln!("{name:50} gptq {g:.4e} rtn {r:.4e} ratio {:.3}", g / r);
     }
 }
