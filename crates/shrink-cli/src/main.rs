@@ -257,7 +257,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         }
     } else {
         let st = shrink_model::source::SafetensorsSource::open(p)?;
-        println!("{}: safetensors", st_describe(&st));
+        println!("{}: safetensors", shrink_model::TensorSource::describe(&st));
         for name in st.names() {
             let (dt, shape) = st.info(name).unwrap();
             let n: usize = shape.iter().product();
@@ -296,9 +296,4 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         total_bytes as f64 * 8.0 / total_n.max(1) as f64,
     );
     Ok(())
-}
-
-fn st_describe(st: &shrink_model::source::SafetensorsSource) -> String {
-    use shrink_model::TensorSource;
-    st.describe()
 }

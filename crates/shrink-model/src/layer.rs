@@ -164,8 +164,8 @@ impl DecoderLayer {
         let mut q = self.apply(Linear::Q, &normed, rows);
         let mut k = self.apply(Linear::K, &normed, rows);
         let v = self.apply(Linear::V, &normed, rows);
-        rope.apply(&mut q, batch, seq, nh, hd);
-        rope.apply(&mut k, batch, seq, nkv, hd);
+        rope.apply(&mut q, seq, nh, hd);
+        rope.apply(&mut k, seq, nkv, hd);
         let attn = attention(&q, &k, &v, batch, seq, nh, nkv, hd);
         drop((q, k, v));
 
@@ -335,7 +335,7 @@ impl Rope {
     }
 
     /// Rotates `x` = `[batch * seq, heads * 2 * half]` in place (position = index within its sequence).
-    pub fn apply(&self, x: &mut [f32], batch: usize, seq: usize, heads: usize, hd: usize) {
+    pub fn apply(&self, x: &mut [f32], seq: usize, heads: usize, hd: usize) {
         assert!(
             seq <= self.max_seq,
             "sequence of {seq} tokens exceeds the rotary table ({})",
@@ -358,6 +358,5 @@ impl Rope {
                 }
             }
         });
-        let _ = batch;
     }
 }
