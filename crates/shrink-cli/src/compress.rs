@@ -8,7 +8,10 @@ use shrink_calib::{CalibSet, TextSource, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT
 use shrink_formats::{
     f32_bytes, write_hf_files, write_json, write_safetensors_raw, DType, Entry, OutputDir,
 };
-use shrink_methods::{ActOrder, Gptq, GptqConfig, Method, QuantConfig, QuantizedWeight, Rtn};
+use shrink_methods::{
+    ActOrder, Chain, Gptq, GptqConfig, Magnitude, Method, Obc, ObcConfig, QuantConfig,
+    QuantizedWeight, Rtn, SparseGpt, SparseGptConfig, Sparsity, Wanda,
+};
 use shrink_model::arch::{hf_input_norm, hf_linear, hf_post_norm};
 use shrink_model::source::{Overlay, SafetensorsSource};
 use shrink_model::{DecoderLayer, Linear, ModelSource};
@@ -20,13 +23,27 @@ use std::path::{Path, PathBuf};
 #[command(after_long_help = "EXAMPLES:\n  \
 shrink compress --model models/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --bits 4 --group-size 64 \\\n      \
 --calib data/calib.txt --nsamples 64 --seqlen 512 --out out/smollm2-gptq-w4g64 --eval data/eval.txt\n  \
+shrink compress --model MODEL --method sparsegpt --sparsity 0.5 --calib data/calib.txt --out DIR\n  \
+shrink compress --model MODEL --method wanda --pattern 2:4 --bits 4 --group-size 64 --calib data/calib.txt --out DIR\n  \
 shrink compress --model MODEL --recipe recipe.toml --out DIR\n\n\
+METHODS:\n  \
+rtn          round to nearest (no calibration statistics)\n  \
+gptq         GPTQ: quantize column by column, spreading each rounding error with the inverse Hessian\n  \
+magnitude    prune the smallest |W| (per layer; --scope row for per output row)\n  \
+wanda        prune the smallest |W| * ||X_j|| per output row (no weight update)\n  \
+sparsegpt    prune column by column with the inverse Hessian, adaptive mask per block of 128\n  \
+obc          exact greedy OBS/OBQ solver, row by row: cost d_out * d_in^3, layers with d_in <= 1024\n  \
+Pruning takes --sparsity FRACTION or --pattern N:M (keep N of every M: 2:4, 4:8). Adding --bits\n  \
+quantizes too: sparsegpt and obc quantize the kept weights in the same pass (joint mode);\n  \
+magnitude and wanda are followed by GPTQ on the kept weights (pruned weights stay 0).\n\n\
 RECIPE (TOML; command-line flags override it):\n  \
 [calibration]\n  file = \"data/calib.txt\"   # or a .jsonl file (with field = \"text\") or a directory of .txt\n  \
 nsamples = 64\n  seqlen = 512\n  seed = 0\n\n  \
-[[stage]]                   # one stage for now\n  method = \"gptq\"            # rtn | gptq\n  bits = 4\n  \
+[[stage]]                   # stages run on each linear in turn; a pruning stage's zeros are kept\n  \
+method = \"gptq\"            # rtn | gptq | magnitude | wanda | sparsegpt | obc\n  bits = 4\n  \
 group_size = 64             # omit for per-output-channel\n  sym = false\n  act_order = \"static\"        # static | dynamic | none\n  \
-static_groups = false\n  damp = 0.01\n  block_size = 128\n  mse = false\n\n\
+static_groups = false\n  damp = 0.01\n  block_size = 128\n  mse = false\n  \
+# sparsity = 0.5  or  pattern = \"2:4\";  scope = \"layer\" | \"row\" (magnitude)\n\n\
 OUTPUT (DIR, written under a temporary name and renamed when complete):\n  \
 config.json, model.safetensors (dequantized f32), tokenizer.json, tokenizer_config.json\n  \
 quantized.safetensors   integer codes (U8), scales (F32), zero points (I32) and g_idx (I32) per linear\n  \
@@ -45,10 +62,20 @@ pub struct CompressArgs {
     /// A TOML recipe (see below); flags given on the command line override it.
     #[arg(long)]
     recipe: Option<PathBuf>,
-    /// Method: rtn (round to nearest) or gptq.
+    /// Method: rtn, gptq, magnitude, wanda, sparsegpt or obc (see METHODS below).
     #[arg(long)]
     method: Option<String>,
-    /// Bits per weight, 2..=8.
+    /// Fraction of each linear's weights to prune (0..1), for magnitude, wanda, sparsegpt, obc.
+    #[arg(long, conflicts_with = "pattern")]
+    sparsity: Option<f64>,
+    /// Semi-structured pattern N:M: keep N of every M consecutive weights of a row (2:4, 4:8).
+    #[arg(long, value_name = "N:M")]
+    pattern: Option<String>,
+    /// Magnitude pruning's comparison group: layer (one threshold per weight matrix, default)
+    /// or row (per output row).
+    #[arg(long, value_name = "layer|row")]
+    scope: Option<String>,
+    /// Bits per weight, 2..=8 (with a pruning method: quantize the kept weights too).
     #[arg(long)]
     bits: Option<u32>,
     /// Input columns per quantization group (e.g. 32, 64, 128; need not divide the input size:
@@ -120,6 +147,9 @@ pub struct CalibSection {
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     pub method: Option<String>,
+    pub sparsity: Option<f64>,
+    pub pattern: Option<String>,
+    pub scope: Option<String>,
     pub bits: Option<u32>,
     pub group_size: Option<usize>,
     pub sym: Option<bool>,
@@ -145,12 +175,8 @@ impl Recipe {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let r: Recipe = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: invalid recipe: {e}", path.display()))?;
-        if r.stage.len() > 1 {
-            bail!(
-                "{}: {} stages given; this version runs one stage per recipe",
-                path.display(),
-                r.stage.len()
-            );
+        for (i, s) in r.stage.iter().enumerate().filter(|_| r.stage.len() > 1) {
+            build_method(s).with_context(|| format!("{}: stage {}", path.display(), i + 1))?;
         }
         Ok(r)
     }
@@ -171,30 +197,46 @@ fn merged(a: &CompressArgs) -> Result<Recipe> {
     c.nsamples = a.nsamples.or(c.nsamples).or(Some(DEFAULT_NSAMPLES));
     c.seqlen = a.seqlen.or(c.seqlen).or(Some(DEFAULT_SEQLEN));
     c.seed = a.seed.or(c.seed).or(Some(DEFAULT_SEED));
+    let flags = a.method.is_some()
+        || a.bits.is_some()
+        || a.group_size.is_some()
+        || a.sparsity.is_some()
+        || a.pattern.is_some()
+        || a.scope.is_some()
+        || a.sym
+        || a.mse
+        || a.act_order.is_some()
+        || a.static_groups
+        || a.damp.is_some()
+        || a.block_size.is_some();
+    if r.stage.len() > 1 && flags {
+        bail!(
+            "the recipe has {} stages; method flags (--method, --bits, --sparsity, ...) only \
+             override a one-stage recipe: edit the recipe instead",
+            r.stage.len()
+        );
+    }
     let s = &mut r.stage[0];
     s.method = a.method.clone().or(s.method.take());
+    s.sparsity = a.sparsity.or(s.sparsity);
+    s.pattern = a.pattern.clone().or(s.pattern.take());
+    s.scope = a.scope.clone().or(s.scope.take());
     s.bits = a.bits.or(s.bits);
     s.group_size = a.group_size.or(s.group_size);
     s.sym = Some(a.sym || s.sym.unwrap_or(false));
     s.mse = Some(a.mse || s.mse.unwrap_or(false));
-    s.act_order = a
-        .act_order
-        .clone()
-        .or(s.act_order.take())
-        .or(Some("static".into()));
+    s.act_order = a.act_order.clone().or(s.act_order.take());
     s.static_groups = Some(a.static_groups || s.static_groups.unwrap_or(false));
-    s.damp = a.damp.or(s.damp).or(Some(0.01));
-    s.block_size = a.block_size.or(s.block_size).or(Some(128));
+    s.damp = a.damp.or(s.damp);
+    s.block_size = a.block_size.or(s.block_size);
     Ok(r)
 }
 
-/// Builds the method a stage describes, validating every setting before any heavy work.
-pub fn build_method(s: &Stage) -> Result<Box<dyn Method>> {
-    let method = s
-        .method
-        .as_deref()
-        .context("no method given (use --method rtn|gptq or a recipe)")?;
-    let bits = s.bits.context("no bit width given (use --bits 2..8)")?;
+/// The grid a stage asks for (`None` without `bits`).
+fn stage_quant(s: &Stage) -> Result<Option<QuantConfig>> {
+    let Some(bits) = s.bits else {
+        return Ok(None);
+    };
     if s.group_size == Some(0) {
         bail!("group size must be positive (omit --group-size for one group per output channel)");
     }
@@ -205,32 +247,148 @@ pub fn build_method(s: &Stage) -> Result<Box<dyn Method>> {
         mse: s.mse.unwrap_or(false),
     };
     quant.validate()?;
+    Ok(Some(quant))
+}
+
+/// The sparsity a stage asks for (`None` without `sparsity` or `pattern`).
+fn stage_sparsity(s: &Stage) -> Result<Option<Sparsity>> {
+    match (s.sparsity, &s.pattern) {
+        (Some(_), Some(_)) => bail!("give either a sparsity fraction or an N:M pattern, not both"),
+        (Some(f), None) => {
+            let sp = Sparsity::Unstructured(f);
+            sp.validate()?;
+            Ok(Some(sp))
+        }
+        (None, Some(p)) => match Sparsity::parse(p)? {
+            sp @ Sparsity::NM { .. } => Ok(Some(sp)),
+            _ => bail!("invalid N:M pattern '{p}' (expected e.g. 2:4 or 4:8)"),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+fn stage_act_order(s: &Stage, default: &str) -> Result<ActOrder> {
+    Ok(match s.act_order.as_deref().unwrap_or(default) {
+        "none" | "false" => ActOrder::None,
+        "dynamic" | "true" => ActOrder::Dynamic,
+        "static" => ActOrder::Static,
+        o => bail!("unknown act order '{o}' (use none, dynamic or static)"),
+    })
+}
+
+fn stage_damp_block(s: &Stage) -> Result<(f64, usize)> {
+    let block_size = s.block_size.unwrap_or(128);
+    if block_size == 0 {
+        bail!("block size must be positive");
+    }
+    let damp = s.damp.unwrap_or(0.01);
+    if !(damp > 0.0 && damp <= 1.0) {
+        bail!("damp must be in (0, 1], got {damp}");
+    }
+    Ok((damp, block_size))
+}
+
+/// Builds the method a stage describes, validating every setting before any heavy work.
+pub fn build_method(s: &Stage) -> Result<Box<dyn Method>> {
+    let method = s.method.as_deref().context(
+        "no method given (use --method rtn|gptq|magnitude|wanda|sparsegpt|obc or a recipe)",
+    )?;
+    let quant = stage_quant(s)?;
+    let sparsity = stage_sparsity(s)?;
+    let (damp, block_size) = stage_damp_block(s)?;
+    if s.scope.is_some() && method != "magnitude" {
+        bail!("--scope applies to magnitude pruning only");
+    }
+    let prunes = matches!(method, "magnitude" | "wanda" | "sparsegpt" | "obc");
+    if prunes && sparsity.is_none() && method != "obc" {
+        bail!("{method} prunes: give --sparsity FRACTION (e.g. 0.5) or --pattern N:M (e.g. 2:4)");
+    }
+    if !prunes && sparsity.is_some() {
+        bail!(
+            "{method} does not prune; for pruning plus quantization use --method \
+             sparsegpt|wanda|magnitude with --sparsity/--pattern and --bits"
+        );
+    }
+    let gptq = |quant: QuantConfig| -> Result<Box<dyn Method>> {
+        Ok(Box::new(Gptq(GptqConfig {
+            quant,
+            block_size,
+            damp,
+            act_order: stage_act_order(s, "static")?,
+            static_groups: s.static_groups.unwrap_or(false),
+        })))
+    };
+    let need_bits = || {
+        quant
+            .clone()
+            .context("no bit width given (use --bits 2..8)")
+    };
     Ok(match method {
-        "rtn" => Box::new(Rtn(quant)),
-        "gptq" => {
-            let act_order = match s.act_order.as_deref().unwrap_or("static") {
-                "none" | "false" => ActOrder::None,
-                "dynamic" | "true" => ActOrder::Dynamic,
-                "static" => ActOrder::Static,
-                o => bail!("unknown act order '{o}' (use none, dynamic or static)"),
+        "rtn" => Box::new(Rtn(need_bits()?)),
+        "gptq" => gptq(need_bits()?)?,
+        "magnitude" | "wanda" => {
+            let sp = sparsity.unwrap();
+            let prune: Box<dyn Method> = if method == "wanda" {
+                Box::new(Wanda(sp))
+            } else {
+                let per_row = match s.scope.as_deref().unwrap_or("layer") {
+                    "layer" => false,
+                    "row" => true,
+                    o => bail!("unknown scope '{o}' (use layer or row)"),
+                };
+                Box::new(Magnitude {
+                    sparsity: sp,
+                    per_row,
+                })
             };
-            let block_size = s.block_size.unwrap_or(128);
-            if block_size == 0 {
-                bail!("block size must be positive");
+            match quant {
+                Some(q) => Box::new(Chain(vec![prune, gptq(q)?])),
+                None => prune,
             }
-            let damp = s.damp.unwrap_or(0.01);
-            if !(damp > 0.0 && damp <= 1.0) {
-                bail!("damp must be in (0, 1], got {damp}");
+        }
+        "sparsegpt" => {
+            let sp = sparsity.unwrap();
+            let act_order = stage_act_order(s, "none")?;
+            if matches!(sp, Sparsity::NM { .. }) && act_order != ActOrder::None {
+                bail!("an N:M pattern needs --act-order none (its groups are consecutive columns)");
             }
-            Box::new(Gptq(GptqConfig {
+            Box::new(SparseGpt(SparseGptConfig {
+                sparsity: sp,
                 quant,
                 block_size,
                 damp,
                 act_order,
-                static_groups: s.static_groups.unwrap_or(false),
             }))
         }
-        m => bail!("unknown method '{m}' (available: rtn, gptq)"),
+        "obc" => {
+            if sparsity.is_none() && quant.is_none() {
+                bail!("obc needs --sparsity/--pattern, --bits, or both");
+            }
+            Box::new(Obc {
+                config: ObcConfig {
+                    sparsity,
+                    quant,
+                    damp,
+                },
+                max_d_in: 1024,
+            })
+        }
+        m => bail!("unknown method '{m}' (available: rtn, gptq, magnitude, wanda, sparsegpt, obc)"),
+    })
+}
+
+/// The method of a whole recipe: its stages in turn.
+pub fn build_recipe(r: &Recipe) -> Result<Box<dyn Method>> {
+    let mut ms = r
+        .stage
+        .iter()
+        .enumerate()
+        .map(|(i, s)| build_method(s).with_context(|| format!("stage {}", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(if ms.len() == 1 {
+        ms.pop().unwrap()
+    } else {
+        Box::new(Chain(ms))
     })
 }
 
@@ -348,8 +506,13 @@ fn write_quantized(
 
 pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let recipe = merged(&a)?;
-    let stage = &recipe.stage[0];
-    let method = build_method(stage)?;
+    let method = if recipe.stage.len() == 1 {
+        build_method(&recipe.stage[0])?
+    } else {
+        build_recipe(&recipe)?
+    };
+    // The stage whose grid the quantized form uses (the last one with bits).
+    let stage = recipe.stage.iter().rev().find(|s| s.bits.is_some());
     let c = &recipe.calibration;
     let src = ModelSource::open(&a.model)?;
     let calib = match &a.calib_ids {
@@ -436,7 +599,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let mut meta = BTreeMap::new();
     meta.insert("format".into(), "shrink-quantized-v1".into());
     meta.insert("method".into(), method.name());
-    meta.insert("stage".into(), serde_json::to_string(stage)?);
+    if let Some(stage) = stage {
+        meta.insert("stage".into(), serde_json::to_string(stage)?);
+    }
+    meta.insert("stages".into(), serde_json::to_string(&recipe.stage)?);
     let n_quant = write_quantized(&layer_src, &dir.join("quantized.safetensors"), meta)?;
     drop(layer_src);
     std::fs::remove_dir_all(&layers_dir)
@@ -464,6 +630,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             "phases": report.phases,
             "assemble_seconds": write_s,
             "mean_rel_error": mean_err,
+            "sparsity": shrink_pipeline::total_sparsity(report.layers.iter().flat_map(|l| &l.linears)),
             "peak_rss_mb": peak_compress,
         },
     });

@@ -508,22 +508,26 @@ fn gptq_method_trait() {
     let (w, h) = random_layer(&mut rng, d_out, d_in, 64);
     let t = shrink_model::Tensor::new(vec![d_out, d_in], w);
     let m = Gptq(gcfg(qcfg(4, Some(16), false), ActOrder::Static, false));
-    assert!(m.needs_hessian());
+    assert_eq!(m.needs(), Needs::Hessian);
+    let none = InputStats {
+        hessian: None,
+        col_sq: &[],
+        rows: 0,
+    };
+    let stats = |h| InputStats {
+        hessian: Some(h),
+        col_sq: &[],
+        rows: 64,
+    };
     assert_eq!(m.name(), "gptq w4 g16 asym actorder=static");
-    assert!(m.compress("l", &t, None).is_err());
-    let c = m
-        .compress("l", &t, Some(&InputStats { hessian: &h }))
-        .unwrap();
+    assert!(m.compress("l", &t, &none, None).is_err());
+    let c = m.compress("l", &t, &stats(&h), None).unwrap();
     assert_eq!(c.weight, c.quant.as_ref().unwrap().dequantize());
     assert_eq!(c.info["damp_retries"], 0);
     assert!(c.info["gptq_loss"].as_f64().unwrap() > 0.0);
     let wrong = Hessian::new(d_in + 1);
     let e = m
-        .compress(
-            "model.layers.0.mlp.up_proj",
-            &t,
-            Some(&InputStats { hessian: &wrong }),
-        )
+        .compress("model.layers.0.mlp.up_proj", &t, &stats(&wrong), None)
         .err()
         .unwrap();
     assert!(format!("{e:#}").contains("up_proj"), "{e:#}");

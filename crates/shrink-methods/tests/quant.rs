@@ -232,11 +232,16 @@ fn rtn_method_trait() {
     let mut rng = Rng::new(4);
     let w = shrink_model::Tensor::new(vec![8, 16], rng.normals(128));
     let m = Rtn(cfg(4, Some(8), false, false));
-    assert!(!m.needs_hessian());
+    assert_eq!(m.needs(), Needs::Nothing);
+    let stats = InputStats {
+        hessian: None,
+        col_sq: &[],
+        rows: 0,
+    };
     assert_eq!(m.name(), "rtn w4 g8 asym");
-    let c = m.compress("x", &w, None).unwrap();
+    let c = m.compress("x", &w, &stats, None).unwrap();
     let q = c.quant.unwrap();
     assert_eq!(c.weight, q.dequantize());
     let bad = shrink_model::Tensor::new(vec![128], w.data.clone());
-    assert!(m.compress("x", &bad, None).is_err());
+    assert!(m.compress("x", &bad, &stats, None).is_err());
 }

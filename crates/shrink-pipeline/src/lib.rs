@@ -12,7 +12,10 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use serde::Serialize;
 use shrink_calib::CalibSet;
-use shrink_methods::{all_finite, Hessian, InputStats, Method, QuantizedWeight};
+use shrink_methods::{
+    all_finite, count_zeros, mask_respected, nm_violations, Hessian, InputStats, Method, Needs,
+    QuantizedWeight, Sparsity,
+};
 use shrink_model::arch::hf_linear;
 use shrink_model::layer::{LayerHook, Rope};
 use shrink_model::model::embed_tokens;
@@ -48,15 +51,99 @@ pub struct LinearReport {
     /// Rows of X the error was measured on.
     pub error_rows: usize,
     pub seconds: f64,
+    /// Zeros in the new weight (and how many were pruned), when the method prunes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<SparsityReport>,
     /// Method-specific details (damping used, retries, ...).
     pub info: serde_json::Value,
+}
+
+/// The sparsity of a weight as written.
+#[derive(Clone, Debug, Serialize)]
+pub struct SparsityReport {
+    /// Weights in the matrix.
+    pub weights: usize,
+    /// Positions the method pruned.
+    pub pruned: usize,
+    /// Exact zeros in the new weight (pruned ones plus any kept weight that is 0, e.g. a
+    /// quantized weight on the zero point).
+    pub zeros: usize,
+    /// `zeros / weights`.
+    pub fraction: f64,
+    /// For N:M: groups of M holding more than N non-zeros (always 0; checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nm_violations: Option<usize>,
+}
+
+/// Checks a pruned weight: every pruned position is exactly 0 and an N:M pattern holds in every
+/// group. Returns the report entry.
+fn check_sparsity(
+    name: &str,
+    w: &[f32],
+    d_in: usize,
+    mask: Option<&[bool]>,
+    target: Option<Sparsity>,
+) -> Result<Option<SparsityReport>> {
+    let Some(mask) = mask else {
+        if target.is_some() {
+            bail!("{name}: the method prunes but returned no mask");
+        }
+        return Ok(None);
+    };
+    if mask.len() != w.len() || !mask_respected(w, mask) {
+        bail!("{name}: a pruned weight is not exactly 0 after compression");
+    }
+    let pruned = mask.iter().filter(|m| **m).count();
+    let zeros = count_zeros(w);
+    let nm = match target {
+        Some(Sparsity::NM { n, m }) => {
+            let v = nm_violations(w, d_in, n, m);
+            if v > 0 {
+                bail!("{name}: {v} groups of {m} hold more than {n} non-zeros");
+            }
+            Some(v)
+        }
+        _ => None,
+    };
+    Ok(Some(SparsityReport {
+        weights: w.len(),
+        pruned,
+        zeros,
+        fraction: zeros as f64 / w.len().max(1) as f64,
+        nm_violations: nm,
+    }))
+}
+
+/// `sum_t x_tj^2` per column of a `[rows, d]` input, in f64.
+fn column_sq_sums(x: &[f32], rows: usize) -> Vec<f64> {
+    let d = x.len() / rows.max(1);
+    let mut acc = vec![0.0f64; d];
+    for row in x.chunks(d.max(1)) {
+        for (a, v) in acc.iter_mut().zip(row) {
+            *a += (*v as f64) * (*v as f64);
+        }
+    }
+    acc
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerReport {
     pub index: usize,
     pub seconds: f64,
+    /// Zeros / weights over the layer's linears, when the method prunes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
     pub linears: Vec<LinearReport>,
+}
+
+/// Zeros / weights over the linears that report sparsity (`None` if none does).
+pub fn total_sparsity<'a>(linears: impl IntoIterator<Item = &'a LinearReport>) -> Option<f64> {
+    let (mut z, mut n) = (0usize, 0usize);
+    for s in linears.into_iter().filter_map(|l| l.sparsity.as_ref()) {
+        z += s.zeros;
+        n += s.weights;
+    }
+    (n > 0).then(|| z as f64 / n as f64)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -180,7 +267,8 @@ impl LayerHook for CompressHook<'_> {
                 group_label(group)
             );
         }
-        let hessian = if self.method.needs_hessian() {
+        let needs = self.method.needs();
+        let hessian = if needs == Needs::Hessian {
             let t = Instant::now();
             let mut h = Hessian::new(d_in);
             h.add_batch(input, rows);
@@ -196,16 +284,25 @@ impl LayerHook for CompressHook<'_> {
         } else {
             None
         };
+        let col_sq = match &hessian {
+            Some(h) => h.col_sq_norms(),
+            None if needs == Needs::ColumnNorms => column_sq_sums(input, rows),
+            None => Vec::new(),
+        };
         let h32: Option<Vec<f32>> = hessian
             .as_ref()
             .map(|h| h.matrix().iter().map(|&v| v as f32).collect());
-        let stats = hessian.as_ref().map(|h| InputStats { hessian: h });
+        let stats = InputStats {
+            hessian: hessian.as_ref(),
+            col_sq: &col_sq,
+            rows,
+        };
         for &l in group.linears() {
             let name = hf_linear(self.layer, l, "weight");
             let t = Instant::now();
             let old = &layer.linear(l).weight;
             let (d_out, d_in_w) = old.dims2();
-            let c = self.method.compress(&name, old, stats.as_ref())?;
+            let c = self.method.compress(&name, old, &stats, None)?;
             let solve = t.elapsed().as_secs_f64();
             self.phases.solve += solve;
             if c.weight.len() != old.data.len() || !all_finite(&c.weight) {
@@ -222,6 +319,13 @@ impl LayerHook for CompressHook<'_> {
                 rows,
             );
             self.phases.error += t.elapsed().as_secs_f64();
+            let sparsity = check_sparsity(
+                &name,
+                &c.weight,
+                d_in_w,
+                c.mask.as_deref(),
+                self.method.sparsity(),
+            )?;
             layer.linear_mut(l).weight.data = c.weight;
             if let Some(q) = c.quant {
                 self.quant.push((l, q));
@@ -233,6 +337,7 @@ impl LayerHook for CompressHook<'_> {
                 rel_error,
                 error_rows,
                 seconds: solve,
+                sparsity,
                 info: c.info,
             });
         }
@@ -298,6 +403,7 @@ pub fn run(
         reports.push(LayerReport {
             index: i,
             seconds: t_layer.elapsed().as_secs_f64(),
+            sparsity: total_sparsity(&hook.linears),
             linears: hook.linears,
         });
         progress(done + 1, total);

@@ -5,7 +5,7 @@ use anyhow::Result;
 use common::*;
 use shrink_calib::{CalibSet, TextSource};
 use shrink_methods::{
-    rtn, ActOrder, Compressed, Gptq, GptqConfig, InputStats, Method, QuantConfig,
+    rtn, ActOrder, Compressed, Gptq, GptqConfig, InputStats, Method, Needs, QuantConfig,
 };
 use shrink_model::{ModelSource, Tensor};
 use std::sync::Mutex;
@@ -34,19 +34,20 @@ impl Method for Both {
     fn name(&self) -> String {
         "gptq+rtn".into()
     }
-    fn needs_hessian(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs::Hessian
     }
     fn compress(
         &self,
         linear: &str,
         weight: &Tensor,
-        stats: Option<&InputStats>,
+        stats: &InputStats,
+        mask: Option<&[bool]>,
     ) -> Result<Compressed> {
-        let c = self.gptq.compress(linear, weight, stats)?;
+        let c = self.gptq.compress(linear, weight, stats, mask)?;
         let (d_out, d_in) = weight.dims2();
         let r = rtn(&weight.data, d_out, d_in, &self.gptq.0.quant).dequantize();
-        let h = stats.unwrap().hessian.matrix();
+        let h = stats.hessian.unwrap().matrix();
         let lg = loss(&weight.data, &c.weight, h, d_out, d_in);
         let lr = loss(&weight.data, &r, h, d_out, d_in);
         self.losses
