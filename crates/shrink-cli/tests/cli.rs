@@ -729,3 +729,285 @@ fn compress_bad_input_leaves_nothing() {
     args[2] = s(&big);
     check(args, &["layer 1", "gate_proj/up_proj", "non-finite"]);
 }
+
+/// Runs `shrink compress` on the tiny model with the given method flags; returns the output dir.
+fn compress_tiny(t: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let model = t.join("hf");
+    if !model.exists() {
+        hf_dir(t);
+    }
+    let calib = t.join("calib.txt");
+    if !calib.exists() {
+        calib_text(t);
+    }
+    let out = t.join(name);
+    let mut args = vec![
+        "compress",
+        "--model",
+        model.to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--nsamples",
+        "8",
+        "--seqlen",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ];
+    args.extend_from_slice(flags);
+    let (code, _, err) = shrink(&args);
+    assert_eq!(code, 0, "{flags:?}: {err}");
+    out
+}
+
+/// Pruning end to end: the written weights carry exactly the requested zeros (N:M in every group
+/// of every linear), the report's sparsity matches the file, a quantized pruned model keeps its
+/// zeros in the codes, and a two-stage recipe equals the flags' run byte for byte.
+#[test]
+fn compress_prunes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let linears = |out: &Path| -> Vec<(String, shrink_model::Tensor)> {
+        let m = SafetensorsSource::open(&out.join("model.safetensors")).unwrap();
+        m.names()
+            .filter(|n| n.contains("_proj.weight"))
+            .map(|n| (n.to_string(), m.load(n).unwrap()))
+            .collect()
+    };
+    for (name, flags, nm) in [
+        (
+            "mag",
+            vec!["--method", "magnitude", "--sparsity", "0.5"],
+            None,
+        ),
+        (
+            "wanda24",
+            vec!["--method", "wanda", "--pattern", "2:4"],
+            Some((2, 4)),
+        ),
+        (
+            "sgpt60",
+            vec!["--method", "sparsegpt", "--sparsity", "0.6"],
+            None,
+        ),
+        (
+            "sgpt48q",
+            vec![
+                "--method",
+                "sparsegpt",
+                "--pattern",
+                "4:8",
+                "--bits",
+                "4",
+                "--group-size",
+                "32",
+            ],
+            Some((4, 8)),
+        ),
+        (
+            "wandaq",
+            vec![
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--bits",
+                "4",
+                "--group-size",
+                "32",
+            ],
+            None,
+        ),
+    ] {
+        let out = compress_tiny(t, name, &flags);
+        let rep = report(&out);
+        let mut zeros = 0usize;
+        let mut total = 0usize;
+        let ls = linears(&out);
+        assert_eq!(ls.len(), 14);
+        for (n, w) in &ls {
+            let z = w.data.iter().filter(|v| **v == 0.0).count();
+            zeros += z;
+            total += w.data.len();
+            let d_in = w.shape[1];
+            if let Some((keep, m)) = nm {
+                for g in w.data.chunks(m) {
+                    assert!(
+                        g.iter().filter(|v| **v != 0.0).count() <= keep,
+                        "{name} {n}"
+                    );
+                }
+                assert_eq!(d_in % m, 0);
+            }
+        }
+        let frac = zeros as f64 / total as f64;
+        let reported = rep["totals"]["sparsity"].as_f64().unwrap();
+        assert!(
+            (frac - reported).abs() < 1e-12,
+            "{name}: file {frac} vs report {reported}"
+        );
+        let target = if name.starts_with("sgpt60") { 0.6 } else { 0.5 };
+        assert!(
+            frac >= target - 1e-3 && frac < target + 0.05,
+            "{name}: {frac}"
+        );
+        for l in rep["layers"].as_array().unwrap() {
+            for x in l["linears"].as_array().unwrap() {
+                let sp = &x["sparsity"];
+                let pruned = sp["pruned"].as_u64().unwrap() as f64;
+                let weights = sp["weights"].as_u64().unwrap() as f64;
+                assert!((pruned / weights - target).abs() < 0.01, "{name}: {sp}");
+            }
+        }
+        if flags.contains(&"--bits") {
+            // Every zero weight is a code on its group's zero point.
+            let q = SafetensorsSource::open(&out.join("quantized.safetensors")).unwrap();
+            for (n, w) in &ls {
+                let base = n.trim_end_matches(".weight");
+                let (_, _, codes) = q.raw(&format!("{base}.qcodes")).unwrap();
+                let zs: Vec<i32> = q
+                    .raw(&format!("{base}.zeros"))
+                    .unwrap()
+                    .2
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                let d_in = w.shape[1];
+                let ng = zs.len() / w.shape[0];
+                for (i, v) in w.data.iter().enumerate() {
+                    if *v == 0.0 {
+                        let z = zs[(i / d_in) * ng + (i % d_in) / 32];
+                        assert_eq!(codes[i] as i32, z, "{name} {n} at {i}");
+                    }
+                }
+            }
+        }
+    }
+    // Wanda then GPTQ as a two-stage recipe equals the flags' run.
+    let recipe = t.join("two.toml");
+    std::fs::write(
+        &recipe,
+        "[[stage]]\nmethod = \"wanda\"\nsparsity = 0.5\n\n[[stage]]\nmethod = \"gptq\"\nbits = 4\ngroup_size = 32\n",
+    )
+    .unwrap();
+    let out = compress_tiny(t, "two", &["--recipe", recipe.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(t.join("wandaq/model.safetensors")).unwrap()
+    );
+    assert!(report(&out)["method"]
+        .as_str()
+        .unwrap()
+        .contains("wanda 50% -> gptq"));
+}
+
+/// Bad pruning settings: one clear error each and nothing written.
+#[test]
+fn compress_bad_pruning_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let out = t.join("out");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let stage_without_bits = t.join("two.toml");
+    std::fs::write(
+        &stage_without_bits,
+        "[[stage]]\nmethod = \"wanda\"\nsparsity = 0.5\n\n[[stage]]\nmethod = \"gptq\"\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec!["--method".into(), "wanda".into()],
+            vec!["--sparsity", "--pattern"],
+        ),
+        (
+            vec![
+                "--method".into(),
+                "sparsegpt".into(),
+                "--sparsity".into(),
+                "1.5".into(),
+            ],
+            vec!["sparsity", "1.5"],
+        ),
+        (
+            vec![
+                "--method".into(),
+                "wanda".into(),
+                "--pattern".into(),
+                "4:2".into(),
+            ],
+            vec!["4:2"],
+        ),
+        (
+            vec![
+                "--method".into(),
+                "gptq".into(),
+                "--bits".into(),
+                "4".into(),
+                "--sparsity".into(),
+                "0.5".into(),
+            ],
+            vec!["does not prune"],
+        ),
+        (
+            vec![
+                "--method".into(),
+                "wanda".into(),
+                "--sparsity".into(),
+                "0.5".into(),
+                "--scope".into(),
+                "row".into(),
+            ],
+            vec!["scope"],
+        ),
+        (
+            vec![
+                "--method".into(),
+                "sparsegpt".into(),
+                "--pattern".into(),
+                "2:4".into(),
+                "--act-order".into(),
+                "static".into(),
+            ],
+            vec!["N:M", "act-order none"],
+        ),
+        (
+            vec!["--recipe".into(), s(&stage_without_bits)],
+            vec!["two.toml", "stage 2", "bit width"],
+        ),
+        (
+            vec![
+                "--method".into(),
+                "wanda".into(),
+                "--pattern".into(),
+                "2:7".into(),
+            ],
+            vec!["not a multiple of M = 7"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let mut args: Vec<String> = [
+            "compress",
+            "--model",
+            &s(&model),
+            "--calib",
+            &s(&calib),
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "16",
+            "--out",
+            &s(&out),
+            "-q",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        args.extend(extra);
+        let a: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+        fails_with(&a, &needles);
+        assert!(!out.exists(), "output left behind for {a:?}");
+    }
+}
