@@ -35,6 +35,15 @@ pub struct BenchArgs {
     /// Calibration samples of 512 tokens for --compress.
     #[arg(long, default_value_t = 16)]
     nsamples: usize,
+    /// Also time each compression method end to end (a `shrink compress` child process per
+    /// method on the same calibration tokens, output discarded): wall time and peak RSS, as
+    /// ratios against RTN measured in the same run. Comma-separated names from: rtn, gptq,
+    /// magnitude, wanda, sparsegpt, sparsegpt-w4, wanda-gptq-w4 (or "all").
+    #[arg(long, value_name = "LIST")]
+    methods: Option<String>,
+    /// Layers compressed per method for --methods (all by default).
+    #[arg(long)]
+    layers: Option<usize>,
     /// Write the JSON here instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -104,6 +113,10 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
     } else {
         None
     };
+    let methods = match &a.methods {
+        Some(list) => Some(bench_methods(&a, list)?),
+        None => None,
+    };
     let v = json!({
         "machine": {"threads": rayon::current_num_threads()},
         "matmul_gflops_f32": {"1024x1024x1024": square, "2048x576x1536": mlp_shape, "best": matmul_rate},
@@ -114,6 +127,7 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
         "forward": {"gflop_per_token": fpt / 1e9, "gflops": fwd_gflops, "ratio_to_matmul": fwd_gflops / matmul_rate},
         "peak_rss_mb": peak_rss_mb(),
         "compress": compress,
+        "methods": methods,
     });
     let s = serde_json::to_string_pretty(&v)?;
     match &a.out {
@@ -202,4 +216,91 @@ fn bench_compress(
         "solve_gflops": sf / p.solve / 1e9, "solve_ratio_to_matmul": sf / p.solve / 1e9 / matmul_rate,
         "peak_rss_mb": peak_rss_mb(),
     }))
+}
+
+/// The `shrink compress` flags of each benchmarked method.
+const BENCH_METHODS: [(&str, &str); 7] = [
+    ("rtn", "--method rtn --bits 4 --group-size 64"),
+    ("gptq", "--method gptq --bits 4 --group-size 64"),
+    ("magnitude", "--method magnitude --sparsity 0.5"),
+    ("wanda", "--method wanda --sparsity 0.5"),
+    ("sparsegpt", "--method sparsegpt --sparsity 0.5"),
+    (
+        "sparsegpt-w4",
+        "--method sparsegpt --sparsity 0.5 --bits 4 --group-size 64",
+    ),
+    (
+        "wanda-gptq-w4",
+        "--method wanda --sparsity 0.5 --bits 4 --group-size 64",
+    ),
+];
+
+/// Runs `shrink compress` once per method (RTN first, the baseline) on the same calibration
+/// tokens, and reports wall time, pipeline phases and peak RSS with ratios against RTN.
+fn bench_methods(a: &BenchArgs, list: &str) -> Result<serde_json::Value> {
+    use anyhow::{bail, Context};
+    let mut names: Vec<&str> = if list == "all" {
+        BENCH_METHODS.iter().map(|(n, _)| *n).collect()
+    } else {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    for n in &names {
+        if !BENCH_METHODS.iter().any(|(m, _)| m == n) {
+            let known: Vec<&str> = BENCH_METHODS.iter().map(|(m, _)| *m).collect();
+            bail!(
+                "--methods: unknown method '{n}' (known: {})",
+                known.join(", ")
+            );
+        }
+    }
+    names.retain(|n| *n != "rtn");
+    names.insert(0, "rtn");
+    let exe = std::env::current_exe().context("cannot locate the shrink binary")?;
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let ids = tmp.path().join("ids.safetensors");
+    {
+        let src = ModelSource::open(&a.model)?;
+        let source = shrink_calib::TextSource::from_path(&a.calib, None)?;
+        shrink_calib::CalibSet::sample(&source, &src.tokenizer, a.nsamples, 512, 0)?.save(&ids)?;
+    }
+    let mut rows = vec![];
+    let mut base: Option<(f64, f64)> = None;
+    for name in names {
+        let flags = BENCH_METHODS.iter().find(|(m, _)| *m == name).unwrap().1;
+        let out = tmp.path().join(name);
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["compress", "-q", "--model"])
+            .arg(&a.model)
+            .args(flags.split(' '))
+            .arg("--calib-ids")
+            .arg(&ids)
+            .arg("--out")
+            .arg(&out);
+        if let Some(l) = a.layers {
+            cmd.args(["--layers", &l.to_string()]);
+        }
+        let t = Instant::now();
+        let st = cmd.status().context("cannot run shrink compress")?;
+        let wall = t.elapsed().as_secs_f64();
+        if !st.success() {
+            bail!("shrink compress for '{name}' failed ({st})");
+        }
+        let rep: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
+        let tot = &rep["totals"];
+        let rss = tot["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+        let pipe = tot["pipeline_seconds"].as_f64().unwrap_or(f64::NAN);
+        let (bw, br) = *base.get_or_insert((wall, rss));
+        rows.push(json!({
+            "name": name, "flags": flags, "method": rep["method"],
+            "wall_seconds": wall, "pipeline_seconds": pipe, "phases": tot["phases"],
+            "peak_rss_mb": rss,
+            "wall_ratio_to_rtn": wall / bw, "rss_ratio_to_rtn": rss / br,
+        }));
+        std::fs::remove_dir_all(&out).ok();
+    }
+    Ok(json!({"nsamples": a.nsamples, "seqlen": 512, "layers": a.layers, "runs": rows}))
 }
