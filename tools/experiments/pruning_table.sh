@@ -6,7 +6,7 @@
 # Usage: tools/experiments/pruning_table.sh [NAME ...]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=target/release/shrink
+BIN=${BIN:-target/release/shrink}
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 IDS=${IDS:-out/calib_test_64x512.safetensors}
 OUT=${OUT:-out/pruning}
@@ -40,9 +40,11 @@ ORDER=(wanda-50 sparsegpt-50 magnitude-50 wanda-2of4 sparsegpt-2of4 magnitude-2o
 for name in "${ORDER[@]}"; do
   [ -f "$RES/$name.eval.json" ] && { echo "skip $name (done)"; continue; }
   echo "== $name: ${CFG[$name]}"
-  /usr/bin/time -f '%e s wall, %M KB peak' -o "$RES/$name.time.txt" \
-    $BIN compress -q --model "$MODEL" ${CFG[$name]} --calib-ids "$IDS" --out "$OUT/$name" --force
-  cp "$OUT/$name/report.json" "$RES/$name.report.json"
+  if [ ! -f "$RES/$name.report.json" ]; then
+    /usr/bin/time -f '%e s wall, %U s user, %S s sys, %M KB peak' -o "$RES/$name.time.txt" \
+      $BIN compress -q --model "$MODEL" ${CFG[$name]} --calib-ids "$IDS" --out "$OUT/$name" --force
+    cp "$OUT/$name/report.json" "$RES/$name.report.json"
+  fi
   $BIN eval -q --model "$OUT/$name" --text data/eval.txt --json > "$RES/$name.eval.json"
   python3 - "$RES/$name" <<'PY'
 import json, sys

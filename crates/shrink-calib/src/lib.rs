@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
@@ -142,7 +142,7 @@ impl SplitMix64 {
 }
 
 /// N calibration samples of L tokens each.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CalibSet {
     pub nsamples: usize,
     pub seqlen: usize,

@@ -1,5 +1,6 @@
 //! `shrink compress`: calibrate, compress layer by layer, write a Hugging Face directory, the
 //! quantized form and a JSON report.
+use crate::checkpoint::Checkpoint;
 use crate::progress;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use shrink_methods::{
 use shrink_model::arch::{hf_input_norm, hf_linear, hf_post_norm};
 use shrink_model::source::{Overlay, SafetensorsSource};
 use shrink_model::{DecoderLayer, Linear, ModelSource};
-use shrink_pipeline::LayerSink;
+use shrink_pipeline::{LayerReport, LayerSink};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +49,13 @@ OUTPUT (DIR, written under a temporary name and renamed when complete):\n  \
 config.json, model.safetensors (dequantized f32), tokenizer.json, tokenizer_config.json\n  \
 quantized.safetensors   integer codes (U8), scales (F32), zero points (I32) and g_idx (I32) per linear\n  \
 calibration_ids.safetensors   the calibration tokens (I64 [nsamples, seqlen])\n  \
-report.json             settings, seed, per-layer relative output error and time, totals")]
+report.json             settings, seed, per-layer relative output error and time, totals\n\n\
+INTERRUPTED RUNS:\n  \
+While it runs, compress keeps a checkpoint in .DIR.partial next to DIR: each finished\n  \
+layer and the calibration activations after it. After a crash, a kill or a full disk,\n  \
+run the same command with --resume: it continues at the first unfinished layer and\n  \
+writes the same files an uninterrupted run would. The checkpoint is removed once DIR\n  \
+is complete.")]
 pub struct CompressArgs {
     /// Model to compress: a Hugging Face directory or a .gguf file.
     #[arg(long, short)]
@@ -59,6 +66,11 @@ pub struct CompressArgs {
     /// Replace an existing output directory (only once the new one is complete).
     #[arg(long)]
     force: bool,
+    /// Continue an interrupted run of the same command from its last finished layer. Every run
+    /// keeps a checkpoint in .NAME.partial next to the output (finished layers, the calibration
+    /// activations after the last one); it is removed when the output is complete.
+    #[arg(long)]
+    resume: bool,
     /// A TOML recipe (see below); flags given on the command line override it.
     #[arg(long)]
     recipe: Option<PathBuf>,
@@ -393,8 +405,9 @@ pub fn build_recipe(r: &Recipe) -> Result<Box<dyn Method>> {
 }
 
 /// Writes each finished layer (f32 tensors plus the quantized form) to its own safetensors file.
-struct LayerFiles {
-    dir: PathBuf,
+struct LayerFiles<'a> {
+    ckpt: &'a Checkpoint,
+    hidden_size: usize,
 }
 
 fn quant_entries(base: &str, q: &QuantizedWeight) -> Vec<(Entry, Vec<u8>)> {
@@ -430,11 +443,13 @@ fn quant_entries(base: &str, q: &QuantizedWeight) -> Vec<(Entry, Vec<u8>)> {
     ]
 }
 
-impl LayerSink for LayerFiles {
+impl LayerSink for LayerFiles<'_> {
     fn layer_done(
         &mut self,
         layer: &DecoderLayer,
         quant: &[(Linear, QuantizedWeight)],
+        report: &LayerReport,
+        hidden: &[f32],
     ) -> Result<()> {
         let i = layer.index;
         let mut items: Vec<(Entry, Vec<u8>)> = Vec::new();
@@ -463,10 +478,14 @@ impl LayerSink for LayerFiles {
         }
         let entries: Vec<Entry> = items.iter().map(|(e, _)| e.clone()).collect();
         let mut bytes: Vec<Option<Vec<u8>>> = items.into_iter().map(|(_, b)| Some(b)).collect();
-        let path = self.dir.join(format!("layer_{i:05}.safetensors"));
+        let path = self
+            .ckpt
+            .layers_dir()
+            .join(format!("layer_{i:05}.safetensors"));
         write_safetensors_raw(&path, &entries, &BTreeMap::new(), &mut |k| {
             Ok(bytes[k].take().unwrap_or_default())
-        })
+        })?;
+        self.ckpt.layer_done(report, hidden, self.hidden_size)
     }
 }
 
@@ -514,17 +533,54 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     // The stage whose grid the quantized form uses (the last one with bits).
     let stage = recipe.stage.iter().rev().find(|s| s.bits.is_some());
     let c = &recipe.calibration;
+    if a.out.exists() && !a.force {
+        bail!(
+            "{}: already exists (pass --force to replace it)",
+            a.out.display()
+        );
+    }
+    let partial = Checkpoint::path_for(&a.out);
+    if a.resume && !partial.is_dir() {
+        bail!(
+            "{}: no checkpoint to resume (--resume continues a run of the same command that \
+             was interrupted)",
+            partial.display()
+        );
+    }
     let src = ModelSource::open(&a.model)?;
-    let calib = match &a.calib_ids {
-        Some(p) => CalibSet::load(p, src.config.vocab_size)?,
-        None => {
-            let calib_path = c.file.clone().context(
-                "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
-            )?;
-            let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
-            let (n, l, seed) = (c.nsamples.unwrap(), c.seqlen.unwrap(), c.seed.unwrap());
-            CalibSet::sample(&source, &src.tokenizer, n, l, seed)?
+    let n_layers = a
+        .layers
+        .unwrap_or(src.config.num_layers)
+        .min(src.config.num_layers);
+    let settings = json!({
+        "model": a.model,
+        "recipe": {"recipe": recipe, "calib_ids": a.calib_ids},
+        "layers": n_layers,
+    });
+    let (ckpt, calib, start, hidden, mut done_reports) = if a.resume {
+        let (ckpt, r) = Checkpoint::resume(&a.out, &settings, src.config.vocab_size)?;
+        if !quiet {
+            eprintln!(
+                "resuming from {}: {} of {n_layers} layers already done",
+                ckpt.dir.display(),
+                r.next_layer
+            );
         }
+        (ckpt, r.calib, r.next_layer, r.hidden, r.reports)
+    } else {
+        let calib = match &a.calib_ids {
+            Some(p) => CalibSet::load(p, src.config.vocab_size)?,
+            None => {
+                let calib_path = c.file.clone().context(
+                    "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
+                )?;
+                let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
+                let (n, l, seed) = (c.nsamples.unwrap(), c.seqlen.unwrap(), c.seed.unwrap());
+                CalibSet::sample(&source, &src.tokenizer, n, l, seed)?
+            }
+        };
+        let ckpt = Checkpoint::create(&a.out, &settings, &calib)?;
+        (ckpt, calib, 0, None, vec![])
     };
     let (nsamples, seqlen, seed) = (calib.nsamples, calib.seqlen, calib.seed);
     if seqlen > src.config.max_position_embeddings {
@@ -537,15 +593,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         Some(p) => Some(crate::read_text(p)?),
         None => None,
     };
-    let dir = OutputDir::create(&a.out, a.force)?;
-    calib.save(&dir.join("calibration_ids.safetensors"))?;
-    let layers_dir = dir.join("layers");
-    std::fs::create_dir(&layers_dir)
-        .with_context(|| format!("{}: cannot create", layers_dir.display()))?;
-    let n_layers = a
-        .layers
-        .unwrap_or(src.config.num_layers)
-        .min(src.config.num_layers);
+    let layers_dir = ckpt.layers_dir();
     if !quiet {
         eprintln!(
             "compressing {} with {} ({} layers), calibration {} x {} tokens from {} (seed {seed})",
@@ -558,18 +606,45 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         );
     }
     let bar = progress::bar(n_layers as u64, "layers", quiet);
+    bar.set_position(start as u64);
     let mut sink = LayerFiles {
-        dir: layers_dir.clone(),
+        ckpt: &ckpt,
+        hidden_size: src.config.hidden_size,
     };
-    let report = shrink_pipeline::run(
+    let run = shrink_pipeline::run_from(
         &src,
         &calib,
         method.as_ref(),
-        0..n_layers,
+        start..n_layers,
+        hidden,
         &mut sink,
-        &mut |d, _| bar.set_position(d as u64),
-    )?;
+        &mut |d, _| bar.set_position((start + d) as u64),
+    );
     bar.finish_and_clear();
+    let mut report = match run {
+        Ok(r) => r,
+        Err(e) => {
+            let done = std::fs::read_dir(&layers_dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if done == 0 {
+                ckpt.remove();
+                return Err(e);
+            }
+            return Err(e.context(format!(
+                "{} finished layers are kept in {}: fix the problem and rerun the same command \
+                 with --resume",
+                done,
+                ckpt.dir.display()
+            )));
+        }
+    };
+    done_reports.append(&mut report.layers);
+    report.layers = done_reports;
     let peak_compress = shrink_eval::peak_rss_mb();
     for l in &report.layers {
         for lin in &l.linears {
@@ -588,27 +663,6 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         }
     }
 
-    // Assemble the output: compressed layers over the original model's other tensors.
-    let t = std::time::Instant::now();
-    let layer_src = SafetensorsSource::open(&layers_dir)?;
-    let overlay = Overlay {
-        primary: &layer_src,
-        fallback: src.tensors.as_ref(),
-    };
-    write_hf_files(&src, &overlay, &dir, "compress", &mut |_, _| {})?;
-    let mut meta = BTreeMap::new();
-    meta.insert("format".into(), "shrink-quantized-v1".into());
-    meta.insert("method".into(), method.name());
-    if let Some(stage) = stage {
-        meta.insert("stage".into(), serde_json::to_string(stage)?);
-    }
-    meta.insert("stages".into(), serde_json::to_string(&recipe.stage)?);
-    let n_quant = write_quantized(&layer_src, &dir.join("quantized.safetensors"), meta)?;
-    drop(layer_src);
-    std::fs::remove_dir_all(&layers_dir)
-        .with_context(|| format!("{}: cannot remove", layers_dir.display()))?;
-    let write_s = t.elapsed().as_secs_f64();
-
     let n_lin: usize = report.layers.iter().map(|l| l.linears.len()).sum();
     let mean_err = report
         .layers
@@ -616,38 +670,80 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         .flat_map(|l| l.linears.iter().map(|x| x.rel_error))
         .sum::<f64>()
         / n_lin.max(1) as f64;
-    let mut out = json!({
-        "shrink_version": env!("CARGO_PKG_VERSION"),
-        "model": a.model,
-        "method": method.name(),
-        "recipe": recipe,
-        "calibration": calib,
-        "layers_compressed": n_layers,
-        "quantized_linears": n_quant,
-        "layers": report.layers,
-        "totals": {
-            "pipeline_seconds": report.seconds,
-            "phases": report.phases,
-            "assemble_seconds": write_s,
-            "mean_rel_error": mean_err,
-            "sparsity": shrink_pipeline::total_sparsity(report.layers.iter().flat_map(|l| &l.linears)),
-            "peak_rss_mb": peak_compress,
-        },
-    });
-    if let Some(text) = &eval_text {
-        let o = crate::eval_ppl(&a.model, text)?;
-        let dir_model = dir.join("");
-        let q = crate::eval_ppl(&dir_model, text)?;
-        eprintln!(
-            "perplexity: original {:.4}, compressed {:.4} ({:+.2}%)",
-            o.perplexity,
-            q.perplexity,
-            100.0 * (q.perplexity / o.perplexity - 1.0)
-        );
-        out["eval"] = json!({"text": a.eval, "original": o, "compressed": q});
-    }
-    write_json(&dir.join("report.json"), &out)?;
-    let path = dir.commit()?;
+    // Assemble the output: compressed layers over the original model's other tensors. A failure
+    // here keeps the checkpoint: --resume then only redoes the assembly.
+    let finish = || -> Result<(PathBuf, f64)> {
+        let t = std::time::Instant::now();
+        let layer_src = SafetensorsSource::open(&layers_dir)?;
+        let overlay = Overlay {
+            primary: &layer_src,
+            fallback: src.tensors.as_ref(),
+        };
+        let dir = OutputDir::create(&a.out, a.force)?;
+        std::fs::copy(
+            ckpt.dir.join("calibration_ids.safetensors"),
+            dir.join("calibration_ids.safetensors"),
+        )
+        .with_context(|| {
+            format!(
+                "{}: cannot write",
+                dir.join("calibration_ids.safetensors").display()
+            )
+        })?;
+        write_hf_files(&src, &overlay, &dir, "compress", &mut |_, _| {})?;
+        let mut meta = BTreeMap::new();
+        meta.insert("format".into(), "shrink-quantized-v1".into());
+        meta.insert("method".into(), method.name());
+        if let Some(stage) = stage {
+            meta.insert("stage".into(), serde_json::to_string(stage)?);
+        }
+        meta.insert("stages".into(), serde_json::to_string(&recipe.stage)?);
+        let n_quant = write_quantized(&layer_src, &dir.join("quantized.safetensors"), meta)?;
+        drop(layer_src);
+        let write_s = t.elapsed().as_secs_f64();
+
+        let mut out = json!({
+            "shrink_version": env!("CARGO_PKG_VERSION"),
+            "model": a.model,
+            "method": method.name(),
+            "recipe": recipe,
+            "calibration": calib,
+            "layers_compressed": n_layers,
+            "resumed_at_layer": a.resume.then_some(start),
+            "quantized_linears": n_quant,
+            "layers": report.layers,
+            "totals": {
+                "pipeline_seconds": report.seconds,
+                "phases": report.phases,
+                "assemble_seconds": write_s,
+                "mean_rel_error": mean_err,
+                "sparsity": shrink_pipeline::total_sparsity(report.layers.iter().flat_map(|l| &l.linears)),
+                "peak_rss_mb": peak_compress,
+            },
+        });
+        if let Some(text) = &eval_text {
+            let o = crate::eval_ppl(&a.model, text)?;
+            let dir_model = dir.join("");
+            let q = crate::eval_ppl(&dir_model, text)?;
+            eprintln!(
+                "perplexity: original {:.4}, compressed {:.4} ({:+.2}%)",
+                o.perplexity,
+                q.perplexity,
+                100.0 * (q.perplexity / o.perplexity - 1.0)
+            );
+            out["eval"] = json!({"text": a.eval, "original": o, "compressed": q});
+        }
+        write_json(&dir.join("report.json"), &out)?;
+        Ok((dir.commit()?, write_s))
+    };
+    let (path, write_s) = finish().map_err(|e| {
+        e.context(format!(
+            "all {n_layers} layers are compressed and kept in {}: fix the problem and rerun the \
+             same command with --resume to write the output",
+            ckpt.dir.display()
+        ))
+    })?;
+    ckpt.remove();
     if !quiet {
         eprintln!(
             "wrote {} in {:.1} s (pipeline {:.1} s: forward {:.1}, hessian {:.1}, solve {:.1}); mean relative output error {:.3e}; peak RSS {:.0} MB",

@@ -1,5 +1,6 @@
 //! shrink: compress large language models after training, and prove the result.
 mod bench;
+mod checkpoint;
 mod compress;
 mod progress;
 

@@ -117,9 +117,9 @@ impl RowState {
         let d = self.hi[p * n + p];
         let e = (self.w[p] - t) / d;
         let col: Vec<f64> = (0..n).map(|j| self.hi[j * n + p]).collect();
-        for j in 0..n {
-            if self.free[j] {
-                self.w[j] -= e * col[j];
+        for ((wj, cj), free) in self.w.iter_mut().zip(&col).zip(&self.free) {
+            if *free {
+                *wj -= e * cj;
             }
         }
         let cost = e * e * d / 2.0;
@@ -157,7 +157,7 @@ impl RowState {
                     }
                 }
                 let c = self.cost(p, 0.0);
-                if best.is_none_or(|(b, _)| c < b) {
+                if best.map_or(true, |(b, _)| c < b) {
                     best = Some((c, p));
                 }
             }
@@ -186,12 +186,12 @@ impl RowState {
                 let (t, step) = grid(p, self.w[p]);
                 let err = (self.w[p] - t).powi(2);
                 let c = self.cost(p, t);
-                if best.is_none_or(|(b, _, _)| c < b) {
+                if best.map_or(true, |(b, _, _)| c < b) {
                     best = Some((c, p, t));
                 }
                 if err > 0.25 * step * step
                     && self.w[p] != 0.0
-                    && worst.is_none_or(|(e, _, _)| err > e)
+                    && worst.map_or(true, |(e, _, _)| err > e)
                 {
                     worst = Some((err, p, t));
                 }
@@ -204,6 +204,9 @@ impl RowState {
         total
     }
 }
+
+/// One row's result: weights, mask, codes, scales, zeros, loss.
+type RowOut = (Vec<f32>, Vec<bool>, Vec<u8>, Vec<f32>, Vec<u32>, f64);
 
 /// Compresses a `[d_out, d_in]` weight with the exact greedy solver.
 pub fn obc(
@@ -268,7 +271,7 @@ pub fn obc(
         }
     };
     let qc = cfg.quant.clone();
-    let rows: Vec<(Vec<f32>, Vec<bool>, Vec<u8>, Vec<f32>, Vec<u32>, f64)> = (0..d_out)
+    let rows: Vec<RowOut> = (0..d_out)
         .into_par_iter()
         .map(|r| {
             let mut st = RowState::new(&w[r * n..(r + 1) * n], &hinv, &dead);

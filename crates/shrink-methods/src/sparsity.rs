@@ -217,6 +217,6 @@ mod tests {
             .collect();
         assert_eq!(nm_violations(&w, 20, 2, 4), 0);
         assert!(mask_respected(&w, &m));
-        assert_eq!(nm_violations(&vec![1.0; 8], 8, 2, 4), 2);
+        assert_eq!(nm_violations(&[1.0; 8], 8, 2, 4), 2);
     }
 }

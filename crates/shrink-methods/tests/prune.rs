@@ -129,17 +129,17 @@ fn unstructured_counts_are_exact() {
     let (col_sq, _) = l.stats();
     for f in [0.25, 0.5, 0.6] {
         let sp = Sparsity::Unstructured(f);
-        let per_row = ((48.0 * f) as f64).round() as usize;
+        let per_row = (48.0 * f).round() as usize;
         let wm = wanda_mask(&l.w, l.d_out, l.d_in, &col_sq, sp);
         for row in wm.chunks(48) {
             assert_eq!(pruned(row), per_row);
         }
         let mm = magnitude_mask(&l.w, l.d_out, l.d_in, sp, false);
-        assert_eq!(pruned(&mm), (960.0 * f as f64).round() as usize);
+        assert_eq!(pruned(&mm), (960.0 * f).round() as usize);
         // SparseGPT: round(f * rows * B) per block of B = 16 columns.
         let r = l.sgpt(sp, None);
         let mask = r.mask.unwrap();
-        let per_block = (20.0 * 16.0 * f as f64).round() as usize;
+        let per_block = (20.0 * 16.0 * f).round() as usize;
         for b in 0..3 {
             let k: usize = (0..20)
                 .map(|row| pruned(&mask[row * 48 + b * 16..row * 48 + (b + 1) * 16]))

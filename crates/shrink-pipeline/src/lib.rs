@@ -24,7 +24,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 /// Wall time per phase, in seconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Phases {
     /// Loading (and dequantizing) layer weights.
     pub load: f64,
@@ -40,7 +40,7 @@ pub struct Phases {
     pub write: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct LinearReport {
     pub name: String,
     pub d_out: usize,
@@ -59,7 +59,7 @@ pub struct LinearReport {
 }
 
 /// The sparsity of a weight as written.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct SparsityReport {
     /// Weights in the matrix.
     pub weights: usize,
@@ -126,7 +126,7 @@ fn column_sq_sums(x: &[f32], rows: usize) -> Vec<f64> {
     acc
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct LayerReport {
     pub index: usize,
     pub seconds: f64,
@@ -154,19 +154,29 @@ pub struct PipelineReport {
     pub seconds: f64,
 }
 
-/// Receives each layer when it is finished, with the quantized form of its linears (if any).
+/// Receives each layer when it is finished: its weights, the quantized form of its linears (if
+/// any), its report, and the hidden states it produced on the calibration samples (the input of
+/// the next layer: with the finished layers, everything needed to resume the run from here).
 pub trait LayerSink {
     fn layer_done(
         &mut self,
         layer: &DecoderLayer,
         quant: &[(Linear, QuantizedWeight)],
+        report: &LayerReport,
+        hidden: &[f32],
     ) -> Result<()>;
 }
 
 /// A sink that keeps nothing (for measurements).
 pub struct Discard;
 impl LayerSink for Discard {
-    fn layer_done(&mut self, _: &DecoderLayer, _: &[(Linear, QuantizedWeight)]) -> Result<()> {
+    fn layer_done(
+        &mut self,
+        _: &DecoderLayer,
+        _: &[(Linear, QuantizedWeight)],
+        _: &LayerReport,
+        _: &[f32],
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -355,6 +365,22 @@ pub fn run(
     sink: &mut dyn LayerSink,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PipelineReport> {
+    run_from(src, calib, method, layers, None, sink, progress)
+}
+
+/// [`run`] starting at `layers.start` from `hidden`, the calibration hidden states that layer
+/// receives (as handed to [`LayerSink::layer_done`] by the layer before it), instead of from the
+/// embeddings: the resume path. With `hidden = None` the run starts from the embeddings and
+/// `layers.start` must be 0.
+pub fn run_from(
+    src: &ModelSource,
+    calib: &CalibSet,
+    method: &dyn Method,
+    layers: Range<usize>,
+    hidden: Option<Vec<f32>>,
+    sink: &mut dyn LayerSink,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PipelineReport> {
     let start = Instant::now();
     let cfg = &src.config;
     if layers.end > cfg.num_layers {
@@ -365,9 +391,36 @@ pub fn run(
     }
     let mut phases = Phases::default();
     let t = Instant::now();
-    let embed = src.load_embedding()?;
-    let mut x = embed_tokens(&embed, &calib.ids)?;
-    drop(embed);
+    let mut x = match hidden {
+        Some(h) => {
+            let want = calib.nsamples * calib.seqlen * cfg.hidden_size;
+            if h.len() != want {
+                bail!(
+                    "saved hidden states have {} values; {} samples x {} tokens x hidden size {} \
+                     need {want}",
+                    h.len(),
+                    calib.nsamples,
+                    calib.seqlen,
+                    cfg.hidden_size
+                );
+            }
+            if !all_finite(&h) {
+                bail!("saved hidden states hold non-finite values");
+            }
+            h
+        }
+        None => {
+            if layers.start != 0 {
+                bail!(
+                    "a run starting at layer {} needs the hidden states of layer {}",
+                    layers.start,
+                    layers.start
+                );
+            }
+            let embed = src.load_embedding()?;
+            embed_tokens(&embed, &calib.ids)?
+        }
+    };
     phases.load += t.elapsed().as_secs_f64();
     let rope = Rope::new(cfg, calib.seqlen);
     let total = layers.len();
@@ -398,14 +451,15 @@ pub fn run(
         phases.solve += h.solve;
         phases.error += h.error;
         let t = Instant::now();
-        sink.layer_done(&layer, &hook.quant)?;
-        phases.write += t.elapsed().as_secs_f64();
-        reports.push(LayerReport {
+        let report = LayerReport {
             index: i,
             seconds: t_layer.elapsed().as_secs_f64(),
             sparsity: total_sparsity(&hook.linears),
             linears: hook.linears,
-        });
+        };
+        sink.layer_done(&layer, &hook.quant, &report, &x)?;
+        phases.write += t.elapsed().as_secs_f64();
+        reports.push(report);
         progress(done + 1, total);
     }
     Ok(PipelineReport {
