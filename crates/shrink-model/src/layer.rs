@@ -55,16 +55,18 @@ pub fn load_checked(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Resu
     let t = src.load(name)?;
     if t.shape != shape {
         bail!(
-            "{}: tensor '{name}' has shape {:?}, but the model config implies {:?}",
+            "{}: tensor {} has shape {:?}, but the model config implies {:?}",
             src.describe(),
+            src.label(name),
             t.shape,
             shape
         );
     }
     if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
         bail!(
-            "{}: tensor '{name}' has a non-finite value ({}) at element {i}",
+            "{}: tensor {} has a non-finite value ({}) at element {i}",
             src.describe(),
+            src.label(name),
             t.data[i]
         );
     }
