@@ -664,7 +664,7 @@ fn all_cases(t: &Path) -> Cases {
     c.names("tokenizer.json");
 
     // ---- tokenizer.json
-    c.tokenizer("not JSON", &["not a valid tokenizer.json"], "{\"model\": ");
+    c.tokenizer("not JSON", &["not valid JSON"], "{\"model\": ");
     c.tokenizer("a JSON array", &["not a valid tokenizer.json"], "[]");
     let tok: Value = serde_json::from_str(&tokenizer_json(128)).unwrap();
     let mut t1 = tok.clone();
@@ -690,6 +690,24 @@ fn all_cases(t: &Path) -> Cases {
         "unknown model type",
         &["not a valid tokenizer.json"],
         &t4.to_string(),
+    );
+    let mut t5 = tok.clone();
+    t5["decoder"] = json!("DECODER");
+    let t5 = t5.to_string().replace(
+        "\"DECODER\"",
+        "{\"type\": \"ByteLevel\" \"trim_offsets\": true}",
+    );
+    c.tokenizer(
+        "syntax error inside the decoder (panicked in tokenizers 0.23)",
+        &["not valid JSON", "expected `,` or `}`"],
+        &t5,
+    );
+    let mut t6 = tok.clone();
+    t6["normalizer"] = json!({"type": "Precompiled", "precompiled_charsmap": "AAAA"});
+    c.tokenizer(
+        "Precompiled normalizer with a bad charsmap (panicked in tokenizers 0.23)",
+        &["not a valid tokenizer.json", "Precompiled"],
+        &t6.to_string(),
     );
     c.tokenizer(
         "too many tokens for the model",

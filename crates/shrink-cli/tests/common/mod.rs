@@ -88,8 +88,17 @@ pub fn permute(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
 /// A GGUF file of the tiny Mistral fixture (untied head; F32 tensors, q/k permuted as llama.cpp
 /// stores them for its "llama" architecture, a byte-level BPE tokenizer in the metadata).
 pub fn gguf_file(dir: &Path) -> PathBuf {
-    let src = SafetensorsSource::open(&tiny("mistral")).unwrap();
-    let cfg = ModelConfig::from_hf_file(&tiny("mistral").join("config.json")).unwrap();
+    let p = dir.join("tiny.gguf");
+    gguf_of(&tiny("mistral"), &p);
+    p
+}
+
+/// Writes the model of Hugging Face directory `hf` (config.json and safetensors) as the GGUF
+/// file `out`, with a tokenizer of `vocab_size` (at most 256) single-byte tokens.
+pub fn gguf_of(hf: &Path, out: &Path) {
+    let src = SafetensorsSource::open(hf).unwrap();
+    let cfg = ModelConfig::from_hf_file(&hf.join("config.json")).unwrap();
+    let n_tokens = cfg.vocab_size.min(256);
     let mut w = GgufWriter::new();
     let u = |x: usize| GgufValue::U32(x as u32);
     w.add_metadata("general.architecture", GgufValue::String("llama".into()));
@@ -112,14 +121,14 @@ pub fn gguf_file(dir: &Path) -> PathBuf {
     w.add_metadata(
         "tokenizer.ggml.tokens",
         GgufValue::Array(
-            (0..128)
+            (0..n_tokens)
                 .map(|b| GgufValue::String(sp[b].to_string()))
                 .collect(),
         ),
     );
     w.add_metadata(
         "tokenizer.ggml.token_type",
-        GgufValue::Array((0..128).map(|_| GgufValue::I32(1)).collect()),
+        GgufValue::Array((0..n_tokens).map(|_| GgufValue::I32(1)).collect()),
     );
     w.add_metadata("tokenizer.ggml.merges", GgufValue::Array(vec![]));
     for name in arch::hf_tensor_names(&cfg) {
@@ -137,9 +146,7 @@ pub fn gguf_file(dir: &Path) -> PathBuf {
         w.add_tensor(arch::hf_to_gguf(&name).unwrap(), dims, GgmlType::F32, bytes)
             .unwrap();
     }
-    let p = dir.join("tiny.gguf");
-    w.write(&p).unwrap();
-    p
+    w.write(out).unwrap();
 }
 
 pub fn calib_text(dir: &Path) -> PathBuf {
