@@ -1397,12 +1397,17 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// Writes the file to `path.with_extension("part")`, then renames it to `path`.
+    /// Writes the file to a temporary `.NAME.part-PID` next to `path`, syncs it and renames it
+    /// to `path`; on failure the temporary file is removed and `path` is untouched.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let mut tmp = path.with_extension("part");
-        if tmp == path {
-            tmp = path.with_extension("part.tmp");
-        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow!("{}: not a valid output path", path.display()))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.part-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         let result = (|| -> Result<()> {
             let f = File::create(&tmp)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
