@@ -549,29 +549,12 @@ fn compress_bad_input_leaves_nothing() {
     args[2] = s(&nan);
     check(args, &["model.safetensors", "non-finite"]);
     // Finite weights whose activations overflow: named at the layer and group where it happens.
-    let big = t.join("big");
-    std::fs::create_dir(&big).unwrap();
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(model.join(f), big.join(f)).unwrap();
-    }
-    let st = SafetensorsSource::open(&model).unwrap();
-    let names: Vec<(String, Vec<usize>)> = st
-        .names()
-        .map(|n| (n.to_string(), st.info(n).unwrap().1))
-        .collect();
-    shrink_formats::write_safetensors(
-        &big.join("model.safetensors"),
-        &names,
-        &Default::default(),
-        &mut |i| {
-            let mut t = st.load(&names[i].0).unwrap();
-            if names[i].0 == "model.layers.1.post_attention_layernorm.weight" {
-                t.data.iter_mut().for_each(|v| *v = 3e38);
-            }
-            Ok(t)
-        },
-    )
-    .unwrap();
+    let big = scaled_copy(
+        &model,
+        &t.join("big"),
+        "model.layers.1.post_attention_layernorm.weight",
+        3e38,
+    );
     let mut args = base(&["--method", "gptq", "--bits", "4"], &calib);
     args[2] = s(&big);
     check(args, &["layer 1", "gate_proj/up_proj", "non-finite"]);

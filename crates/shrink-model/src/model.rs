@@ -250,9 +250,26 @@ impl Model {
                 seq,
                 &mut NoHook as &mut dyn LayerHook,
             )?;
+            // finite weights can still overflow: name the layer where it first happens
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "layer {}: its output has a non-finite value ({}) at token {} (the weights are finite; the activations overflow)",
+                    layer.index,
+                    x[i],
+                    i / cfg.hidden_size
+                );
+            }
         }
         let mut out = vec![0f32; x.len()];
         rms_norm(&x, &self.norm.data, cfg.rms_norm_eps as f32, &mut out);
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "the final norm ({}): its output has a non-finite value ({}) at token {} (the weights are finite; the activations overflow)",
+                arch::HF_NORM,
+                out[i],
+                i / cfg.hidden_size
+            );
+        }
         Ok(out)
     }
 

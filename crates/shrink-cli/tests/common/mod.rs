@@ -166,3 +166,30 @@ pub fn calib_text(dir: &Path) -> PathBuf {
 pub fn report(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
 }
+
+/// A copy of the HF directory `model` at `out` with every value of tensor `name` set to `value`.
+pub fn scaled_copy(model: &Path, out: &Path, name: &str, value: f32) -> PathBuf {
+    std::fs::create_dir(out).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(model.join(f), out.join(f)).unwrap();
+    }
+    let st = SafetensorsSource::open(model).unwrap();
+    let names: Vec<(String, Vec<usize>)> = st
+        .names()
+        .map(|n| (n.to_string(), st.info(n).unwrap().1))
+        .collect();
+    shrink_formats::write_safetensors(
+        &out.join("model.safetensors"),
+        &names,
+        &Default::default(),
+        &mut |i| {
+            let mut t = st.load(&names[i].0).unwrap();
+            if names[i].0 == name {
+                t.data.iter_mut().for_each(|v| *v = value);
+            }
+            Ok(t)
+        },
+    )
+    .unwrap();
+    out.to_path_buf()
+}
