@@ -651,17 +651,32 @@ fn all_cases(t: &Path) -> Cases {
     );
     c.names("model.safetensors");
     c.config(
+        "num_hidden_layers 2^24 (allowed) in a 2-layer file",
+        &[
+            "declares 16777216 layers",
+            "model.layers.2.self_attn.q_proj.weight",
+        ],
+        |v| v["num_hidden_layers"] = json!(1 << 24),
+    );
+    c.names("model.safetensors");
+    c.config(
+        "head_dim 2^20 (allowed) contradicting the tensors",
+        &["q_proj.weight", "model config implies [4194304, 64]"],
+        |v| v["head_dim"] = json!(1 << 20),
+    );
+    c.names("model.safetensors");
+    c.config(
         "more layers than the file has",
         &["model.layers.2.", "missing"],
         |v| v["num_hidden_layers"] = json!(3),
     );
     c.names("model.safetensors");
     c.config(
-        "vocab_size smaller than the tokenizer",
-        &["vocab_size 100"],
+        "vocab_size smaller than the embedding",
+        &["model.embed_tokens.weight", "[100, 64]"],
         |v| v["vocab_size"] = json!(100),
     );
-    c.names("tokenizer.json");
+    c.names("model.safetensors");
 
     // ---- tokenizer.json
     c.tokenizer("not JSON", &["not valid JSON"], "{\"model\": ");
@@ -930,6 +945,11 @@ fn all_cases(t: &Path) -> Cases {
         |m| set(m, "llama.block_count", GgufValue::U64(1 << 40)),
     );
     c.gguf_meta(
+        "block_count 2^24 (allowed) in a 2-layer file",
+        &["declares 16777216 layers", "blk.2.attn_q.weight", "missing"],
+        |m| set(m, "llama.block_count", GgufValue::U32(1 << 24)),
+    );
+    c.gguf_meta(
         "head_count 0",
         &["num_attention_heads must be positive"],
         |m| set(m, "llama.attention.head_count", GgufValue::U32(0)),
@@ -991,20 +1011,20 @@ fn all_cases(t: &Path) -> Cases {
         },
     );
     c.gguf_rebuilt(
-        "0-d attention weight",
-        &["blk.0.attn_q.weight", "2-D"],
+        "0-d attention weight in layer 1 (panicked before)",
+        &["blk.1.attn_q.weight", "2-D"],
         |_, t| {
-            let q = t.iter_mut().find(|x| x.0 == "blk.0.attn_q.weight").unwrap();
+            let q = t.iter_mut().find(|x| x.0 == "blk.1.attn_q.weight").unwrap();
             q.1 = vec![];
             q.3 = vec![0; 4];
         },
         |b| b,
     );
     c.gguf_rebuilt(
-        "1-D attention weight",
-        &["blk.0.attn_q.weight", "2-D"],
+        "1-D attention weight in layer 1",
+        &["blk.1.attn_q.weight", "2-D"],
         |_, t| {
-            let q = t.iter_mut().find(|x| x.0 == "blk.0.attn_q.weight").unwrap();
+            let q = t.iter_mut().find(|x| x.0 == "blk.1.attn_q.weight").unwrap();
             q.1 = vec![64 * 64];
         },
         |b| b,

@@ -2,7 +2,7 @@
 use crate::arch;
 use crate::config::ModelConfig;
 use crate::gguf::GgufFile;
-use crate::layer::{load_checked, DecoderLayer, LayerHook, NoHook, Rope};
+use crate::layer::{check_layout, load_checked, DecoderLayer, LayerHook, NoHook, Rope};
 use crate::source::{config_from_gguf, GgufSource, SafetensorsSource, TensorSource};
 use crate::tensor::{linear, rms_norm, Tensor};
 use crate::tokenizer;
@@ -38,6 +38,7 @@ impl ModelSource {
             }
             let config = ModelConfig::from_hf_file(&cfg_path)?;
             let tensors = SafetensorsSource::open(path)?;
+            check_layout(&config, &tensors)?;
             let tok_path = path.join("tokenizer.json");
             if !tok_path.is_file() {
                 bail!("{}: no tokenizer.json", path.display());
@@ -106,6 +107,7 @@ impl ModelSource {
                     })
                     .collect();
                 let src = GgufSource::new(file, &config);
+                check_layout(&config, &src)?;
                 Ok(ModelSource {
                     path: path.into(),
                     config,

@@ -24,6 +24,11 @@ pub trait TensorSource: Send + Sync {
     fn label(&self, name: &str) -> String {
         format!("'{name}'")
     }
+    /// A tensor's shape as stored (Hugging Face layout), without reading its data; `None` when
+    /// absent or unknown without reading.
+    fn shape(&self, _name: &str) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 struct StFile {
@@ -392,6 +397,9 @@ impl TensorSource for SafetensorsSource {
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.info(name).map(|(_, s)| s)
+    }
     fn describe(&self) -> String {
         match self.files.as_slice() {
             [one] => one.path.display().to_string(),
@@ -434,6 +442,13 @@ impl TensorSource for Overlay<'_> {
             self.primary.label(name)
         } else {
             self.fallback.label(name)
+        }
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if self.primary.contains(name) {
+            self.primary.shape(name)
+        } else {
+            self.fallback.shape(name)
         }
     }
 }
@@ -517,6 +532,13 @@ impl TensorSource for GgufSource {
             Some(g) => format!("'{g}' ({name})"),
             None => format!("'{name}'"),
         }
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        Some(
+            self.file
+                .tensor(&arch::hf_to_gguf(name)?)?
+                .shape_row_major(),
+        )
     }
 }
 
