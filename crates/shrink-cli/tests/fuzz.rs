@@ -119,7 +119,9 @@ fn exec(target: Target, bytes: &[u8], work: &Path) -> anyhow::Result<()> {
                     let _ = f.dequantize(&t.name);
                 }
             }
-            forward(&ModelSource::open(&p)?)
+            let src = ModelSource::open(&p)?;
+            shrink_model::tokenizer::encode(&src.tokenizer, "Hello world, 123 tokens!")?;
+            forward(&src)
         }
         Target::Config | Target::Tokenizer => {
             let d = work.join("model");
