@@ -21,6 +21,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use shrink_calib::SplitMix64;
+use shrink_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use shrink_model::{ModelConfig, ModelSource};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -320,11 +321,129 @@ fn st_parts(b: &[u8]) -> Option<(Value, &[u8])> {
     Some((h, &b[8 + n..]))
 }
 
-fn mutate(r: &mut SplitMix64, target: Target, seed: &[u8], other: &[u8]) -> Vec<u8> {
+type GgufParts = (
+    Vec<(String, GgufValue)>,
+    Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
+);
+
+/// The metadata and tensors of a GGUF file that parses (written to `work` to be opened).
+fn gguf_parts(b: &[u8], work: &Path) -> Option<GgufParts> {
+    let p = work.join("parse.gguf");
+    std::fs::write(&p, b).ok()?;
+    let f = GgufFile::open(&p).ok()?;
+    let t = f.tensors().iter();
+    let t = t.map(|t| {
+        (
+            t.name.clone(),
+            t.dims.clone(),
+            t.dtype,
+            f.tensor_data(t).to_vec(),
+        )
+    });
+    Some((f.metadata().to_vec(), t.collect()))
+}
+
+fn interesting_gguf(r: &mut SplitMix64) -> GgufValue {
+    let n = INTERESTING[r.below(INTERESTING.len() as u64) as usize];
+    let words = [
+        "", " ", "a b", "llama", "gpt2", "qwen2", "linear", "<s>", "\u{0}", "Ġthe",
+    ];
+    let word = |r: &mut SplitMix64| words[r.below(words.len() as u64) as usize].to_string();
+    match r.below(10) {
+        0 => GgufValue::U32(n as u32),
+        1 => GgufValue::U64(n),
+        2 => GgufValue::I32(-(n as i32).abs() - 1),
+        3 => GgufValue::F32([0.0, -1.0, f32::NAN, f32::INFINITY, 1e30, 1e-30][r.below(6) as usize]),
+        4 => GgufValue::String(word(r)),
+        5 => GgufValue::Bool(r.below(2) == 1),
+        6 => GgufValue::Array(
+            (0..r.below(300))
+                .map(|_| GgufValue::String(word(r)))
+                .collect(),
+        ),
+        7 => GgufValue::Array(
+            (0..r.below(300))
+                .map(|_| GgufValue::I32(r.below(6) as i32 - 1))
+                .collect(),
+        ),
+        8 => GgufValue::Array(vec![]),
+        _ => GgufValue::U32(r.below(300) as u32),
+    }
+}
+
+/// A semantic edit of a GGUF file: a metadata value replaced, removed or added, or a tensor's
+/// dims, type or name changed (then written back with the writer).
+fn mutate_gguf(r: &mut SplitMix64, b: &[u8], work: &Path) -> Option<Vec<u8>> {
+    let (mut meta, mut tensors) = gguf_parts(b, work)?;
+    let keys = [
+        "llama.attention.key_length",
+        "llama.vocab_size",
+        "llama.rope.scaling.type",
+        "llama.rope.scaling.factor",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.pre",
+        "tokenizer.chat_template",
+        "general.alignment",
+        "llama.context_length",
+    ];
+    match r.below(6) {
+        0 | 1 if !meta.is_empty() => {
+            let i = r.below(meta.len() as u64) as usize;
+            meta[i].1 = interesting_gguf(r);
+        }
+        2 if !meta.is_empty() => {
+            meta.remove(r.below(meta.len() as u64) as usize);
+        }
+        3 => {
+            let k = keys[r.below(keys.len() as u64) as usize].to_string();
+            meta.retain(|(x, _)| *x != k);
+            meta.push((k, interesting_gguf(r)));
+        }
+        _ if !tensors.is_empty() => {
+            let i = r.below(tensors.len() as u64) as usize;
+            let names: Vec<String> = tensors.iter().map(|t| t.0.clone()).collect();
+            let t = &mut tensors[i];
+            match r.below(4) {
+                0 => t.1.reverse(),
+                1 => t.1 = vec![t.1.iter().product()],
+                2 => t.0 = names[r.below(names.len() as u64) as usize].clone() + ".x",
+                _ => {
+                    let types: Vec<GgmlType> = GgmlType::ALL
+                        .into_iter()
+                        .filter(|ty| ty.can_dequantize() && ty.bytes_for(t.1[0]).is_some())
+                        .collect();
+                    if let Some(&ty) = types.get(r.below(types.len().max(1) as u64) as usize) {
+                        let n = ty.bytes_for(t.1.iter().product())?;
+                        t.2 = ty;
+                        t.3 = (0..n).map(|_| r.next_u64() as u8).collect();
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    let mut w = GgufWriter::new();
+    for (k, v) in meta {
+        w.add_metadata(k, v);
+    }
+    for (n, d, ty, data) in tensors {
+        w.add_tensor(n, d, ty, data).ok()?;
+    }
+    w.to_bytes().ok()
+}
+
+fn mutate(r: &mut SplitMix64, target: Target, seed: &[u8], other: &[u8], work: &Path) -> Vec<u8> {
     let mut b = seed.to_vec();
     for _ in 0..1 + r.below(4) {
         let structural = r.below(10) < 6;
         match target {
+            Target::Gguf if structural => {
+                if let Some(m) = mutate_gguf(r, &b, work) {
+                    b = m;
+                    continue;
+                }
+            }
             Target::Config | Target::Tokenizer if structural => {
                 if let Ok(mut v) = serde_json::from_slice::<Value>(&b) {
                     mutate_json(r, &mut v);
@@ -405,7 +524,7 @@ fn fuzz_target(t: Target, budget: Duration, seed: u64, work: &Path, st: &mut Sta
             None => {
                 let a = &corpus[r.below(corpus.len() as u64) as usize].1;
                 let b = &corpus[r.below(corpus.len() as u64) as usize].1;
-                mutate(&mut r, t, a, b)
+                mutate(&mut r, t, a, b, work)
             }
         };
         i += 1;
@@ -455,7 +574,6 @@ fn fuzz_target(t: Target, budget: Duration, seed: u64, work: &Path, st: &mut Sta
 #[test]
 #[ignore]
 fn write_seed_corpus() {
-    use shrink_model::gguf::{GgmlType, GgufValue, GgufWriter};
     let c = corpus_dir();
     for t in Target::ALL {
         std::fs::create_dir_all(c.join(t.dir())).unwrap();
