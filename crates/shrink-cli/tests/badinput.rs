@@ -298,6 +298,40 @@ impl Cases {
         self.gguf(what, needles, |_| patch(bytes));
     }
 
+    /// A GGUF case that overwrites fields of tensor `name`'s info entry: `(offset after the name,
+    /// value, width in bytes)`.
+    fn gguf_info(
+        &mut self,
+        what: &'static str,
+        needles: &'static [&'static str],
+        name: &str,
+        patches: &[(usize, u64, usize)],
+    ) {
+        self.gguf(what, needles, |mut b| {
+            let at = tensor_info(&b, name);
+            for &(off, v, w) in patches {
+                b[at + off..at + off + w].copy_from_slice(&v.to_le_bytes()[..w]);
+            }
+            b
+        });
+    }
+
+    /// A GGUF case that edits one tensor (name, dims, type, bytes), named by `needles[0]`.
+    fn gguf_tensor(
+        &mut self,
+        what: &'static str,
+        needles: &'static [&'static str],
+        edit: impl FnOnce(&mut GgufTensor),
+    ) {
+        let name = needles[0];
+        self.gguf_rebuilt(
+            what,
+            needles,
+            |_, t| edit(t.iter_mut().find(|x| x.0 == name).unwrap()),
+            |b| b,
+        );
+    }
+
     fn gguf_meta(
         &mut self,
         what: &'static str,
@@ -859,69 +893,47 @@ fn all_cases(t: &Path) -> Cases {
             b
         },
     );
-    c.gguf(
+    c.gguf_info(
         "tensor with 5 dimensions",
         &["token_embd.weight", "5 dimensions"],
-        |mut b| {
-            let at = tensor_info(&b, "token_embd.weight");
-            put_u32(&mut b, at, 5);
-            b
-        },
+        "token_embd.weight",
+        &[(0, 5, 4)],
     );
-    c.gguf(
+    c.gguf_info(
         "zero-sized dimension",
         &["token_embd.weight", "zero-sized dimension"],
-        |mut b| {
-            let at = tensor_info(&b, "token_embd.weight");
-            put_u64(&mut b, at + 4, 0);
-            b
-        },
+        "token_embd.weight",
+        &[(4, 0, 8)],
     );
-    c.gguf(
+    c.gguf_info(
         "dims product overflows",
         &["token_embd.weight", "overflows"],
-        |mut b| {
-            let at = tensor_info(&b, "token_embd.weight");
-            put_u64(&mut b, at + 4, 1 << 62);
-            put_u64(&mut b, at + 12, 1 << 62);
-            b
-        },
+        "token_embd.weight",
+        &[(4, 1 << 62, 8), (12, 1 << 62, 8)],
     );
-    c.gguf(
+    c.gguf_info(
         "unknown ggml type 99",
         &["token_embd.weight", "unknown ggml type id 99"],
-        |mut b| {
-            let at = tensor_info(&b, "token_embd.weight");
-            put_u32(&mut b, at + 20, 99);
-            b
-        },
+        "token_embd.weight",
+        &[(20, 99, 4)],
     );
-    c.gguf(
+    c.gguf_info(
         "misaligned data offset",
         &["token_embd.weight", "misaligned"],
-        |mut b| {
-            let at = tensor_info(&b, "token_embd.weight");
-            put_u64(&mut b, at + 24, 1);
-            b
-        },
+        "token_embd.weight",
+        &[(24, 1, 8)],
     );
-    c.gguf(
+    c.gguf_info(
         "data offset 2^60",
         &["token_embd.weight", "past the end"],
-        |mut b| {
-            let at = tensor_info(&b, "token_embd.weight");
-            put_u64(&mut b, at + 24, 1 << 60);
-            b
-        },
+        "token_embd.weight",
+        &[(24, 1 << 60, 8)],
     );
-    c.gguf(
+    c.gguf_info(
         "overlapping tensors",
         &["overlap", "output_norm.weight"],
-        |mut b| {
-            let at = tensor_info(&b, "output_norm.weight");
-            put_u64(&mut b, at + 16, 0);
-            b
-        },
+        "output_norm.weight",
+        &[(16, 0, 8)],
     );
     c.gguf("last 100 bytes cut", &["truncated"], |b| {
         b[..b.len() - 100].to_vec()
@@ -1010,52 +1022,42 @@ fn all_cases(t: &Path) -> Cases {
             )
         },
     );
-    c.gguf_rebuilt(
+    c.gguf_tensor(
         "0-d attention weight in layer 1 (panicked before)",
         &["blk.1.attn_q.weight", "2-D"],
-        |_, t| {
-            let q = t.iter_mut().find(|x| x.0 == "blk.1.attn_q.weight").unwrap();
+        |q| {
             q.1 = vec![];
             q.3 = vec![0; 4];
         },
-        |b| b,
     );
-    c.gguf_rebuilt(
+    c.gguf_tensor(
         "1-D attention weight in layer 1",
         &["blk.1.attn_q.weight", "2-D"],
-        |_, t| {
-            let q = t.iter_mut().find(|x| x.0 == "blk.1.attn_q.weight").unwrap();
+        |q| {
             q.1 = vec![64 * 64];
         },
-        |b| b,
     );
-    c.gguf_rebuilt(
+    c.gguf_tensor(
         "weight of the wrong shape",
         &["blk.0.ffn_up.weight", "shape", "model config implies"],
-        |_, t| {
-            let q = t.iter_mut().find(|x| x.0 == "blk.0.ffn_up.weight").unwrap();
+        |q| {
             q.1 = vec![160, 64];
         },
-        |b| b,
     );
-    c.gguf_rebuilt(
+    c.gguf_tensor(
         "type shrink cannot dequantize (IQ4_NL)",
         &["output.weight", "IQ4_NL"],
-        |_, t| {
-            let o = t.iter_mut().find(|x| x.0 == "output.weight").unwrap();
+        |o| {
             o.2 = GgmlType::IQ4_NL;
             o.3 = vec![0; 128 * 2 * 18];
         },
-        |b| b,
     );
-    c.gguf_rebuilt(
+    c.gguf_tensor(
         "NaN in a weight",
         &["output_norm.weight", "non-finite"],
-        |_, t| {
-            let o = t.iter_mut().find(|x| x.0 == "output_norm.weight").unwrap();
+        |o| {
             o.3[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
         },
-        |b| b,
     );
     c.gguf(
         "missing tensor (name changed)",

@@ -57,6 +57,14 @@ unsafe impl GlobalAlloc for Tracking {
 #[global_allocator]
 static GLOBAL: Tracking = Tracking;
 
+/// The value of environment variable `key`, or `default` when unset or unparsable.
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_corpus")
 }
@@ -510,10 +518,7 @@ struct Stats {
 
 fn fuzz_target(t: Target, budget: Duration, seed: u64, work: &Path, st: &mut Stats, t0: Instant) {
     let corpus = read_corpus(t);
-    let max_alloc: usize = std::env::var("SHRINK_FUZZ_MAX_ALLOC")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(MAX_ALLOC);
+    let max_alloc = env_or("SHRINK_FUZZ_MAX_ALLOC", MAX_ALLOC);
     let mut r = SplitMix64::new(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let start = Instant::now();
     let mut i = 0u64;
@@ -681,14 +686,8 @@ fn micro_model(dir: &Path) -> PathBuf {
 
 #[test]
 fn fuzz_readers() {
-    let secs: f64 = std::env::var("SHRINK_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40.0);
-    let seed: u64 = std::env::var("SHRINK_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let secs: f64 = env_or("SHRINK_FUZZ_SECS", 40.0);
+    let seed: u64 = env_or("SHRINK_FUZZ_SEED", 1);
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
     // the valid model the config and tokenizer targets complete

@@ -5,10 +5,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn eval_args<'a>(model: &'a Path, text: &'a Path) -> Vec<&'a str> {
     vec![
         "eval",

@@ -63,10 +63,6 @@ fn previous_output(gguf: &Path, out: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     snapshot(out)
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn compress_args<'a>(model: &'a Path, calib: &'a Path, out: &'a Path) -> Vec<&'a str> {
     vec![
         "compress",

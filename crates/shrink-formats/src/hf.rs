@@ -185,14 +185,7 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 /// temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a valid output path", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.part-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = shrink_model::gguf::temp_sibling(path)?;
     let r = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

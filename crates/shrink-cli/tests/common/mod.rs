@@ -10,6 +10,11 @@ use std::process::Command;
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+/// A path as the `&str` argument of a command.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 pub fn tiny(name: &str) -> PathBuf {
     root().join("tests/fixtures/tiny").join(name)
 }
