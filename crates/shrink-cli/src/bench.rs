@@ -132,7 +132,7 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
     let s = serde_json::to_string_pretty(&v)?;
     match &a.out {
         Some(p) => {
-            std::fs::write(p, s + "\n")?;
+            shrink_formats::write_atomic(p, (s + "\n").as_bytes())?;
             eprintln!("wrote {}", p.display());
         }
         None => println!("{s}"),

@@ -631,6 +631,12 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                         .count()
                 })
                 .unwrap_or(0);
+            let t = a.out.display();
+            if a.out.exists() {
+                eprintln!("note: {t} was left unchanged");
+            } else {
+                eprintln!("note: {t} was not created");
+            }
             if done == 0 {
                 ckpt.remove();
                 return Err(e);

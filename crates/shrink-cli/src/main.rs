@@ -225,11 +225,12 @@ fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let p = &a.path;
     let mut rows: Vec<(String, String, Vec<usize>, u64)> = Vec::new();
-    if p.is_file()
-        && std::fs::read(p)
-            .map(|b| b.starts_with(b"GGUF"))
-            .unwrap_or(false)
-    {
+    let mut magic = [0u8; 4];
+    let is_gguf = std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF";
+    if p.is_file() && is_gguf {
         let f = shrink_model::gguf::GgufFile::open(p)?;
         println!(
             "{}: GGUF v{}, {} tensors, {} metadata keys",

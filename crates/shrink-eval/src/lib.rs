@@ -75,7 +75,15 @@ pub fn perplexity(
         let b = batch.min(windows - done);
         let chunk = &ids[done * seq..(done + b) * seq];
         let hidden = model.hidden_states(chunk, b, seq)?;
-        nll += window_nll(model, &hidden, chunk, b, seq);
+        let w = window_nll(model, &hidden, chunk, b, seq);
+        if !w.is_finite() {
+            bail!(
+                "windows {}..{}: the negative log-likelihood is {w} (the logits overflow)",
+                done,
+                done + b
+            );
+        }
+        nll += w;
         done += b;
         progress(done, windows);
     }

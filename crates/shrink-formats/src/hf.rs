@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// An output directory built under a temporary name next to the target and renamed into place by
-/// [`OutputDir::commit`]; dropped without commit, it is removed.
+/// [`OutputDir::commit`]; dropped without commit (an error, a full disk), it is removed and a note
+/// on stderr says that the target was left as it was.
 pub struct OutputDir {
     target: PathBuf,
     tmp: PathBuf,
     committed: bool,
+    /// Whether the target existed when the output was started (it is then replaced at commit).
+    existed: bool,
 }
 
 impl OutputDir {
@@ -46,6 +49,7 @@ impl OutputDir {
             target: target.into(),
             tmp,
             committed: false,
+            existed: target.exists(),
         })
     }
     /// Path of a file inside the (temporary) directory.
@@ -55,11 +59,24 @@ impl OutputDir {
     /// Moves the finished directory into place (replacing an old one only now, when forced).
     pub fn commit(mut self) -> Result<PathBuf> {
         if self.target.exists() {
-            let old = self.tmp.with_extension("old");
+            let old = self.tmp.with_file_name(format!(
+                "{}.old",
+                self.tmp.file_name().unwrap().to_string_lossy()
+            ));
             std::fs::rename(&self.target, &old)
                 .with_context(|| format!("{}: cannot move aside", self.target.display()))?;
-            std::fs::rename(&self.tmp, &self.target)
-                .with_context(|| format!("{}: cannot rename into place", self.target.display()))?;
+            if let Err(e) = std::fs::rename(&self.tmp, &self.target) {
+                // put the old output back rather than leave nothing under the target's name
+                let back = std::fs::rename(&old, &self.target);
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{}: cannot rename into place ({})",
+                    self.target.display(),
+                    match back {
+                        Ok(()) => "the old output was put back".to_string(),
+                        Err(b) => format!("the old output is at {}: {b}", old.display()),
+                    }
+                )));
+            }
             std::fs::remove_dir_all(&old).ok();
         } else {
             std::fs::rename(&self.tmp, &self.target)
@@ -72,8 +89,21 @@ impl OutputDir {
 
 impl Drop for OutputDir {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.tmp);
+        if self.committed {
+            return;
+        }
+        let t = self.target.display();
+        let state = if self.existed {
+            format!("{t} was left unchanged")
+        } else {
+            format!("{t} was not created")
+        };
+        match std::fs::remove_dir_all(&self.tmp) {
+            Ok(()) => eprintln!("note: {state}; the partial output was removed"),
+            Err(e) => eprintln!(
+                "note: {state}; the partial output {} could not be removed: {e}",
+                self.tmp.display()
+            ),
         }
     }
 }
@@ -145,12 +175,37 @@ pub fn write_hf_files(
     Ok(())
 }
 
+/// Writes `v` (pretty-printed) with [`write_atomic`].
 pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let tmp = path.with_extension("json.part");
-    std::fs::write(&tmp, serde_json::to_string_pretty(v)? + "\n")
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename", path.display()))?;
-    Ok(())
+    write_atomic(path, (serde_json::to_string_pretty(v)? + "\n").as_bytes())
+}
+
+/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it to `path`: `path`
+/// holds either its old content or the new one, never a part. On failure (a full disk) the
+/// temporary file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = shrink_model::gguf::temp_sibling(path)?;
+    let r = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!(
+            "{}: cannot write (it was left unchanged)",
+            path.display()
+        )));
+    }
+    std::fs::rename(&tmp, path).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!(
+            "{}: cannot rename {} into place",
+            path.display(),
+            tmp.display()
+        )
+    })
 }
 
 /// tokenizer_config.json: which special tokens are bos/eos and whether BOS is added.

@@ -3,5 +3,5 @@
 pub mod hf;
 pub mod safetensors_writer;
 
-pub use hf::{write_hf_dir, write_hf_files, write_json, OutputDir};
+pub use hf::{write_atomic, write_hf_dir, write_hf_files, write_json, OutputDir};
 pub use safetensors_writer::{f32_bytes, write_safetensors, write_safetensors_raw, DType, Entry};

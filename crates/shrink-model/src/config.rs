@@ -78,12 +78,16 @@ fn opt_bool(v: &Value, key: &str, file: &str) -> Result<Option<bool>> {
             .with_context(|| format!("{file}: field '{key}' must be true or false, found {x}")),
     }
 }
-fn opt_token_id(v: &Value, key: &str) -> Option<u32> {
-    match v.get(key) {
-        Some(Value::Number(n)) => n.as_u64().map(|n| n as u32),
-        Some(Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|n| n as u32),
+fn opt_token_id(v: &Value, key: &str, file: &str) -> Result<Option<u32>> {
+    let id = match v.get(key) {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::Array(a)) => a.first().and_then(|x| x.as_u64()),
         _ => None,
-    }
+    };
+    id.map(|n| {
+        u32::try_from(n).with_context(|| format!("{file}: field '{key}' = {n} is not a token id"))
+    })
+    .transpose()
 }
 
 impl ModelConfig {
@@ -169,8 +173,8 @@ impl ModelConfig {
             qkv_bias,
             o_bias,
             mlp_bias: opt_bool(v, "mlp_bias", file)?.unwrap_or(false),
-            bos_token_id: opt_token_id(v, "bos_token_id"),
-            eos_token_id: opt_token_id(v, "eos_token_id"),
+            bos_token_id: opt_token_id(v, "bos_token_id", file)?,
+            eos_token_id: opt_token_id(v, "eos_token_id", file)?,
             sliding_window: match arch {
                 Arch::Mistral => opt_usize(v, "sliding_window", file)?,
                 Arch::Qwen2 if opt_bool(v, "use_sliding_window", file)?.unwrap_or(false) => {
@@ -220,6 +224,33 @@ impl ModelConfig {
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             bail!("{file}: rope_theta {} must be positive", self.rope_theta);
+        }
+        let positive = |k: &str, x: f64| -> Result<()> {
+            if !(x > 0.0 && x.is_finite()) {
+                bail!("{file}: rope scaling '{k}' = {x} must be a positive number");
+            }
+            Ok(())
+        };
+        match self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => positive("factor", factor)?,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                positive("factor", factor)?;
+                positive("low_freq_factor", low_freq_factor)?;
+                positive("high_freq_factor", high_freq_factor)?;
+                positive(
+                    "original_max_position_embeddings",
+                    original_max_position_embeddings,
+                )?;
+                if high_freq_factor <= low_freq_factor {
+                    bail!("{file}: rope scaling 'high_freq_factor' ({high_freq_factor}) must exceed 'low_freq_factor' ({low_freq_factor})");
+                }
+            }
         }
         Ok(())
     }

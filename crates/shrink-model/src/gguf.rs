@@ -1397,12 +1397,10 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// Writes the file to `path.with_extension("part")`, then renames it to `path`.
+    /// Writes the file to [`temp_sibling`]`(path)`, syncs it and renames it to `path`; on
+    /// failure the temporary file is removed and `path` is untouched.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let mut tmp = path.with_extension("part");
-        if tmp == path {
-            tmp = path.with_extension("part.tmp");
-        }
+        let tmp = temp_sibling(path)?;
         let result = (|| -> Result<()> {
             let f = File::create(&tmp)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
@@ -1418,6 +1416,19 @@ impl GgufWriter {
         }
         Ok(())
     }
+}
+
+/// The temporary file a writer fills before renaming it to `path`: `.NAME.part-PID` in the same
+/// directory, so that the rename is atomic and no file of the user's is clobbered.
+pub fn temp_sibling(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{}: not a valid output path", path.display()))?;
+    Ok(path.with_file_name(format!(
+        ".{}.part-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }
 
 fn put_string(h: &mut Vec<u8>, s: &str) {

@@ -53,22 +53,70 @@ pub struct DecoderLayer {
 /// Loads a tensor and checks its shape against what the config implies.
 pub fn load_checked(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
     let t = src.load(name)?;
-    if t.shape != shape {
-        bail!(
-            "{}: tensor '{name}' has shape {:?}, but the model config implies {:?}",
-            src.describe(),
-            t.shape,
-            shape
-        );
-    }
+    check_shape(src, name, &t.shape, shape)?;
     if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
         bail!(
-            "{}: tensor '{name}' has a non-finite value ({}) at element {i}",
+            "{}: tensor {} has a non-finite value ({}) at element {i}",
             src.describe(),
+            src.label(name),
             t.data[i]
         );
     }
     Ok(t)
+}
+
+/// Errors, naming the file and tensor, when shape `got` of tensor `name` is not `want`.
+pub fn check_shape(
+    src: &dyn TensorSource,
+    name: &str,
+    got: &[usize],
+    want: &[usize],
+) -> Result<()> {
+    if got != want {
+        bail!(
+            "{}: tensor {} has shape {:?}, but the model config implies {:?}",
+            src.describe(),
+            src.label(name),
+            got,
+            want
+        );
+    }
+    Ok(())
+}
+
+/// Checks, before any tensor data is read, that `src` holds every layer `cfg` declares (so a
+/// declared layer count cannot drive work or memory beyond what the file holds: the loop stops at
+/// the first layer missing) and that the embedding and the first layer have the shapes `cfg`
+/// implies (so no buffer sized from the config is allocated before the config is checked against
+/// the file).
+pub fn check_layout(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
+    for i in 0..cfg.num_layers {
+        let name = arch::hf_linear(i, Linear::Q, "weight");
+        if !src.contains(&name) {
+            bail!(
+                "{}: the config declares {} layers, but tensor {} of layer {i} is missing",
+                src.describe(),
+                cfg.num_layers,
+                src.label(&name)
+            );
+        }
+    }
+    let mut expected = vec![(
+        arch::HF_EMBED.to_string(),
+        vec![cfg.vocab_size, cfg.hidden_size],
+    )];
+    for l in Linear::ALL {
+        expected.push((
+            arch::hf_linear(0, l, "weight"),
+            linear_shape(cfg, l).to_vec(),
+        ));
+    }
+    for (name, want) in expected {
+        if let Some(got) = src.shape(&name) {
+            check_shape(src, &name, &got, &want)?;
+        }
+    }
+    Ok(())
 }
 
 /// `[d_out, d_in]` of a linear under `cfg`.

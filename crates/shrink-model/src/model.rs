@@ -2,7 +2,7 @@
 use crate::arch;
 use crate::config::ModelConfig;
 use crate::gguf::GgufFile;
-use crate::layer::{load_checked, DecoderLayer, LayerHook, NoHook, Rope};
+use crate::layer::{check_layout, load_checked, DecoderLayer, LayerHook, NoHook, Rope};
 use crate::source::{config_from_gguf, GgufSource, SafetensorsSource, TensorSource};
 use crate::tensor::{linear, rms_norm, Tensor};
 use crate::tokenizer;
@@ -38,6 +38,7 @@ impl ModelSource {
             }
             let config = ModelConfig::from_hf_file(&cfg_path)?;
             let tensors = SafetensorsSource::open(path)?;
+            check_layout(&config, &tensors)?;
             let tok_path = path.join("tokenizer.json");
             if !tok_path.is_file() {
                 bail!("{}: no tokenizer.json", path.display());
@@ -106,6 +107,7 @@ impl ModelSource {
                     })
                     .collect();
                 let src = GgufSource::new(file, &config);
+                check_layout(&config, &src)?;
                 Ok(ModelSource {
                     path: path.into(),
                     config,
@@ -250,9 +252,26 @@ impl Model {
                 seq,
                 &mut NoHook as &mut dyn LayerHook,
             )?;
+            // finite weights can still overflow: name the layer where it first happens
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "layer {}: its output has a non-finite value ({}) at token {} (the weights are finite; the activations overflow)",
+                    layer.index,
+                    x[i],
+                    i / cfg.hidden_size
+                );
+            }
         }
         let mut out = vec![0f32; x.len()];
         rms_norm(&x, &self.norm.data, cfg.rms_norm_eps as f32, &mut out);
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "the final norm ({}): its output has a non-finite value ({}) at token {} (the weights are finite; the activations overflow)",
+                arch::HF_NORM,
+                out[i],
+                i / cfg.hidden_size
+            );
+        }
         Ok(out)
     }
 

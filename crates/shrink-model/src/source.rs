@@ -20,6 +20,15 @@ pub trait TensorSource: Send + Sync {
     fn contains(&self, name: &str) -> bool;
     /// Where the tensors live, for messages.
     fn describe(&self) -> String;
+    /// How a tensor is named in messages: `'name'`, plus the name in the file where it differs.
+    fn label(&self, name: &str) -> String {
+        format!("'{name}'")
+    }
+    /// A tensor's shape as stored (Hugging Face layout), without reading its data; `None` when
+    /// absent or unknown without reading.
+    fn shape(&self, _name: &str) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 struct StFile {
@@ -45,10 +54,177 @@ fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&f) }.with_context(|| format!("{}: cannot memory-map", path.display()))
 }
 
+/// Largest safetensors header accepted (the `safetensors` crate's limit).
+const MAX_ST_HEADER: u64 = 100_000_000;
+
+/// The keys of a JSON object, in file order and with repeats (serde_json's maps keep the last).
+struct JsonKeys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for JsonKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = JsonKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<JsonKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(k);
+                }
+                Ok(JsonKeys(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Checks a safetensors file's header before the `safetensors` crate reads it, so that every
+/// malformed header gets a message naming the file, the tensor and the problem: header length,
+/// UTF-8, JSON, duplicate names, dtypes, shapes (overflow included), offsets past the end of the
+/// file, sizes that disagree with dtype x shape, overlaps, holes and trailing bytes. Nothing is
+/// allocated from a declared length before it is checked against the file size.
+fn check_safetensors_header(path: &Path, buf: &[u8]) -> Result<()> {
+    let file = path.display();
+    let len = buf.len() as u64;
+    let Some(n) = buf.get(..8) else {
+        bail!("{file}: file is too short ({len} bytes) to be safetensors (it starts with an 8-byte header length)");
+    };
+    let n = u64::from_le_bytes(n.try_into().unwrap());
+    if n > len - 8 {
+        bail!("{file}: header length {n} exceeds the {} bytes after it (file truncated or not safetensors)", len - 8);
+    }
+    if n > MAX_ST_HEADER {
+        bail!("{file}: header length {n} exceeds the safetensors limit of {MAX_ST_HEADER} bytes");
+    }
+    let header = &buf[8..8 + n as usize];
+    let text = std::str::from_utf8(header).map_err(|e| {
+        anyhow::anyhow!(
+            "{file}: header is not UTF-8 (invalid byte at file offset {})",
+            8 + e.valid_up_to()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{file}: header is not valid JSON: {e}"))?;
+    let Some(obj) = v.as_object() else {
+        bail!("{file}: header is not a JSON object");
+    };
+    let keys: JsonKeys = serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{file}: header is not valid JSON: {e}"))?;
+    if keys.0.len() != obj.len() {
+        let mut seen = std::collections::HashSet::new();
+        let dup = keys.0.iter().find(|k| !seen.insert(*k)).unwrap();
+        bail!("{file}: tensor '{dup}' appears twice in the header");
+    }
+    let data_len = len - 8 - n;
+    let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(obj.len());
+    for (name, t) in obj {
+        if name == "__metadata__" {
+            if !t
+                .as_object()
+                .is_some_and(|m| m.values().all(|x| x.is_string()))
+            {
+                bail!("{file}: '__metadata__' must be an object of strings, found {t}");
+            }
+            continue;
+        }
+        let what = |problem: String| anyhow::anyhow!("{file}: tensor '{name}': {problem}");
+        let Some(t) = t.as_object() else {
+            return Err(what(format!("header entry is not an object: {t}")));
+        };
+        let dtype = t.get("dtype").ok_or_else(|| what("no 'dtype'".into()))?;
+        let dtype: Dtype = serde_json::from_value(dtype.clone())
+            .map_err(|_| what(format!("unknown dtype {dtype}")))?;
+        let shape = t.get("shape").ok_or_else(|| what("no 'shape'".into()))?;
+        let dims: Vec<u64> = shape
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect::<Option<_>>())
+            .ok_or_else(|| {
+                what(format!(
+                    "shape {shape} is not a list of non-negative integers"
+                ))
+            })?;
+        let offs = t
+            .get("data_offsets")
+            .ok_or_else(|| what("no 'data_offsets'".into()))?;
+        let (begin, end) = match offs.as_array().map(|a| a.as_slice()) {
+            Some([b, e]) => match (b.as_u64(), e.as_u64()) {
+                (Some(b), Some(e)) => (b, e),
+                _ => {
+                    return Err(what(format!(
+                        "data_offsets {offs} are not two non-negative integers"
+                    )))
+                }
+            },
+            _ => {
+                return Err(what(format!(
+                    "data_offsets {offs} are not two non-negative integers"
+                )))
+            }
+        };
+        let bits = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.bitsize() as u64))
+            .filter(|&b| b / 8 <= usize::MAX as u64 && dims.len() <= 64)
+            .ok_or_else(|| {
+                what(format!(
+                    "shape {shape} of {dtype:?} overflows (too many elements or bytes)"
+                ))
+            })?;
+        if bits % 8 != 0 {
+            return Err(what(format!(
+                "shape {shape} of {dtype:?} is not a whole number of bytes"
+            )));
+        }
+        if end < begin {
+            return Err(what(format!(
+                "data_offsets [{begin}, {end}] end before they begin"
+            )));
+        }
+        if end > data_len {
+            return Err(what(format!("data_offsets [{begin}, {end}] run past the end of the data ({data_len} bytes after the header; file truncated or header corrupt)")));
+        }
+        if end - begin != bits / 8 {
+            return Err(what(format!(
+                "{dtype:?} shape {shape} needs {} bytes but data_offsets [{begin}, {end}] hold {}",
+                bits / 8,
+                end - begin
+            )));
+        }
+        spans.push((begin, end, name));
+    }
+    spans.sort();
+    let after = |prev: Option<&str>| {
+        prev.map_or("the start of the data".to_string(), |p| {
+            format!("tensor '{p}'")
+        })
+    };
+    let (mut pos, mut prev) = (0u64, None);
+    for &(b, e, name) in &spans {
+        if b < pos {
+            bail!("{file}: tensors '{}' (data bytes ..{pos}) and '{name}' (data bytes {b}..{e}) overlap", prev.unwrap_or(""));
+        }
+        if b > pos {
+            bail!("{file}: {} unused bytes between {} and tensor '{name}' (data bytes {pos}..{b}); safetensors allows no holes", b - pos, after(prev));
+        }
+        (pos, prev) = (e, Some(name));
+    }
+    if pos != data_len {
+        bail!("{file}: {} bytes of trailing data after {} (from file offset {}); safetensors allows none", data_len - pos, after(prev), 8 + n + pos);
+    }
+    Ok(())
+}
+
 impl SafetensorsSource {
     /// Opens a directory (`model.safetensors`, or the shards listed in `model.safetensors.index.json`,
     /// or every `*.safetensors`) or a single `.safetensors` file.
     pub fn open(path: &Path) -> Result<Self> {
+        let mut weight_map = None;
         let paths: Vec<PathBuf> = if path.is_file() {
             vec![path.to_path_buf()]
         } else {
@@ -63,6 +239,9 @@ impl SafetensorsSource {
                     .get("weight_map")
                     .and_then(|m| m.as_object())
                     .with_context(|| format!("{}: missing object 'weight_map'", index.display()))?;
+                if map.is_empty() {
+                    bail!("{}: 'weight_map' is empty", index.display());
+                }
                 let mut files: Vec<String> = Vec::new();
                 for (k, f) in map {
                     let f = f.as_str().with_context(|| {
@@ -79,6 +258,7 @@ impl SafetensorsSource {
                     }
                 }
                 files.sort();
+                weight_map = Some((index, map.clone()));
                 files.into_iter().map(|f| path.join(f)).collect()
             } else if single.is_file() {
                 vec![single]
@@ -98,7 +278,12 @@ impl SafetensorsSource {
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
         for p in paths {
-            let mmap = map_file(&p)?;
+            let mmap = match &weight_map {
+                Some((index, _)) => map_file(&p)
+                    .with_context(|| format!("a shard listed in {}", index.display()))?,
+                None => map_file(&p)?,
+            };
+            check_safetensors_header(&p, &mmap)?;
             let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
                 anyhow::anyhow!(
                     "{}: invalid safetensors file ({} bytes): {e}",
@@ -127,6 +312,23 @@ impl SafetensorsSource {
                 data_start: 8 + n,
                 tensors,
             });
+        }
+        if let Some((index_path, map)) = weight_map {
+            for (k, f) in &map {
+                let file = index.get(k).map(|&i| &files[i].path);
+                if file.and_then(|p| p.file_name())
+                    != Some(std::ffi::OsStr::new(f.as_str().unwrap_or("")))
+                {
+                    bail!(
+                        "{}: weight_map puts tensor '{k}' in {f}, but {}",
+                        index_path.display(),
+                        file.map_or("no shard holds it".to_string(), |p| format!(
+                            "it is in {}",
+                            p.display()
+                        ))
+                    );
+                }
+            }
         }
         Ok(SafetensorsSource { files, index })
     }
@@ -195,6 +397,9 @@ impl TensorSource for SafetensorsSource {
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.info(name).map(|(_, s)| s)
+    }
     fn describe(&self) -> String {
         match self.files.as_slice() {
             [one] => one.path.display().to_string(),
@@ -232,6 +437,20 @@ impl TensorSource for Overlay<'_> {
             self.fallback.describe()
         )
     }
+    fn label(&self, name: &str) -> String {
+        if self.primary.contains(name) {
+            self.primary.label(name)
+        } else {
+            self.fallback.label(name)
+        }
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if self.primary.contains(name) {
+            self.primary.shape(name)
+        } else {
+            self.fallback.shape(name)
+        }
+    }
 }
 
 /// A llama.cpp GGUF file, served in Hugging Face naming and layout (dequantized to f32, q/k rows
@@ -256,6 +475,9 @@ impl GgufSource {
 
 /// Undoes llama.cpp's `permute` of q/k rows: GGUF row `h*2d + 2i + j` is HF row `h*2d + j*d + i`.
 pub fn unpermute_rows(t: &mut Tensor, n_head: usize) -> Result<()> {
+    if t.shape.len() != 2 {
+        bail!("expected a 2-D weight, found shape {:?}", t.shape);
+    }
     let (rows, cols) = t.dims2();
     if n_head == 0 || rows % (2 * n_head) != 0 {
         bail!("cannot un-permute {rows} rows over {n_head} heads");
@@ -304,6 +526,19 @@ impl TensorSource for GgufSource {
     }
     fn describe(&self) -> String {
         self.file.path().display().to_string()
+    }
+    fn label(&self, name: &str) -> String {
+        match arch::hf_to_gguf(name) {
+            Some(g) => format!("'{g}' ({name})"),
+            None => format!("'{name}'"),
+        }
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        Some(
+            self.file
+                .tensor(&arch::hf_to_gguf(name)?)?
+                .shape_row_major(),
+        )
     }
 }
 

@@ -24,10 +24,11 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.data.len()
     }
-    /// Rows and columns of a 2-D tensor (a 1-D tensor is one row).
+    /// Rows and columns of a 2-D tensor (a 1-D tensor is one row, a 0-D tensor one value).
     pub fn dims2(&self) -> (usize, usize) {
         match self.shape.as_slice() {
             [c] => (1, *c),
+            [] => (1, 1),
             [r, c] => (*r, *c),
             s => (s[..s.len() - 1].iter().product(), *s.last().unwrap_or(&1)),
         }

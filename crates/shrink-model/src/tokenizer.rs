@@ -10,8 +10,33 @@ use tokenizers::Tokenizer;
 pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    Tokenizer::from_str(&text)
+    // The tokenizers library panics on some syntax errors (tokenizers 0.23: an `expect` in the
+    // decoder's deserializer), so the syntax is checked here first.
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", path.display()))?;
+    parse_tokenizer(&text)
         .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))
+}
+
+/// `Tokenizer::from_str`, with a panic inside the tokenizers library (it has `expect`s on some
+/// malformed inputs, e.g. a `Precompiled` normalizer whose charsmap does not parse) turned into an
+/// error instead of a crash.
+fn parse_tokenizer(json: &str) -> std::result::Result<Tokenizer, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| Tokenizer::from_str(json));
+    std::panic::set_hook(hook);
+    match r {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            Err(format!("the tokenizers library failed on it ({msg})"))
+        }
+    }
 }
 
 /// Errors when the tokenizer can produce ids the model has no embedding for.
@@ -169,7 +194,7 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
                   "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": merge_list},
     });
-    Tokenizer::from_str(&tj.to_string())
+    parse_tokenizer(&tj.to_string())
         .map_err(|e| anyhow::anyhow!("{file}: cannot build a tokenizer from its metadata: {e}"))
 }
 
