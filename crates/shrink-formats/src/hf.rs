@@ -58,6 +58,7 @@ impl OutputDir {
     }
     /// Moves the finished directory into place (replacing an old one only now, when forced).
     pub fn commit(mut self) -> Result<PathBuf> {
+        sync_tree(&self.tmp).with_context(|| format!("{}: cannot sync", self.tmp.display()))?;
         if self.target.exists() {
             let old = self.tmp.with_file_name(format!(
                 "{}.old",
@@ -83,8 +84,26 @@ impl OutputDir {
                 .with_context(|| format!("{}: cannot rename into place", self.target.display()))?;
         }
         self.committed = true;
+        // make the renames durable (best effort: not every filesystem syncs directories)
+        if let Some(parent) = self.tmp.parent() {
+            let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+        }
         Ok(self.target.clone())
     }
+}
+
+/// Flushes every file under `dir` to disk (files written without their own sync included), so
+/// that once the directory is renamed into place its content survives a crash.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            sync_tree(&p)?;
+        } else {
+            std::fs::File::open(&p)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for OutputDir {

@@ -22,6 +22,9 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
 /// malformed inputs, e.g. a `Precompiled` normalizer whose charsmap does not parse) turned into an
 /// error instead of a crash.
 fn parse_tokenizer(json: &str) -> std::result::Result<Tokenizer, String> {
+    // one swap of the panic hook at a time, so that concurrent calls cannot leave it silenced
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let r = std::panic::catch_unwind(|| Tokenizer::from_str(json));
