@@ -1,0 +1,113 @@
+"""Check a GPTQ checkpoint written by `shrink export --format gptq` with the reference packing rules.
+
+Unpacks every `qweight` / `qzeros` / `scales` / `g_idx` the way AutoGPTQ's dequantization does
+(`auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py` and GPTQModel's torch kernel):
+
+    weight = (qweight[c // (32/b), r] >> (b * (c % (32/b)))) & (2^b - 1)
+    zero   = ((qzeros[g, r // (32/b)] >> (b * (r % (32/b)))) & (2^b - 1)) + 1     # "gptq" (v1)
+    W[r, c] = scales[g, r] * (weight - zero),   g = g_idx[c]
+
+in float32 (scales widened from their stored dtype), and compares with shrink's dequantized weights:
+
+  vs_codes   scale * (code - zero) from REF/quantized.safetensors with the scale rounded to the
+             checkpoint's scale dtype (f16 by default): must be bit-identical;
+  vs_dense   REF/model.safetensors (shrink's f32 dequantized weights): bit-identical with
+             --scale-dtype f32 exports; with f16 scales the difference is the f16 rounding.
+
+With --load it also tries transformers' `AutoModelForCausalLM.from_pretrained` (GPTQ needs the
+gptqmodel package; the result, success or the error, is reported).
+
+Run:
+    .venv-ref/bin/python tools/reference/check_export_gptq.py out/export/gptq-w4g64 \
+        --ref out/gptq-w4g64-static-llmcids --load
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+
+def unpack(qweight, qzeros, scales, g_idx, bits, v1=True):
+    per = 32 // bits
+    maxq = (1 << bits) - 1
+    qw = qweight.view(np.uint32)
+    qz = qzeros.view(np.uint32)
+    d_in = qw.shape[0] * per
+    d_out = qw.shape[1]
+    shifts = (np.arange(per, dtype=np.uint32) * bits)
+    w = ((qw[:, None, :] >> shifts[None, :, None]) & maxq).reshape(d_in, d_out)  # [d_in, d_out]
+    z = ((qz[:, :, None] >> shifts[None, None, :]) & maxq).reshape(qz.shape[0], d_out)  # [ng, d_out]
+    if v1:
+        z = z + 1
+    s = scales.astype(np.float32)
+    g = g_idx.astype(np.int64)
+    W = s[g, :] * (w.astype(np.float32) - z[g, :].astype(np.float32))  # [d_in, d_out]
+    return W.T.copy(), w.T.copy(), z
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("gptq_dir")
+    ap.add_argument("--ref", required=True)
+    ap.add_argument("--load", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    from safetensors.numpy import load_file
+
+    gd, rd = C.repo_path(a.gptq_dir), C.repo_path(a.ref)
+    qc = json.load(open(os.path.join(gd, "config.json")))["quantization_config"]
+    bits, v1 = qc["bits"], qc.get("checkpoint_format", "gptq") == "gptq"
+    sd = load_file(os.path.join(gd, "model.safetensors"))
+    dense = load_file(os.path.join(rd, "model.safetensors"))
+    quant = load_file(os.path.join(rd, "quantized.safetensors"))
+    bases = sorted(k[: -len(".qweight")] for k in sd if k.endswith(".qweight"))
+    codes_exact = dense_exact = 0
+    worst_codes = worst_dense = 0.0
+    for b in bases:
+        W, _, _ = unpack(sd[b + ".qweight"], sd[b + ".qzeros"], sd[b + ".scales"], sd[b + ".g_idx"], bits, v1)
+        sdt = sd[b + ".scales"].dtype
+        codes = quant[b + ".qcodes"].astype(np.float32)
+        scl = quant[b + ".scales"].astype(sdt).astype(np.float32)
+        zer = quant[b + ".zeros"].astype(np.float32)
+        g = quant[b + ".g_idx"].astype(np.int64)
+        ref_codes = scl[:, g] * (codes - zer[:, g])
+        ref_dense = dense[b + ".weight"]
+        worst_codes = max(worst_codes, float(np.abs(W - ref_codes).max()))
+        worst_dense = max(worst_dense, float(np.abs(W - ref_dense).max()))
+        codes_exact += int(np.array_equal(W, ref_codes))
+        dense_exact += int(np.array_equal(W, ref_dense))
+    res = {
+        "gptq_dir": C.rel(gd),
+        "ref": C.rel(rd),
+        "quantization_config": qc,
+        "linears": len(bases),
+        "scale_dtype": str(sd[bases[0] + ".scales"].dtype),
+        "vs_codes": {"bit_identical": codes_exact, "max_abs_diff": worst_codes},
+        "vs_dense": {"bit_identical": dense_exact, "max_abs_diff": worst_dense},
+    }
+    ok = codes_exact == len(bases) and len(bases) > 0
+    if a.load:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            m = AutoModelForCausalLM.from_pretrained(gd, dtype=torch.float16, device_map="cpu")
+            res["transformers"] = {"ok": True, "class": type(m).__name__}
+        except Exception as e:
+            res["transformers"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+    res["ok"] = ok
+    s = json.dumps(res, indent=1)
+    print(s)
+    if a.out:
+        open(C.repo_path(a.out), "w").write(s + "\n")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
