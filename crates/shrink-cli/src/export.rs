@@ -73,6 +73,10 @@ pub struct ExportArgs {
     /// Importance matrix: seed for drawing windows.
     #[arg(long, default_value_t = 0)]
     imatrix_seed: u64,
+    /// GGUF: read the importance matrix from a llama-imatrix GGUF file (e.g. one written by
+    /// --imatrix-out, or by llama.cpp's llama-imatrix).
+    #[arg(long, conflicts_with_all = ["imatrix_calib", "imatrix_ids"])]
+    imatrix: Option<PathBuf>,
     /// Also save the importance matrix in llama-imatrix's GGUF format (llama-quantize --imatrix
     /// reads it).
     #[arg(long)]
@@ -116,7 +120,10 @@ pub fn run(a: ExportArgs, quiet: bool) -> Result<()> {
             } else {
                 let src = ModelSource::open(&a.model)?;
                 let out = write_sparse_dense(&src, &a.out, a.force)?;
-                (out, serde_json::json!({"format": "compressed-tensors dense (sparse)"}))
+                (
+                    out,
+                    serde_json::json!({"format": "compressed-tensors dense (sparse)"}),
+                )
             }
         }
         "gptq" => {
@@ -209,7 +216,10 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
         None => origin_gguf(&a.model),
     };
     let imatrix: Option<Imatrix> = match (&a.imatrix_calib, &a.imatrix_ids) {
-        (None, None) => None,
+        (None, None) => match &a.imatrix {
+            Some(p) => Some(Imatrix::read_gguf(&src.config, p)?),
+            None => None,
+        },
         (calib, ids) => {
             let set = match (calib, ids) {
                 (Some(c), _) => {

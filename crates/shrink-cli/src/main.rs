@@ -188,10 +188,17 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
             .bos_token_id
             .filter(|b| ids.first() == Some(b) && !text.starts_with("<|"));
         let bar = progress::bar(0, "chunks", quiet || a.json);
-        let r = llama_ppl::perplexity_llama_cpp(&mut model, &ids, a.seqlen, chunks, bos, &mut |d, t| {
-            bar.set_length(t as u64);
-            bar.set_position(d as u64)
-        })?;
+        let r = llama_ppl::perplexity_llama_cpp(
+            &mut model,
+            &ids,
+            a.seqlen,
+            chunks,
+            bos,
+            &mut |d, t| {
+                bar.set_length(t as u64);
+                bar.set_position(d as u64)
+            },
+        )?;
         bar.finish_and_clear();
         if a.json {
             let mut v = serde_json::to_value(&r)?;
@@ -405,8 +412,7 @@ fn packed_weights(
                 m.insert(name.to_string(), n.max(0) as usize);
             }
         } else if let Some(base) = name.strip_suffix(".qweight") {
-            if let (Some((_, g)), Some((_, q))) =
-                (st.info(&format!("{base}.g_idx")), st.info(name))
+            if let (Some((_, g)), Some((_, q))) = (st.info(&format!("{base}.g_idx")), st.info(name))
             {
                 m.insert(
                     name.to_string(),

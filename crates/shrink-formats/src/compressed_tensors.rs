@@ -221,7 +221,13 @@ pub struct CtOptions {
 }
 
 /// The tensors compressed-tensors stores for one linear (see the module doc).
-pub fn ct_tensors(q: &QLinear, bits: u32, sym: bool, with_g_idx: bool, sd: ScaleDType) -> Vec<(Entry, Vec<u8>)> {
+pub fn ct_tensors(
+    q: &QLinear,
+    bits: u32,
+    sym: bool,
+    with_g_idx: bool,
+    sd: ScaleDType,
+) -> Vec<(Entry, Vec<u8>)> {
     let base = q.name.trim_end_matches(".weight");
     let ng = q.n_groups();
     let e = |s: &str, dtype, shape: Vec<usize>| Entry {
@@ -239,8 +245,14 @@ pub fn ct_tensors(q: &QLinear, bits: u32, sym: bool, with_g_idx: bool, sd: Scale
     }
     let words = (q.d_in * bits as usize).div_ceil(32);
     let mut out = vec![
-        (e("weight_packed", DType::I32, vec![q.d_out, words]), u32_bytes(&packed)),
-        (e("weight_scale", sd.dtype(), vec![q.d_out, ng]), sd.bytes(&q.scales)),
+        (
+            e("weight_packed", DType::I32, vec![q.d_out, words]),
+            u32_bytes(&packed),
+        ),
+        (
+            e("weight_scale", sd.dtype(), vec![q.d_out, ng]),
+            sd.bytes(&q.scales),
+        ),
         (
             e("weight_shape", DType::I64, vec![2]),
             [q.d_out as i64, q.d_in as i64]
@@ -259,10 +271,16 @@ pub fn ct_tensors(q: &QLinear, bits: u32, sym: bool, with_g_idx: bool, sd: Scale
                 zp[w * ng + g] = v;
             }
         }
-        out.push((e("weight_zero_point", DType::I32, vec![zw, ng]), u32_bytes(&zp)));
+        out.push((
+            e("weight_zero_point", DType::I32, vec![zw, ng]),
+            u32_bytes(&zp),
+        ));
     }
     if with_g_idx {
-        out.push((e("weight_g_idx", DType::I32, vec![q.d_in]), i32_bytes(&q.g_idx)));
+        out.push((
+            e("weight_g_idx", DType::I32, vec![q.d_in]),
+            i32_bytes(&q.g_idx),
+        ));
     }
     out
 }
@@ -293,7 +311,11 @@ pub fn write_compressed_tensors(src_dir: &Path, out: &Path, opts: &CtOptions) ->
         }
     }
     drop(cfg_a);
-    write_items(&dir.join("model.safetensors"), items, "export compressed-tensors")?;
+    write_items(
+        &dir.join("model.safetensors"),
+        items,
+        "export compressed-tensors",
+    )?;
     let mut ignore = vec![json!("lm_head")];
     for i in 0..cfg.num_layers {
         for l in Linear::ALL {
@@ -371,7 +393,11 @@ pub fn sparsity_of(src: &dyn TensorSource, cfg: &ModelConfig) -> Result<(f64, bo
 /// Writes a sparse (pruned, not quantized) model as a dense directory with compressed-tensors'
 /// `sparsity_config` (format "dense", the one compressed-tensors 0.19 still reads; its bitmask
 /// compressors were removed, and llm-compressor 0.14 itself saves pruned models dense).
-pub fn write_sparse_dense(src: &shrink_model::ModelSource, out: &Path, force: bool) -> Result<PathBuf> {
+pub fn write_sparse_dense(
+    src: &shrink_model::ModelSource,
+    out: &Path,
+    force: bool,
+) -> Result<PathBuf> {
     let (sparsity, two_four) = sparsity_of(src.tensors.as_ref(), &src.config)?;
     if sparsity < 0.01 {
         bail!(
@@ -381,7 +407,13 @@ pub fn write_sparse_dense(src: &shrink_model::ModelSource, out: &Path, force: bo
         );
     }
     let dir = OutputDir::create(out, force)?;
-    crate::hf::write_hf_files(src, src.tensors.as_ref(), &dir, "export compressed-tensors dense", &mut |_, _| {})?;
+    crate::hf::write_hf_files(
+        src,
+        src.tensors.as_ref(),
+        &dir,
+        "export compressed-tensors dense",
+        &mut |_, _| {},
+    )?;
     let cfg_path = dir.join("config.json");
     let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)?;
     cfg["quantization_config"] = json!({
@@ -409,7 +441,9 @@ mod tests {
     #[test]
     fn dense_packing_round_trips_for_every_width() {
         for bits in 1..=8u32 {
-            let vals: Vec<u32> = (0..77u32).map(|i| (i * 2654435761u32 >> 7) & ((1 << bits) - 1)).collect();
+            let vals: Vec<u32> = (0..77u32)
+                .map(|i| (i * 2654435761u32 >> 7) & ((1 << bits) - 1))
+                .collect();
             let w = pack_row_dense(&vals, bits);
             assert_eq!(w.len(), (77 * bits as usize).div_ceil(32));
             assert_eq!(unpack_row_dense(&w, bits, 77), vals, "bits {bits}");

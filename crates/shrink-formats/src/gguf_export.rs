@@ -31,6 +31,67 @@ impl Imatrix {
         self.values.get(&(layer, l.group())).map(|v| v.as_slice())
     }
 
+    /// Reads llama-imatrix's GGUF file (`{gguf name}.in_sum2` / `{gguf name}.counts`, value =
+    /// sum / count as llama-quantize computes it). Linears that share an input must agree (they
+    /// do in files llama-imatrix writes); the first one found is used for the group.
+    pub fn read_gguf(cfg: &ModelConfig, path: &Path) -> Result<Imatrix> {
+        let f = GgufFile::open(path)?;
+        let p = path.display();
+        let mut values = HashMap::new();
+        for layer in 0..cfg.num_layers {
+            for l in Linear::ALL {
+                if values.contains_key(&(layer, l.group())) {
+                    continue;
+                }
+                let g = arch::hf_to_gguf(&arch::hf_linear(layer, l, "weight"))
+                    .with_context(|| format!("no GGUF name for layer {layer} {l:?}"))?;
+                let (Some(_), Some(_)) = (
+                    f.tensor(&format!("{g}.in_sum2")),
+                    f.tensor(&format!("{g}.counts")),
+                ) else {
+                    continue;
+                };
+                let sums = f.dequantize(&format!("{g}.in_sum2"))?;
+                let counts = f.dequantize(&format!("{g}.counts"))?;
+                let d_in = shrink_model::layer::linear_shape(cfg, l)[1];
+                if sums.len() != d_in || counts.len() != 1 {
+                    bail!("{p}: '{g}.in_sum2' has {} values for {d_in} columns (or several counts: MoE files are not supported)", sums.len());
+                }
+                let c = counts[0].round();
+                let v: Vec<f32> = if c > 0.0 {
+                    sums.iter().map(|s| s / c).collect()
+                } else {
+                    vec![1.0; d_in]
+                };
+                values.insert((layer, l.group()), v);
+            }
+        }
+        if values.is_empty() {
+            bail!("{p}: no importance data for any linear of this model");
+        }
+        let dataset = f
+            .get("imatrix.datasets")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.first())
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let chunks = f
+            .get("imatrix.chunk_count")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        let size = f
+            .get("imatrix.chunk_size")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        Ok(Imatrix {
+            values,
+            rows: chunks * size,
+            chunks,
+            dataset,
+        })
+    }
+
     /// Writes the matrix as llama-imatrix's GGUF file (`tools/imatrix/imatrix.cpp`, read by
     /// `common/imatrix-loader.cpp`): per linear `{gguf name}.in_sum2` F32 `[d_in]` and
     /// `{gguf name}.counts` F32 `[1]`; llama-quantize uses `in_sum2 / counts`. The means are
@@ -49,11 +110,18 @@ impl Imatrix {
         );
         for layer in 0..cfg.num_layers {
             for l in Linear::ALL {
-                let Some(v) = self.get(layer, l) else { continue };
+                let Some(v) = self.get(layer, l) else {
+                    continue;
+                };
                 let g = arch::hf_to_gguf(&arch::hf_linear(layer, l, "weight"))
                     .with_context(|| format!("no GGUF name for layer {layer} {l:?}"))?;
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                w.add_tensor(format!("{g}.in_sum2"), vec![v.len() as u64, 1], GgmlType::F32, bytes)?;
+                w.add_tensor(
+                    format!("{g}.in_sum2"),
+                    vec![v.len() as u64, 1],
+                    GgmlType::F32,
+                    bytes,
+                )?;
                 w.add_tensor(
                     format!("{g}.counts"),
                     vec![1, 1],
@@ -96,7 +164,11 @@ impl TypePlan {
 
     /// The requested type of a tensor (before the shape fallback).
     pub fn requested(&self, gguf_name: &str) -> GgmlType {
-        if let Some((_, t)) = self.overrides.iter().find(|(p, _)| gguf_name.contains(p.as_str())) {
+        if let Some((_, t)) = self
+            .overrides
+            .iter()
+            .find(|(p, _)| gguf_name.contains(p.as_str()))
+        {
             return *t;
         }
         if gguf_name == "token_embd.weight" {
@@ -211,19 +283,34 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) {
         k("context_length"),
         GgufValue::U32(cfg.max_position_embeddings as u32),
     );
-    w.add_metadata(k("embedding_length"), GgufValue::U32(cfg.hidden_size as u32));
+    w.add_metadata(
+        k("embedding_length"),
+        GgufValue::U32(cfg.hidden_size as u32),
+    );
     w.add_metadata(
         k("feed_forward_length"),
         GgufValue::U32(cfg.intermediate_size as u32),
     );
-    w.add_metadata(k("attention.head_count"), GgufValue::U32(cfg.num_heads as u32));
+    w.add_metadata(
+        k("attention.head_count"),
+        GgufValue::U32(cfg.num_heads as u32),
+    );
     w.add_metadata(
         k("attention.head_count_kv"),
         GgufValue::U32(cfg.num_kv_heads as u32),
     );
-    w.add_metadata(k("attention.key_length"), GgufValue::U32(cfg.head_dim as u32));
-    w.add_metadata(k("attention.value_length"), GgufValue::U32(cfg.head_dim as u32));
-    w.add_metadata(k("rope.dimension_count"), GgufValue::U32(cfg.head_dim as u32));
+    w.add_metadata(
+        k("attention.key_length"),
+        GgufValue::U32(cfg.head_dim as u32),
+    );
+    w.add_metadata(
+        k("attention.value_length"),
+        GgufValue::U32(cfg.head_dim as u32),
+    );
+    w.add_metadata(
+        k("rope.dimension_count"),
+        GgufValue::U32(cfg.head_dim as u32),
+    );
     w.add_metadata(k("rope.freq_base"), GgufValue::F32(cfg.rope_theta as f32));
     w.add_metadata(
         k("attention.layer_norm_rms_epsilon"),
@@ -242,7 +329,10 @@ fn copy_metadata(w: &mut GgufWriter, from: &GgufFile, cfg: &ModelConfig) -> Resu
             cfg.arch.gguf_name()
         );
     }
-    if let Some(n) = from.get(&format!("{arch}.block_count")).and_then(|v| v.as_u64()) {
+    if let Some(n) = from
+        .get(&format!("{arch}.block_count"))
+        .and_then(|v| v.as_u64())
+    {
         if n as usize != cfg.num_layers {
             bail!(
                 "{}: {n} blocks, but the model has {} layers; pass the GGUF the model came from",
@@ -291,7 +381,10 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
         ),
     }
     arch_metadata(&mut w, cfg);
-    w.add_metadata("general.file_type", GgufValue::U32(file_type(e.plan.linear)));
+    w.add_metadata(
+        "general.file_type",
+        GgufValue::U32(file_type(e.plan.linear)),
+    );
     w.add_metadata("general.quantization_version", GgufValue::U32(2));
     if let Some(im) = e.imatrix {
         w.add_metadata(
@@ -302,13 +395,16 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
             "quantize.imatrix.entries_count",
             GgufValue::U32((im.values.len() * 7 / 4) as u32),
         );
-        w.add_metadata("quantize.imatrix.chunks_count", GgufValue::U32(im.chunks as u32));
+        w.add_metadata(
+            "quantize.imatrix.chunks_count",
+            GgufValue::U32(im.chunks as u32),
+        );
     }
     let permute = cfg.arch.gguf_permutes_qk();
     let mut report = Vec::new();
     for name in arch::hf_tensor_names(cfg) {
-        let gname = arch::hf_to_gguf(&name)
-            .with_context(|| format!("no GGUF name for tensor '{name}'"))?;
+        let gname =
+            arch::hf_to_gguf(&name).with_context(|| format!("no GGUF name for tensor '{name}'"))?;
         let lin = linear_of(&name);
         let shape = crate::hf::expected_shape(cfg, &name)
             .with_context(|| format!("no shape for tensor '{name}'"))?;
@@ -394,10 +490,16 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
 /// Writes the GGUF file (via a temporary name and a rename).
 pub fn write_gguf(e: &GgufExport, out: &Path, force: bool) -> Result<(PathBuf, Vec<TensorReport>)> {
     if out.exists() && !force {
-        bail!("{}: already exists (pass --force to replace it)", out.display());
+        bail!(
+            "{}: already exists (pass --force to replace it)",
+            out.display()
+        );
     }
     if out.is_dir() {
-        bail!("{}: is a directory; GGUF export writes one file", out.display());
+        bail!(
+            "{}: is a directory; GGUF export writes one file",
+            out.display()
+        );
     }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -480,7 +582,10 @@ pub fn compute_imatrix(
 ) -> Result<Imatrix> {
     let cfg = &src.config;
     if ids.len() != nsamples * seqlen || nsamples == 0 {
-        bail!("expected {nsamples} x {seqlen} calibration ids, got {}", ids.len());
+        bail!(
+            "expected {nsamples} x {seqlen} calibration ids, got {}",
+            ids.len()
+        );
     }
     let embed = src.load_embedding()?;
     let mut x = shrink_model::model::embed_tokens(&embed, ids)?;
@@ -543,7 +648,10 @@ mod tests {
         assert_eq!(parse_type("Q8_0").unwrap(), GgmlType::Q8_0);
         assert!(parse_type("Q2_K").is_err());
         assert!(parse_type("Q9").is_err());
-        assert_eq!(linear_of("model.layers.12.mlp.down_proj.weight"), Some((12, Linear::Down)));
+        assert_eq!(
+            linear_of("model.layers.12.mlp.down_proj.weight"),
+            Some((12, Linear::Down))
+        );
         assert_eq!(linear_of("model.norm.weight"), None);
     }
 }

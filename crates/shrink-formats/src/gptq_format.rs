@@ -125,7 +125,8 @@ pub fn gptq_tensors(
     let mut qzeros = vec![0u32; ng * q.d_out / per];
     for g in 0..ng {
         for r in 0..q.d_out {
-            qzeros[g * (q.d_out / per) + r / per] |= zt[g * q.d_out + r] << (bits as usize * (r % per));
+            qzeros[g * (q.d_out / per) + r / per] |=
+                zt[g * q.d_out + r] << (bits as usize * (r % per));
         }
     }
     let mut scales_t = vec![0f32; ng * q.d_out];
@@ -140,9 +141,18 @@ pub fn gptq_tensors(
         shape,
     };
     Ok(vec![
-        (e("qweight", DType::I32, vec![q.d_in / per, q.d_out]), u32_bytes(&qweight)),
-        (e("qzeros", DType::I32, vec![ng, q.d_out / per]), u32_bytes(&qzeros)),
-        (e("scales", sd.dtype(), vec![ng, q.d_out]), sd.bytes(&scales_t)),
+        (
+            e("qweight", DType::I32, vec![q.d_in / per, q.d_out]),
+            u32_bytes(&qweight),
+        ),
+        (
+            e("qzeros", DType::I32, vec![ng, q.d_out / per]),
+            u32_bytes(&qzeros),
+        ),
+        (
+            e("scales", sd.dtype(), vec![ng, q.d_out]),
+            sd.bytes(&scales_t),
+        ),
         (e("g_idx", DType::I32, vec![q.d_in]), i32_bytes(&q.g_idx)),
     ])
 }
@@ -164,9 +174,7 @@ pub fn write_gptq(src_dir: &Path, out: &Path, opts: &GptqOptions) -> Result<Path
     let dense = std::sync::Arc::new(SafetensorsSource::open(src_dir)?);
     let dir = OutputDir::create(out, opts.force)?;
     let mut items: Vec<Item> = dense_items(&cfg, &dense, &|n| {
-        n.starts_with("model.layers.")
-            && n.ends_with(".weight")
-            && !n.ends_with("layernorm.weight")
+        n.starts_with("model.layers.") && n.ends_with(".weight") && !n.ends_with("layernorm.weight")
     })?;
     for &(i, l) in &lins {
         let ql = q.load(&cfg, i, l)?;
@@ -204,9 +212,13 @@ mod tests {
             name: "model.layers.0.mlp.up_proj.weight".into(),
             d_out,
             d_in,
-            codes: (0..d_out * d_in).map(|i| ((i * 7 + i / 5) as u32 % (maxq + 1)) as u8).collect(),
+            codes: (0..d_out * d_in)
+                .map(|i| ((i * 7 + i / 5) as u32 % (maxq + 1)) as u8)
+                .collect(),
             scales: (0..d_out * ng).map(|i| 0.01 + i as f32 * 1e-3).collect(),
-            zeros: (0..d_out * ng).map(|i| 1 + (i as i32 % maxq as i32)).collect(),
+            zeros: (0..d_out * ng)
+                .map(|i| 1 + (i as i32 % maxq as i32))
+                .collect(),
             g_idx: (0..d_in).map(|c| (c / g) as i32).collect(),
         }
     }
@@ -219,7 +231,9 @@ mod tests {
             let q = qlin(32, 64, 16, maxq);
             let t = gptq_tensors(&q, bits, GptqFormat::V1, ScaleDType::F32).unwrap();
             let words = |b: &[u8]| -> Vec<u32> {
-                b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+                b.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
             };
             let qw = words(&t[0].1);
             let qz = words(&t[1].1);
@@ -229,7 +243,9 @@ mod tests {
                     let code = (qw[(c / per) * q.d_out + r] >> (bits as usize * (c % per))) & maxq;
                     assert_eq!(code, q.codes[r * q.d_in + c] as u32);
                     let g = q.g_idx[c] as usize;
-                    let z = ((qz[g * (q.d_out / per) + r / per] >> (bits as usize * (r % per))) & maxq) + 1;
+                    let z = ((qz[g * (q.d_out / per) + r / per] >> (bits as usize * (r % per)))
+                        & maxq)
+                        + 1;
                     assert_eq!(z as i32, q.zeros[r * 4 + g]);
                 }
             }

@@ -54,7 +54,10 @@ pub fn wrap(dir: &Path, inner: SafetensorsSource) -> Result<Box<dyn TensorSource
         return Ok(Box::new(inner));
     };
     let f = cfg_path.display();
-    let method = qc.get("quant_method").and_then(|m| m.as_str()).unwrap_or("");
+    let method = qc
+        .get("quant_method")
+        .and_then(|m| m.as_str())
+        .unwrap_or("");
     let scheme = match method {
         "compressed-tensors" => {
             let format = qc.get("format").and_then(|m| m.as_str()).unwrap_or("");
@@ -119,7 +122,9 @@ pub fn wrap(dir: &Path, inner: SafetensorsSource) -> Result<Box<dyn TensorSource
             };
             Scheme::Gptq { bits, v1 }
         }
-        m => bail!("{f}: quant_method '{m}' is not supported (shrink reads compressed-tensors and gptq)"),
+        m => bail!(
+            "{f}: quant_method '{m}' is not supported (shrink reads compressed-tensors and gptq)"
+        ),
     };
     Ok(Box::new(PackedSource { inner, scheme }))
 }
