@@ -14,8 +14,11 @@ in float32 (scales widened from their stored dtype), and compares with shrink's 
   vs_dense   REF/model.safetensors (shrink's f32 dequantized weights): bit-identical with
              --scale-dtype f32 exports; with f16 scales the difference is the f16 rounding.
 
-With --load it also tries transformers' `AutoModelForCausalLM.from_pretrained` (GPTQ needs the
-gptqmodel package; the result, success or the error, is reported).
+With --load it also loads the directory with transformers' `AutoModelForCausalLM.from_pretrained`
+(GPTQ needs optimum and gptqmodel: run it with a Python that has them, e.g. the venv made by
+tools/reference/setup_gptq_venv.sh) and compares the kernel's own `dequantize_weight()` with
+shrink's values rounded to the kernel's dtype; with --ppl it computes perplexity.py's GPTQ-protocol
+perplexity of the loaded model.
 
 Run:
     .venv-ref/bin/python tools/reference/check_export_gptq.py out/export/gptq-w4g64 \
@@ -56,6 +59,9 @@ def main():
     ap.add_argument("gptq_dir")
     ap.add_argument("--ref", required=True)
     ap.add_argument("--load", action="store_true")
+    ap.add_argument("--ppl", action="store_true")
+    ap.add_argument("--text", default=C.DEFAULT_EVAL)
+    ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from safetensors.numpy import load_file
@@ -92,13 +98,57 @@ def main():
         "vs_dense": {"bit_identical": dense_exact, "max_abs_diff": worst_dense},
     }
     ok = codes_exact == len(bases) and len(bases) > 0
-    if a.load:
+    if a.load or a.ppl:
         try:
             import torch
-            from transformers import AutoModelForCausalLM
+            import transformers
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            m = AutoModelForCausalLM.from_pretrained(gd, dtype=torch.float16, device_map="cpu")
-            res["transformers"] = {"ok": True, "class": type(m).__name__}
+            C.setup_torch()
+            m = AutoModelForCausalLM.from_pretrained(gd, dtype=torch.float32, device_map="cpu")
+            m.eval()
+            t = {"ok": True, "transformers": transformers.__version__}
+            try:
+                import gptqmodel
+                import optimum
+
+                t["gptqmodel"] = gptqmodel.__version__
+                t["optimum"] = optimum.__version__
+            except Exception:
+                pass
+            mods = dict(m.named_modules())
+            t["linear_class"] = type(mods[bases[0]]).__name__
+            # the kernel's own dequantization, against shrink's values rounded to its dtype
+            worst, same, n = 0.0, 0, 0
+            for b in bases:
+                mod = mods[b]
+                if not hasattr(mod, "dequantize_weight"):
+                    break
+                w = mod.dequantize_weight()
+                d_out = sd[b + ".qweight"].shape[1]
+                w = w.T if w.shape[0] != d_out else w
+                codes = quant[b + ".qcodes"].astype(np.float32)
+                scl = quant[b + ".scales"].astype(np.float16).astype(np.float32)
+                zer = quant[b + ".zeros"].astype(np.float32)
+                g = quant[b + ".g_idx"].astype(np.int64)
+                ref = torch.from_numpy(scl[:, g] * (codes - zer[:, g])).to(w.dtype)
+                worst = max(worst, (w.float() - ref.float()).abs().max().item())
+                same += int(torch.equal(w, ref))
+                n += 1
+            t["kernel_dequant_dtype"] = str(w.dtype) if n else None
+            t["kernel_weights_equal_shrink_rounded_to_kernel_dtype"] = f"{same}/{n}"
+            t["kernel_weights_max_abs_diff"] = worst
+            res["transformers"] = t
+            if a.ppl:
+                import perplexity as P
+
+                tok = AutoTokenizer.from_pretrained(gd)
+                text = open(C.repo_path(a.text), encoding="utf-8").read()
+                ids, _ = P.tokenize_text(tok, text)
+                r = P.compute_perplexity(m, ids, max_tokens=a.max_tokens, progress=False)
+                r.pop("window_mean_nll", None)
+                r["max_tokens"] = a.max_tokens
+                res["perplexity"] = r
         except Exception as e:
             res["transformers"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
     res["ok"] = ok

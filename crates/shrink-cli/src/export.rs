@@ -251,13 +251,13 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
                 &mut |d, _| bar.set_position(d as u64),
             )?;
             bar.finish_and_clear();
-            if let Some(p) = &a.imatrix_out {
-                im.write_gguf(&src.config, p)?;
-                eprintln!("wrote importance matrix {}", p.display());
-            }
             Some(im)
         }
     };
+    if let (Some(p), Some(im)) = (&a.imatrix_out, &imatrix) {
+        im.write_gguf(&src.config, p)?;
+        eprintln!("wrote importance matrix {}", p.display());
+    }
     let e = GgufExport {
         src: &src,
         quantized: qdir.as_ref(),

@@ -390,9 +390,13 @@ pub fn sparsity_of(src: &dyn TensorSource, cfg: &ModelConfig) -> Result<(f64, bo
     Ok((zeros as f64 / total.max(1) as f64, two_four))
 }
 
-/// Writes a sparse (pruned, not quantized) model as a dense directory with compressed-tensors'
-/// `sparsity_config` (format "dense", the one compressed-tensors 0.19 still reads; its bitmask
-/// compressors were removed, and llm-compressor 0.14 itself saves pruned models dense).
+/// Writes a sparse (pruned, not quantized) model as a plain dense directory, zeros stored, as
+/// llm-compressor 0.14 itself saves pruned models (no `quantization_config`). compressed-tensors
+/// 0.19 removed its sparse compressors (bitmask, 2:4 bitmask; `ModelCompressor` refuses Sparse24
+/// configs "as of compressed-tensors>0.14.0"), and transformers 5.17 fails on a compressed-tensors
+/// `quantization_config` that has a `sparsity_config` but no quantization groups, so no sparse
+/// format is accepted any more. The measured sparsity and its structure ("2:4" or "unstructured")
+/// are recorded under `shrink_sparsity` in config.json, a key the loaders ignore.
 pub fn write_sparse_dense(
     src: &shrink_model::ModelSource,
     out: &Path,
@@ -415,20 +419,16 @@ pub fn write_sparse_dense(
         &mut |_, _| {},
     )?;
     let cfg_path = dir.join("config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)?;
-    cfg["quantization_config"] = json!({
-        "quant_method": "compressed-tensors",
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+    let mut cfg: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
+    cfg["shrink_sparsity"] = json!({
         "format": "dense",
-        "config_groups": {},
-        "quantization_status": "compressed",
-        "ignore": [],
-        "sparsity_config": {
-            "format": "dense",
-            "global_sparsity": sparsity,
-            "sparsity_structure": if two_four { "2:4" } else { "unstructured" },
-            "targets": ["Linear"],
-            "ignore": ["lm_head"],
-        },
+        "global_sparsity": sparsity,
+        "sparsity_structure": if two_four { "2:4" } else { "unstructured" },
+        "targets": ["Linear"],
+        "ignore": ["lm_head"],
     });
     write_json(&cfg_path, &cfg)?;
     dir.commit()

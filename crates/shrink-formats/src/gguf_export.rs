@@ -98,6 +98,7 @@ impl Imatrix {
     /// stored with a count of 1, so llama-quantize sees exactly the values shrink uses.
     pub fn write_gguf(&self, cfg: &ModelConfig, path: &Path) -> Result<()> {
         let mut w = GgufWriter::new();
+        w.pad_end();
         w.add_metadata("general.type", GgufValue::String("imatrix".into()));
         w.add_metadata(
             "imatrix.datasets",
@@ -370,6 +371,7 @@ fn copy_metadata(w: &mut GgufWriter, from: &GgufFile, cfg: &ModelConfig) -> Resu
 pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
     let cfg = &e.src.config;
     let mut w = GgufWriter::new();
+    w.pad_end();
     match e.metadata_from {
         Some(p) => {
             let f = GgufFile::open(p)?;
