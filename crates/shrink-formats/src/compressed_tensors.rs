@@ -107,8 +107,10 @@ pub(crate) fn i32_bytes(v: &[i32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Produces the bytes of one tensor when the writer gets to it.
+pub(crate) type Maker = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
 /// One tensor to write: header entry and a way to produce its bytes.
-pub(crate) type Item = (Entry, Box<dyn FnOnce() -> Result<Vec<u8>> + Send>);
+pub(crate) type Item = (Entry, Maker);
 
 /// The dense (non-linear) tensors of the model, f32, from the compressed directory's
 /// model.safetensors: embeddings, norms, the head when untied, and biases.
@@ -146,8 +148,7 @@ pub(crate) fn dense_items(
 pub(crate) fn write_items(path: &Path, mut items: Vec<Item>, producer: &str) -> Result<()> {
     items.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let entries: Vec<Entry> = items.iter().map(|(e, _)| e.clone()).collect();
-    let mut makers: Vec<Option<Box<dyn FnOnce() -> Result<Vec<u8>> + Send>>> =
-        items.into_iter().map(|(_, f)| Some(f)).collect();
+    let mut makers: Vec<Option<Maker>> = items.into_iter().map(|(_, f)| Some(f)).collect();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
@@ -302,15 +303,12 @@ pub fn write_compressed_tensors(src_dir: &Path, out: &Path, opts: &CtOptions) ->
         .collect();
     let dir = OutputDir::create(out, opts.force)?;
     let mut items = dense_items(&cfg, &dense, &|n| names.contains(n))?;
-    let q = std::sync::Arc::new(q);
-    let cfg_a = std::sync::Arc::new(cfg.clone());
     for &(i, l) in &lins {
         let ql = q.load(&cfg, i, l)?;
         for (entry, bytes) in ct_tensors(&ql, s.bits, s.sym, dynamic, opts.scale_dtype) {
             items.push((entry, Box::new(move || Ok(bytes))));
         }
     }
-    drop(cfg_a);
     write_items(
         &dir.join("model.safetensors"),
         items,
@@ -442,7 +440,7 @@ mod tests {
     fn dense_packing_round_trips_for_every_width() {
         for bits in 1..=8u32 {
             let vals: Vec<u32> = (0..77u32)
-                .map(|i| (i * 2654435761u32 >> 7) & ((1 << bits) - 1))
+                .map(|i| ((i * 2654435761u32) >> 7) & ((1 << bits) - 1))
                 .collect();
             let w = pack_row_dense(&vals, bits);
             assert_eq!(w.len(), (77 * bits as usize).div_ceil(32));

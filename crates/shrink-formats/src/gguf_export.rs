@@ -186,16 +186,7 @@ impl TypePlan {
 
 /// Parses a type name as llama-quantize spells it (Q4_K, q4_k, Q8_0, F16, ...).
 pub fn parse_type(s: &str) -> Result<GgmlType> {
-    let u = s.to_ascii_uppercase();
-    let t = GgmlType::from_name(&u)
-        .or_else(|| GgmlType::from_name(&u.replace("_K", "K")))
-        .or_else(|| match u.as_str() {
-            "Q4_K" => Some(GgmlType::Q4K),
-            "Q5_K" => Some(GgmlType::Q5K),
-            "Q6_K" => Some(GgmlType::Q6K),
-            _ => None,
-        })
-        .with_context(|| format!("unknown tensor type '{s}'"))?;
+    let t = GgmlType::from_name(s.trim()).with_context(|| format!("unknown tensor type '{s}'"))?;
     if !gguf_quant::can_quantize(t) {
         bail!(
             "shrink cannot write tensor type {} (it writes {})",

@@ -11,6 +11,9 @@
 //! Rows are independent (`n_per_row` is a multiple of the block size), so rows are quantized in
 //! parallel; the importance matrix, when given, has one weight per column (`n_per_row` values), as
 //! llama.cpp's imatrix stores the mean squared activation of each input column.
+// The loops keep the reference's index form, so they can be read against ggml-quants.c line by line.
+#![allow(clippy::needless_range_loop)]
+
 use anyhow::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -123,7 +126,7 @@ fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
                 d.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
             }
         }
-        Q8_0 => blocks(x, y, 32, 34, |x, y| q8_0_ref(x, y)),
+        Q8_0 => blocks(x, y, 32, 34, q8_0_ref),
         Q4_0 => match qw {
             None => blocks(x, y, 32, 18, q4_0_ref),
             Some(w) => {

@@ -23,7 +23,7 @@ use crate::safetensors_writer::{DType, Entry};
 use anyhow::{bail, Result};
 use serde_json::json;
 use shrink_model::source::SafetensorsSource;
-use shrink_model::{arch, ModelConfig};
+use shrink_model::ModelConfig;
 use std::path::{Path, PathBuf};
 
 /// `checkpoint_format` of the written file.
@@ -181,7 +181,6 @@ pub fn write_gptq(src_dir: &Path, out: &Path, opts: &GptqOptions) -> Result<Path
         for (entry, bytes) in gptq_tensors(&ql, s.bits, opts.format, opts.scale_dtype)? {
             items.push((entry, Box::new(move || Ok(bytes))));
         }
-        let _ = arch::hf_linear(i, l, "weight");
     }
     write_items(&dir.join("model.safetensors"), items, "export gptq")?;
     let qc = json!({
