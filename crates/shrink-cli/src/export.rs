@@ -85,6 +85,11 @@ pub struct ExportArgs {
     /// when it is a GGUF, else the GGUF named as "model" in a compress directory's report.json].
     #[arg(long)]
     gguf_metadata: Option<PathBuf>,
+    /// GGUF from a Hugging Face directory without --gguf-metadata: build the tokenizer metadata
+    /// from tokenizer.json (byte-level BPE) with this llama.cpp pre-tokenizer name
+    /// (tokenizer.ggml.pre: smollm, llama-bpe, qwen2, gpt2, ...).
+    #[arg(long)]
+    tokenizer_pre: Option<String>,
     /// GGUF: re-quantize shrink's dequantized weights instead of carrying its codes over.
     #[arg(long)]
     no_carry: bool,
@@ -213,6 +218,7 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
     let meta_from: Option<PathBuf> = match &a.gguf_metadata {
         Some(p) => Some(p.clone()),
         None if src.is_gguf => Some(a.model.clone()),
+        None if a.tokenizer_pre.is_some() => None,
         None => origin_gguf(&a.model),
     };
     let imatrix: Option<Imatrix> = match (&a.imatrix_calib, &a.imatrix_ids) {
@@ -262,6 +268,7 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
         src: &src,
         quantized: qdir.as_ref(),
         metadata_from: meta_from.as_deref(),
+        tokenizer_pre: a.tokenizer_pre.clone(),
         plan,
         imatrix: imatrix.as_ref(),
         carry_codes: !a.no_carry,

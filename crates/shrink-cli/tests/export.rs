@@ -696,3 +696,53 @@ fn gguf_quantizes_carries_codes_and_uses_an_importance_matrix() {
     assert!(!bad.exists());
     no_leftovers(t);
 }
+
+#[path = "../../shrink-model/tests/common.rs"]
+mod common;
+
+/// The default model through a Hugging Face directory: `shrink convert` then GGUF export with the
+/// tokenizer rebuilt from tokenizer.json gives the original file's vocabulary, merges, token types
+/// and special ids, and the same tensors as exporting the GGUF directly (q/k permuted back).
+#[test]
+fn gguf_from_a_hugging_face_directory_matches_the_original_gguf() {
+    let Some(model) = common::fetched("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let hf = t.join("hf");
+    ok(&["convert", &s(&model), "--out", &s(&hf), "-q"]);
+    let (a, b) = (t.join("a.gguf"), t.join("b.gguf"));
+    fails_with(
+        &["export", "--model", &s(&hf), "--format", "gguf", "--out", &s(&a)],
+        &["--tokenizer-pre"],
+    );
+    ok(&["export", "--model", &s(&hf), "--format", "gguf", "--type", "Q8_0", "--tokenizer-pre", "smollm", "--out", &s(&a), "-q"]);
+    ok(&["export", "--model", &s(&model), "--format", "gguf", "--type", "Q8_0", "--out", &s(&b), "-q"]);
+    let (fa, fb, fo) = (
+        GgufFile::open(&a).unwrap(),
+        GgufFile::open(&b).unwrap(),
+        GgufFile::open(&model).unwrap(),
+    );
+    for key in [
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.chat_template",
+        "llama.rope.freq_base",
+        "llama.attention.head_count_kv",
+    ] {
+        assert_eq!(fa.get(key), fo.get(key), "{key}");
+    }
+    assert_eq!(fa.tensors().len(), fb.tensors().len());
+    for ti in fb.tensors() {
+        let ta = fa.tensor(&ti.name).unwrap();
+        assert_eq!(ta.dtype, ti.dtype, "{}", ti.name);
+        assert!(fa.tensor_data(ta) == fb.tensor_data(ti), "{} differs", ti.name);
+    }
+}

@@ -209,6 +209,139 @@ pub struct GgufExport<'a> {
     pub imatrix: Option<&'a Imatrix>,
     /// Carry shrink's codes over where they fit (otherwise re-quantize the dequantized weights).
     pub carry_codes: bool,
+    /// Without `metadata_from`: build tokenizer.ggml.* from the model's tokenizer.json (byte-level
+    /// BPE) with this llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`, e.g. "smollm",
+    /// "llama-bpe", "qwen2", "gpt2"; llama.cpp's converter picks it by hashing test tokenizations,
+    /// which shrink cannot reproduce, so it must be named).
+    pub tokenizer_pre: Option<String>,
+}
+
+/// tokenizer.ggml.* (llama.cpp's "gpt2" byte-level BPE vocabulary) from the model's tokenizer, as
+/// llama.cpp's `convert_hf_to_gguf.py` (`_set_vocab_gpt2`) writes it: tokens in id order (padded
+/// with `[PAD{i}]`, type UNUSED, up to the model's vocabulary), token types (1 normal, 3 control for
+/// special added tokens, 4 user-defined for other added tokens), merges as "a b", special ids,
+/// whether BOS is added, and the chat template.
+pub fn tokenizer_metadata(src: &ModelSource, pre: &str) -> Result<Vec<(String, GgufValue)>> {
+    let path = src.path.display();
+    let tj: serde_json::Value = serde_json::from_str(
+        &src.tokenizer
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("{path}: cannot serialize the tokenizer: {e}"))?,
+    )?;
+    let model = &tj["model"];
+    if model["type"].as_str() != Some("BPE") {
+        bail!("{path}: tokenizer model is {}, GGUF export builds only byte-level BPE vocabularies (pass --gguf-metadata FILE.gguf)", model["type"]);
+    }
+    let byte_level = |v: &serde_json::Value| -> bool {
+        v["type"].as_str() == Some("ByteLevel")
+            || v["pretokenizers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some("ByteLevel")))
+    };
+    if !byte_level(&tj["pre_tokenizer"]) {
+        bail!("{path}: tokenizer is not byte-level BPE (no ByteLevel pre-tokenizer); pass --gguf-metadata FILE.gguf");
+    }
+    let n = src.config.vocab_size;
+    let mut tokens: Vec<Option<String>> = vec![None; n];
+    let mut types = vec![1i32; n];
+    let vocab = model["vocab"]
+        .as_object()
+        .with_context(|| format!("{path}: tokenizer model has no vocab"))?;
+    for (t, id) in vocab {
+        let id = id
+            .as_u64()
+            .with_context(|| format!("{path}: bad id for token {t:?}"))? as usize;
+        if id >= n {
+            bail!("{path}: token {t:?} has id {id}, outside the model's vocabulary of {n}");
+        }
+        tokens[id] = Some(t.clone());
+    }
+    for a in tj["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else {
+            continue;
+        };
+        let id = id as usize;
+        if id >= n {
+            bail!("{path}: added token {t:?} has id {id}, outside the model's vocabulary of {n}");
+        }
+        tokens[id] = Some(t.to_string());
+        types[id] = if a["special"].as_bool().unwrap_or(false) {
+            3
+        } else {
+            4
+        };
+    }
+    let tokens: Vec<GgufValue> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            GgufValue::String(t.unwrap_or_else(|| {
+                types[i] = 5;
+                format!("[PAD{i}]")
+            }))
+        })
+        .collect();
+    let merges: Vec<GgufValue> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(p) => {
+                Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+            }
+            _ => None,
+        })
+        .map(GgufValue::String)
+        .collect();
+    let mut kv = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            GgufValue::String("gpt2".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".to_string(),
+            GgufValue::String(pre.into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            GgufValue::Array(tokens),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".to_string(),
+            GgufValue::Array(merges),
+        ),
+    ];
+    for (name, id) in &src.special_tokens {
+        let key = match name.as_str() {
+            "bos_token" => "bos_token_id",
+            "eos_token" => "eos_token_id",
+            "unk_token" => "unknown_token_id",
+            "pad_token" => "padding_token_id",
+            _ => continue,
+        };
+        kv.push((format!("tokenizer.ggml.{key}"), GgufValue::U32(*id)));
+    }
+    let adds_bos = src
+        .config
+        .bos_token_id
+        .zip(src.tokenizer.encode("a", true).ok())
+        .is_some_and(|(b, e)| e.get_ids().first() == Some(&b));
+    kv.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        GgufValue::Bool(adds_bos),
+    ));
+    if let Some(t) = &src.chat_template {
+        kv.push((
+            "tokenizer.chat_template".into(),
+            GgufValue::String(t.clone()),
+        ));
+    }
+    Ok(kv)
 }
 
 /// Per-tensor record of what was written.
@@ -266,7 +399,18 @@ fn permute_rows(data: &[f32], cols: usize, perm: &[usize]) -> Vec<f32> {
 }
 
 /// Metadata keys that describe the model (as llama.cpp's converter writes them).
-fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) {
+fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
+    match &cfg.rope_scaling {
+        None => {}
+        Some(shrink_model::RopeScaling::Linear { factor }) => {
+            let a = cfg.arch.gguf_name();
+            w.add_metadata(format!("{a}.rope.scaling.type"), GgufValue::String("linear".into()));
+            w.add_metadata(format!("{a}.rope.scaling.factor"), GgufValue::F32(*factor as f32));
+        }
+        Some(other) => bail!(
+            "GGUF export of rope scaling {other:?} is not supported (llama.cpp stores Llama 3.1 scaling as a rope_freqs tensor, which shrink does not write)"
+        ),
+    }
     let a = cfg.arch.gguf_name();
     let k = |s: &str| format!("{a}.{s}");
     w.add_metadata("general.architecture", GgufValue::String(a.into()));
@@ -309,6 +453,7 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) {
         GgufValue::F32(cfg.rms_norm_eps as f32),
     );
     w.add_metadata(k("vocab_size"), GgufValue::U32(cfg.vocab_size as u32));
+    Ok(())
 }
 
 /// Copies the tokenizer (and every other non-quantization key) from `from`.
@@ -368,12 +513,22 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
             let f = GgufFile::open(p)?;
             copy_metadata(&mut w, &f, cfg)?;
         }
-        None => bail!(
-            "{}: GGUF export needs the tokenizer in GGUF form; pass --gguf-metadata FILE.gguf (the GGUF the model came from). Building tokenizer.ggml.* from tokenizer.json is not supported yet",
-            e.src.path.display()
-        ),
+        None => match &e.tokenizer_pre {
+            Some(pre) => {
+                w.add_metadata("general.name", GgufValue::String(
+                    e.src.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                ));
+                for (k, v) in tokenizer_metadata(e.src, pre)? {
+                    w.add_metadata(k, v);
+                }
+            }
+            None => bail!(
+                "{}: GGUF export needs llama.cpp's tokenizer metadata: pass --gguf-metadata FILE.gguf (the GGUF the model came from), or --tokenizer-pre NAME to build it from tokenizer.json (byte-level BPE; NAME is llama.cpp's pre-tokenizer, e.g. smollm, llama-bpe, qwen2)",
+                e.src.path.display()
+            ),
+        },
     }
-    arch_metadata(&mut w, cfg);
+    arch_metadata(&mut w, cfg)?;
     w.add_metadata(
         "general.file_type",
         GgufValue::U32(file_type(e.plan.linear)),
