@@ -86,7 +86,10 @@ def main():
             model = AutoModelForCausalLM.from_pretrained(ct_dir, dtype=torch.float32)
             model.eval()
             loaded = {"ok": True, "transformers_version": transformers.__version__}
-            # effective weights: CompressedLinear decompresses on the fly; plain Linear holds them.
+            # transformers 5.17 decompresses the packed weights on the first forward pass (the
+            # modules hold weight_packed until then); run one, then read the effective weights.
+            with torch.inference_mode():
+                model(input_ids=torch.tensor([[1, 2, 3]]))
             diffs, same, n = 0.0, 0, 0
             mods = dict(model.named_modules())
             for b in bases:

@@ -31,8 +31,9 @@ case "${1:-all}" in
       --load --ppl "${MT[@]}" --out $R/ct-w4g64.check.json > /dev/null 2> $R/ct-w4g64.check.err
     full ct-w4g64 $E/ct-w4g64
     full gptq-w4g64-static-src out/gptq-w4g64-static-llmcids ;;&
-  carry|all)
-    lcpp gptq-w4g32-q41 $E/gptq-w4g32-q41.gguf
+  carry|carrylcpp|all)
+    lcpp gptq-w4g32-q41 $E/gptq-w4g32-q41.gguf ;;&
+  carry|carryfull|all)
     full gptq-w4g32-q41 $E/gptq-w4g32-q41.gguf
     full gptq-w4g32-src $E/gptq-w4g32 ;;&
   gptq|all)
