@@ -125,8 +125,10 @@ def main():
                 if not hasattr(mod, "dequantize_weight"):
                     break
                 w = mod.dequantize_weight()
-                d_out = sd[b + ".qweight"].shape[1]
-                w = w.T if w.shape[0] != d_out else w
+                # GPTQModel returns [in_features, out_features]
+                d_in, d_out = sd[b + ".g_idx"].shape[0], sd[b + ".qweight"].shape[1]
+                assert tuple(w.shape) == (d_in, d_out), (b, tuple(w.shape))
+                w = w.T
                 codes = quant[b + ".qcodes"].astype(np.float32)
                 scl = quant[b + ".scales"].astype(np.float16).astype(np.float32)
                 zer = quant[b + ".zeros"].astype(np.float32)

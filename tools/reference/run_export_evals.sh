@@ -40,7 +40,7 @@ case "${1:-all}" in
     full gptq-w4g64 $E/gptq-w4g64
     ${GPTQ_PY:-out/export/venv-gptq/bin/python} tools/reference/check_export_gptq.py $E/gptq-w4g64 --ref out/gptq-w4g64-static-llmcids \
       --load --ppl "${MT[@]}" --out $R/gptq-w4g64.check.json > /dev/null 2> $R/gptq-w4g64.check.err ;;&
-  orig|all)
+  origlcpp)
     lcpp orig-q4_1 models/SmolLM2-135M-Instruct.Q4_1.gguf ;;
   fullq4k)
     full orig-q4k-imat $E/orig-q4k-imat.gguf
