@@ -2,6 +2,8 @@
 mod bench;
 mod checkpoint;
 mod compress;
+mod export;
+mod llama_ppl;
 mod progress;
 
 use anyhow::{bail, Context, Result};
@@ -54,7 +56,14 @@ enum Cmd {
     /// Hugging Face layout. The directory is written under a temporary name and renamed at the end.
     Convert(ConvertArgs),
     /// List a model file's tensors: name, type, shape, size and bits per weight.
+    ///
+    /// Packed quantized tensors (compressed-tensors `weight_packed`, GPTQ `qweight`) count the
+    /// weights they stand for; their scales, zero points, shapes and group indices count as
+    /// overhead of those weights (bits per weight includes them).
     Inspect(InspectArgs),
+    /// Export a model for an inference engine: compressed-tensors (vLLM, transformers), GPTQ
+    /// (AutoGPTQ, GPTQModel, exllama, vLLM) or GGUF (llama.cpp).
+    Export(Box<export::ExportArgs>),
     /// Measure speed: this machine's f32 matmul rate, then eval throughput and the forward pass's
     /// GFLOP/s as a fraction of that rate, in the same run. Writes JSON.
     Bench(bench::BenchArgs),
@@ -84,6 +93,11 @@ struct EvalArgs {
     /// safetensors file, as tensor `logits` [T, vocab] (for comparison with a reference).
     #[arg(long)]
     logits_out: Option<PathBuf>,
+    /// gptq (every position of non-overlapping windows) or llama.cpp (llama-perplexity's: only
+    /// the second half of each --seqlen chunk is scored, BOS first when the tokenizer adds one;
+    /// --max-tokens limits the chunks). Compare llama.cpp with `llama-perplexity -c SEQLEN`.
+    #[arg(long, default_value = "gptq")]
+    protocol: String,
 }
 
 #[derive(clap::Args)]
@@ -127,6 +141,7 @@ fn main() {
         Cmd::Eval(a) => cmd_eval(a, quiet),
         Cmd::Convert(a) => cmd_convert(a, quiet),
         Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Export(a) => export::run(*a, quiet),
         Cmd::Bench(a) => bench::run(a, quiet),
     };
     if let Err(e) = r {
@@ -166,6 +181,40 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
             }
             return Ok(());
         }
+    }
+    if a.protocol == "llama.cpp" {
+        let chunks = a.max_tokens.map(|m| m / a.seqlen.max(1));
+        let bos = src
+            .config
+            .bos_token_id
+            .filter(|b| ids.first() == Some(b) && !text.starts_with("<|"));
+        let bar = progress::bar(0, "chunks", quiet || a.json);
+        let r = llama_ppl::perplexity_llama_cpp(
+            &mut model,
+            &ids,
+            a.seqlen,
+            chunks,
+            bos,
+            &mut |d, t| {
+                bar.set_length(t as u64);
+                bar.set_position(d as u64)
+            },
+        )?;
+        bar.finish_and_clear();
+        if a.json {
+            let mut v = serde_json::to_value(&r)?;
+            v["model"] = json!(a.model);
+            v["text"] = json!(a.text);
+            println!("{}", serde_json::to_string(&v)?);
+        } else {
+            println!(
+                "perplexity {:.4} (llama.cpp protocol: second half of {} chunks of {}, {} tokens scored; all positions: {:.4}); {:.1} s",
+                r.perplexity, r.chunks, r.n_ctx, r.scored_tokens, r.all_positions_perplexity, r.seconds
+            );
+        }
+        return Ok(());
+    } else if a.protocol != "gptq" {
+        bail!("unknown protocol '{}' (use gptq or llama.cpp)", a.protocol);
     }
     let opts = PplOptions {
         seqlen: a.seqlen,
@@ -225,6 +274,8 @@ fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let p = &a.path;
     let mut rows: Vec<(String, String, Vec<usize>, u64)> = Vec::new();
+    // Packed quantized tensors: name -> the number of weights they stand for.
+    let mut packed_logical = std::collections::HashMap::new();
     let mut magic = [0u8; 4];
     let is_gguf = std::fs::File::open(p)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
@@ -270,6 +321,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
                 (n * dt.bitsize() / 8) as u64,
             ));
         }
+        packed_logical = packed_weights(&st);
     }
     let mut total_bytes = 0u64;
     let mut total_n = 0u64;
@@ -277,17 +329,55 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         "{:<48} {:>6} {:>16} {:>12} {:>7}",
         "tensor", "type", "shape", "bytes", "bits/w"
     );
+    let overhead = |name: &str| {
+        !packed_logical.is_empty()
+            && [
+                ".weight_scale",
+                ".weight_zero_point",
+                ".weight_shape",
+                ".weight_g_idx",
+                ".qzeros",
+                ".scales",
+                ".g_idx",
+            ]
+            .iter()
+            .any(|s| name.ends_with(s))
+    };
     for (name, ty, shape, bytes) in &rows {
-        let n: usize = shape.iter().product();
+        let n: usize = match packed_logical.get(name) {
+            Some(&n) => n,
+            None if overhead(name) => 0,
+            None => shape.iter().product(),
+        };
         total_bytes += bytes;
         total_n += n as u64;
+        let bpw = if n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.3}", *bytes as f64 * 8.0 / n as f64)
+        };
         println!(
-            "{:<48} {:>6} {:>16} {:>12} {:>7.3}",
+            "{:<48} {:>6} {:>16} {:>12} {:>7}",
             name,
             ty,
             format!("{shape:?}"),
             bytes,
-            *bytes as f64 * 8.0 / n.max(1) as f64
+            bpw
+        );
+    }
+    if !packed_logical.is_empty() {
+        let q_bytes: u64 = rows
+            .iter()
+            .filter(|r| packed_logical.contains_key(&r.0) || overhead(&r.0))
+            .map(|r| r.3)
+            .sum();
+        let q_n: usize = packed_logical.values().sum();
+        println!(
+            "quantized linears: {} tensors, {} weights, {} bytes with scales/zero points/group index: {:.3} bits per weight",
+            packed_logical.len(),
+            q_n,
+            q_bytes,
+            q_bytes as f64 * 8.0 / q_n.max(1) as f64
         );
     }
     println!(
@@ -298,4 +388,40 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         total_bytes as f64 * 8.0 / total_n.max(1) as f64,
     );
     Ok(())
+}
+
+/// Packed quantized weights of a checkpoint and how many weights each stands for:
+/// compressed-tensors `weight_packed` (its `weight_shape`) and GPTQ `qweight` (`g_idx` length x
+/// output columns).
+fn packed_weights(
+    st: &shrink_model::source::SafetensorsSource,
+) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for name in st.names() {
+        if let Some(base) = name.strip_suffix(".weight_packed") {
+            if let Some((_, _, b)) = st.raw(&format!("{base}.weight_shape")) {
+                let n: i64 = match b.len() {
+                    16 => b
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .product(),
+                    8 => b
+                        .chunks_exact(4)
+                        .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                        .product(),
+                    _ => 0,
+                };
+                m.insert(name.to_string(), n.max(0) as usize);
+            }
+        } else if let Some(base) = name.strip_suffix(".qweight") {
+            if let (Some((_, g)), Some((_, q))) = (st.info(&format!("{base}.g_idx")), st.info(name))
+            {
+                m.insert(
+                    name.to_string(),
+                    g.first().copied().unwrap_or(0) * q.get(1).copied().unwrap_or(0),
+                );
+            }
+        }
+    }
+    m
 }

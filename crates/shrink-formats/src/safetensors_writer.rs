@@ -11,6 +11,7 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
+    F16,
     U8,
     I32,
     I64,
@@ -20,6 +21,7 @@ impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::U8 => 1,
+            DType::F16 => 2,
             DType::F32 | DType::I32 => 4,
             DType::I64 => 8,
         }
@@ -27,6 +29,7 @@ impl DType {
     fn name(self) -> &'static str {
         match self {
             DType::F32 => "F32",
+            DType::F16 => "F16",
             DType::U8 => "U8",
             DType::I32 => "I32",
             DType::I64 => "I64",

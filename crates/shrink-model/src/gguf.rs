@@ -1261,11 +1261,22 @@ struct PendingTensor {
 pub struct GgufWriter {
     metadata: Vec<(String, GgufValue)>,
     tensors: Vec<PendingTensor>,
+    /// Pad the last tensor to the alignment as well (see [`GgufWriter::pad_end`]).
+    pad_end: bool,
 }
 
 impl GgufWriter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also pads the data of the last tensor to the alignment, as gguf-py's writer and ggml's
+    /// `gguf_write_to_file` do. ggml's reader, when it loads tensor data into memory
+    /// (`gguf_init_from_file` with `no_alloc = false`, e.g. llama-quantize reading an imatrix),
+    /// expects the padded size and rejects a file without it.
+    pub fn pad_end(&mut self) -> &mut Self {
+        self.pad_end = true;
+        self
     }
 
     /// Sets a metadata value. Setting an existing key replaces its value in
@@ -1389,7 +1400,7 @@ impl GgufWriter {
         let zeros = vec![0u8; alignment as usize];
         for (i, t) in self.tensors.iter().enumerate() {
             w.write_all(&t.data)?;
-            if i + 1 < self.tensors.len() {
+            if i + 1 < self.tensors.len() || self.pad_end {
                 let pad = (t.data.len() as u64).next_multiple_of(alignment) - t.data.len() as u64;
                 w.write_all(&zeros[..pad as usize])?;
             }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod gguf;
 pub mod layer;
 pub mod model;
+pub mod packed;
 pub mod quants;
 pub mod source;
 pub mod tensor;

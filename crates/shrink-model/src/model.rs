@@ -37,8 +37,9 @@ impl ModelSource {
                 bail!("{}: not a model directory (no config.json)", path.display());
             }
             let config = ModelConfig::from_hf_file(&cfg_path)?;
-            let tensors = SafetensorsSource::open(path)?;
-            check_layout(&config, &tensors)?;
+            // Quantized checkpoints (compressed-tensors, GPTQ) are dequantized on load.
+            let tensors = crate::packed::wrap(path, SafetensorsSource::open(path)?)?;
+            check_layout(&config, tensors.as_ref())?;
             let tok_path = path.join("tokenizer.json");
             if !tok_path.is_file() {
                 bail!("{}: no tokenizer.json", path.display());
@@ -62,7 +63,7 @@ impl ModelSource {
             Ok(ModelSource {
                 path: path.into(),
                 config,
-                tensors: Box::new(tensors),
+                tensors,
                 tokenizer,
                 is_gguf: false,
                 chat_template,

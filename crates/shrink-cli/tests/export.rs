@@ -1,0 +1,748 @@
+//! `shrink export` end to end on tiny models the tests write themselves: compressed-tensors and
+//! GPTQ directories read back to exactly shrink's dequantized weights, GGUF files that quantize
+//! like the reference quantizers, carry GPTQ codes over and use an importance matrix, `inspect` of
+//! packed checkpoints, and clean failures that leave nothing behind.
+use shrink_formats::gguf_quant;
+use shrink_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
+use shrink_model::source::{SafetensorsSource, TensorSource};
+use shrink_model::tokenizer::bytes_to_unicode;
+use shrink_model::{arch, Linear, ModelConfig, ModelSource};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+fn tiny(name: &str) -> PathBuf {
+    root().join("tests/fixtures/tiny").join(name)
+}
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn shrink(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shrink"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (code, out, err) = shrink(args);
+    assert_eq!(code, 0, "{args:?} failed: {err}");
+    out
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (code, _, err) = shrink(args);
+    assert_eq!(code, 1, "expected failure for {args:?}; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr for {args:?} lacks {n:?}: {err}");
+    }
+}
+
+/// No temporary file or directory left next to the outputs.
+fn no_leftovers(dir: &Path) {
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-") || n.ends_with(".part") || n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn tokenizer_json(n: usize) -> String {
+    let sp = bytes_to_unicode();
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|b| (sp[b % 256].to_string(), (b as u64).into()))
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
+/// The tiny Llama fixture as a Hugging Face directory with a byte-level tokenizer.
+fn hf_dir(dir: &Path) -> PathBuf {
+    let d = dir.join("hf");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny("llama").join(f), d.join(f)).unwrap();
+    }
+    std::fs::write(d.join("tokenizer.json"), tokenizer_json(128)).unwrap();
+    d
+}
+
+/// The tiny Mistral fixture as an F32 GGUF file (q/k rows permuted as llama.cpp stores them).
+fn gguf_file(dir: &Path) -> PathBuf {
+    let src = SafetensorsSource::open(&tiny("mistral")).unwrap();
+    let cfg = ModelConfig::from_hf_file(&tiny("mistral").join("config.json")).unwrap();
+    let mut w = GgufWriter::new();
+    let u = |x: usize| GgufValue::U32(x as u32);
+    w.add_metadata("general.architecture", GgufValue::String("llama".into()));
+    w.add_metadata("llama.block_count", u(cfg.num_layers));
+    w.add_metadata("llama.embedding_length", u(cfg.hidden_size));
+    w.add_metadata("llama.feed_forward_length", u(cfg.intermediate_size));
+    w.add_metadata("llama.attention.head_count", u(cfg.num_heads));
+    w.add_metadata("llama.attention.head_count_kv", u(cfg.num_kv_heads));
+    w.add_metadata(
+        "llama.rope.freq_base",
+        GgufValue::F32(cfg.rope_theta as f32),
+    );
+    w.add_metadata(
+        "llama.attention.layer_norm_rms_epsilon",
+        GgufValue::F32(cfg.rms_norm_eps as f32),
+    );
+    w.add_metadata("llama.context_length", u(64));
+    w.add_metadata("tokenizer.ggml.model", GgufValue::String("gpt2".into()));
+    let sp = bytes_to_unicode();
+    w.add_metadata(
+        "tokenizer.ggml.tokens",
+        GgufValue::Array(
+            (0..128)
+                .map(|b| GgufValue::String(sp[b].to_string()))
+                .collect(),
+        ),
+    );
+    w.add_metadata(
+        "tokenizer.ggml.token_type",
+        GgufValue::Array((0..128).map(|_| GgufValue::I32(1)).collect()),
+    );
+    w.add_metadata("tokenizer.ggml.merges", GgufValue::Array(vec![]));
+    for name in arch::hf_tensor_names(&cfg) {
+        let t = src.load(&name).unwrap();
+        let (rows, cols) = t.dims2();
+        let heads = if name.contains("q_proj") {
+            Some(cfg.num_heads)
+        } else if name.contains("k_proj") {
+            Some(cfg.num_kv_heads)
+        } else {
+            None
+        };
+        let data = match heads {
+            Some(n) => {
+                let p = shrink_formats::gguf_export::qk_permutation(rows, n).unwrap();
+                p.iter()
+                    .flat_map(|&r| t.data[r * cols..(r + 1) * cols].to_vec())
+                    .collect()
+            }
+            None => t.data.clone(),
+        };
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        let bytes: Vec<u8> = data.iter().flat_map(|v: &f32| v.to_le_bytes()).collect();
+        w.add_tensor(arch::hf_to_gguf(&name).unwrap(), dims, GgmlType::F32, bytes)
+            .unwrap();
+    }
+    let p = dir.join("tiny.gguf");
+    w.write(&p).unwrap();
+    p
+}
+
+fn calib_text(dir: &Path) -> PathBuf {
+    let p = dir.join("calib.txt");
+    let text: String = (0..400)
+        .map(|i| {
+            format!(
+                "sample {i} of calibration text, words and numbers {}. ",
+                i * 7 % 13
+            )
+        })
+        .collect();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn compress(model: &Path, calib: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "compress".to_string(),
+        "--model".into(),
+        s(model),
+        "--method".into(),
+        "gptq".into(),
+        "--calib".into(),
+        s(calib),
+        "--nsamples".into(),
+        "8".into(),
+        "--seqlen".into(),
+        "32".into(),
+        "--out".into(),
+        s(out),
+        "-q".into(),
+    ];
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let a: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+    ok(&a);
+}
+
+fn i32s(b: &[u8]) -> Vec<i32> {
+    b.chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// `scale * (code - zero)` of one linear from quantized.safetensors, the scale rounded by `round`.
+fn from_codes(dir: &Path, base: &str, round: &dyn Fn(f32) -> f32) -> Vec<f32> {
+    let q = SafetensorsSource::open(&dir.join("quantized.safetensors")).unwrap();
+    let (_, shape, codes) = q.raw(&format!("{base}.qcodes")).unwrap();
+    let (d_out, d_in) = (shape[0], shape[1]);
+    let scales = q.load(&format!("{base}.scales")).unwrap();
+    let ng = scales.shape[1];
+    let zeros = i32s(q.raw(&format!("{base}.zeros")).unwrap().2);
+    let g = i32s(q.raw(&format!("{base}.g_idx")).unwrap().2);
+    let mut w = vec![0f32; d_out * d_in];
+    for r in 0..d_out {
+        for c in 0..d_in {
+            let k = r * ng + g[c] as usize;
+            w[r * d_in + c] =
+                round(scales.data[k]) * (codes[r * d_in + c] as f32 - zeros[k] as f32);
+        }
+    }
+    w
+}
+
+fn linear_names(cfg: &ModelConfig) -> Vec<String> {
+    (0..cfg.num_layers)
+        .flat_map(|i| Linear::ALL.map(|l| arch::hf_linear(i, l, "weight")))
+        .collect()
+}
+
+/// compressed-tensors and GPTQ: written from a GPTQ run with dynamic act-order (a non-trivial
+/// g_idx), read back by shrink to exactly the dequantized weights; inspect counts packed weights.
+#[test]
+fn compressed_tensors_and_gptq_read_back_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let c = t.join("c");
+    compress(
+        &model,
+        &calib,
+        &c,
+        &[
+            "--bits",
+            "4",
+            "--group-size",
+            "32",
+            "--act-order",
+            "dynamic",
+        ],
+    );
+    let cfg = ModelConfig::from_hf_file(&c.join("config.json")).unwrap();
+    let dense = SafetensorsSource::open(&c).unwrap();
+
+    let ct = t.join("ct");
+    ok(&[
+        "export",
+        "--model",
+        &s(&c),
+        "--format",
+        "compressed-tensors",
+        "--out",
+        &s(&ct),
+        "-q",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ct.join("config.json")).unwrap()).unwrap();
+    let qc = &v["quantization_config"];
+    assert_eq!(qc["format"], "pack-quantized");
+    assert_eq!(
+        qc["config_groups"]["group_0"]["weights"]["actorder"],
+        "group"
+    );
+    assert_eq!(qc["config_groups"]["group_0"]["weights"]["num_bits"], 4);
+    let raw = SafetensorsSource::open(&ct).unwrap();
+    let base = "model.layers.1.self_attn.q_proj";
+    let (_, shape, _) = raw.raw(&format!("{base}.weight_packed")).unwrap();
+    assert_eq!(shape, &[64, 8], "64 columns of 4 bits in 8 int32 words");
+    let (_, zshape, _) = raw.raw(&format!("{base}.weight_zero_point")).unwrap();
+    assert_eq!(
+        zshape,
+        &[8, 2],
+        "zero points packed along the output dimension"
+    );
+    let gi = i32s(raw.raw(&format!("{base}.weight_g_idx")).unwrap().2);
+    assert!(
+        gi.iter().enumerate().any(|(c, &g)| g as usize != c / 32),
+        "dynamic act-order should give a non-trivial g_idx"
+    );
+    drop(raw);
+
+    let gq = t.join("gptq32");
+    ok(&[
+        "export",
+        "--model",
+        &s(&c),
+        "--format",
+        "gptq",
+        "--scale-dtype",
+        "f32",
+        "--out",
+        &s(&gq),
+        "-q",
+    ]);
+    let gq16 = t.join("gptq16");
+    ok(&[
+        "export",
+        "--model",
+        &s(&c),
+        "--format",
+        "gptq",
+        "--out",
+        &s(&gq16),
+        "-q",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gq16.join("config.json")).unwrap()).unwrap();
+    assert_eq!(v["quantization_config"]["desc_act"], true);
+    assert_eq!(v["quantization_config"]["checkpoint_format"], "gptq");
+
+    let ct_src = ModelSource::open(&ct).unwrap();
+    let g32_src = ModelSource::open(&gq).unwrap();
+    let g16_src = ModelSource::open(&gq16).unwrap();
+    for name in linear_names(&cfg) {
+        let want = dense.load(&name).unwrap();
+        assert_eq!(
+            ct_src.tensors.load(&name).unwrap().data,
+            want.data,
+            "CT {name}"
+        );
+        assert_eq!(
+            g32_src.tensors.load(&name).unwrap().data,
+            want.data,
+            "GPTQ f32 {name}"
+        );
+        let f16 = |x: f32| half::f16::from_f32(x).to_f32();
+        let base = name.trim_end_matches(".weight");
+        assert_eq!(
+            g16_src.tensors.load(&name).unwrap().data,
+            from_codes(&c, base, &f16),
+            "GPTQ f16 {name}"
+        );
+    }
+    // Non-linear tensors are unchanged.
+    for name in [arch::HF_EMBED, arch::HF_NORM] {
+        assert_eq!(
+            ct_src.tensors.load(name).unwrap().data,
+            dense.load(name).unwrap().data
+        );
+    }
+
+    // inspect: packed weights count as the weights they stand for.
+    let out = ok(&["inspect", &s(&ct)]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("quantized linears:"))
+        .unwrap_or_else(|| panic!("no summary in {out}"));
+    let bpw: f64 = line
+        .split(": ")
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 4-bit codes + f32 scale and 4-bit zero per 32 weights + g_idx: about 5.2 bits.
+    assert!((5.0..5.6).contains(&bpw), "{line}");
+    let out = ok(&["inspect", &s(&gq16)]);
+    assert!(out.contains("quantized linears: 14 tensors"), "{out}");
+    no_leftovers(t);
+}
+
+/// Failures are clean: a message naming the problem, no output, nothing half-written.
+#[test]
+fn export_failures_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let c3 = t.join("c3");
+    compress(&model, &calib, &c3, &["--bits", "3", "--group-size", "32"]);
+    let o = t.join("o");
+    fails_with(
+        &[
+            "export",
+            "--model",
+            &s(&c3),
+            "--format",
+            "gptq",
+            "--out",
+            &s(&o),
+        ],
+        &["2, 4 and 8 bits"],
+    );
+    assert!(!o.exists());
+    fails_with(
+        &[
+            "export",
+            "--model",
+            &s(&c3),
+            "--format",
+            "onnx",
+            "--out",
+            &s(&o),
+        ],
+        &["unknown format", "onnx"],
+    );
+    fails_with(
+        &[
+            "export",
+            "--model",
+            &s(&model),
+            "--format",
+            "compressed-tensors",
+            "--out",
+            &s(&o),
+        ],
+        &["nothing to export"],
+    );
+    fails_with(
+        &[
+            "export",
+            "--model",
+            &s(&model),
+            "--format",
+            "gguf",
+            "--type",
+            "Q9_9",
+            "--out",
+            &s(&o),
+        ],
+        &["unknown tensor type", "Q9_9"],
+    );
+    fails_with(
+        &[
+            "export",
+            "--model",
+            &s(&model),
+            "--format",
+            "gguf",
+            "--out",
+            &s(&o),
+        ],
+        &["--gguf-metadata"],
+    );
+    assert!(!o.exists());
+    // An existing output is kept unless --force.
+    ok(&[
+        "export",
+        "--model",
+        &s(&c3),
+        "--format",
+        "compressed-tensors",
+        "--out",
+        &s(&o),
+        "-q",
+    ]);
+    fails_with(
+        &[
+            "export",
+            "--model",
+            &s(&c3),
+            "--format",
+            "compressed-tensors",
+            "--out",
+            &s(&o),
+        ],
+        &["already exists", "--force"],
+    );
+    // 3-bit compressed-tensors uses the dense cross-word packing and still reads back exactly.
+    let src = ModelSource::open(&o).unwrap();
+    let dense = SafetensorsSource::open(&c3).unwrap();
+    let n = arch::hf_linear(0, Linear::Down, "weight");
+    assert_eq!(
+        src.tensors.load(&n).unwrap().data,
+        dense.load(&n).unwrap().data
+    );
+    no_leftovers(t);
+}
+
+/// GGUF: reference quantization of every tensor (rows permuted for q/k), GPTQ codes carried over
+/// into Q4_1 blocks, and an importance matrix that changes the rounding and round-trips through
+/// llama-imatrix's file format.
+#[test]
+fn gguf_quantizes_carries_codes_and_uses_an_importance_matrix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let g = gguf_file(t);
+    let cfg = ModelConfig::from_hf_file(&tiny("mistral").join("config.json")).unwrap();
+    let orig = SafetensorsSource::open(&tiny("mistral")).unwrap();
+
+    let q8 = t.join("q8.gguf");
+    ok(&[
+        "export",
+        "--model",
+        &s(&g),
+        "--format",
+        "gguf",
+        "--type",
+        "Q8_0",
+        "--out",
+        &s(&q8),
+        "-q",
+    ]);
+    let f = GgufFile::open(&q8).unwrap();
+    assert_eq!(
+        f.tensor("blk.0.attn_q.weight").unwrap().dtype,
+        GgmlType::Q8_0
+    );
+    assert_eq!(
+        f.tensor("blk.0.attn_norm.weight").unwrap().dtype,
+        GgmlType::F32
+    );
+    assert_eq!(f.get("general.file_type").and_then(|v| v.as_u64()), Some(7));
+    assert!(f.get("tokenizer.ggml.tokens").is_some());
+    drop(f);
+    let back = ModelSource::open(&q8).unwrap();
+    for name in arch::hf_tensor_names(&cfg) {
+        let x = orig.load(&name).unwrap();
+        let got = back.tensors.load(&name).unwrap();
+        if x.shape.len() == 1 {
+            assert_eq!(got.data, x.data, "{name}");
+            continue;
+        }
+        // Q8_0 rounds each row on its own, so the permutation commutes with it.
+        let cols = x.shape[1];
+        let bytes = gguf_quant::quantize(GgmlType::Q8_0, &x.data, cols, None).unwrap();
+        let mut want = vec![0f32; x.data.len()];
+        shrink_model::quants::dequantize(GgmlType::Q8_0, &bytes, &mut want).unwrap();
+        assert_eq!(got.data, want, "{name}");
+    }
+
+    // GPTQ 4-bit asymmetric groups of 32 -> Q4_1 with the codes carried over.
+    let calib = calib_text(t);
+    let c = t.join("c");
+    compress(&g, &calib, &c, &["--bits", "4", "--group-size", "32"]);
+    let q41 = t.join("q41.gguf");
+    let rep = t.join("rep.json");
+    ok(&[
+        "export",
+        "--model",
+        &s(&c),
+        "--format",
+        "gguf",
+        "--out",
+        &s(&q41),
+        "--report",
+        &s(&rep),
+        "-q",
+    ]);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["type"], "Q4_1");
+    assert_eq!(r["carried_tensors"], 14);
+    let back = ModelSource::open(&q41).unwrap();
+    let q = SafetensorsSource::open(&c.join("quantized.safetensors")).unwrap();
+    let f16 = |x: f32| half::f16::from_f32(x).to_f32();
+    for name in linear_names(&cfg) {
+        let base = name.trim_end_matches(".weight");
+        let (_, shape, codes) = q.raw(&format!("{base}.qcodes")).unwrap();
+        let (d_out, d_in) = (shape[0], shape[1]);
+        let scales = q.load(&format!("{base}.scales")).unwrap();
+        let zeros = i32s(q.raw(&format!("{base}.zeros")).unwrap().2);
+        let ng = scales.shape[1];
+        // Q4_1: y = q * d + m with d = f16(scale), m = f16(-scale * zero): the codes are shrink's.
+        let mut want = vec![0f32; d_out * d_in];
+        for rr in 0..d_out {
+            for cc in 0..d_in {
+                let k = rr * ng + cc / 32;
+                let (sc, z) = (scales.data[k], zeros[k] as f32);
+                want[rr * d_in + cc] = codes[rr * d_in + cc] as f32 * f16(sc) + f16(-sc * z);
+            }
+        }
+        assert_eq!(back.tensors.load(&name).unwrap().data, want, "{name}");
+    }
+    // --no-carry re-quantizes instead (reference Q4_1 rounding of the dequantized weights).
+    let q41b = t.join("q41b.gguf");
+    ok(&[
+        "export",
+        "--model",
+        &s(&c),
+        "--format",
+        "gguf",
+        "--no-carry",
+        "--type",
+        "Q4_1",
+        "--out",
+        &s(&q41b),
+        "--report",
+        &s(&rep),
+        "-q",
+    ]);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["carried_tensors"], 0);
+
+    // Importance matrix: computed from calibration text, saved, reloaded -> identical file.
+    let im = t.join("im.gguf");
+    let (a, b, plain) = (t.join("a.gguf"), t.join("b.gguf"), t.join("p.gguf"));
+    ok(&[
+        "export",
+        "--model",
+        &s(&g),
+        "--format",
+        "gguf",
+        "--type",
+        "Q4_0",
+        "--imatrix-calib",
+        &s(&calib),
+        "--imatrix-nsamples",
+        "4",
+        "--imatrix-seqlen",
+        "32",
+        "--imatrix-out",
+        &s(&im),
+        "--out",
+        &s(&a),
+        "-q",
+    ]);
+    ok(&[
+        "export",
+        "--model",
+        &s(&g),
+        "--format",
+        "gguf",
+        "--type",
+        "Q4_0",
+        "--imatrix",
+        &s(&im),
+        "--out",
+        &s(&b),
+        "-q",
+    ]);
+    ok(&[
+        "export",
+        "--model",
+        &s(&g),
+        "--format",
+        "gguf",
+        "--type",
+        "Q4_0",
+        "--out",
+        &s(&plain),
+        "-q",
+    ]);
+    let (ba, bb, bp) = (
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        std::fs::read(&plain).unwrap(),
+    );
+    let fa = GgufFile::open(&a).unwrap();
+    let fp = GgufFile::open(&plain).unwrap();
+    let ta = fa
+        .tensor_data(fa.tensor("blk.1.ffn_down.weight").unwrap())
+        .to_vec();
+    let tp = fp
+        .tensor_data(fp.tensor("blk.1.ffn_down.weight").unwrap())
+        .to_vec();
+    assert_ne!(ta, tp, "the importance matrix must change the rounding");
+    let fb = GgufFile::open(&b).unwrap();
+    for ti in fa.tensors() {
+        assert_eq!(
+            fa.tensor_data(ti),
+            fb.tensor_data(fb.tensor(&ti.name).unwrap()),
+            "{}",
+            ti.name
+        );
+    }
+    assert_eq!(ba.len(), bb.len());
+    assert!(!bp.is_empty());
+    let imf = GgufFile::open(&im).unwrap();
+    assert_eq!(
+        imf.tensor("blk.0.attn_q.weight.in_sum2").unwrap().dims,
+        vec![cfg.hidden_size as u64, 1]
+    );
+    // Overwriting needs --force; a failing export leaves nothing.
+    fails_with(
+        &[
+            "export",
+            "--model",
+            &s(&g),
+            "--format",
+            "gguf",
+            "--out",
+            &s(&a),
+        ],
+        &["already exists"],
+    );
+    let bad = t.join("bad.gguf");
+    fails_with(
+        &[
+            "export",
+            "--model",
+            &s(&g),
+            "--format",
+            "gguf",
+            "--imatrix",
+            &s(&calib),
+            "--out",
+            &s(&bad),
+        ],
+        &["calib.txt"],
+    );
+    assert!(!bad.exists());
+    no_leftovers(t);
+}
+
+#[path = "../../shrink-model/tests/common.rs"]
+mod common;
+
+/// The default model through a Hugging Face directory: `shrink convert` then GGUF export with the
+/// tokenizer rebuilt from tokenizer.json gives the original file's vocabulary, merges, token types
+/// and special ids, and the same tensors as exporting the GGUF directly (q/k permuted back).
+#[test]
+fn gguf_from_a_hugging_face_directory_matches_the_original_gguf() {
+    let Some(model) = common::fetched("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let hf = t.join("hf");
+    ok(&["convert", &s(&model), "--out", &s(&hf), "-q"]);
+    let (a, b) = (t.join("a.gguf"), t.join("b.gguf"));
+    fails_with(
+        &["export", "--model", &s(&hf), "--format", "gguf", "--out", &s(&a)],
+        &["--tokenizer-pre"],
+    );
+    ok(&["export", "--model", &s(&hf), "--format", "gguf", "--type", "Q8_0", "--tokenizer-pre", "smollm", "--out", &s(&a), "-q"]);
+    ok(&["export", "--model", &s(&model), "--format", "gguf", "--type", "Q8_0", "--out", &s(&b), "-q"]);
+    let (fa, fb, fo) = (
+        GgufFile::open(&a).unwrap(),
+        GgufFile::open(&b).unwrap(),
+        GgufFile::open(&model).unwrap(),
+    );
+    for key in [
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.chat_template",
+        "llama.rope.freq_base",
+        "llama.attention.head_count_kv",
+    ] {
+        assert_eq!(fa.get(key), fo.get(key), "{key}");
+    }
+    assert_eq!(fa.tensors().len(), fb.tensors().len());
+    for ti in fb.tensors() {
+        let ta = fa.tensor(&ti.name).unwrap();
+        assert_eq!(ta.dtype, ti.dtype, "{}", ti.name);
+        assert!(fa.tensor_data(ta) == fb.tensor_data(ti), "{} differs", ti.name);
+    }
+}

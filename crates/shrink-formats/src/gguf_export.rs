@@ -1,0 +1,805 @@
+//! GGUF export for llama.cpp: metadata, tokenizer and tensors, quantized with [`crate::gguf_quant`]
+//! (llama.cpp's reference quantizers), optionally weighted by an importance matrix, or carrying
+//! shrink's own GPTQ codes over where they fit a ggml block type exactly.
+//!
+//! Layout follows llama.cpp's `convert_hf_to_gguf.py` for the "llama" / "qwen2" architectures:
+//! tensor names from [`shrink_model::arch::hf_to_gguf`], dims in ggml order (`[d_in, d_out]`), and
+//! for "llama" the rows of `attn_q` / `attn_k` permuted so that rotary pairs are adjacent
+//! (`LlamaModel.permute`: GGUF row `h*2d + 2i + j` is Hugging Face row `h*2d + j*d + i`).
+//! Norms stay F32, as llama-quantize leaves them.
+use crate::gguf_quant::{self, carry_type, fallback_type, pack_codes_block};
+use crate::quantized::{QLinear, QuantizedDir};
+use anyhow::{bail, Context, Result};
+use shrink_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
+use shrink_model::{arch, Group, Linear, ModelConfig, ModelSource};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Mean squared activation of every input column of every linear group (llama.cpp's imatrix:
+/// `sum(x_j^2) / n_rows`), keyed by (layer, group).
+#[derive(Clone, Debug, Default)]
+pub struct Imatrix {
+    pub values: HashMap<(usize, Group), Vec<f32>>,
+    /// Rows (tokens) seen per group.
+    pub rows: usize,
+    pub chunks: usize,
+    pub dataset: String,
+}
+
+impl Imatrix {
+    pub fn get(&self, layer: usize, l: Linear) -> Option<&[f32]> {
+        self.values.get(&(layer, l.group())).map(|v| v.as_slice())
+    }
+
+    /// Reads llama-imatrix's GGUF file (`{gguf name}.in_sum2` / `{gguf name}.counts`, value =
+    /// sum / count as llama-quantize computes it). Linears that share an input must agree (they
+    /// do in files llama-imatrix writes); the first one found is used for the group.
+    pub fn read_gguf(cfg: &ModelConfig, path: &Path) -> Result<Imatrix> {
+        let f = GgufFile::open(path)?;
+        let p = path.display();
+        let mut values = HashMap::new();
+        for layer in 0..cfg.num_layers {
+            for l in Linear::ALL {
+                if values.contains_key(&(layer, l.group())) {
+                    continue;
+                }
+                let g = arch::hf_to_gguf(&arch::hf_linear(layer, l, "weight"))
+                    .with_context(|| format!("no GGUF name for layer {layer} {l:?}"))?;
+                let (Some(_), Some(_)) = (
+                    f.tensor(&format!("{g}.in_sum2")),
+                    f.tensor(&format!("{g}.counts")),
+                ) else {
+                    continue;
+                };
+                let sums = f.dequantize(&format!("{g}.in_sum2"))?;
+                let counts = f.dequantize(&format!("{g}.counts"))?;
+                let d_in = shrink_model::layer::linear_shape(cfg, l)[1];
+                if sums.len() != d_in || counts.len() != 1 {
+                    bail!("{p}: '{g}.in_sum2' has {} values for {d_in} columns (or several counts: MoE files are not supported)", sums.len());
+                }
+                let c = counts[0].round();
+                let v: Vec<f32> = if c > 0.0 {
+                    sums.iter().map(|s| s / c).collect()
+                } else {
+                    vec![1.0; d_in]
+                };
+                values.insert((layer, l.group()), v);
+            }
+        }
+        if values.is_empty() {
+            bail!("{p}: no importance data for any linear of this model");
+        }
+        let dataset = f
+            .get("imatrix.datasets")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.first())
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let chunks = f
+            .get("imatrix.chunk_count")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        let size = f
+            .get("imatrix.chunk_size")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        Ok(Imatrix {
+            values,
+            rows: chunks * size,
+            chunks,
+            dataset,
+        })
+    }
+
+    /// Writes the matrix as llama-imatrix's GGUF file (`tools/imatrix/imatrix.cpp`, read by
+    /// `common/imatrix-loader.cpp`): per linear `{gguf name}.in_sum2` F32 `[d_in]` and
+    /// `{gguf name}.counts` F32 `[1]`; llama-quantize uses `in_sum2 / counts`. The means are
+    /// stored with a count of 1, so llama-quantize sees exactly the values shrink uses.
+    pub fn write_gguf(&self, cfg: &ModelConfig, path: &Path) -> Result<()> {
+        let mut w = GgufWriter::new();
+        w.pad_end();
+        w.add_metadata("general.type", GgufValue::String("imatrix".into()));
+        w.add_metadata(
+            "imatrix.datasets",
+            GgufValue::Array(vec![GgufValue::String(self.dataset.clone())]),
+        );
+        w.add_metadata("imatrix.chunk_count", GgufValue::U32(self.chunks as u32));
+        w.add_metadata(
+            "imatrix.chunk_size",
+            GgufValue::U32((self.rows / self.chunks.max(1)) as u32),
+        );
+        for layer in 0..cfg.num_layers {
+            for l in Linear::ALL {
+                let Some(v) = self.get(layer, l) else {
+                    continue;
+                };
+                let g = arch::hf_to_gguf(&arch::hf_linear(layer, l, "weight"))
+                    .with_context(|| format!("no GGUF name for layer {layer} {l:?}"))?;
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                w.add_tensor(
+                    format!("{g}.in_sum2"),
+                    vec![v.len() as u64, 1],
+                    GgmlType::F32,
+                    bytes,
+                )?;
+                w.add_tensor(
+                    format!("{g}.counts"),
+                    vec![1, 1],
+                    GgmlType::F32,
+                    1f32.to_le_bytes().to_vec(),
+                )?;
+            }
+        }
+        w.write(path)
+    }
+}
+
+/// Which ggml type each tensor class gets, like llama-quantize's `--type`,
+/// `--token-embedding-type`, `--output-tensor-type` and `--tensor-type PATTERN=TYPE`.
+#[derive(Clone, Debug)]
+pub struct TypePlan {
+    /// Linear weights of the decoder layers.
+    pub linear: GgmlType,
+    pub embedding: GgmlType,
+    /// The output head when untied.
+    pub output: GgmlType,
+    /// `(substring of the GGUF name, type)`, the first match wins over the class default.
+    pub overrides: Vec<(String, GgmlType)>,
+}
+
+impl TypePlan {
+    /// Defaults for a main type: embeddings and head at Q8_0 (F16/F32 when the main type is).
+    pub fn for_type(t: GgmlType) -> Self {
+        let side = match t {
+            GgmlType::F32 | GgmlType::F16 => t,
+            _ => GgmlType::Q8_0,
+        };
+        TypePlan {
+            linear: t,
+            embedding: side,
+            output: side,
+            overrides: vec![],
+        }
+    }
+
+    /// The requested type of a tensor (before the shape fallback).
+    pub fn requested(&self, gguf_name: &str) -> GgmlType {
+        if let Some((_, t)) = self
+            .overrides
+            .iter()
+            .find(|(p, _)| gguf_name.contains(p.as_str()))
+        {
+            return *t;
+        }
+        if gguf_name == "token_embd.weight" {
+            self.embedding
+        } else if gguf_name == "output.weight" {
+            self.output
+        } else if gguf_name.ends_with("norm.weight") || gguf_name.ends_with(".bias") {
+            GgmlType::F32
+        } else {
+            self.linear
+        }
+    }
+}
+
+/// Parses a type name as llama-quantize spells it (Q4_K, q4_k, Q8_0, F16, ...).
+pub fn parse_type(s: &str) -> Result<GgmlType> {
+    let t = GgmlType::from_name(s.trim()).with_context(|| format!("unknown tensor type '{s}'"))?;
+    if !gguf_quant::can_quantize(t) {
+        bail!(
+            "shrink cannot write tensor type {} (it writes {})",
+            t.name(),
+            gguf_quant::QUANT_TYPES.map(|t| t.name()).join(", ")
+        );
+    }
+    Ok(t)
+}
+
+/// What to export.
+pub struct GgufExport<'a> {
+    pub src: &'a ModelSource,
+    /// Quantized codes of `src` (a `shrink compress` directory), carried over where they fit.
+    pub quantized: Option<&'a QuantizedDir>,
+    /// A GGUF file whose tokenizer and other metadata are copied (the source itself when it is a
+    /// GGUF file).
+    pub metadata_from: Option<&'a Path>,
+    pub plan: TypePlan,
+    pub imatrix: Option<&'a Imatrix>,
+    /// Carry shrink's codes over where they fit (otherwise re-quantize the dequantized weights).
+    pub carry_codes: bool,
+    /// Without `metadata_from`: build tokenizer.ggml.* from the model's tokenizer.json (byte-level
+    /// BPE) with this llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`, e.g. "smollm",
+    /// "llama-bpe", "qwen2", "gpt2"; llama.cpp's converter picks it by hashing test tokenizations,
+    /// which shrink cannot reproduce, so it must be named).
+    pub tokenizer_pre: Option<String>,
+}
+
+/// tokenizer.ggml.* (llama.cpp's "gpt2" byte-level BPE vocabulary) from the model's tokenizer, as
+/// llama.cpp's `convert_hf_to_gguf.py` (`_set_vocab_gpt2`) writes it: tokens in id order (padded
+/// with `[PAD{i}]`, type UNUSED, up to the model's vocabulary), token types (1 normal, 3 control for
+/// special added tokens, 4 user-defined for other added tokens), merges as "a b", special ids,
+/// whether BOS is added, and the chat template.
+pub fn tokenizer_metadata(src: &ModelSource, pre: &str) -> Result<Vec<(String, GgufValue)>> {
+    let path = src.path.display();
+    let tj: serde_json::Value = serde_json::from_str(
+        &src.tokenizer
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("{path}: cannot serialize the tokenizer: {e}"))?,
+    )?;
+    let model = &tj["model"];
+    if model["type"].as_str() != Some("BPE") {
+        bail!("{path}: tokenizer model is {}, GGUF export builds only byte-level BPE vocabularies (pass --gguf-metadata FILE.gguf)", model["type"]);
+    }
+    let byte_level = |v: &serde_json::Value| -> bool {
+        v["type"].as_str() == Some("ByteLevel")
+            || v["pretokenizers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some("ByteLevel")))
+    };
+    if !byte_level(&tj["pre_tokenizer"]) {
+        bail!("{path}: tokenizer is not byte-level BPE (no ByteLevel pre-tokenizer); pass --gguf-metadata FILE.gguf");
+    }
+    let n = src.config.vocab_size;
+    let mut tokens: Vec<Option<String>> = vec![None; n];
+    let mut types = vec![1i32; n];
+    let vocab = model["vocab"]
+        .as_object()
+        .with_context(|| format!("{path}: tokenizer model has no vocab"))?;
+    for (t, id) in vocab {
+        let id = id
+            .as_u64()
+            .with_context(|| format!("{path}: bad id for token {t:?}"))? as usize;
+        if id >= n {
+            bail!("{path}: token {t:?} has id {id}, outside the model's vocabulary of {n}");
+        }
+        tokens[id] = Some(t.clone());
+    }
+    for a in tj["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else {
+            continue;
+        };
+        let id = id as usize;
+        if id >= n {
+            bail!("{path}: added token {t:?} has id {id}, outside the model's vocabulary of {n}");
+        }
+        tokens[id] = Some(t.to_string());
+        types[id] = if a["special"].as_bool().unwrap_or(false) {
+            3
+        } else {
+            4
+        };
+    }
+    let tokens: Vec<GgufValue> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            GgufValue::String(t.unwrap_or_else(|| {
+                types[i] = 5;
+                format!("[PAD{i}]")
+            }))
+        })
+        .collect();
+    let merges: Vec<GgufValue> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(p) => {
+                Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+            }
+            _ => None,
+        })
+        .map(GgufValue::String)
+        .collect();
+    let mut kv = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            GgufValue::String("gpt2".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".to_string(),
+            GgufValue::String(pre.into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            GgufValue::Array(tokens),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".to_string(),
+            GgufValue::Array(merges),
+        ),
+    ];
+    for (name, id) in &src.special_tokens {
+        let key = match name.as_str() {
+            "bos_token" => "bos_token_id",
+            "eos_token" => "eos_token_id",
+            "unk_token" => "unknown_token_id",
+            "pad_token" => "padding_token_id",
+            _ => continue,
+        };
+        kv.push((format!("tokenizer.ggml.{key}"), GgufValue::U32(*id)));
+    }
+    let adds_bos = src
+        .config
+        .bos_token_id
+        .zip(src.tokenizer.encode("a", true).ok())
+        .is_some_and(|(b, e)| e.get_ids().first() == Some(&b));
+    kv.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        GgufValue::Bool(adds_bos),
+    ));
+    if let Some(t) = &src.chat_template {
+        kv.push((
+            "tokenizer.chat_template".into(),
+            GgufValue::String(t.clone()),
+        ));
+    }
+    Ok(kv)
+}
+
+/// Per-tensor record of what was written.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub ggml_type: String,
+    pub requested: String,
+    pub carried_codes: bool,
+    pub imatrix: bool,
+    pub elements: u64,
+    pub bytes: u64,
+}
+
+/// llama.cpp's `llama_ftype` for a main type (general.file_type).
+fn file_type(t: GgmlType) -> u32 {
+    match t {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q5_0 => 8,
+        GgmlType::Q5_1 => 9,
+        GgmlType::Q4K => 14, // Q4_K_S
+        GgmlType::Q5K => 16, // Q5_K_S
+        GgmlType::Q6K => 18,
+        _ => 0,
+    }
+}
+
+/// GGUF row `h*2d + 2i + j` <- Hugging Face row `h*2d + j*d + i` (`perm[gguf_row] = hf_row`).
+pub fn qk_permutation(rows: usize, n_head: usize) -> Result<Vec<usize>> {
+    if n_head == 0 || rows % (2 * n_head) != 0 {
+        bail!("cannot permute {rows} rows over {n_head} heads");
+    }
+    let d = rows / n_head / 2;
+    let mut perm = vec![0; rows];
+    for h in 0..n_head {
+        for i in 0..d {
+            for j in 0..2 {
+                perm[h * 2 * d + 2 * i + j] = h * 2 * d + j * d + i;
+            }
+        }
+    }
+    Ok(perm)
+}
+
+fn permute_rows(data: &[f32], cols: usize, perm: &[usize]) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        out[i * cols..(i + 1) * cols].copy_from_slice(&data[p * cols..(p + 1) * cols]);
+    }
+    out
+}
+
+/// Metadata keys that describe the model (as llama.cpp's converter writes them).
+fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
+    match &cfg.rope_scaling {
+        None => {}
+        Some(shrink_model::RopeScaling::Linear { factor }) => {
+            let a = cfg.arch.gguf_name();
+            w.add_metadata(format!("{a}.rope.scaling.type"), GgufValue::String("linear".into()));
+            w.add_metadata(format!("{a}.rope.scaling.factor"), GgufValue::F32(*factor as f32));
+        }
+        Some(other) => bail!(
+            "GGUF export of rope scaling {other:?} is not supported (llama.cpp stores Llama 3.1 scaling as a rope_freqs tensor, which shrink does not write)"
+        ),
+    }
+    let a = cfg.arch.gguf_name();
+    let k = |s: &str| format!("{a}.{s}");
+    w.add_metadata("general.architecture", GgufValue::String(a.into()));
+    w.add_metadata(k("block_count"), GgufValue::U32(cfg.num_layers as u32));
+    w.add_metadata(
+        k("context_length"),
+        GgufValue::U32(cfg.max_position_embeddings as u32),
+    );
+    w.add_metadata(
+        k("embedding_length"),
+        GgufValue::U32(cfg.hidden_size as u32),
+    );
+    w.add_metadata(
+        k("feed_forward_length"),
+        GgufValue::U32(cfg.intermediate_size as u32),
+    );
+    w.add_metadata(
+        k("attention.head_count"),
+        GgufValue::U32(cfg.num_heads as u32),
+    );
+    w.add_metadata(
+        k("attention.head_count_kv"),
+        GgufValue::U32(cfg.num_kv_heads as u32),
+    );
+    w.add_metadata(
+        k("attention.key_length"),
+        GgufValue::U32(cfg.head_dim as u32),
+    );
+    w.add_metadata(
+        k("attention.value_length"),
+        GgufValue::U32(cfg.head_dim as u32),
+    );
+    w.add_metadata(
+        k("rope.dimension_count"),
+        GgufValue::U32(cfg.head_dim as u32),
+    );
+    w.add_metadata(k("rope.freq_base"), GgufValue::F32(cfg.rope_theta as f32));
+    w.add_metadata(
+        k("attention.layer_norm_rms_epsilon"),
+        GgufValue::F32(cfg.rms_norm_eps as f32),
+    );
+    w.add_metadata(k("vocab_size"), GgufValue::U32(cfg.vocab_size as u32));
+    Ok(())
+}
+
+/// Copies the tokenizer (and every other non-quantization key) from `from`.
+fn copy_metadata(w: &mut GgufWriter, from: &GgufFile, cfg: &ModelConfig) -> Result<()> {
+    let arch = from.architecture()?;
+    if arch != cfg.arch.gguf_name() {
+        bail!(
+            "{}: architecture '{arch}' does not match the model's '{}'",
+            from.path().display(),
+            cfg.arch.gguf_name()
+        );
+    }
+    if let Some(n) = from
+        .get(&format!("{arch}.block_count"))
+        .and_then(|v| v.as_u64())
+    {
+        if n as usize != cfg.num_layers {
+            bail!(
+                "{}: {n} blocks, but the model has {} layers; pass the GGUF the model came from",
+                from.path().display(),
+                cfg.num_layers
+            );
+        }
+    }
+    let toks = from
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .map(|a| a.len())
+        .unwrap_or(0);
+    if toks != cfg.vocab_size {
+        bail!(
+            "{}: tokenizer has {toks} tokens, the model's vocabulary {}",
+            from.path().display(),
+            cfg.vocab_size
+        );
+    }
+    for (k, v) in from.metadata() {
+        if k == "general.file_type"
+            || k == "general.quantization_version"
+            || k == "general.alignment"
+            || k.starts_with("quantize.")
+        {
+            continue;
+        }
+        w.add_metadata(k.clone(), v.clone());
+    }
+    Ok(())
+}
+
+/// Builds the GGUF in memory; returns the writer and a per-tensor report.
+pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
+    let cfg = &e.src.config;
+    let mut w = GgufWriter::new();
+    w.pad_end();
+    match e.metadata_from {
+        Some(p) => {
+            let f = GgufFile::open(p)?;
+            copy_metadata(&mut w, &f, cfg)?;
+        }
+        None => match &e.tokenizer_pre {
+            Some(pre) => {
+                w.add_metadata("general.name", GgufValue::String(
+                    e.src.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                ));
+                for (k, v) in tokenizer_metadata(e.src, pre)? {
+                    w.add_metadata(k, v);
+                }
+            }
+            None => bail!(
+                "{}: GGUF export needs llama.cpp's tokenizer metadata: pass --gguf-metadata FILE.gguf (the GGUF the model came from), or --tokenizer-pre NAME to build it from tokenizer.json (byte-level BPE; NAME is llama.cpp's pre-tokenizer, e.g. smollm, llama-bpe, qwen2)",
+                e.src.path.display()
+            ),
+        },
+    }
+    arch_metadata(&mut w, cfg)?;
+    w.add_metadata(
+        "general.file_type",
+        GgufValue::U32(file_type(e.plan.linear)),
+    );
+    w.add_metadata("general.quantization_version", GgufValue::U32(2));
+    if let Some(im) = e.imatrix {
+        w.add_metadata(
+            "quantize.imatrix.dataset",
+            GgufValue::String(im.dataset.clone()),
+        );
+        w.add_metadata(
+            "quantize.imatrix.entries_count",
+            GgufValue::U32((im.values.len() * 7 / 4) as u32),
+        );
+        w.add_metadata(
+            "quantize.imatrix.chunks_count",
+            GgufValue::U32(im.chunks as u32),
+        );
+    }
+    let permute = cfg.arch.gguf_permutes_qk();
+    let mut report = Vec::new();
+    for name in arch::hf_tensor_names(cfg) {
+        let gname =
+            arch::hf_to_gguf(&name).with_context(|| format!("no GGUF name for tensor '{name}'"))?;
+        let lin = linear_of(&name);
+        let shape = crate::hf::expected_shape(cfg, &name)
+            .with_context(|| format!("no shape for tensor '{name}'"))?;
+        let (rows, cols) = match shape.as_slice() {
+            [r, c] => (*r, *c),
+            [c] => (1, *c),
+            _ => bail!("tensor '{name}' has shape {shape:?}"),
+        };
+        let requested = e.plan.requested(&gname);
+        let ty = if shape.len() == 1 {
+            GgmlType::F32
+        } else {
+            fallback_type(requested, cols)
+        };
+        let perm = match lin {
+            Some((_, Linear::Q)) if permute => Some(qk_permutation(rows, cfg.num_heads)?),
+            Some((_, Linear::K)) if permute => Some(qk_permutation(rows, cfg.num_kv_heads)?),
+            _ => None,
+        };
+        // Carry GPTQ codes over where the block type holds them exactly.
+        let mut carried = None;
+        if let (Some(q), Some((layer, l)), true) = (e.quantized, lin, e.carry_codes) {
+            let s = &q.settings;
+            if name.ends_with(".weight")
+                && q.has(layer, l)
+                && s.group_size == Some(32)
+                && carry_type(s.bits, s.sym) == Some(ty)
+            {
+                let ql = q.load(cfg, layer, l)?;
+                if ql.g_idx_trivial(32) && ql.d_in % 32 == 0 {
+                    let ql = match &perm {
+                        Some(p) => ql.permute_rows(p),
+                        None => ql,
+                    };
+                    carried = Some(carry_blocks(&ql, ty)?);
+                }
+            }
+        }
+        let imat = match (e.imatrix, lin) {
+            (Some(im), Some((layer, l))) if name.ends_with(".weight") => im.get(layer, l),
+            _ => None,
+        };
+        let (data, used_imatrix, was_carried) = match carried {
+            Some(d) => (d, false, true),
+            None => {
+                let t = e.src.tensors.load(&name)?;
+                if t.shape != shape {
+                    bail!(
+                        "{}: tensor '{name}' has shape {:?}, expected {shape:?}",
+                        e.src.tensors.describe(),
+                        t.shape
+                    );
+                }
+                let x = match &perm {
+                    Some(p) => permute_rows(&t.data, cols, p),
+                    None => t.data,
+                };
+                let im = imat.filter(|_| gguf_quant::uses_imatrix(ty));
+                let d = gguf_quant::quantize(ty, &x, cols, im)
+                    .with_context(|| format!("quantizing '{name}' to {}", ty.name()))?;
+                (d, im.is_some(), false)
+            }
+        };
+        let dims: Vec<u64> = if shape.len() == 1 {
+            vec![cols as u64]
+        } else {
+            vec![cols as u64, rows as u64]
+        };
+        report.push(TensorReport {
+            name: gname.clone(),
+            ggml_type: ty.name().to_string(),
+            requested: requested.name().to_string(),
+            carried_codes: was_carried,
+            imatrix: used_imatrix,
+            elements: (rows * cols) as u64,
+            bytes: data.len() as u64,
+        });
+        w.add_tensor(gname, dims, ty, data)?;
+    }
+    Ok((w, report))
+}
+
+/// Writes the GGUF file (via a temporary name and a rename).
+pub fn write_gguf(e: &GgufExport, out: &Path, force: bool) -> Result<(PathBuf, Vec<TensorReport>)> {
+    if out.exists() && !force {
+        bail!(
+            "{}: already exists (pass --force to replace it)",
+            out.display()
+        );
+    }
+    if out.is_dir() {
+        bail!(
+            "{}: is a directory; GGUF export writes one file",
+            out.display()
+        );
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create directory", parent.display()))?;
+    }
+    let (w, report) = build_gguf(e)?;
+    w.write(out)?;
+    Ok((out.to_path_buf(), report))
+}
+
+fn linear_of(name: &str) -> Option<(usize, Linear)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let layer: usize = idx.parse().ok()?;
+    Linear::ALL
+        .into_iter()
+        .find(|l| rest.contains(&format!(".{}.", l.hf_name())))
+        .map(|l| (layer, l))
+}
+
+/// The blocks of a whole linear from its codes (rows of `d_in / 32` groups of 32).
+fn carry_blocks(q: &QLinear, ty: GgmlType) -> Result<Vec<u8>> {
+    let ng = q.n_groups();
+    let mut out = Vec::with_capacity(q.d_out * q.d_in / 32 * ty.type_size());
+    for r in 0..q.d_out {
+        for g in 0..q.d_in / 32 {
+            let codes = &q.codes[r * q.d_in + 32 * g..r * q.d_in + 32 * g + 32];
+            let (s, z) = (q.scales[r * ng + g], q.zeros[r * ng + g]);
+            let b = pack_codes_block(ty, codes, s, z as u32).with_context(|| {
+                format!(
+                    "{}: row {r} group {g} (zero {z}) does not fit {}",
+                    q.name,
+                    ty.name()
+                )
+            })?;
+            out.extend_from_slice(&b);
+        }
+    }
+    Ok(out)
+}
+
+/// Accumulates llama.cpp-style importance statistics from the calibration forward pass.
+struct ImatrixHook<'a> {
+    layer: usize,
+    sums: &'a mut HashMap<(usize, Group), (Vec<f64>, usize)>,
+}
+
+impl shrink_model::LayerHook for ImatrixHook<'_> {
+    fn before_group(
+        &mut self,
+        _layer: &mut shrink_model::DecoderLayer,
+        group: Group,
+        input: &[f32],
+        rows: usize,
+    ) -> Result<()> {
+        let d = input.len() / rows.max(1);
+        let e = self
+            .sums
+            .entry((self.layer, group))
+            .or_insert_with(|| (vec![0f64; d], 0));
+        for r in input.chunks_exact(d) {
+            for (s, v) in e.0.iter_mut().zip(r) {
+                *s += (*v as f64) * (*v as f64);
+            }
+        }
+        e.1 += rows;
+        Ok(())
+    }
+}
+
+/// Runs the model over `nsamples` windows of `seqlen` calibration tokens, one layer at a time,
+/// and returns the mean squared input of every linear group (what llama-imatrix collects).
+pub fn compute_imatrix(
+    src: &ModelSource,
+    ids: &[u32],
+    nsamples: usize,
+    seqlen: usize,
+    dataset: &str,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Imatrix> {
+    let cfg = &src.config;
+    if ids.len() != nsamples * seqlen || nsamples == 0 {
+        bail!(
+            "expected {nsamples} x {seqlen} calibration ids, got {}",
+            ids.len()
+        );
+    }
+    let embed = src.load_embedding()?;
+    let mut x = shrink_model::model::embed_tokens(&embed, ids)?;
+    drop(embed);
+    let rope = shrink_model::Rope::new(cfg, seqlen);
+    let h = cfg.hidden_size;
+    let mut sums: HashMap<(usize, Group), (Vec<f64>, usize)> = HashMap::new();
+    let batch = 4usize;
+    for i in 0..cfg.num_layers {
+        let mut layer = src.load_layer(i)?;
+        for chunk in x.chunks_mut(batch * seqlen * h) {
+            let b = chunk.len() / (seqlen * h);
+            let mut hook = ImatrixHook {
+                layer: i,
+                sums: &mut sums,
+            };
+            layer.forward(cfg, &rope, chunk, b, seqlen, &mut hook)?;
+        }
+        progress(i + 1, cfg.num_layers);
+    }
+    let mut values = HashMap::new();
+    for (k, (s, n)) in sums {
+        values.insert(k, s.iter().map(|v| (v / n.max(1) as f64) as f32).collect());
+    }
+    Ok(Imatrix {
+        values,
+        rows: ids.len(),
+        chunks: nsamples,
+        dataset: dataset.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_matches_the_reader_inverse() {
+        // shrink's GgufSource un-permutes with: GGUF row h*2d + 2i + j -> HF row h*2d + j*d + i.
+        let perm = qk_permutation(8, 2).unwrap();
+        assert_eq!(perm, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        let rows: Vec<f32> = (0..8).map(|r| r as f32).collect();
+        let mut t = shrink_model::Tensor::new(vec![8, 1], permute_rows(&rows, 1, &perm));
+        shrink_model::source::unpermute_rows(&mut t, 2).unwrap();
+        assert_eq!(t.data, rows);
+        assert!(qk_permutation(6, 4).is_err());
+    }
+
+    #[test]
+    fn type_plan_and_names() {
+        let p = TypePlan {
+            overrides: vec![("attn_v".into(), GgmlType::Q6K)],
+            ..TypePlan::for_type(GgmlType::Q4K)
+        };
+        assert_eq!(p.requested("blk.3.attn_v.weight"), GgmlType::Q6K);
+        assert_eq!(p.requested("blk.3.attn_q.weight"), GgmlType::Q4K);
+        assert_eq!(p.requested("token_embd.weight"), GgmlType::Q8_0);
+        assert_eq!(p.requested("blk.0.attn_norm.weight"), GgmlType::F32);
+        assert_eq!(parse_type("q4_k").unwrap(), GgmlType::Q4K);
+        assert_eq!(parse_type("Q8_0").unwrap(), GgmlType::Q8_0);
+        assert!(parse_type("Q2_K").is_err());
+        assert!(parse_type("Q9").is_err());
+        assert_eq!(
+            linear_of("model.layers.12.mlp.down_proj.weight"),
+            Some((12, Linear::Down))
+        );
+        assert_eq!(linear_of("model.norm.weight"), None);
+    }
+}

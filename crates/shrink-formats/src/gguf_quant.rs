@@ -1,0 +1,1132 @@
+//! ggml quantizers: F32/F16 -> Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+//!
+//! A line-by-line port of llama.cpp's reference quantizers in `ggml/src/ggml-quants.c`
+//! (the tree vendored in llama-cpp-python 0.3.36): without an importance matrix,
+//! `quantize_row_*_ref`; with one, the `quantize_row_*_impl` paths that `quantize_q*` take when
+//! `quant_weights != NULL` (`make_qx_quants`, `make_qkx2_quants`, `make_qkx3_quants`,
+//! `make_qp_quants`). Block layouts are those of `ggml-common.h`, and the same that
+//! `shrink_model::quants` dequantizes. Arithmetic is f32 in the reference's order; rounding uses
+//! the reference's `nearest_int` (add 1.5 * 2^23) and `GGML_FP32_TO_FP16` (round to nearest even).
+//!
+//! Rows are independent (`n_per_row` is a multiple of the block size), so rows are quantized in
+//! parallel; the importance matrix, when given, has one weight per column (`n_per_row` values), as
+//! llama.cpp's imatrix stores the mean squared activation of each input column.
+// The loops keep the reference's index form, so they can be read against ggml-quants.c line by line.
+#![allow(clippy::needless_range_loop)]
+
+use anyhow::{bail, Result};
+use half::f16;
+use rayon::prelude::*;
+use shrink_model::gguf::GgmlType;
+
+const QK_K: usize = 256;
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Types [`quantize`] can produce.
+pub const QUANT_TYPES: [GgmlType; 10] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// Whether [`quantize`] can write `ty`.
+pub fn can_quantize(ty: GgmlType) -> bool {
+    QUANT_TYPES.contains(&ty)
+}
+
+/// Whether an importance matrix changes how `ty` is quantized (llama.cpp ignores it for Q8_0).
+pub fn uses_imatrix(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0)
+}
+
+/// llama-quantize's `tensor_type_fallback`: the type used instead of `ty` when a row of
+/// `n_per_row` values is not a whole number of `ty` blocks (e.g. Q4_K on 576 columns -> Q5_0).
+pub fn fallback_type(ty: GgmlType, n_per_row: usize) -> GgmlType {
+    if n_per_row % ty.block_size() == 0 {
+        return ty;
+    }
+    let f = match ty {
+        GgmlType::Q4K => GgmlType::Q5_0,
+        GgmlType::Q5K => GgmlType::Q5_1,
+        GgmlType::Q6K => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    };
+    if n_per_row % f.block_size() == 0 {
+        f
+    } else {
+        GgmlType::F16
+    }
+}
+
+/// Quantizes `x` (`nrows * n_per_row` values, row-major) to `ty`. `imatrix`, when given, has
+/// `n_per_row` non-negative weights (llama.cpp's `quant_weights`).
+pub fn quantize(
+    ty: GgmlType,
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+) -> Result<Vec<u8>> {
+    if !can_quantize(ty) {
+        bail!(
+            "cannot quantize to {} (supported: {})",
+            ty.name(),
+            QUANT_TYPES.map(|t| t.name()).join(", ")
+        );
+    }
+    if n_per_row == 0 || x.len() % n_per_row != 0 {
+        bail!("{} values do not form rows of {n_per_row}", x.len());
+    }
+    let bs = ty.block_size();
+    if n_per_row % bs != 0 {
+        bail!(
+            "rows of {n_per_row} values are not a whole number of {} blocks of {bs}",
+            ty.name()
+        );
+    }
+    if let Some(w) = imatrix {
+        if w.len() != n_per_row {
+            bail!(
+                "importance matrix has {} values for rows of {n_per_row}",
+                w.len()
+            );
+        }
+        if w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+            bail!("importance matrix has a negative or non-finite value");
+        }
+    }
+    if x.iter().any(|v| !v.is_finite()) {
+        bail!("tensor has a non-finite value (NaN or infinity)");
+    }
+    let row_bytes = n_per_row / bs * ty.type_size();
+    let mut out = vec![0u8; x.len() / n_per_row * row_bytes];
+    let qw = if uses_imatrix(ty) { imatrix } else { None };
+    out.par_chunks_mut(row_bytes)
+        .zip(x.par_chunks(n_per_row))
+        .for_each(|(dst, row)| quantize_row(ty, row, dst, qw));
+    Ok(out)
+}
+
+fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    use GgmlType::*;
+    match ty {
+        F32 => {
+            for (d, v) in y.chunks_exact_mut(4).zip(x) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        F16 => {
+            for (d, v) in y.chunks_exact_mut(2).zip(x) {
+                d.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        Q8_0 => blocks(x, y, 32, 34, q8_0_ref),
+        Q4_0 => match qw {
+            None => blocks(x, y, 32, 18, q4_0_ref),
+            Some(w) => {
+                let sigma2 = row_sigma2(x);
+                blocks_w(x, y, w, 32, 18, |x, y, qw| q4_0_impl(x, y, qw, sigma2))
+            }
+        },
+        Q4_1 => match qw {
+            None => blocks(x, y, 32, 20, q4_1_ref),
+            Some(w) => {
+                let sigma2 = row_sigma2(x);
+                blocks_w(x, y, w, 32, 20, |x, y, qw| q4_1_impl(x, y, qw, sigma2))
+            }
+        },
+        Q5_0 => match qw {
+            None => blocks(x, y, 32, 22, q5_0_ref),
+            Some(w) => {
+                let sigma2 = row_sigma2(x);
+                blocks_w(x, y, w, 32, 22, |x, y, qw| q5_0_impl(x, y, qw, sigma2))
+            }
+        },
+        Q5_1 => match qw {
+            None => blocks(x, y, 32, 24, q5_1_ref),
+            Some(w) => {
+                let sigma2 = row_sigma2(x);
+                blocks_w(x, y, w, 32, 24, |x, y, qw| q5_1_impl(x, y, qw, sigma2))
+            }
+        },
+        Q4K => match qw {
+            None => blocks(x, y, QK_K, 144, |x, y| qk_45(x, y, None, 15)),
+            Some(w) => blocks_w(x, y, w, QK_K, 144, |x, y, qw| qk_45(x, y, Some(qw), 15)),
+        },
+        Q5K => match qw {
+            None => blocks(x, y, QK_K, 176, |x, y| qk_45(x, y, None, 31)),
+            Some(w) => blocks_w(x, y, w, QK_K, 176, |x, y, qw| qk_45(x, y, Some(qw), 31)),
+        },
+        Q6K => match qw {
+            None => blocks(x, y, QK_K, 210, |x, y| q6_k(x, y, None)),
+            Some(w) => blocks_w(x, y, w, QK_K, 210, |x, y, qw| q6_k(x, y, Some(qw))),
+        },
+        _ => unreachable!("filtered by can_quantize"),
+    }
+}
+
+fn blocks(x: &[f32], y: &mut [u8], bs: usize, ts: usize, f: impl Fn(&[f32], &mut [u8])) {
+    for (xb, yb) in x.chunks_exact(bs).zip(y.chunks_exact_mut(ts)) {
+        f(xb, yb)
+    }
+}
+
+fn blocks_w(
+    x: &[f32],
+    y: &mut [u8],
+    w: &[f32],
+    bs: usize,
+    ts: usize,
+    f: impl Fn(&[f32], &mut [u8], &[f32]),
+) {
+    for ((xb, yb), wb) in x
+        .chunks_exact(bs)
+        .zip(y.chunks_exact_mut(ts))
+        .zip(w.chunks_exact(bs))
+    {
+        f(xb, yb, wb)
+    }
+}
+
+/// `sum(x^2) / n_per_row` over the whole row (the `sigma2` of the 32-block `_impl` quantizers).
+fn row_sigma2(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for v in x {
+        s += v * v;
+    }
+    s / x.len() as f32
+}
+
+/// `nearest_int`: round half to even via the 1.5 * 2^23 trick (valid for |x| <= 4194303).
+#[inline]
+fn nearest_int(fval: f32) -> i32 {
+    let val = fval + 12582912.0f32;
+    let i = val.to_bits() as i32;
+    (i & 0x007f_ffff) - 0x0040_0000
+}
+
+#[inline]
+fn fp16(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
+}
+
+#[inline]
+fn fp16_round(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+// ----------------------------------------------------------------------------------- 32-blocks
+
+/// `quantize_row_q8_0_ref` (also what `quantize_q8_0` does with an imatrix).
+fn q8_0_ref(x: &[f32], y: &mut [u8]) {
+    let mut amax = 0f32;
+    for &v in x {
+        amax = amax.max(v.abs());
+    }
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    y[0..2].copy_from_slice(&fp16(d));
+    for j in 0..32 {
+        y[2 + j] = (x[j] * id).round() as i8 as u8;
+    }
+}
+
+/// `quantize_row_q4_0_ref`.
+fn q4_0_ref(x: &[f32], y: &mut [u8]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    y[0..2].copy_from_slice(&fp16(d));
+    for j in 0..16 {
+        let x0 = x[j] * id;
+        let x1 = x[16 + j] * id;
+        let xi0 = ((x0 + 8.5) as i8).min(15) as u8;
+        let xi1 = ((x1 + 8.5) as i8).min(15) as u8;
+        y[2 + j] = xi0 | (xi1 << 4);
+    }
+}
+
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+/// `quantize_row_q4_1_ref`.
+fn q4_1_ref(x: &[f32], y: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 15.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    y[0..2].copy_from_slice(&fp16(d));
+    y[2..4].copy_from_slice(&fp16(min));
+    for j in 0..16 {
+        let x0 = (x[j] - min) * id;
+        let x1 = (x[16 + j] - min) * id;
+        let xi0 = ((x0 + 0.5) as i8).min(15) as u8;
+        let xi1 = ((x1 + 0.5) as i8).min(15) as u8;
+        y[4 + j] = xi0 | (xi1 << 4);
+    }
+}
+
+fn put_q5(qs: &mut [u8], qh_out: &mut [u8], l: &[u8]) {
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let (xi0, xi1) = (l[j], l[j + 16]);
+        qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + 16);
+    }
+    qh_out.copy_from_slice(&qh.to_le_bytes());
+}
+
+/// `quantize_row_q5_0_ref`.
+fn q5_0_ref(x: &[f32], y: &mut [u8]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    y[0..2].copy_from_slice(&fp16(d));
+    let mut l = [0u8; 32];
+    for j in 0..32 {
+        l[j] = ((x[j] * id + 16.5) as i8).min(31) as u8;
+    }
+    let (qh, qs) = y[2..].split_at_mut(4);
+    put_q5(qs, qh, &l);
+}
+
+/// `quantize_row_q5_1_ref`.
+fn q5_1_ref(x: &[f32], y: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    y[0..2].copy_from_slice(&fp16(d));
+    y[2..4].copy_from_slice(&fp16(min));
+    let mut l = [0u8; 32];
+    for j in 0..32 {
+        l[j] = ((x[j] - min) * id + 0.5) as u8;
+    }
+    let (qh, qs) = y[4..].split_at_mut(4);
+    put_q5(qs, qh, &l);
+}
+
+fn impl_weights(x: &[f32], qw: &[f32], sigma2: f32) -> [f32; 32] {
+    let mut w = [0f32; 32];
+    for j in 0..32 {
+        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
+    }
+    w
+}
+
+/// `quantize_row_q4_0_impl` (one block).
+fn q4_0_impl(x: &[f32], y: &mut [u8], qw: &[f32], sigma2: f32) {
+    let w = impl_weights(x, qw, sigma2);
+    let mut l = [0i8; 32];
+    let d = make_qx_quants(32, 8, x, &mut l, 1, Some(&w));
+    y[0..2].copy_from_slice(&fp16(d));
+    for j in 0..16 {
+        y[2 + j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
+    }
+}
+
+/// `quantize_row_q4_1_impl` (one block).
+fn q4_1_impl(x: &[f32], y: &mut [u8], qw: &[f32], sigma2: f32) {
+    let w = impl_weights(x, qw, sigma2);
+    let mut l = [0u8; 32];
+    let mut laux = [0u8; 32];
+    let (d, min) = make_qkx3_quants(32, 15, x, Some(&w), &mut l, &mut laux, -0.9, 0.05, 36);
+    y[0..2].copy_from_slice(&fp16(d));
+    y[2..4].copy_from_slice(&fp16(-min));
+    for j in 0..16 {
+        y[4 + j] = l[j] | (l[j + 16] << 4);
+    }
+}
+
+/// `quantize_row_q5_0_impl` (one block).
+fn q5_0_impl(x: &[f32], y: &mut [u8], qw: &[f32], sigma2: f32) {
+    let w = impl_weights(x, qw, sigma2);
+    let mut l = [0i8; 32];
+    let d = make_qx_quants(32, 16, x, &mut l, 1, Some(&w));
+    y[0..2].copy_from_slice(&fp16(d));
+    let lu: [u8; 32] = l.map(|v| v as u8);
+    let (qh, qs) = y[2..].split_at_mut(4);
+    put_q5(qs, qh, &lu);
+}
+
+/// `quantize_row_q5_1_impl` (one block).
+fn q5_1_impl(x: &[f32], y: &mut [u8], qw: &[f32], sigma2: f32) {
+    let w = impl_weights(x, qw, sigma2);
+    let mut l = [0u8; 32];
+    let mut laux = [0u8; 32];
+    let (d, min) = make_qkx3_quants(32, 31, x, Some(&w), &mut l, &mut laux, -0.9, 0.05, 36);
+    y[0..2].copy_from_slice(&fp16(d));
+    y[2..4].copy_from_slice(&fp16(-min));
+    let (qh, qs) = y[4..].split_at_mut(4);
+    put_q5(qs, qh, &l);
+}
+
+// ------------------------------------------------------------------------------- helper search
+
+/// `make_qx_quants`: symmetric levels `L[i] in [0, 2*nmax)`, returns the scale.
+fn make_qx_quants(
+    n: usize,
+    nmax: i32,
+    x: &[f32],
+    l_out: &mut [i8],
+    rmse_type: i32,
+    qw: Option<&[f32]>,
+) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in &x[..n] {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = -nmaxf / max;
+    // rmse_type is always 1 here (the only value the ported quantizers pass).
+    debug_assert_eq!(rmse_type, 1);
+    let weight = |i: usize| -> f32 {
+        match qw {
+            Some(w) => w[i],
+            None => x[i] * x[i],
+        }
+    };
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = (l + nmax) as i8;
+        let w = weight(i);
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmaxf + 0.1f32 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for i in 0..n {
+            let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let w = weight(i);
+            sumlx += w * x[i] * l as f32;
+            suml2 += w * l as f32 * l as f32;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                let l = nearest_int(iscale * x[i]);
+                l_out[i] = (nmax + l.clamp(-nmax, nmax - 1)) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// `make_qkx2_quants` (`use_mad = false`): levels in `[0, nmax]` with a min; returns
+/// `(scale, the_min)` where the value is `scale * L - the_min`.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    n: usize,
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    qkx_search(
+        n,
+        nmax,
+        x,
+        &|i| weights[i],
+        l_out,
+        laux,
+        rmin,
+        rdelta,
+        nstep,
+        min,
+        max,
+        sum_w,
+        sum_x,
+    )
+}
+
+/// `make_qkx3_quants` (`use_mad = false`; `weights = None` means `x^2`).
+#[allow(clippy::too_many_arguments)]
+fn make_qkx3_quants(
+    n: usize,
+    nmax: i32,
+    x: &[f32],
+    weights: Option<&[f32]>,
+    l_out: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let wf = |i: usize| match weights {
+        Some(w) => w[i],
+        None => x[i] * x[i],
+    };
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = wf(0);
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = wf(i);
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    qkx_search(
+        n, nmax, x, &wf, l_out, laux, rmin, rdelta, nstep, min, max, sum_w, sum_x,
+    )
+}
+
+/// The common body of `make_qkx2_quants` / `make_qkx3_quants` after the min/max scan.
+#[allow(clippy::too_many_arguments)]
+fn qkx_search(
+    n: usize,
+    nmax: i32,
+    x: &[f32],
+    wf: &dyn Fn(usize) -> f32,
+    l_out: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    mut min: f32,
+    max: f32,
+    sum_w: f32,
+    sum_x: f32,
+) -> (f32, f32) {
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min));
+        l_out[i] = l.clamp(0, nmax) as u8;
+        let diff = scale * l_out[i] as f32 + min - x[i];
+        best_error += wf(i) * (diff * diff);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = l as u8;
+            let w = wf(i);
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                cur_error += wf(i) * (diff * diff);
+            }
+            if cur_error < best_error {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_qp_quants`: positive levels in `[0, nmax]` for the sub-block scales/mins of a k-quant
+/// super-block, weighted by `quant_weights`.
+fn make_qp_quants(n: usize, nmax: i32, x: &[f32], l_out: &mut [u8], qw: &[f32]) -> f32 {
+    let mut max = 0f32;
+    for &v in &x[..n] {
+        max = max.max(v);
+    }
+    if max < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / max;
+    for i in 0..n {
+        l_out[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0f32;
+    for i in 0..n {
+        let diff = x[i] - scale * l_out[i] as f32;
+        best_mse += qw[i] * diff * diff;
+    }
+    for is in -4..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1f32 * is as f32 + nmaxf) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..n {
+            let l = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * l as f32;
+            mse += qw[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    let mut l: Vec<i32> = vec![0; n];
+    for i in 0..n {
+        l[i] = nearest_int(iscale * x[i]).min(nmax);
+        let w = qw[i];
+        sumlx += w * x[i] * l[i] as f32;
+        suml2 += w * l[i] as f32 * l[i] as f32;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = qw[i];
+            let mut slx = sumlx - w * x[i] * l[i] as f32;
+            let mut sl2 = suml2 - w * l[i] as f32 * l[i] as f32;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != l[i] {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        l_out[i] = l[i] as u8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+// ------------------------------------------------------------------------------------ k-quants
+
+/// Packs 6-bit scale `ls` and min `lm` of sub-block `j` into the 12-byte `scales` field.
+fn put_scale_min_k4(scales: &mut [u8], j: usize, ls: u8, lm: u8) {
+    if j < 4 {
+        scales[j] = ls;
+        scales[j + 4] = lm;
+    } else {
+        scales[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+        scales[j - 4] |= (ls >> 4) << 6;
+        scales[j] |= (lm >> 4) << 6;
+    }
+}
+
+fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q4_K (`nmax = 15`) and Q5_K (`nmax = 31`) super-blocks: `quantize_row_q{4,5}_K_ref` without
+/// an importance matrix, `quantize_row_q{4,5}_K_impl` with one.
+fn qk_45(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, nmax: i32) {
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 32];
+    let mut mins = [0f32; 8];
+    let mut scales = [0f32; 8];
+    let mut weights = [0f32; 32];
+    let mut sc_bytes = [0u8; 12];
+    let (d_val, m_val);
+    match qw {
+        None => {
+            let (mut max_scale, mut max_min) = (0f32, 0f32);
+            let (rmin, nstep) = if nmax == 15 {
+                (-1.0f32, 20)
+            } else {
+                (-0.5f32, 15)
+            };
+            for j in 0..8 {
+                let xs = &x[32 * j..32 * j + 32];
+                let mut sum_x2 = 0f32;
+                for v in xs {
+                    sum_x2 += v * v;
+                }
+                let av_x = (sum_x2 / 32.0).sqrt();
+                for (w, v) in weights.iter_mut().zip(xs) {
+                    *w = av_x + v.abs();
+                }
+                let (s, m) = make_qkx2_quants(
+                    32,
+                    nmax,
+                    xs,
+                    &weights,
+                    &mut l[32 * j..32 * j + 32],
+                    &mut laux,
+                    rmin,
+                    0.1,
+                    nstep,
+                );
+                scales[j] = s;
+                mins[j] = m;
+                if s > max_scale {
+                    max_scale = s;
+                }
+                if m > max_min {
+                    max_min = m;
+                }
+            }
+            let inv_scale = if max_scale > 0.0 {
+                63.0 / max_scale
+            } else {
+                0.0
+            };
+            let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+            for j in 0..8 {
+                let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+                let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+                put_scale_min_k4(&mut sc_bytes, j, ls, lm);
+            }
+            d_val = max_scale / 63.0;
+            m_val = max_min / 63.0;
+        }
+        Some(qw) => {
+            let mut sum_x2 = 0f32;
+            for v in &x[..QK_K] {
+                sum_x2 += v * v;
+            }
+            let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+            let mut sw = [0f32; 8];
+            for j in 0..8 {
+                let xs = &x[32 * j..32 * j + 32];
+                let q = &qw[32 * j..32 * j + 32];
+                for l2 in 0..32 {
+                    weights[l2] = q[l2] * (sigma2 + xs[l2] * xs[l2]).sqrt();
+                }
+                let mut sumw = 0f32;
+                for w in &weights {
+                    sumw += w;
+                }
+                sw[j] = sumw;
+                let (s, m) = make_qkx3_quants(
+                    32,
+                    nmax,
+                    xs,
+                    Some(&weights),
+                    &mut l[32 * j..32 * j + 32],
+                    &mut laux,
+                    -0.9,
+                    0.05,
+                    36,
+                );
+                scales[j] = s;
+                mins[j] = m;
+            }
+            let mut ls = [0u8; 8];
+            let mut lm = [0u8; 8];
+            d_val = make_qp_quants(8, 63, &scales, &mut ls, &sw);
+            m_val = make_qp_quants(8, 63, &mins, &mut lm, &sw);
+            for j in 0..8 {
+                put_scale_min_k4(&mut sc_bytes, j, ls[j].min(63), lm[j].min(63));
+            }
+        }
+    }
+    let d16 = fp16(d_val);
+    let m16 = fp16(m_val);
+    let d_f = fp16_round(d_val);
+    let m_f = fp16_round(m_val);
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, &sc_bytes);
+        let d = d_f * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = m_f * m as f32;
+        for ii in 0..32 {
+            let v = nearest_int((x[32 * j + ii] + dm) / d);
+            l[32 * j + ii] = v.clamp(0, nmax) as u8;
+        }
+    }
+    y[0..2].copy_from_slice(&d16);
+    y[2..4].copy_from_slice(&m16);
+    y[4..16].copy_from_slice(&sc_bytes);
+    if nmax == 15 {
+        let q = &mut y[16..144];
+        for (c, j) in (0..QK_K).step_by(64).enumerate() {
+            for k in 0..32 {
+                q[32 * c + k] = l[j + k] | (l[j + k + 32] << 4);
+            }
+        }
+    } else {
+        let (qh, ql) = y[16..176].split_at_mut(32);
+        qh.fill(0);
+        let (mut m1, mut m2) = (1u8, 2u8);
+        for (c, n) in (0..QK_K).step_by(64).enumerate() {
+            for j in 0..32 {
+                let mut l1 = l[n + j];
+                if l1 > 15 {
+                    l1 -= 16;
+                    qh[j] |= m1;
+                }
+                let mut l2 = l[n + j + 32];
+                if l2 > 15 {
+                    l2 -= 16;
+                    qh[j] |= m2;
+                }
+                ql[32 * c + j] = l1 | (l2 << 4);
+            }
+            m1 = m1.wrapping_shl(2);
+            m2 = m2.wrapping_shl(2);
+        }
+    }
+}
+
+/// Q6_K super-block: `quantize_row_q6_K_ref` / `quantize_row_q6_K_impl`.
+fn q6_k(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for ib in 0..16 {
+        let w = qw.map(|q| &q[16 * ib..16 * ib + 16]);
+        let scale = make_qx_quants(16, 32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..], 1, w);
+        scales[ib] = scale;
+        let abs_scale = scale.abs();
+        if abs_scale > max_abs_scale {
+            max_abs_scale = abs_scale;
+            max_scale = scale;
+        }
+    }
+    y.fill(0);
+    if max_abs_scale < GROUP_MAX_EPS {
+        return;
+    }
+    let iscale = -128.0f32 / max_scale;
+    let d16 = fp16(1.0 / iscale);
+    let d_f = fp16_round(1.0 / iscale);
+    let mut sc = [0i8; 16];
+    for ib in 0..16 {
+        sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+    }
+    for j in 0..16 {
+        let d = d_f * sc[j] as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let v = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+            l[16 * j + ii] = (v + 32) as i8;
+        }
+    }
+    let lu: Vec<u8> = l.iter().map(|&v| v as u8).collect();
+    for (half, j) in (0..QK_K).step_by(128).enumerate() {
+        let ql = &mut y[64 * half..64 * half + 64];
+        for k in 0..32 {
+            let q1 = lu[j + k] & 0xF;
+            let q2 = lu[j + k + 32] & 0xF;
+            let q3 = lu[j + k + 64] & 0xF;
+            let q4 = lu[j + k + 96] & 0xF;
+            ql[k] = q1 | (q3 << 4);
+            ql[k + 32] = q2 | (q4 << 4);
+        }
+        let qh = &mut y[128 + 32 * half..128 + 32 * half + 32];
+        for k in 0..32 {
+            qh[k] = (lu[j + k] >> 4)
+                | ((lu[j + k + 32] >> 4) << 2)
+                | ((lu[j + k + 64] >> 4) << 4)
+                | ((lu[j + k + 96] >> 4) << 6);
+        }
+    }
+    for ib in 0..16 {
+        y[192 + ib] = sc[ib] as u8;
+    }
+    y[208..210].copy_from_slice(&d16);
+}
+
+// ------------------------------------------------------------------ carrying GPTQ codes over
+
+/// Packs integer codes of one 32-column group (already on a ggml grid) into a block of `ty`
+/// without re-rounding them: `Q4_1`/`Q5_1` from asymmetric 4/5-bit codes (`d = scale`,
+/// `m = -scale * zero`), `Q4_0`/`Q5_0`/`Q8_0` from symmetric codes whose zero is the grid's
+/// midpoint (8, 16, 128). The f16 rounding of `d` and `m` is the only change to the values.
+/// Returns `None` when the codes do not fit `ty`.
+pub fn pack_codes_block(ty: GgmlType, codes: &[u8], scale: f32, zero: u32) -> Option<Vec<u8>> {
+    if codes.len() != 32 {
+        return None;
+    }
+    let maxc = *codes.iter().max()? as u32;
+    let mut y = vec![0u8; ty.type_size()];
+    match ty {
+        GgmlType::Q4_1 | GgmlType::Q5_1 => {
+            let lim = if ty == GgmlType::Q4_1 { 15 } else { 31 };
+            if maxc > lim || zero > lim {
+                return None;
+            }
+            y[0..2].copy_from_slice(&fp16(scale));
+            y[2..4].copy_from_slice(&fp16(-scale * zero as f32));
+            if ty == GgmlType::Q4_1 {
+                for j in 0..16 {
+                    y[4 + j] = codes[j] | (codes[j + 16] << 4);
+                }
+            } else {
+                let (qh, qs) = y[4..].split_at_mut(4);
+                put_q5(qs, qh, codes);
+            }
+        }
+        GgmlType::Q4_0 | GgmlType::Q5_0 => {
+            let mid = if ty == GgmlType::Q4_0 { 8 } else { 16 };
+            if maxc >= 2 * mid || zero != mid {
+                return None;
+            }
+            y[0..2].copy_from_slice(&fp16(scale));
+            if ty == GgmlType::Q4_0 {
+                for j in 0..16 {
+                    y[2 + j] = codes[j] | (codes[j + 16] << 4);
+                }
+            } else {
+                let (qh, qs) = y[2..].split_at_mut(4);
+                put_q5(qs, qh, codes);
+            }
+        }
+        GgmlType::Q8_0 => {
+            if zero != 128 {
+                return None;
+            }
+            y[0..2].copy_from_slice(&fp16(scale));
+            for j in 0..32 {
+                y[2 + j] = (codes[j] as i32 - 128) as i8 as u8;
+            }
+        }
+        _ => return None,
+    }
+    Some(y)
+}
+
+/// The ggml block type that holds `bits`-bit codes of 32-column groups exactly, if any.
+pub fn carry_type(bits: u32, sym: bool) -> Option<GgmlType> {
+    match (bits, sym) {
+        (4, false) => Some(GgmlType::Q4_1),
+        (5, false) => Some(GgmlType::Q5_1),
+        (4, true) => Some(GgmlType::Q4_0),
+        (5, true) => Some(GgmlType::Q5_0),
+        (8, true) => Some(GgmlType::Q8_0),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shrink_model::quants::dequantize;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = shrink_calib_free_rng(seed);
+        (0..n)
+            .map(|i| {
+                let u = s() as f32 / u32::MAX as f32 - 0.5;
+                // a few outliers, as real weights have (k-quants store 6-bit sub-block scales
+                // relative to the super-block's largest, so far larger outliers zero whole
+                // sub-blocks in llama.cpp's reference too)
+                if i % 97 == 5 {
+                    u * 0.4
+                } else {
+                    u * 0.1
+                }
+            })
+            .collect()
+    }
+
+    fn shrink_calib_free_rng(seed: u64) -> impl FnMut() -> u32 {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u32
+        }
+    }
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        assert_eq!(nearest_int(0.5), 0);
+        assert_eq!(nearest_int(1.5), 2);
+        assert_eq!(nearest_int(-1.5), -2);
+        assert_eq!(nearest_int(2.4999), 2);
+        assert_eq!(nearest_int(-7.6), -8);
+    }
+
+    /// Every type: quantize, dequantize with shrink's bit-exact dequantizer, and check the error
+    /// is within the grid's resolution (and that the imatrix path differs but is no worse where
+    /// the weights say so).
+    #[test]
+    fn round_trip_error_is_bounded() {
+        let n_per_row = 512;
+        let x = data(n_per_row * 8, 1);
+        for ty in QUANT_TYPES {
+            for imat in [false, true] {
+                let w: Vec<f32> = (0..n_per_row).map(|i| 1.0 + (i % 7) as f32).collect();
+                let q = quantize(ty, &x, n_per_row, imat.then_some(&w[..])).unwrap();
+                assert_eq!(q.len(), ty.bytes_for(x.len() as u64).unwrap() as usize);
+                let mut y = vec![0f32; x.len()];
+                dequantize(ty, &q, &mut y).unwrap();
+                let bits = match ty {
+                    GgmlType::F32 => 24.0,
+                    GgmlType::F16 => 11.0,
+                    GgmlType::Q8_0 => 7.0,
+                    GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K => 3.0,
+                    GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 4.0,
+                    _ => 5.0,
+                };
+                let bs = if ty.block_size() == 1 {
+                    32
+                } else {
+                    32.min(ty.block_size())
+                };
+                for (xb, yb) in x.chunks(bs).zip(y.chunks(bs)) {
+                    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    for (a, b) in xb.iter().zip(yb) {
+                        assert!(
+                            (a - b).abs() <= amax / 2f32.powf(bits - 1.0) * 1.05 + 1e-6,
+                            "{ty} imatrix={imat}: {a} -> {b} (block amax {amax})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        assert!(quantize(GgmlType::Q4K, &[0.0; 576], 576, None).is_err());
+        assert!(quantize(GgmlType::Q4_0, &[0.0; 64], 32, Some(&[1.0; 16])).is_err());
+        assert!(quantize(GgmlType::Q4_0, &[f32::NAN; 32], 32, None).is_err());
+        assert!(quantize(GgmlType::Q2K, &[0.0; 256], 256, None).is_err());
+        assert_eq!(fallback_type(GgmlType::Q4K, 576), GgmlType::Q5_0);
+        assert_eq!(fallback_type(GgmlType::Q6K, 576), GgmlType::Q8_0);
+        assert_eq!(fallback_type(GgmlType::Q4K, 1536), GgmlType::Q4K);
+    }
+
+    #[test]
+    fn all_zero_blocks_stay_zero() {
+        for ty in QUANT_TYPES {
+            let q = quantize(ty, &[0.0; 256], 256, None).unwrap();
+            let mut y = vec![1f32; 256];
+            dequantize(ty, &q, &mut y).unwrap();
+            assert!(y.iter().all(|v| *v == 0.0), "{ty}");
+        }
+    }
+
+    #[test]
+    fn carried_codes_dequantize_to_scale_times_code_minus_zero() {
+        let codes: Vec<u8> = (0..32).map(|i| (i * 7 % 16) as u8).collect();
+        let (scale, zero) = (0.013671875f32, 6u32); // exactly representable in f16
+        let b = pack_codes_block(GgmlType::Q4_1, &codes, scale, zero).unwrap();
+        let mut y = vec![0f32; 32];
+        dequantize(GgmlType::Q4_1, &b, &mut y).unwrap();
+        for (c, v) in codes.iter().zip(&y) {
+            assert_eq!(*v, scale * (*c as f32 - zero as f32));
+        }
+        assert!(pack_codes_block(GgmlType::Q4_0, &codes, scale, zero).is_none());
+        let b = pack_codes_block(GgmlType::Q4_0, &codes, scale, 8).unwrap();
+        dequantize(GgmlType::Q4_0, &b, &mut y).unwrap();
+        for (c, v) in codes.iter().zip(&y) {
+            assert_eq!(*v, scale * (*c as f32 - 8.0));
+        }
+    }
+}

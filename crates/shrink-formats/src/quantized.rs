@@ -1,0 +1,248 @@
+//! Reading what `shrink compress` wrote: the integer codes, scales, zero points and group index of
+//! every quantized linear (`quantized.safetensors`), with the settings from its metadata.
+//!
+//! Per linear `base` (e.g. `model.layers.0.self_attn.q_proj`): `{base}.qcodes` U8 `[d_out, d_in]`,
+//! `{base}.scales` F32 `[d_out, n_groups]`, `{base}.zeros` I32 `[d_out, n_groups]`,
+//! `{base}.g_idx` I32 `[d_in]`; the weight is `w[r, c] = scales[r, g] * (qcodes[r, c] - zeros[r, g])`
+//! with `g = g_idx[c]` (the GPTQ reference grid).
+use anyhow::{bail, Context, Result};
+use safetensors::Dtype;
+use shrink_model::source::SafetensorsSource;
+use shrink_model::{arch, Linear, ModelConfig};
+use std::path::{Path, PathBuf};
+
+/// The quantization settings of a compressed directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantSettings {
+    pub bits: u32,
+    /// `None`: one group per output channel.
+    pub group_size: Option<usize>,
+    pub sym: bool,
+    /// "none", "static" or "dynamic" (GPTQ act-order as shrink names it).
+    pub act_order: String,
+    /// The method label (e.g. "gptq w4 g64 asym").
+    pub method: String,
+}
+
+/// One quantized linear.
+#[derive(Clone, Debug)]
+pub struct QLinear {
+    pub name: String,
+    pub d_out: usize,
+    pub d_in: usize,
+    pub codes: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub zeros: Vec<i32>,
+    pub g_idx: Vec<i32>,
+}
+
+impl QLinear {
+    pub fn n_groups(&self) -> usize {
+        self.scales.len() / self.d_out.max(1)
+    }
+    /// Whether `g_idx[c] == c / group` for every column.
+    pub fn g_idx_trivial(&self, group: usize) -> bool {
+        self.g_idx
+            .iter()
+            .enumerate()
+            .all(|(c, &g)| g as usize == c / group.max(1))
+    }
+    /// `scale * (code - zero)` in f32, exactly as shrink dequantizes.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let ng = self.n_groups();
+        let mut out = vec![0f32; self.d_out * self.d_in];
+        for r in 0..self.d_out {
+            for c in 0..self.d_in {
+                let g = self.g_idx[c] as usize;
+                let s = self.scales[r * ng + g];
+                let z = self.zeros[r * ng + g];
+                out[r * self.d_in + c] = s * (self.codes[r * self.d_in + c] as f32 - z as f32);
+            }
+        }
+        out
+    }
+    /// The same linear with its rows reordered: new row `i` is old row `perm[i]`.
+    pub fn permute_rows(&self, perm: &[usize]) -> QLinear {
+        let ng = self.n_groups();
+        let mut q = self.clone();
+        for (i, &p) in perm.iter().enumerate() {
+            q.codes[i * self.d_in..(i + 1) * self.d_in]
+                .copy_from_slice(&self.codes[p * self.d_in..(p + 1) * self.d_in]);
+            q.scales[i * ng..(i + 1) * ng].copy_from_slice(&self.scales[p * ng..(p + 1) * ng]);
+            q.zeros[i * ng..(i + 1) * ng].copy_from_slice(&self.zeros[p * ng..(p + 1) * ng]);
+        }
+        q
+    }
+}
+
+/// A `shrink compress` output directory opened for export.
+pub struct QuantizedDir {
+    pub dir: PathBuf,
+    pub settings: QuantSettings,
+    file: SafetensorsSource,
+}
+
+impl QuantizedDir {
+    /// Whether `dir` holds a `quantized.safetensors`.
+    pub fn present(dir: &Path) -> bool {
+        dir.is_dir() && dir.join("quantized.safetensors").is_file()
+    }
+
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("quantized.safetensors");
+        if !path.is_file() {
+            bail!(
+                "{}: no quantized.safetensors (export of quantized formats reads a `shrink compress` output directory)",
+                dir.display()
+            );
+        }
+        let meta = read_metadata(&path)?;
+        let stage: serde_json::Value = meta
+            .get("stage")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .with_context(|| {
+                format!(
+                    "{}: metadata has no valid 'stage' (not written by shrink compress?)",
+                    path.display()
+                )
+            })?;
+        let bits = stage
+            .get("bits")
+            .and_then(|v| v.as_u64())
+            .with_context(|| format!("{}: metadata stage has no 'bits'", path.display()))?
+            as u32;
+        if !(2..=8).contains(&bits) {
+            bail!("{}: bits = {bits} is outside 2..=8", path.display());
+        }
+        let settings = QuantSettings {
+            bits,
+            group_size: stage
+                .get("group_size")
+                .and_then(|v| v.as_u64())
+                .map(|g| g as usize),
+            sym: stage.get("sym").and_then(|v| v.as_bool()).unwrap_or(false),
+            act_order: stage
+                .get("act_order")
+                .and_then(|v| v.as_str())
+                .unwrap_or("none")
+                .to_string(),
+            method: meta.get("method").cloned().unwrap_or_default(),
+        };
+        if settings.group_size == Some(0) {
+            bail!("{}: group_size 0", path.display());
+        }
+        Ok(QuantizedDir {
+            dir: dir.into(),
+            settings,
+            file: SafetensorsSource::open(&path)?,
+        })
+    }
+
+    pub fn maxq(&self) -> u32 {
+        (1 << self.settings.bits) - 1
+    }
+
+    /// Whether linear `l` of `layer` was quantized.
+    pub fn has(&self, layer: usize, l: Linear) -> bool {
+        let base = base_name(layer, l);
+        self.file.info(&format!("{base}.qcodes")).is_some()
+    }
+
+    /// Loads and validates one linear against the model config.
+    pub fn load(&self, cfg: &ModelConfig, layer: usize, l: Linear) -> Result<QLinear> {
+        let base = base_name(layer, l);
+        let [d_out, d_in] = shrink_model::layer::linear_shape(cfg, l);
+        let file = self.dir.join("quantized.safetensors");
+        let f = file.display();
+        let raw = |suffix: &str, dt: Dtype, shape: &[usize]| -> Result<&[u8]> {
+            let name = format!("{base}.{suffix}");
+            let (d, s, bytes) = self
+                .file
+                .raw(&name)
+                .with_context(|| format!("{f}: tensor '{name}' is missing"))?;
+            if d != dt || s != shape {
+                bail!("{f}: tensor '{name}' is {d:?} {s:?}, expected {dt:?} {shape:?}");
+            }
+            Ok(bytes)
+        };
+        let codes = raw("qcodes", Dtype::U8, &[d_out, d_in])?.to_vec();
+        let ng = self
+            .file
+            .info(&format!("{base}.scales"))
+            .map(|(_, s)| s.get(1).copied().unwrap_or(0))
+            .unwrap_or(0);
+        if ng == 0 || ng > d_in {
+            bail!("{f}: '{base}.scales' has {ng} groups for {d_in} columns");
+        }
+        let scales: Vec<f32> = raw("scales", Dtype::F32, &[d_out, ng])?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let i32s = |b: &[u8]| -> Vec<i32> {
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let zeros = i32s(raw("zeros", Dtype::I32, &[d_out, ng])?);
+        let g_idx = i32s(raw("g_idx", Dtype::I32, &[d_in])?);
+        let maxq = self.maxq();
+        if let Some(c) = codes.iter().find(|&&c| c as u32 > maxq) {
+            bail!("{f}: '{base}.qcodes' has code {c} above {maxq}");
+        }
+        if let Some(z) = zeros.iter().find(|&&z| z < 0 || z as u32 > maxq) {
+            bail!("{f}: '{base}.zeros' has zero point {z} outside 0..={maxq}");
+        }
+        if let Some(g) = g_idx.iter().find(|&&g| g < 0 || g as usize >= ng) {
+            bail!("{f}: '{base}.g_idx' has group {g} outside 0..{ng}");
+        }
+        if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
+            bail!("{f}: '{base}.scales' has a non-finite scale {s}");
+        }
+        Ok(QLinear {
+            name: arch::hf_linear(layer, l, "weight"),
+            d_out,
+            d_in,
+            codes,
+            scales,
+            zeros,
+            g_idx,
+        })
+    }
+}
+
+/// `model.layers.{i}.self_attn.q_proj` etc.
+pub fn base_name(layer: usize, l: Linear) -> String {
+    arch::hf_linear(layer, l, "weight")
+        .trim_end_matches(".weight")
+        .to_string()
+}
+
+/// The `__metadata__` of a safetensors file.
+pub fn read_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .with_context(|| format!("{}: too short for safetensors", path.display()))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100 << 20 {
+        bail!(
+            "{}: safetensors header of {n} bytes is implausible",
+            path.display()
+        );
+    }
+    let mut h = vec![0u8; n as usize];
+    f.read_exact(&mut h)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&h)
+        .with_context(|| format!("{}: header is not JSON", path.display()))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}

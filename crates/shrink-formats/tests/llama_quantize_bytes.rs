@@ -1,0 +1,53 @@
+//! shrink's ggml quantizers against llama.cpp's, byte for byte, on rows of a real weight:
+//! tests/fixtures/gguf_quant/llama_quantize_rows.safetensors holds the f32 rows, an importance
+//! matrix and the bytes `llama-quantize --pure` wrote for each type, without and with that matrix
+//! (made by tools/reference/compare_llama_quantize.sh and gguf_quant_fixture.py).
+use shrink_formats::gguf_quant::quantize;
+use shrink_model::gguf::GgmlType;
+use std::path::PathBuf;
+
+#[test]
+fn quantizers_match_llama_quantize_byte_for_byte() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/gguf_quant/llama_quantize_rows.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |n: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = st.tensor(n).unwrap();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), v)
+    };
+    let (shape, x) = f32s("input");
+    let (_, im) = f32s("imatrix");
+    let cols = shape[1];
+    let mut checked = 0;
+    for name in [
+        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
+    ] {
+        let ty = GgmlType::from_name(name).unwrap();
+        for mode in ["plain", "imatrix"] {
+            let want = st.tensor(&format!("{name}.{mode}")).unwrap();
+            let w = (mode == "imatrix").then_some(&im[..]);
+            let got = quantize(ty, &x, cols, w).unwrap();
+            assert_eq!(got.len(), want.data().len(), "{name} {mode}");
+            let first_bad = got.iter().zip(want.data()).position(|(a, b)| a != b);
+            assert!(
+                first_bad.is_none(),
+                "{name} {mode}: first differing byte {first_bad:?} of {}",
+                got.len()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 16);
+    // The importance matrix changes the result for every type but Q8_0 (llama.cpp ignores it there).
+    for name in ["Q4_0", "Q4_K", "Q6_K"] {
+        let a = st.tensor(&format!("{name}.plain")).unwrap();
+        let b = st.tensor(&format!("{name}.imatrix")).unwrap();
+        assert_ne!(a.data(), b.data(), "{name}");
+    }
+}
