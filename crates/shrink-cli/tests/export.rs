@@ -714,11 +714,43 @@ fn gguf_from_a_hugging_face_directory_matches_the_original_gguf() {
     ok(&["convert", &s(&model), "--out", &s(&hf), "-q"]);
     let (a, b) = (t.join("a.gguf"), t.join("b.gguf"));
     fails_with(
-        &["export", "--model", &s(&hf), "--format", "gguf", "--out", &s(&a)],
+        &[
+            "export",
+            "--model",
+            &s(&hf),
+            "--format",
+            "gguf",
+            "--out",
+            &s(&a),
+        ],
         &["--tokenizer-pre"],
     );
-    ok(&["export", "--model", &s(&hf), "--format", "gguf", "--type", "Q8_0", "--tokenizer-pre", "smollm", "--out", &s(&a), "-q"]);
-    ok(&["export", "--model", &s(&model), "--format", "gguf", "--type", "Q8_0", "--out", &s(&b), "-q"]);
+    ok(&[
+        "export",
+        "--model",
+        &s(&hf),
+        "--format",
+        "gguf",
+        "--type",
+        "Q8_0",
+        "--tokenizer-pre",
+        "smollm",
+        "--out",
+        &s(&a),
+        "-q",
+    ]);
+    ok(&[
+        "export",
+        "--model",
+        &s(&model),
+        "--format",
+        "gguf",
+        "--type",
+        "Q8_0",
+        "--out",
+        &s(&b),
+        "-q",
+    ]);
     let (fa, fb, fo) = (
         GgufFile::open(&a).unwrap(),
         GgufFile::open(&b).unwrap(),
@@ -743,6 +775,10 @@ fn gguf_from_a_hugging_face_directory_matches_the_original_gguf() {
     for ti in fb.tensors() {
         let ta = fa.tensor(&ti.name).unwrap();
         assert_eq!(ta.dtype, ti.dtype, "{}", ti.name);
-        assert!(fa.tensor_data(ta) == fb.tensor_data(ti), "{} differs", ti.name);
+        assert!(
+            fa.tensor_data(ta) == fb.tensor_data(ti),
+            "{} differs",
+            ti.name
+        );
     }
 }
