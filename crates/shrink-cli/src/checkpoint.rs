@@ -98,7 +98,7 @@ impl Checkpoint {
                 .with_context(|| format!("{}: invalid checkpoint file", p.display()))
         };
         let saved = read("settings.json")?;
-        for key in ["model", "recipe", "layers"] {
+        for key in ["model", "recipe", "layers", "sequential"] {
             if saved[key] != settings[key] {
                 bail!(
                     "{}: the interrupted run used different settings ({key}: {} then, {} now); \

@@ -140,6 +140,12 @@ pub struct CompressArgs {
     /// (perplexity, GPTQ protocol, seqlen 512) and add both to the report.
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Which activations calibrate each group of linears: group ("true sequential": each group
+    /// sees the outputs of the groups compressed before it in the same layer) or layer (every
+    /// group sees the uncompressed layer, as in llm-compressor's sequential pipeline; one more
+    /// forward pass per layer).
+    #[arg(long, value_name = "group|layer", default_value = "group")]
+    sequential: String,
     /// Compress only the first N layers (for measurements; the rest are copied unchanged).
     #[arg(long, hide = true)]
     layers: Option<usize>,
@@ -552,8 +558,14 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         .layers
         .unwrap_or(src.config.num_layers)
         .min(src.config.num_layers);
+    let sequential = match a.sequential.as_str() {
+        "group" => shrink_pipeline::Sequential::Group,
+        "layer" => shrink_pipeline::Sequential::Layer,
+        o => bail!("unknown --sequential '{o}' (use group or layer)"),
+    };
     let settings = json!({
         "model": a.model,
+        "sequential": sequential,
         "recipe": {"recipe": recipe, "calib_ids": a.calib_ids},
         "layers": n_layers,
     });
@@ -617,6 +629,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         method.as_ref(),
         start..n_layers,
         hidden,
+        sequential,
         &mut sink,
         &mut |d, _| bar.set_position((start + d) as u64),
     );
@@ -715,6 +728,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             "recipe": recipe,
             "calibration": calib,
             "layers_compressed": n_layers,
+        "sequential": sequential,
             "resumed_at_layer": a.resume.then_some(start),
             "quantized_linears": n_quant,
             "layers": report.layers,

@@ -17,7 +17,7 @@ use shrink_methods::{
     QuantizedWeight, Sparsity,
 };
 use shrink_model::arch::hf_linear;
-use shrink_model::layer::{LayerHook, Rope};
+use shrink_model::layer::{LayerHook, NoHook, Rope};
 use shrink_model::model::embed_tokens;
 use shrink_model::{DecoderLayer, Group, Linear, ModelSource};
 use std::ops::Range;
@@ -186,6 +186,8 @@ const ERROR_ROWS_WITHOUT_HESSIAN: usize = 2048;
 
 struct CompressHook<'a> {
     method: &'a dyn Method,
+    /// [`Sequential::Layer`]: the groups' statistics, compressed after the forward pass.
+    deferred: Option<Vec<(Group, GroupStats)>>,
     layer: usize,
     phases: Phases,
     linears: Vec<LinearReport>,
@@ -261,14 +263,17 @@ fn rel_output_error(
     }
 }
 
-impl LayerHook for CompressHook<'_> {
-    fn before_group(
-        &mut self,
-        layer: &mut DecoderLayer,
-        group: Group,
-        input: &[f32],
-        rows: usize,
-    ) -> Result<()> {
+/// What the compression of one group needs from its input.
+struct GroupStats {
+    hessian: Option<Hessian>,
+    col_sq: Vec<f64>,
+    /// The first rows of the input (up to the rows the error is measured on without a Hessian).
+    sample: Vec<f32>,
+    rows: usize,
+}
+
+impl CompressHook<'_> {
+    fn stats(&mut self, group: Group, input: &[f32], rows: usize) -> Result<GroupStats> {
         let d_in = input.len() / rows;
         if !all_finite(input) {
             bail!(
@@ -299,12 +304,32 @@ impl LayerHook for CompressHook<'_> {
             None if needs == Needs::ColumnNorms => column_sq_sums(input, rows),
             None => Vec::new(),
         };
+        let keep = if hessian.is_some() {
+            0
+        } else {
+            rows.min(ERROR_ROWS_WITHOUT_HESSIAN)
+        };
+        Ok(GroupStats {
+            hessian,
+            col_sq,
+            sample: input[..keep * d_in].to_vec(),
+            rows,
+        })
+    }
+
+    fn compress_group(
+        &mut self,
+        layer: &mut DecoderLayer,
+        group: Group,
+        st: &GroupStats,
+    ) -> Result<()> {
+        let (hessian, col_sq, input, rows) = (&st.hessian, &st.col_sq, &st.sample, st.rows);
         let h32: Option<Vec<f32>> = hessian
             .as_ref()
             .map(|h| h.matrix().iter().map(|&v| v as f32).collect());
         let stats = InputStats {
             hessian: hessian.as_ref(),
-            col_sq: &col_sq,
+            col_sq,
             rows,
         };
         for &l in group.linears() {
@@ -355,6 +380,25 @@ impl LayerHook for CompressHook<'_> {
     }
 }
 
+impl LayerHook for CompressHook<'_> {
+    fn before_group(
+        &mut self,
+        layer: &mut DecoderLayer,
+        group: Group,
+        input: &[f32],
+        rows: usize,
+    ) -> Result<()> {
+        let st = self.stats(group, input, rows)?;
+        match &mut self.deferred {
+            Some(d) => {
+                d.push((group, st));
+                Ok(())
+            }
+            None => self.compress_group(layer, group, &st),
+        }
+    }
+}
+
 /// Compresses `layers` of `src` with `method`, calibrated on `calib`, handing each finished layer
 /// to `sink`. `progress(done, total)` is called after each layer.
 pub fn run(
@@ -365,7 +409,29 @@ pub fn run(
     sink: &mut dyn LayerSink,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PipelineReport> {
-    run_from(src, calib, method, layers, None, sink, progress)
+    run_from(
+        src,
+        calib,
+        method,
+        layers,
+        None,
+        Sequential::Group,
+        sink,
+        progress,
+    )
+}
+
+/// Which inputs the groups of a layer are calibrated on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sequential {
+    /// "True sequential" (GPTQ/SparseGPT reference option): each group of a layer sees the
+    /// outputs of the groups already compressed before it ({q,k,v} -> o -> {gate,up} -> down).
+    Group,
+    /// llm-compressor's sequential pipeline: every group of a layer is calibrated on the
+    /// uncompressed layer's activations, then the compressed layer is run again to produce the
+    /// next layer's input (one more forward pass per layer).
+    Layer,
 }
 
 /// [`run`] starting at `layers.start` from `hidden`, the calibration hidden states that layer
@@ -378,6 +444,7 @@ pub fn run_from(
     method: &dyn Method,
     layers: Range<usize>,
     hidden: Option<Vec<f32>>,
+    sequential: Sequential,
     sink: &mut dyn LayerSink,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PipelineReport> {
@@ -432,13 +499,32 @@ pub fn run_from(
         phases.load += t.elapsed().as_secs_f64();
         let mut hook = CompressHook {
             method,
+            deferred: (sequential == Sequential::Layer).then(Vec::new),
             layer: i,
             phases: Phases::default(),
             linears: vec![],
             quant: vec![],
         };
         let t = Instant::now();
+        let x_in = (sequential == Sequential::Layer).then(|| x.clone());
         layer.forward(cfg, &rope, &mut x, calib.nsamples, calib.seqlen, &mut hook)?;
+        if let (Some(groups), Some(x_in)) = (hook.deferred.take(), x_in) {
+            // Every group was calibrated on the uncompressed layer; compress them all, then run
+            // the compressed layer to give the next layer its input.
+            for (g, st) in &groups {
+                hook.compress_group(&mut layer, *g, st)?;
+            }
+            drop(groups);
+            x = x_in;
+            layer.forward(
+                cfg,
+                &rope,
+                &mut x,
+                calib.nsamples,
+                calib.seqlen,
+                &mut NoHook,
+            )?;
+        }
         let fwd_total = t.elapsed().as_secs_f64();
         if !all_finite(&x) {
             bail!(
