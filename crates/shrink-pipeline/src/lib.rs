@@ -438,6 +438,7 @@ pub enum Sequential {
 /// receives (as handed to [`LayerSink::layer_done`] by the layer before it), instead of from the
 /// embeddings: the resume path. With `hidden = None` the run starts from the embeddings and
 /// `layers.start` must be 0.
+#[allow(clippy::too_many_arguments)]
 pub fn run_from(
     src: &ModelSource,
     calib: &CalibSet,
