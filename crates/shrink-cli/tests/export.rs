@@ -3,48 +3,24 @@
 //! like the reference quantizers, carry GPTQ codes over and use an importance matrix, `inspect` of
 //! packed checkpoints, and clean failures that leave nothing behind.
 use shrink_formats::gguf_quant;
-use shrink_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
+use shrink_model::gguf::{GgmlType, GgufFile};
 use shrink_model::source::{SafetensorsSource, TensorSource};
-use shrink_model::tokenizer::bytes_to_unicode;
 use shrink_model::{arch, Linear, ModelConfig, ModelSource};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-fn tiny(name: &str) -> PathBuf {
-    root().join("tests/fixtures/tiny").join(name)
-}
+#[path = "common/mod.rs"]
+#[allow(dead_code)]
+mod cli_common;
+use cli_common::{calib_text, fails_with, gguf_file, hf_dir, shrink, tiny};
+
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
-}
-
-fn shrink(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shrink"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 fn ok(args: &[&str]) -> String {
     let (code, out, err) = shrink(args);
     assert_eq!(code, 0, "{args:?} failed: {err}");
     out
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let (code, _, err) = shrink(args);
-    assert_eq!(code, 1, "expected failure for {args:?}; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr for {args:?} lacks {n:?}: {err}");
-    }
 }
 
 /// No temporary file or directory left next to the outputs.
@@ -56,112 +32,6 @@ fn no_leftovers(dir: &Path) {
         .filter(|n| n.contains(".tmp-") || n.ends_with(".part") || n.ends_with(".tmp"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-}
-
-fn tokenizer_json(n: usize) -> String {
-    let sp = bytes_to_unicode();
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..n)
-        .map(|b| (sp[b % 256].to_string(), (b as u64).into()))
-        .collect();
-    serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "", "end_of_word_suffix": "",
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []}
-    })
-    .to_string()
-}
-
-/// The tiny Llama fixture as a Hugging Face directory with a byte-level tokenizer.
-fn hf_dir(dir: &Path) -> PathBuf {
-    let d = dir.join("hf");
-    std::fs::create_dir_all(&d).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(tiny("llama").join(f), d.join(f)).unwrap();
-    }
-    std::fs::write(d.join("tokenizer.json"), tokenizer_json(128)).unwrap();
-    d
-}
-
-/// The tiny Mistral fixture as an F32 GGUF file (q/k rows permuted as llama.cpp stores them).
-fn gguf_file(dir: &Path) -> PathBuf {
-    let src = SafetensorsSource::open(&tiny("mistral")).unwrap();
-    let cfg = ModelConfig::from_hf_file(&tiny("mistral").join("config.json")).unwrap();
-    let mut w = GgufWriter::new();
-    let u = |x: usize| GgufValue::U32(x as u32);
-    w.add_metadata("general.architecture", GgufValue::String("llama".into()));
-    w.add_metadata("llama.block_count", u(cfg.num_layers));
-    w.add_metadata("llama.embedding_length", u(cfg.hidden_size));
-    w.add_metadata("llama.feed_forward_length", u(cfg.intermediate_size));
-    w.add_metadata("llama.attention.head_count", u(cfg.num_heads));
-    w.add_metadata("llama.attention.head_count_kv", u(cfg.num_kv_heads));
-    w.add_metadata(
-        "llama.rope.freq_base",
-        GgufValue::F32(cfg.rope_theta as f32),
-    );
-    w.add_metadata(
-        "llama.attention.layer_norm_rms_epsilon",
-        GgufValue::F32(cfg.rms_norm_eps as f32),
-    );
-    w.add_metadata("llama.context_length", u(64));
-    w.add_metadata("tokenizer.ggml.model", GgufValue::String("gpt2".into()));
-    let sp = bytes_to_unicode();
-    w.add_metadata(
-        "tokenizer.ggml.tokens",
-        GgufValue::Array(
-            (0..128)
-                .map(|b| GgufValue::String(sp[b].to_string()))
-                .collect(),
-        ),
-    );
-    w.add_metadata(
-        "tokenizer.ggml.token_type",
-        GgufValue::Array((0..128).map(|_| GgufValue::I32(1)).collect()),
-    );
-    w.add_metadata("tokenizer.ggml.merges", GgufValue::Array(vec![]));
-    for name in arch::hf_tensor_names(&cfg) {
-        let t = src.load(&name).unwrap();
-        let (rows, cols) = t.dims2();
-        let heads = if name.contains("q_proj") {
-            Some(cfg.num_heads)
-        } else if name.contains("k_proj") {
-            Some(cfg.num_kv_heads)
-        } else {
-            None
-        };
-        let data = match heads {
-            Some(n) => {
-                let p = shrink_formats::gguf_export::qk_permutation(rows, n).unwrap();
-                p.iter()
-                    .flat_map(|&r| t.data[r * cols..(r + 1) * cols].to_vec())
-                    .collect()
-            }
-            None => t.data.clone(),
-        };
-        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
-        let bytes: Vec<u8> = data.iter().flat_map(|v: &f32| v.to_le_bytes()).collect();
-        w.add_tensor(arch::hf_to_gguf(&name).unwrap(), dims, GgmlType::F32, bytes)
-            .unwrap();
-    }
-    let p = dir.join("tiny.gguf");
-    w.write(&p).unwrap();
-    p
-}
-
-fn calib_text(dir: &Path) -> PathBuf {
-    let p = dir.join("calib.txt");
-    let text: String = (0..400)
-        .map(|i| {
-            format!(
-                "sample {i} of calibration text, words and numbers {}. ",
-                i * 7 % 13
-            )
-        })
-        .collect();
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 fn compress(model: &Path, calib: &Path, out: &Path, extra: &[&str]) {
