@@ -49,6 +49,19 @@ impl Checkpoint {
         parent.join(format!(".{name}.partial"))
     }
 
+    /// The checkpoint directory of `out`, or an error when there is none to resume.
+    pub fn require(out: &Path) -> Result<PathBuf> {
+        let dir = Self::path_for(out);
+        if !dir.is_dir() {
+            bail!(
+                "{}: no checkpoint to resume (--resume continues a run of the same command that \
+                 was interrupted)",
+                dir.display()
+            );
+        }
+        Ok(dir)
+    }
+
     pub fn layers_dir(&self) -> PathBuf {
         self.dir.join("layers")
     }
@@ -81,14 +94,7 @@ impl Checkpoint {
         settings: &Value,
         vocab_size: usize,
     ) -> Result<(Checkpoint, Restored)> {
-        let dir = Self::path_for(out);
-        if !dir.is_dir() {
-            bail!(
-                "{}: no checkpoint to resume (--resume continues a run of the same command that \
-                 was interrupted)",
-                dir.display()
-            );
-        }
+        let dir = Self::require(out)?;
         let c = Checkpoint { dir };
         let read = |name: &str| -> Result<Value> {
             let p = c.dir.join(name);

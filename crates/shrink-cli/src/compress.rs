@@ -539,19 +539,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     // The stage whose grid the quantized form uses (the last one with bits).
     let stage = recipe.stage.iter().rev().find(|s| s.bits.is_some());
     let c = &recipe.calibration;
-    if a.out.exists() && !a.force {
-        bail!(
-            "{}: already exists (pass --force to replace it)",
-            a.out.display()
-        );
-    }
-    let partial = Checkpoint::path_for(&a.out);
-    if a.resume && !partial.is_dir() {
-        bail!(
-            "{}: no checkpoint to resume (--resume continues a run of the same command that \
-             was interrupted)",
-            partial.display()
-        );
+    OutputDir::refuse_existing(&a.out, a.force)?;
+    if a.resume {
+        // Before the model is opened: a missing checkpoint is the first thing to report.
+        Checkpoint::require(&a.out)?;
     }
     let src = ModelSource::open(&a.model)?;
     let n_layers = a

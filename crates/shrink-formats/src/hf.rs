@@ -19,14 +19,20 @@ pub struct OutputDir {
 }
 
 impl OutputDir {
-    /// Refuses an existing target unless `force` (then it is replaced only at commit).
-    pub fn create(target: &Path, force: bool) -> Result<Self> {
+    /// Errors when `target` exists and `force` is not given (for checks before long work).
+    pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
         if target.exists() && !force {
             bail!(
                 "{}: already exists (pass --force to replace it)",
                 target.display()
             );
         }
+        Ok(())
+    }
+
+    /// Refuses an existing target unless `force` (then it is replaced only at commit).
+    pub fn create(target: &Path, force: bool) -> Result<Self> {
+        Self::refuse_existing(target, force)?;
         let name = target
             .file_name()
             .with_context(|| format!("{}: not a valid output path", target.display()))?;
