@@ -9,7 +9,6 @@ use shrink_model::{arch, Linear, ModelConfig, ModelSource};
 use std::path::Path;
 
 #[path = "common/mod.rs"]
-#[allow(dead_code)]
 mod cli_common;
 use cli_common::{calib_text, fails_with, gguf_file, hf_dir, shrink, tiny};
 
