@@ -31,6 +31,15 @@ declare -A CFG=(
   [wanda-2of4-gptq-w4g64]="--method wanda --pattern 2:4 --bits 4 --group-size 64"
   [magnitude-50-row]="--method magnitude --sparsity 0.5 --scope row"
   [sparsegpt-50-w4g64-static]="--method sparsegpt --sparsity 0.5 --bits 4 --group-size 64 --act-order static"
+  # llm-compressor's pipeline (every group of a layer calibrated on the uncompressed layer)
+  [sparsegpt-50-layerseq]="--method sparsegpt --sparsity 0.5 --sequential layer"
+  [sparsegpt-2of4-layerseq]="--method sparsegpt --pattern 2:4 --sequential layer"
+  # sensitivity of SparseGPT 2:4 to small changes that leave the method the same: dampening 0.01
+  # -> 0.009 / 0.011, and other calibration windows (64 x 512 drawn from data/calib.txt by seed)
+  [sparsegpt-2of4-layerseq-damp0.009]="--method sparsegpt --pattern 2:4 --sequential layer --damp 0.009"
+  [sparsegpt-2of4-layerseq-damp0.011]="--method sparsegpt --pattern 2:4 --sequential layer --damp 0.011"
+  [sparsegpt-2of4-layerseq-seed1]="--method sparsegpt --pattern 2:4 --sequential layer --calib data/calib.txt --nsamples 64 --seqlen 512 --seed 1"
+  [sparsegpt-2of4-layerseq-seed2]="--method sparsegpt --pattern 2:4 --sequential layer --calib data/calib.txt --nsamples 64 --seqlen 512 --seed 2"
 )
 ORDER=(wanda-50 sparsegpt-50 magnitude-50 wanda-2of4 sparsegpt-2of4 magnitude-2of4
        sparsegpt-50-w4g64 sparsegpt-2of4-w4g64 wanda-50-gptq-w4g64 wanda-2of4-gptq-w4g64
@@ -40,12 +49,15 @@ ORDER=(wanda-50 sparsegpt-50 magnitude-50 wanda-2of4 sparsegpt-2of4 magnitude-2o
 for name in "${ORDER[@]}"; do
   [ -f "$RES/$name.eval.json" ] && { echo "skip $name (done)"; continue; }
   echo "== $name: ${CFG[$name]}"
+  calib="--calib-ids $IDS"
+  case " ${CFG[$name]} " in *" --calib "*) calib="" ;; esac
   if [ ! -f "$RES/$name.report.json" ]; then
     /usr/bin/time -f '%e s wall, %U s user, %S s sys, %M KB peak' -o "$RES/$name.time.txt" \
-      $BIN compress -q --model "$MODEL" ${CFG[$name]} --calib-ids "$IDS" --out "$OUT/$name" --force
+      $BIN compress -q --model "$MODEL" ${CFG[$name]} $calib --out "$OUT/$name" --force
     cp "$OUT/$name/report.json" "$RES/$name.report.json"
   fi
-  $BIN eval -q --model "$OUT/$name" --text data/eval.txt --json > "$RES/$name.eval.json"
+  $BIN eval -q --model "$OUT/$name" --text data/eval.txt --json > "$RES/$name.eval.json.tmp"
+  mv "$RES/$name.eval.json.tmp" "$RES/$name.eval.json"
   python3 - "$RES/$name" <<'PY'
 import json, sys
 b = sys.argv[1]
