@@ -239,7 +239,16 @@ impl DecoderLayer {
     }
 }
 
+/// Query rows per block in [`attention`]: each block's scores are computed only against the keys
+/// up to its last row, so about half of the `seq x seq` products are skipped (causal mask).
+const ATTN_BLOCK: usize = 64;
+
 /// Causal grouped-query attention: `q` `[rows, nh*hd]`, `k`/`v` `[rows, nkv*hd]` -> `[rows, nh*hd]`.
+///
+/// One task per (sequence, head), run in parallel; within it, query rows go in blocks of
+/// [`ATTN_BLOCK`]: `S = scale * Q_blk K[..end]^T`, a row-wise softmax over each row's causal prefix
+/// (positions after the row are set to 0), then `O_blk = S V[..end]`. The score buffer is
+/// reused across the tasks of a thread.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     q: &[f32],
@@ -255,50 +264,53 @@ fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let qw = nh * hd;
     let kw = nkv * hd;
+    let blk = ATTN_BLOCK.min(seq.max(1));
     let heads: Vec<(usize, usize, Vec<f32>)> = (0..batch * nh)
         .into_par_iter()
-        .map(|bh| {
-            let (b, hq) = (bh / nh, bh % nh);
-            let hk = hq / group;
-            let qm = MatRef::from_row_major_slice(&q[b * seq * qw..(b + 1) * seq * qw], seq, qw)
-                .subcols(hq * hd, hd);
-            let km = MatRef::from_row_major_slice(&k[b * seq * kw..(b + 1) * seq * kw], seq, kw)
-                .subcols(hk * hd, hd);
-            let vm = MatRef::from_row_major_slice(&v[b * seq * kw..(b + 1) * seq * kw], seq, kw)
-                .subcols(hk * hd, hd);
-            let mut s = vec![0f32; seq * seq];
-            matmul(
-                MatMut::from_row_major_slice_mut(&mut s, seq, seq),
-                Accum::Replace,
-                qm,
-                km.transpose(),
-                scale,
-                Par::Seq,
-            );
-            for (i, row) in s.chunks_exact_mut(seq).enumerate() {
-                let m = row[..=i].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0f32;
-                for x in row[..=i].iter_mut() {
-                    *x = (*x - m).exp();
-                    sum += *x;
+        .map_init(
+            || vec![0f32; blk * seq],
+            |s, bh| {
+                let (b, hq) = (bh / nh, bh % nh);
+                let hk = hq / group;
+                let qm =
+                    MatRef::from_row_major_slice(&q[b * seq * qw..(b + 1) * seq * qw], seq, qw)
+                        .subcols(hq * hd, hd);
+                let km =
+                    MatRef::from_row_major_slice(&k[b * seq * kw..(b + 1) * seq * kw], seq, kw)
+                        .subcols(hk * hd, hd);
+                let vm =
+                    MatRef::from_row_major_slice(&v[b * seq * kw..(b + 1) * seq * kw], seq, kw)
+                        .subcols(hk * hd, hd);
+                let mut out = vec![0f32; seq * hd];
+                for r0 in (0..seq).step_by(blk) {
+                    let r1 = (r0 + blk).min(seq);
+                    let (nr, end) = (r1 - r0, r1);
+                    let sb = &mut s[..nr * end];
+                    matmul(
+                        MatMut::from_row_major_slice_mut(sb, nr, end),
+                        Accum::Replace,
+                        qm.subrows(r0, nr),
+                        km.subrows(0, end).transpose(),
+                        scale,
+                        Par::Seq,
+                    );
+                    for (i, row) in sb.chunks_exact_mut(end).enumerate() {
+                        let last = r0 + i;
+                        crate::fastmath::softmax_in_place(&mut row[..=last]);
+                        row[last + 1..].fill(0.0);
+                    }
+                    matmul(
+                        MatMut::from_row_major_slice_mut(&mut out[r0 * hd..r1 * hd], nr, hd),
+                        Accum::Replace,
+                        MatRef::from_row_major_slice(sb, nr, end),
+                        vm.subrows(0, end),
+                        1.0f32,
+                        Par::Seq,
+                    );
                 }
-                let inv = 1.0 / sum;
-                for x in row[..=i].iter_mut() {
-                    *x *= inv;
-                }
-                row[i + 1..].fill(0.0);
-            }
-            let mut out = vec![0f32; seq * hd];
-            matmul(
-                MatMut::from_row_major_slice_mut(&mut out, seq, hd),
-                Accum::Replace,
-                MatRef::from_row_major_slice(&s, seq, seq),
-                vm,
-                1.0f32,
-                Par::Seq,
-            );
-            (b, hq, out)
-        })
+                (b, hq, out)
+            },
+        )
         .collect();
     let mut y = vec![0f32; batch * seq * qw];
     for (b, hq, out) in heads {

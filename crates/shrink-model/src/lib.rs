@@ -6,6 +6,7 @@
 //!   [`LayerHook`].
 pub mod arch;
 pub mod config;
+pub mod fastmath;
 pub mod gguf;
 pub mod layer;
 pub mod model;

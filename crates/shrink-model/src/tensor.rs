@@ -80,17 +80,15 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// SiLU(gate) * up, in place in `gate`.
+/// SiLU(gate) * up, in place in `gate` (vectorized, [`crate::fastmath`]).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        let s = *g / (1.0 + (-*g).exp());
-        *g = s * u;
-    }
+    assert_eq!(gate.len(), up.len());
+    crate::fastmath::silu_mul(gate, up);
 }
 
-/// Numerically stable log-sum-exp of a row.
+/// Numerically stable log-sum-exp of a row: `max + ln(sum(e^(x - max)))`, the exponentials in
+/// f32 ([`crate::fastmath`], relative error < 2.5e-7), summed in f32 blocks of 1024 and in f64
+/// across blocks.
 pub fn log_sum_exp(row: &[f32]) -> f64 {
-    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let s: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
-    m as f64 + s.ln()
+    crate::fastmath::log_sum_exp(row)
 }
