@@ -93,6 +93,9 @@ struct EvalArgs {
     /// safetensors file, as tensor `logits` [T, vocab] (for comparison with a reference).
     #[arg(long)]
     logits_out: Option<PathBuf>,
+    /// Replace an existing --logits-out file.
+    #[arg(long)]
+    force: bool,
     /// gptq (every position of non-overlapping windows) or llama.cpp (llama-perplexity's: only
     /// the second half of each --seqlen chunk is scored, BOS first when the tokenizer adds one;
     /// --max-tokens limits the chunks). Compare llama.cpp with `llama-perplexity -c SEQLEN`.
@@ -152,6 +155,9 @@ fn main() {
 
 fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
+    if let Some(path) = &a.logits_out {
+        shrink_formats::hf::OutputDir::refuse_existing(path, a.force)?;
+    }
     let src = ModelSource::open(&a.model)?;
     let text = read_text(&a.text)?;
     let ids = encode(&src.tokenizer, &text)

@@ -113,6 +113,23 @@ fn existing_output_is_never_replaced_without_force() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     assert!(leftovers(t).is_empty(), "{:?}", leftovers(t));
 
+    // eval --logits-out does not overwrite a file either
+    let logits = t.join("logits.safetensors");
+    std::fs::write(&logits, "keep me").unwrap();
+    let eval = |force: bool| {
+        let mut a = vec!["eval", "--model", s(&model), "--text", s(&calib)];
+        a.extend(["--seqlen", "16", "--logits-out", s(&logits), "-q"]);
+        if force {
+            a.push("--force");
+        }
+        a
+    };
+    fails_with(&eval(false), &["logits.safetensors", "already exists"]);
+    assert_eq!(std::fs::read_to_string(&logits).unwrap(), "keep me");
+    let (code, _, err) = shrink(&eval(true));
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(std::fs::read(&logits).unwrap(), b"keep me");
+
     // with --force the old output is replaced whole (the user's extra file goes with it)
     let (code, _, err) = shrink(&["convert", s(&g), "--out", s(&out), "--force", "-q"]);
     assert_eq!(code, 0, "{err}");
