@@ -259,3 +259,25 @@ fn disk_full_on_a_small_tmpfs() {
     assert!(!fresh.exists());
     assert!(leftovers(&mnt).is_empty(), "{:?}", leftovers(&mnt));
 }
+
+#[test]
+#[cfg(target_os = "linux")]
+fn temporaries_of_killed_runs_are_cleaned_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let g = gguf_file(t);
+    // a dead process's temporary (PIDs never reach u32::MAX - 1 on Linux: pid_max <= 2^22) ...
+    let dead = t.join(format!(".out.tmp-{}", u32::MAX - 1));
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("model.safetensors"), "half written").unwrap();
+    // ... a live one (this test's own process), and an old output moved aside: both stay
+    let live = t.join(format!(".out.tmp-{}", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+    let old = t.join(format!(".out.tmp-{}.old", u32::MAX - 1));
+    std::fs::create_dir(&old).unwrap();
+    let (code, _, err) = shrink(&["convert", s(&g), "--out", s(&t.join("out")), "-q"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!dead.exists(), "{err}");
+    assert!(err.contains("left by an interrupted run"), "{err}");
+    assert!(live.exists() && old.exists());
+}

@@ -50,6 +50,7 @@ impl OutputDir {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).ok();
         }
+        remove_stale_temporaries(parent, &name.to_string_lossy());
         std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
         Ok(OutputDir {
             target: target.into(),
@@ -95,6 +96,39 @@ impl OutputDir {
             let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
         }
         Ok(self.target.clone())
+    }
+}
+
+/// Removes `.NAME.tmp-PID` directories in `parent` left by runs that were killed (SIGKILL, power
+/// loss) before they could clean up: those whose process no longer runs. Only on Linux, where
+/// `/proc/PID` tells; a `.old` directory (an old output moved aside during a commit) is never
+/// touched.
+fn remove_stale_temporaries(parent: &Path, name: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if Path::new("/proc").join(pid).exists() || !Path::new("/proc/self").exists() {
+            continue;
+        }
+        let path = e.path();
+        if std::fs::remove_dir_all(&path).is_ok() {
+            eprintln!(
+                "note: removed {}, left by an interrupted run (process {pid} no longer runs)",
+                path.display()
+            );
+        }
     }
 }
 
