@@ -642,6 +642,21 @@ fn compress_prunes_exactly() {
             Some((4, 8)),
         ),
         (
+            // joint unstructured: static act-order by default
+            "sgpt50q",
+            vec![
+                "--method",
+                "sparsegpt",
+                "--sparsity",
+                "0.5",
+                "--bits",
+                "4",
+                "--group-size",
+                "32",
+            ],
+            None,
+        ),
+        (
             "wandaq",
             vec![
                 "--method",
@@ -658,6 +673,10 @@ fn compress_prunes_exactly() {
     ] {
         let out = compress_tiny(t, name, &flags);
         let rep = report(&out);
+        if name == "sgpt50q" {
+            let m = rep["method"].as_str().unwrap();
+            assert!(m.contains("actorder"), "{m}");
+        }
         let mut zeros = 0usize;
         let mut total = 0usize;
         let ls = linears(&out);
