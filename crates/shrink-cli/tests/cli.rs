@@ -611,6 +611,7 @@ fn compress_prunes_exactly() {
             .map(|n| (n.to_string(), m.load(n).unwrap()))
             .collect()
     };
+    let w4g32 = ["--bits", "4", "--group-size", "32"];
     for (name, flags, nm) in [
         (
             "mag",
@@ -629,45 +630,18 @@ fn compress_prunes_exactly() {
         ),
         (
             "sgpt48q",
-            vec![
-                "--method",
-                "sparsegpt",
-                "--pattern",
-                "4:8",
-                "--bits",
-                "4",
-                "--group-size",
-                "32",
-            ],
+            [&["--method", "sparsegpt", "--pattern", "4:8"][..], &w4g32].concat(),
             Some((4, 8)),
         ),
         (
             // joint unstructured: static act-order by default
             "sgpt50q",
-            vec![
-                "--method",
-                "sparsegpt",
-                "--sparsity",
-                "0.5",
-                "--bits",
-                "4",
-                "--group-size",
-                "32",
-            ],
+            [&["--method", "sparsegpt", "--sparsity", "0.5"][..], &w4g32].concat(),
             None,
         ),
         (
             "wandaq",
-            vec![
-                "--method",
-                "wanda",
-                "--sparsity",
-                "0.5",
-                "--bits",
-                "4",
-                "--group-size",
-                "32",
-            ],
+            [&["--method", "wanda", "--sparsity", "0.5"][..], &w4g32].concat(),
             None,
         ),
     ] {
