@@ -29,6 +29,10 @@ for x in "$@"; do
     llmc-wanda-2of4) run llmc-wanda-2of4 wanda 2:4 0.5 ;;
     llmc-sparsegpt-2of4) run llmc-sparsegpt-2of4 sparsegpt 2:4 0.5 ;;
     llmc-sparsegpt-50) run llmc-sparsegpt-50 sparsegpt 0:0 0.5 ;;
+    llmc-sparsegpt-60) run llmc-sparsegpt-60 sparsegpt 0:0 0.6 ;;
+    llmc-wanda-60) run llmc-wanda-60 wanda 0:0 0.6 ;;
+    llmc-sparsegpt-4of8) run llmc-sparsegpt-4of8 sparsegpt 4:8 0.5 ;;
+    llmc-wanda-4of8) run llmc-wanda-4of8 wanda 4:8 0.5 ;;
     *) echo "unknown $x"; exit 2 ;;
   esac
 done
