@@ -34,6 +34,8 @@ declare -A CFG=(
   # llm-compressor's pipeline (every group of a layer calibrated on the uncompressed layer)
   [sparsegpt-50-layerseq]="--method sparsegpt --sparsity 0.5 --sequential layer"
   [sparsegpt-2of4-layerseq]="--method sparsegpt --pattern 2:4 --sequential layer"
+  [wanda-60-layerseq]="--method wanda --sparsity 0.6 --sequential layer"
+  [wanda-2of4-layerseq]="--method wanda --pattern 2:4 --sequential layer"
   # sensitivity of SparseGPT 2:4 to small changes that leave the method the same: dampening 0.01
   # -> 0.009 / 0.011, and other calibration windows (64 x 512 drawn from data/calib.txt by seed)
   [sparsegpt-2of4-layerseq-damp0.009]="--method sparsegpt --pattern 2:4 --sequential layer --damp 0.009"
