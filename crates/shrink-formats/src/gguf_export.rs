@@ -414,39 +414,19 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
     let a = cfg.arch.gguf_name();
     let k = |s: &str| format!("{a}.{s}");
     w.add_metadata("general.architecture", GgufValue::String(a.into()));
-    w.add_metadata(k("block_count"), GgufValue::U32(cfg.num_layers as u32));
-    w.add_metadata(
-        k("context_length"),
-        GgufValue::U32(cfg.max_position_embeddings as u32),
-    );
-    w.add_metadata(
-        k("embedding_length"),
-        GgufValue::U32(cfg.hidden_size as u32),
-    );
-    w.add_metadata(
-        k("feed_forward_length"),
-        GgufValue::U32(cfg.intermediate_size as u32),
-    );
-    w.add_metadata(
-        k("attention.head_count"),
-        GgufValue::U32(cfg.num_heads as u32),
-    );
-    w.add_metadata(
-        k("attention.head_count_kv"),
-        GgufValue::U32(cfg.num_kv_heads as u32),
-    );
-    w.add_metadata(
-        k("attention.key_length"),
-        GgufValue::U32(cfg.head_dim as u32),
-    );
-    w.add_metadata(
-        k("attention.value_length"),
-        GgufValue::U32(cfg.head_dim as u32),
-    );
-    w.add_metadata(
-        k("rope.dimension_count"),
-        GgufValue::U32(cfg.head_dim as u32),
-    );
+    for (key, v) in [
+        ("block_count", cfg.num_layers),
+        ("context_length", cfg.max_position_embeddings),
+        ("embedding_length", cfg.hidden_size),
+        ("feed_forward_length", cfg.intermediate_size),
+        ("attention.head_count", cfg.num_heads),
+        ("attention.head_count_kv", cfg.num_kv_heads),
+        ("attention.key_length", cfg.head_dim),
+        ("attention.value_length", cfg.head_dim),
+        ("rope.dimension_count", cfg.head_dim),
+    ] {
+        w.add_metadata(k(key), GgufValue::U32(v as u32));
+    }
     w.add_metadata(k("rope.freq_base"), GgufValue::F32(cfg.rope_theta as f32));
     w.add_metadata(
         k("attention.layer_norm_rms_epsilon"),

@@ -127,34 +127,10 @@ fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
             }
         }
         Q8_0 => blocks(x, y, 32, 34, q8_0_ref),
-        Q4_0 => match qw {
-            None => blocks(x, y, 32, 18, q4_0_ref),
-            Some(w) => {
-                let sigma2 = row_sigma2(x);
-                blocks_w(x, y, w, 32, 18, |x, y, qw| q4_0_impl(x, y, qw, sigma2))
-            }
-        },
-        Q4_1 => match qw {
-            None => blocks(x, y, 32, 20, q4_1_ref),
-            Some(w) => {
-                let sigma2 = row_sigma2(x);
-                blocks_w(x, y, w, 32, 20, |x, y, qw| q4_1_impl(x, y, qw, sigma2))
-            }
-        },
-        Q5_0 => match qw {
-            None => blocks(x, y, 32, 22, q5_0_ref),
-            Some(w) => {
-                let sigma2 = row_sigma2(x);
-                blocks_w(x, y, w, 32, 22, |x, y, qw| q5_0_impl(x, y, qw, sigma2))
-            }
-        },
-        Q5_1 => match qw {
-            None => blocks(x, y, 32, 24, q5_1_ref),
-            Some(w) => {
-                let sigma2 = row_sigma2(x);
-                blocks_w(x, y, w, 32, 24, |x, y, qw| q5_1_impl(x, y, qw, sigma2))
-            }
-        },
+        Q4_0 => legacy(x, y, qw, 18, q4_0_ref, q4_0_impl),
+        Q4_1 => legacy(x, y, qw, 20, q4_1_ref, q4_1_impl),
+        Q5_0 => legacy(x, y, qw, 22, q5_0_ref, q5_0_impl),
+        Q5_1 => legacy(x, y, qw, 24, q5_1_ref, q5_1_impl),
         Q4K => match qw {
             None => blocks(x, y, QK_K, 144, |x, y| qk_45(x, y, None, 15)),
             Some(w) => blocks_w(x, y, w, QK_K, 144, |x, y, qw| qk_45(x, y, Some(qw), 15)),
@@ -168,6 +144,26 @@ fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
             Some(w) => blocks_w(x, y, w, QK_K, 210, |x, y, qw| q6_k(x, y, Some(qw))),
         },
         _ => unreachable!("filtered by can_quantize"),
+    }
+}
+
+/// A legacy 32-weight block type (Q4_0, Q4_1, Q5_0, Q5_1) of `ts` bytes per block: llama.cpp's
+/// `quantize_row_*_ref` without an importance matrix, its `quantize_row_*_impl` (weighted by the
+/// imatrix and the row's mean square) with one.
+fn legacy(
+    x: &[f32],
+    y: &mut [u8],
+    qw: Option<&[f32]>,
+    ts: usize,
+    plain: fn(&[f32], &mut [u8]),
+    weighted: fn(&[f32], &mut [u8], &[f32], f32),
+) {
+    match qw {
+        None => blocks(x, y, 32, ts, plain),
+        Some(w) => {
+            let sigma2 = row_sigma2(x);
+            blocks_w(x, y, w, 32, ts, |x, y, qw| weighted(x, y, qw, sigma2))
+        }
     }
 }
 
