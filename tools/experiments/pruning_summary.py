@@ -51,3 +51,12 @@ for f in sorted(glob.glob("results/peer/llmc-*.shrink-eval.json")) + ["results/p
     except ValueError:
         continue
     print(f"| {name} | {json.load(open(f))['perplexity']:.4f} | {open(t).read().strip() if os.path.exists(t) else ''} |")
+
+print()
+print("SparseGPT 2:4 layer-wise under changes that leave the method the same (dampening, calibration draw):")
+runs = ["", "-damp0.009", "-damp0.011", "-seed1", "-seed2"]
+vals = [x[0]["perplexity"] for r in runs if (x := load(f"sparsegpt-2of4-layerseq{r}"))]
+if len(vals) > 1:
+    import statistics
+    m, sd = statistics.mean(vals), statistics.stdev(vals)
+    print(f"  {', '.join(f'{v:.2f}' for v in sorted(vals))}: mean {m:.2f}, sd {sd:.2f} ({100 * sd / m:.1f}%)")

@@ -104,7 +104,7 @@ impl OutputDir {
 /// `/proc/PID` tells; a `.old` directory (an old output moved aside during a commit) is never
 /// touched.
 fn remove_stale_temporaries(parent: &Path, name: &str) {
-    if !cfg!(target_os = "linux") {
+    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
         return;
     }
     let prefix = format!(".{name}.tmp-");
@@ -119,7 +119,7 @@ fn remove_stale_temporaries(parent: &Path, name: &str) {
         if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if Path::new("/proc").join(pid).exists() || !Path::new("/proc/self").exists() {
+        if Path::new("/proc").join(pid).exists() {
             continue;
         }
         let path = e.path();
