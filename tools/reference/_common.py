@@ -5,6 +5,7 @@ from anywhere, e.g. `.venv-ref/bin/python tools/reference/logits.py`.
 """
 
 import hashlib
+import json
 import os
 import sys
 
@@ -88,6 +89,32 @@ def read_text(path):
 
 def log(*args):
     print(*args, file=sys.stderr, flush=True)
+
+
+def write_result(res, out=None):
+    """Prints a check's JSON result and, when `out` is given, writes it there too."""
+    s = json.dumps(res, indent=1)
+    print(s)
+    if out:
+        path = repo_path(out)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            f.write(s + "\n")
+
+
+def model_perplexity(model, tokenizer_dir, text_path, max_tokens):
+    """GPTQ-protocol perplexity of a loaded transformers model on a text file (perplexity.py)."""
+    import perplexity as P
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    text = open(repo_path(text_path), encoding="utf-8").read()
+    ids, _ = P.tokenize_text(tok, text)
+    r = P.compute_perplexity(model, ids, max_tokens=max_tokens, progress=False)
+    r.pop("window_mean_nll", None)
+    r["text"] = rel(repo_path(text_path))
+    r["max_tokens"] = max_tokens
+    return r
 
 
 def save_safetensors_sorted(tensors, path, metadata=None):

@@ -80,7 +80,7 @@ def main():
     ok = exact == len(bases) and other_exact == len(others) and len(bases) > 0
     if a.load or a.ppl:
         import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         try:
             model = AutoModelForCausalLM.from_pretrained(ct_dir, dtype=torch.float32)
@@ -117,15 +117,7 @@ def main():
             loaded["linear_class"] = type(mods[bases[0]]).__name__
             res["transformers"] = loaded
             if a.ppl:
-                import perplexity as P
-
-                tok = AutoTokenizer.from_pretrained(ct_dir)
-                text = open(C.repo_path(a.text), encoding="utf-8").read()
-                ids, _ = P.tokenize_text(tok, text)
-                r = P.compute_perplexity(model, ids, max_tokens=a.max_tokens, progress=False)
-                r.pop("window_mean_nll", None)
-                r["text"] = C.rel(C.repo_path(a.text))
-                r["max_tokens"] = a.max_tokens
+                r = C.model_perplexity(model, ct_dir, a.text, a.max_tokens)
                 res["perplexity"] = r
                 if a.shrink_ppl is not None:
                     rel = abs(r["perplexity"] / a.shrink_ppl - 1)
@@ -136,11 +128,7 @@ def main():
             res["transformers"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             ok = False
     res["ok"] = ok
-    s = json.dumps(res, indent=1)
-    print(s)
-    if a.out:
-        os.makedirs(os.path.dirname(C.repo_path(a.out)), exist_ok=True)
-        open(C.repo_path(a.out), "w").write(s + "\n")
+    C.write_result(res, a.out)
     sys.exit(0 if ok else 1)
 
 

@@ -15,7 +15,6 @@ Run:
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -117,10 +116,7 @@ def main():
         res["vs_compress_f32"] = {"max_abs_diff": ref_worst, "max_rel_to_tensor_amax": ref_rel}
     ok = exact == n and n > 0
     res["ok"] = ok
-    s = json.dumps(res, indent=1)
-    print(s)
-    if a.out:
-        open(C.repo_path(a.out), "w").write(s + "\n")
+    C.write_result(res, a.out)
     sys.exit(0 if ok else 1)
 
 

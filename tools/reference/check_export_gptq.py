@@ -102,7 +102,7 @@ def main():
         try:
             import torch
             import transformers
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
             C.setup_torch()
             m = AutoModelForCausalLM.from_pretrained(gd, dtype=torch.float32, device_map="cpu")
@@ -142,22 +142,11 @@ def main():
             t["kernel_weights_max_abs_diff"] = worst
             res["transformers"] = t
             if a.ppl:
-                import perplexity as P
-
-                tok = AutoTokenizer.from_pretrained(gd)
-                text = open(C.repo_path(a.text), encoding="utf-8").read()
-                ids, _ = P.tokenize_text(tok, text)
-                r = P.compute_perplexity(m, ids, max_tokens=a.max_tokens, progress=False)
-                r.pop("window_mean_nll", None)
-                r["max_tokens"] = a.max_tokens
-                res["perplexity"] = r
+                res["perplexity"] = C.model_perplexity(m, gd, a.text, a.max_tokens)
         except Exception as e:
             res["transformers"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
     res["ok"] = ok
-    s = json.dumps(res, indent=1)
-    print(s)
-    if a.out:
-        open(C.repo_path(a.out), "w").write(s + "\n")
+    C.write_result(res, a.out)
     sys.exit(0 if ok else 1)
 
 

@@ -85,10 +85,7 @@ def main():
     if ref is not None:
         res["weights_bit_identical_to_ref"] = f"{same}/{n}"
     res["ok"] = ref is None or same == n
-    s = json.dumps(res, indent=1)
-    print(s)
-    if a.out:
-        open(C.repo_path(a.out), "w").write(s + "\n")
+    C.write_result(res, a.out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Run:
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -61,10 +60,7 @@ def main():
         "type_mismatch": type_mismatch,
         "all_byte_identical": not missing and not type_mismatch and all(v["tensors"] == v["byte_identical"] for v in per_type.values()),
     }
-    s = json.dumps(res, indent=1)
-    print(s)
-    if args.out:
-        open(C.repo_path(args.out), "w").write(s + "\n")
+    C.write_result(res, args.out)
 
 
 if __name__ == "__main__":
