@@ -22,6 +22,15 @@ fn ok(args: &[&str]) -> String {
     out
 }
 
+/// `shrink export --model MODEL --format gguf --type TY EXTRA... --out OUT -q`, which must succeed.
+fn export_gguf(model: &Path, ty: &str, out: &Path, extra: &[&str]) -> String {
+    let (m, o) = (s(model), s(out));
+    let mut a = vec!["export", "--model", &m, "--format", "gguf", "--type", ty];
+    a.extend_from_slice(extra);
+    a.extend(["--out", &o, "-q"]);
+    ok(&a)
+}
+
 /// No temporary file or directory left next to the outputs.
 fn no_leftovers(dir: &Path) {
     let left: Vec<String> = std::fs::read_dir(dir)
@@ -351,18 +360,7 @@ fn gguf_quantizes_carries_codes_and_uses_an_importance_matrix() {
     let orig = SafetensorsSource::open(&tiny("mistral")).unwrap();
 
     let q8 = t.join("q8.gguf");
-    ok(&[
-        "export",
-        "--model",
-        &s(&g),
-        "--format",
-        "gguf",
-        "--type",
-        "Q8_0",
-        "--out",
-        &s(&q8),
-        "-q",
-    ]);
+    export_gguf(&g, "Q8_0", &q8, &[]);
     let f = GgufFile::open(&q8).unwrap();
     assert_eq!(
         f.tensor("blk.0.attn_q.weight").unwrap().dtype,
@@ -458,52 +456,23 @@ fn gguf_quantizes_carries_codes_and_uses_an_importance_matrix() {
     // Importance matrix: computed from calibration text, saved, reloaded -> identical file.
     let im = t.join("im.gguf");
     let (a, b, plain) = (t.join("a.gguf"), t.join("b.gguf"), t.join("p.gguf"));
-    ok(&[
-        "export",
-        "--model",
-        &s(&g),
-        "--format",
-        "gguf",
-        "--type",
+    export_gguf(
+        &g,
         "Q4_0",
-        "--imatrix-calib",
-        &s(&calib),
-        "--imatrix-nsamples",
-        "4",
-        "--imatrix-seqlen",
-        "32",
-        "--imatrix-out",
-        &s(&im),
-        "--out",
-        &s(&a),
-        "-q",
-    ]);
-    ok(&[
-        "export",
-        "--model",
-        &s(&g),
-        "--format",
-        "gguf",
-        "--type",
-        "Q4_0",
-        "--imatrix",
-        &s(&im),
-        "--out",
-        &s(&b),
-        "-q",
-    ]);
-    ok(&[
-        "export",
-        "--model",
-        &s(&g),
-        "--format",
-        "gguf",
-        "--type",
-        "Q4_0",
-        "--out",
-        &s(&plain),
-        "-q",
-    ]);
+        &a,
+        &[
+            "--imatrix-calib",
+            &s(&calib),
+            "--imatrix-nsamples",
+            "4",
+            "--imatrix-seqlen",
+            "32",
+            "--imatrix-out",
+            &s(&im),
+        ],
+    );
+    export_gguf(&g, "Q4_0", &b, &["--imatrix", &s(&im)]);
+    export_gguf(&g, "Q4_0", &plain, &[]);
     let (ba, bb, bp) = (
         std::fs::read(&a).unwrap(),
         std::fs::read(&b).unwrap(),
@@ -594,32 +563,8 @@ fn gguf_from_a_hugging_face_directory_matches_the_original_gguf() {
         ],
         &["--tokenizer-pre"],
     );
-    ok(&[
-        "export",
-        "--model",
-        &s(&hf),
-        "--format",
-        "gguf",
-        "--type",
-        "Q8_0",
-        "--tokenizer-pre",
-        "smollm",
-        "--out",
-        &s(&a),
-        "-q",
-    ]);
-    ok(&[
-        "export",
-        "--model",
-        &s(&model),
-        "--format",
-        "gguf",
-        "--type",
-        "Q8_0",
-        "--out",
-        &s(&b),
-        "-q",
-    ]);
+    export_gguf(&hf, "Q8_0", &a, &["--tokenizer-pre", "smollm"]);
+    export_gguf(&model, "Q8_0", &b, &[]);
     let (fa, fb, fo) = (
         GgufFile::open(&a).unwrap(),
         GgufFile::open(&b).unwrap(),
