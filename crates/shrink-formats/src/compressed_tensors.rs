@@ -84,19 +84,8 @@ pub fn pack_row_dense(vals: &[u32], bits: u32) -> Vec<u32> {
 
 /// Inverse of [`pack_row_dense`] for `len` values.
 pub fn unpack_row_dense(words: &[u32], bits: u32, len: usize) -> Vec<u32> {
-    let mask = (1u64 << bits) - 1;
     (0..len)
-        .map(|i| {
-            let bit = i * bits as usize;
-            let (w, off) = (bit / 32, bit % 32);
-            let lo = words[w] as u64 >> off;
-            let hi = if off + bits as usize > 32 {
-                (words[w + 1] as u64) << (32 - off)
-            } else {
-                0
-            };
-            ((lo | hi) & mask) as u32
-        })
+        .map(|i| shrink_model::packed::unpack_dense(words, bits, i))
         .collect()
 }
 

@@ -156,7 +156,9 @@ fn floats(dt: Dtype, b: &[u8]) -> Result<Vec<f32>> {
     })
 }
 
-fn unpack_dense(row: &[u32], bits: u32, i: usize) -> u32 {
+/// Value `i` of a row of `bits`-bit values packed densely into little-endian u32 words (a value
+/// may straddle two words), as compressed-tensors' pack-quantized format stores them.
+pub fn unpack_dense(row: &[u32], bits: u32, i: usize) -> u32 {
     let bit = i * bits as usize;
     let (w, off) = (bit / 32, bit % 32);
     let lo = row[w] as u64 >> off;
