@@ -154,13 +154,13 @@ fn hessian_flops(c: &ModelConfig, rows: usize) -> f64 {
 /// FLOPs of GPTQ on one layer: per linear, the factorization and inverse (~d_in^3 in total, the
 /// Hessian being shared by the group, counted once per group) and the updates (2 d_out d_in^2).
 fn gptq_flops(c: &ModelConfig) -> f64 {
-    use shrink_model::layer::linear_shape;
+    let lay = shrink_model::arch::layer_layout(c, 0);
     let mut f = 0.0;
-    for g in shrink_model::Group::ORDER {
-        let d_in = linear_shape(c, g.linears()[0])[1] as f64;
+    for g in &lay.groups {
+        let d_in = lay.linears[g.linears[0]].shape[1] as f64;
         f += d_in.powi(3);
-        for &l in g.linears() {
-            f += 2.0 * linear_shape(c, l)[0] as f64 * d_in * d_in;
+        for &k in &g.linears {
+            f += 2.0 * lay.linears[k].shape[0] as f64 * d_in * d_in;
         }
     }
     f

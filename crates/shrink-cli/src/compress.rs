@@ -13,9 +13,8 @@ use shrink_methods::{
     ActOrder, Chain, Gptq, GptqConfig, Magnitude, Method, Obc, ObcConfig, QuantConfig,
     QuantizedWeight, Rtn, SparseGpt, SparseGptConfig, Sparsity, Wanda,
 };
-use shrink_model::arch::{hf_input_norm, hf_linear, hf_post_norm};
 use shrink_model::source::{Overlay, SafetensorsSource};
-use shrink_model::{DecoderLayer, Linear, ModelSource};
+use shrink_model::{DecoderLayer, ModelSource};
 use shrink_pipeline::{LayerReport, LayerSink};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -148,6 +147,21 @@ pub struct CompressArgs {
     /// forward pass per layer).
     #[arg(long, value_name = "group|layer", default_value = "group")]
     sequential: String,
+    /// Mixture-of-Experts models: how each expert is calibrated. routed: from the tokens routed
+    /// to it (an expert that got none is compressed data-free: RTN / magnitude); all: every
+    /// expert runs on every token for its statistics (the routed outputs still drive the
+    /// forward pass); fallback-rtn: routed, and an expert with fewer than --moe-min-tokens
+    /// tokens is compressed data-free. The report gives every expert's token count and what was
+    /// done. The router is never compressed.
+    #[arg(
+        long,
+        value_name = "routed|all|fallback-rtn",
+        default_value = "fallback-rtn"
+    )]
+    moe_calibration: String,
+    /// Token threshold of --moe-calibration fallback-rtn [default: 2 x the expert's input size].
+    #[arg(long, value_name = "N")]
+    moe_min_tokens: Option<usize>,
     /// Compress only the first N layers (for measurements; the rest are copied unchanged).
     #[arg(long, hide = true)]
     layers: Option<usize>,
@@ -459,7 +473,7 @@ impl LayerSink for LayerFiles<'_> {
     fn layer_done(
         &mut self,
         layer: &DecoderLayer,
-        quant: &[(Linear, QuantizedWeight)],
+        quant: &[(usize, QuantizedWeight)],
         report: &LayerReport,
         hidden: &[f32],
     ) -> Result<()> {
@@ -475,17 +489,11 @@ impl LayerSink for LayerFiles<'_> {
                 f32_bytes(&t.data),
             ));
         };
-        f32t(hf_input_norm(i), &layer.input_norm);
-        f32t(hf_post_norm(i), &layer.post_norm);
-        for l in Linear::ALL {
-            let lw = layer.linear(l);
-            f32t(hf_linear(i, l, "weight"), &lw.weight);
-            if let Some(b) = &lw.bias {
-                f32t(hf_linear(i, l, "bias"), b);
-            }
+        for (name, t) in layer.hf_tensors() {
+            f32t(name, &t);
         }
-        for (l, q) in quant {
-            let base = hf_linear(i, *l, "weight");
+        for (k, q) in quant {
+            let base = layer.linear_name(*k);
             items.extend(quant_entries(base.trim_end_matches(".weight"), q));
         }
         let entries: Vec<Entry> = items.iter().map(|(e, _)| e.clone()).collect();
@@ -560,9 +568,39 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         "layer" => shrink_pipeline::Sequential::Layer,
         o => bail!("unknown --sequential '{o}' (use group or layer)"),
     };
+    let moe = match a.moe_calibration.as_str() {
+        "routed" => shrink_pipeline::MoeCalibration::Routed,
+        "all" => shrink_pipeline::MoeCalibration::All,
+        "fallback-rtn" => shrink_pipeline::MoeCalibration::FallbackRtn,
+        o => bail!("unknown --moe-calibration '{o}' (use routed, all or fallback-rtn)"),
+    };
+    // The data-free method with the same grid or sparsity, for experts without enough tokens.
+    let fallback = match recipe.stage.as_slice() {
+        [s] if s.sparsity.is_none() && s.pattern.is_none() && s.bits.is_some() => {
+            Some(build_method(&Stage {
+                method: Some("rtn".into()),
+                act_order: None,
+                damp: None,
+                block_size: None,
+                static_groups: None,
+                ..s.clone()
+            })?)
+        }
+        [s] if s.bits.is_none() && (s.sparsity.is_some() || s.pattern.is_some()) => {
+            Some(build_method(&Stage {
+                method: Some("magnitude".into()),
+                damp: None,
+                block_size: None,
+                ..s.clone()
+            })?)
+        }
+        _ => None,
+    };
     let settings = json!({
         "model": a.model,
         "sequential": sequential,
+        "moe_calibration": moe,
+        "moe_min_tokens": a.moe_min_tokens,
         "recipe": {"recipe": recipe, "calib_ids": a.calib_ids},
         "layers": n_layers,
     });
@@ -626,7 +664,12 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         method.as_ref(),
         start..n_layers,
         hidden,
-        sequential,
+        &shrink_pipeline::Options {
+            sequential,
+            moe,
+            min_expert_tokens: a.moe_min_tokens,
+            fallback: fallback.as_deref(),
+        },
         &mut sink,
         &mut |d, _| bar.set_position((start + d) as u64),
     );

@@ -5,7 +5,7 @@
 use shrink_formats::gguf_quant;
 use shrink_model::gguf::{GgmlType, GgufFile};
 use shrink_model::source::{SafetensorsSource, TensorSource};
-use shrink_model::{arch, Linear, ModelConfig, ModelSource};
+use shrink_model::{arch, ModelConfig, ModelSource};
 use std::path::Path;
 
 #[path = "common/mod.rs"]
@@ -92,7 +92,12 @@ fn from_codes(dir: &Path, base: &str, round: &dyn Fn(f32) -> f32) -> Vec<f32> {
 
 fn linear_names(cfg: &ModelConfig) -> Vec<String> {
     (0..cfg.num_layers)
-        .flat_map(|i| Linear::ALL.map(|l| arch::hf_linear(i, l, "weight")))
+        .flat_map(|i| {
+            arch::layer_layout(cfg, i)
+                .linears
+                .into_iter()
+                .map(move |l| arch::hf_layer_tensor(i, &l.path, "weight"))
+        })
         .collect()
 }
 
@@ -340,7 +345,7 @@ fn export_failures_leave_nothing_behind() {
     // 3-bit compressed-tensors uses the dense cross-word packing and still reads back exactly.
     let src = ModelSource::open(&o).unwrap();
     let dense = SafetensorsSource::open(&c3).unwrap();
-    let n = arch::hf_linear(0, Linear::Down, "weight");
+    let n = arch::hf_layer_tensor(0, "mlp.down_proj", "weight");
     assert_eq!(
         src.tensors.load(&n).unwrap().data,
         dense.load(&n).unwrap().data

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use half::f16;
 use serde_json::{json, Value};
 use shrink_model::source::SafetensorsSource;
-use shrink_model::{arch, Linear, ModelConfig, TensorSource};
+use shrink_model::{arch, ModelConfig, TensorSource};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -109,12 +109,11 @@ pub(crate) fn dense_items(
     quantized: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Item>> {
     let mut items: Vec<Item> = Vec::new();
-    for name in arch::hf_tensor_names(cfg) {
+    for e in arch::tensor_table(cfg) {
+        let (name, shape) = (e.hf, e.shape);
         if quantized(&name) {
             continue;
         }
-        let shape = crate::hf::expected_shape(cfg, &name)
-            .with_context(|| format!("no shape for tensor '{name}'"))?;
         let src = dense.clone();
         let n = name.clone();
         let sh = shape.clone();
@@ -185,14 +184,28 @@ pub(crate) fn write_config_and_tokenizer(
     Ok(())
 }
 
-/// Every quantized linear of the model, in layer order; errors when none is.
+/// Every linear of the model: its base name (`model.layers.3.mlp.down_proj`) and `[d_out, d_in]`,
+/// in layer order.
+pub(crate) fn all_linears(cfg: &ModelConfig) -> Vec<(String, [usize; 2])> {
+    (0..cfg.num_layers)
+        .flat_map(|i| {
+            arch::layer_layout(cfg, i)
+                .linears
+                .into_iter()
+                .map(move |l| (base_name(i, &l.path), l.shape))
+        })
+        .collect()
+}
+
+/// Every quantized linear of the model (base name and shape), in layer order; errors when none
+/// is.
 pub(crate) fn quantized_linears(
     q: &QuantizedDir,
     cfg: &ModelConfig,
-) -> Result<Vec<(usize, Linear)>> {
-    let v: Vec<(usize, Linear)> = (0..cfg.num_layers)
-        .flat_map(|i| Linear::ALL.into_iter().map(move |l| (i, l)))
-        .filter(|&(i, l)| q.has(i, l))
+) -> Result<Vec<(String, [usize; 2])>> {
+    let v: Vec<(String, [usize; 2])> = all_linears(cfg)
+        .into_iter()
+        .filter(|(b, _)| q.has(b))
         .collect();
     if v.is_empty() {
         bail!(
@@ -286,14 +299,12 @@ pub fn write_compressed_tensors(src_dir: &Path, out: &Path, opts: &CtOptions) ->
     let lins = quantized_linears(&q, &cfg)?;
     let dynamic = s.act_order == "dynamic";
     let dense = std::sync::Arc::new(SafetensorsSource::open(src_dir)?);
-    let names: std::collections::HashSet<String> = lins
-        .iter()
-        .map(|&(i, l)| arch::hf_linear(i, l, "weight"))
-        .collect();
+    let names: std::collections::HashSet<String> =
+        lins.iter().map(|(b, _)| format!("{b}.weight")).collect();
     let dir = OutputDir::create(out, opts.force)?;
     let mut items = dense_items(&cfg, &dense, &|n| names.contains(n))?;
-    for &(i, l) in &lins {
-        let ql = q.load(&cfg, i, l)?;
+    for (base, shape) in &lins {
+        let ql = q.load(base, *shape)?;
         for (entry, bytes) in ct_tensors(&ql, s.bits, s.sym, dynamic, opts.scale_dtype) {
             items.push((entry, Box::new(move || Ok(bytes))));
         }
@@ -304,11 +315,9 @@ pub fn write_compressed_tensors(src_dir: &Path, out: &Path, opts: &CtOptions) ->
         "export compressed-tensors",
     )?;
     let mut ignore = vec![json!("lm_head")];
-    for i in 0..cfg.num_layers {
-        for l in Linear::ALL {
-            if !names.contains(&arch::hf_linear(i, l, "weight")) {
-                ignore.push(json!(base_name(i, l)));
-            }
+    for (base, _) in all_linears(&cfg) {
+        if !names.contains(&format!("{base}.weight")) {
+            ignore.push(json!(base));
         }
     }
     let (strategy, group_size) = match s.group_size {
@@ -361,8 +370,12 @@ pub fn sparsity_of(src: &dyn TensorSource, cfg: &ModelConfig) -> Result<(f64, bo
     let (mut zeros, mut total) = (0u64, 0u64);
     let mut two_four = true;
     for i in 0..cfg.num_layers {
-        for l in Linear::ALL {
-            let name = arch::hf_linear(i, l, "weight");
+        for l in arch::layer_layout(cfg, i)
+            .linears
+            .iter()
+            .filter(|l| l.compress)
+        {
+            let name = arch::hf_layer_tensor(i, &l.path, "weight");
             let t = src.load(&name)?;
             total += t.data.len() as u64;
             zeros += t.data.iter().filter(|v| **v == 0.0).count() as u64;

@@ -10,25 +10,56 @@
 use crate::gguf_quant::{self, carry_type, fallback_type, pack_codes_block};
 use crate::quantized::{QLinear, QuantizedDir};
 use anyhow::{bail, Context, Result};
+use shrink_model::arch::{self, NormStyle, Role, TensorKind};
 use shrink_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
-use shrink_model::{arch, Group, Linear, ModelConfig, ModelSource};
+use shrink_model::{ModelConfig, ModelSource};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Mean squared activation of every input column of every linear group (llama.cpp's imatrix:
-/// `sum(x_j^2) / n_rows`), keyed by (layer, group).
+/// `sum(x_j^2) / n_rows`), keyed by (layer, index of the group in the layer's layout).
 #[derive(Clone, Debug, Default)]
 pub struct Imatrix {
-    pub values: HashMap<(usize, Group), Vec<f32>>,
+    pub values: HashMap<(usize, usize), Vec<f32>>,
     /// Rows (tokens) seen per group.
     pub rows: usize,
     pub chunks: usize,
     pub dataset: String,
 }
 
+/// The group of linear `k` in a layout.
+fn group_of(lay: &arch::Layout, k: usize) -> usize {
+    lay.groups
+        .iter()
+        .position(|g| g.linears.contains(&k))
+        .expect("every linear of a layout is in a group")
+}
+
+/// The GGUF weight name of every linear of layer `layer` that llama-imatrix collects (not the
+/// experts, whose statistics llama.cpp stores per expert in one tensor), with its group and d_in.
+fn imatrix_linears(cfg: &ModelConfig, layer: usize) -> Vec<(String, usize, usize)> {
+    let lay = arch::layer_layout(cfg, layer);
+    lay.linears
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.expert.is_none() && l.role != Role::Router)
+        .map(|(k, l)| {
+            (
+                format!("blk.{layer}.{}.weight", l.gguf),
+                group_of(&lay, k),
+                l.shape[1],
+            )
+        })
+        .collect()
+}
+
 impl Imatrix {
-    pub fn get(&self, layer: usize, l: Linear) -> Option<&[f32]> {
-        self.values.get(&(layer, l.group())).map(|v| v.as_slice())
+    /// The importance of linear `k` of `layer`'s layout (its group's).
+    pub fn get(&self, cfg: &ModelConfig, layer: usize, k: usize) -> Option<&[f32]> {
+        let lay = arch::layer_layout(cfg, layer);
+        self.values
+            .get(&(layer, group_of(&lay, k)))
+            .map(|v| v.as_slice())
     }
 
     /// Reads llama-imatrix's GGUF file (`{gguf name}.in_sum2` / `{gguf name}.counts`, value =
@@ -39,12 +70,10 @@ impl Imatrix {
         let p = path.display();
         let mut values = HashMap::new();
         for layer in 0..cfg.num_layers {
-            for l in Linear::ALL {
-                if values.contains_key(&(layer, l.group())) {
+            for (g, group, d_in) in imatrix_linears(cfg, layer) {
+                if values.contains_key(&(layer, group)) {
                     continue;
                 }
-                let g = arch::hf_to_gguf(&arch::hf_linear(layer, l, "weight"))
-                    .with_context(|| format!("no GGUF name for layer {layer} {l:?}"))?;
                 let (Some(_), Some(_)) = (
                     f.tensor(&format!("{g}.in_sum2")),
                     f.tensor(&format!("{g}.counts")),
@@ -53,7 +82,6 @@ impl Imatrix {
                 };
                 let sums = f.dequantize(&format!("{g}.in_sum2"))?;
                 let counts = f.dequantize(&format!("{g}.counts"))?;
-                let d_in = shrink_model::layer::linear_shape(cfg, l)[1];
                 if sums.len() != d_in || counts.len() != 1 {
                     bail!("{p}: '{g}.in_sum2' has {} values for {d_in} columns (or several counts: MoE files are not supported)", sums.len());
                 }
@@ -63,7 +91,7 @@ impl Imatrix {
                 } else {
                     vec![1.0; d_in]
                 };
-                values.insert((layer, l.group()), v);
+                values.insert((layer, group), v);
             }
         }
         if values.is_empty() {
@@ -110,12 +138,10 @@ impl Imatrix {
             GgufValue::U32((self.rows / self.chunks.max(1)) as u32),
         );
         for layer in 0..cfg.num_layers {
-            for l in Linear::ALL {
-                let Some(v) = self.get(layer, l) else {
+            for (g, group, _) in imatrix_linears(cfg, layer) {
+                let Some(v) = self.values.get(&(layer, group)) else {
                     continue;
                 };
-                let g = arch::hf_to_gguf(&arch::hf_linear(layer, l, "weight"))
-                    .with_context(|| format!("no GGUF name for layer {layer} {l:?}"))?;
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 w.add_tensor(
                     format!("{g}.in_sum2"),
@@ -521,7 +547,16 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
         );
         w.add_metadata(
             "quantize.imatrix.entries_count",
-            GgufValue::U32((im.values.len() * 7 / 4) as u32),
+            GgufValue::U32(
+                (0..cfg.num_layers)
+                    .map(|l| {
+                        imatrix_linears(cfg, l)
+                            .iter()
+                            .filter(|(_, g, _)| im.values.contains_key(&(l, *g)))
+                            .count()
+                    })
+                    .sum::<usize>() as u32,
+            ),
         );
         w.add_metadata(
             "quantize.imatrix.chunks_count",
@@ -529,39 +564,69 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
         );
     }
     let permute = cfg.arch.gguf_permutes_qk();
+    let one_plus = cfg.arch.norm_style == NormStyle::OnePlus;
     let mut report = Vec::new();
-    for name in arch::hf_tensor_names(cfg) {
-        let gname =
-            arch::hf_to_gguf(&name).with_context(|| format!("no GGUF name for tensor '{name}'"))?;
-        let lin = linear_of(&name);
-        let shape = crate::hf::expected_shape(cfg, &name)
-            .with_context(|| format!("no shape for tensor '{name}'"))?;
+    // GGUF tensors in order of first appearance; an expert's linears stack into one tensor
+    // `[n_experts, d_out, d_in]` (llama.cpp's `ffn_*_exps`), experts in order.
+    let table = arch::tensor_table(cfg);
+    let mut order: Vec<&str> = Vec::new();
+    let mut parts: HashMap<&str, Vec<&arch::TensorEntry>> = HashMap::new();
+    for t in &table {
+        let v = parts.entry(t.gguf.name.as_str()).or_default();
+        if v.is_empty() {
+            order.push(&t.gguf.name);
+        }
+        v.push(t);
+    }
+    let mut layouts: HashMap<usize, arch::Layout> = HashMap::new();
+    for gname in order {
+        let entries = &parts[gname];
+        let first = entries[0];
+        let shape = &first.shape;
         let (rows, cols) = match shape.as_slice() {
             [r, c] => (*r, *c),
             [c] => (1, *c),
-            _ => bail!("tensor '{name}' has shape {shape:?}"),
+            _ => bail!("tensor '{}' has shape {shape:?}", first.hf),
         };
-        let requested = e.plan.requested(&gname);
+        let requested = e.plan.requested(gname);
         let ty = if shape.len() == 1 {
             GgmlType::F32
         } else {
             fallback_type(requested, cols)
         };
-        let perm = match lin {
-            Some((_, Linear::Q)) if permute => Some(qk_permutation(rows, cfg.num_heads)?),
-            Some((_, Linear::K)) if permute => Some(qk_permutation(rows, cfg.num_kv_heads)?),
+        // the linear this tensor belongs to: (layer, index in the layout, weight or bias)
+        let lin = match (first.layer, first.kind) {
+            (Some(l), TensorKind::LinearWeight(k)) => Some((l, k, true)),
+            (Some(l), TensorKind::LinearBias(k)) => Some((l, k, false)),
             _ => None,
         };
+        let role = lin.map(|(l, k, _)| {
+            layouts
+                .entry(l)
+                .or_insert_with(|| arch::layer_layout(cfg, l))
+                .linears[k]
+                .role
+        });
+        let n = match (lin, shape.len()) {
+            (Some((_, _, false)), 1) => cols, // a bias: permuted as a column
+            _ => rows,
+        };
+        let perm = match role {
+            Some(Role::Q) if permute => Some(qk_permutation(n, cfg.num_heads)?),
+            Some(Role::K) if permute => Some(qk_permutation(n, cfg.num_kv_heads)?),
+            _ => None,
+        };
+        let stacked = first.gguf.expert.is_some();
         // Carry GPTQ codes over where the block type holds them exactly.
         let mut carried = None;
-        if let (Some(q), Some((layer, l)), true) = (e.quantized, lin, e.carry_codes) {
+        if let (Some(q), Some((layer, k, true)), true, false) =
+            (e.quantized, lin, e.carry_codes, stacked)
+        {
             let s = &q.settings;
-            if name.ends_with(".weight")
-                && q.has(layer, l)
-                && s.group_size == Some(32)
-                && carry_type(s.bits, s.sym) == Some(ty)
-            {
-                let ql = q.load(cfg, layer, l)?;
+            let spec = &layouts[&layer].linears[k];
+            let base = crate::quantized::base_name(layer, &spec.path);
+            if q.has(&base) && s.group_size == Some(32) && carry_type(s.bits, s.sym) == Some(ty) {
+                let ql = q.load(&base, spec.shape)?;
                 if ql.g_idx_trivial(32) && ql.d_in % 32 == 0 {
                     let ql = match &perm {
                         Some(p) => ql.permute_rows(p),
@@ -571,46 +636,57 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
                 }
             }
         }
-        let imat = match (e.imatrix, lin) {
-            (Some(im), Some((layer, l))) if name.ends_with(".weight") => im.get(layer, l),
+        let imat = match (e.imatrix, lin, stacked) {
+            (Some(im), Some((layer, k, true)), false) => im.get(cfg, layer, k),
             _ => None,
         };
         let (data, used_imatrix, was_carried) = match carried {
             Some(d) => (d, false, true),
             None => {
-                let t = e.src.tensors.load(&name)?;
-                if t.shape != shape {
-                    bail!(
-                        "{}: tensor '{name}' has shape {:?}, expected {shape:?}",
-                        e.src.tensors.describe(),
-                        t.shape
-                    );
+                let mut x = Vec::with_capacity(rows * cols * entries.len());
+                for part in entries {
+                    let t = e.src.tensors.load(&part.hf)?;
+                    if &t.shape != shape {
+                        bail!(
+                            "{}: tensor '{}' has shape {:?}, expected {shape:?}",
+                            e.src.tensors.describe(),
+                            part.hf,
+                            t.shape
+                        );
+                    }
+                    let mut d = match &perm {
+                        Some(p) if shape.len() == 1 => permute_rows(&t.data, 1, p),
+                        Some(p) => permute_rows(&t.data, cols, p),
+                        None => t.data,
+                    };
+                    if one_plus && matches!(part.kind, TensorKind::Norm(_) | TensorKind::FinalNorm)
+                    {
+                        // llama.cpp's converter stores Gemma's norms as 1 + w
+                        d.iter_mut().for_each(|w| *w += 1.0);
+                    }
+                    x.extend(d);
                 }
-                let x = match &perm {
-                    Some(p) => permute_rows(&t.data, cols, p),
-                    None => t.data,
-                };
                 let im = imat.filter(|_| gguf_quant::uses_imatrix(ty));
                 let d = gguf_quant::quantize(ty, &x, cols, im)
-                    .with_context(|| format!("quantizing '{name}' to {}", ty.name()))?;
+                    .with_context(|| format!("quantizing '{gname}' to {}", ty.name()))?;
                 (d, im.is_some(), false)
             }
         };
-        let dims: Vec<u64> = if shape.len() == 1 {
-            vec![cols as u64]
-        } else {
-            vec![cols as u64, rows as u64]
+        let dims: Vec<u64> = match (shape.len(), stacked) {
+            (1, _) => vec![cols as u64],
+            (_, false) => vec![cols as u64, rows as u64],
+            (_, true) => vec![cols as u64, rows as u64, entries.len() as u64],
         };
         report.push(TensorReport {
-            name: gname.clone(),
+            name: gname.to_string(),
             ggml_type: ty.name().to_string(),
             requested: requested.name().to_string(),
             carried_codes: was_carried,
             imatrix: used_imatrix,
-            elements: (rows * cols) as u64,
+            elements: (rows * cols * entries.len()) as u64,
             bytes: data.len() as u64,
         });
-        w.add_tensor(gname, dims, ty, data)?;
+        w.add_tensor(gname.to_string(), dims, ty, data)?;
     }
     Ok((w, report))
 }
@@ -638,16 +714,6 @@ pub fn write_gguf(e: &GgufExport, out: &Path, force: bool) -> Result<(PathBuf, V
     Ok((out.to_path_buf(), report))
 }
 
-fn linear_of(name: &str) -> Option<(usize, Linear)> {
-    let rest = name.strip_prefix("model.layers.")?;
-    let (idx, rest) = rest.split_once('.')?;
-    let layer: usize = idx.parse().ok()?;
-    Linear::ALL
-        .into_iter()
-        .find(|l| rest.contains(&format!(".{}.", l.hf_name())))
-        .map(|l| (layer, l))
-}
-
 /// The blocks of a whole linear from its codes (rows of `d_in / 32` groups of 32).
 fn carry_blocks(q: &QLinear, ty: GgmlType) -> Result<Vec<u8>> {
     let ng = q.n_groups();
@@ -672,18 +738,21 @@ fn carry_blocks(q: &QLinear, ty: GgmlType) -> Result<Vec<u8>> {
 /// Accumulates llama.cpp-style importance statistics from the calibration forward pass.
 struct ImatrixHook<'a> {
     layer: usize,
-    sums: &'a mut HashMap<(usize, Group), (Vec<f64>, usize)>,
+    sums: &'a mut HashMap<(usize, usize), (Vec<f64>, usize)>,
 }
 
 impl shrink_model::LayerHook for ImatrixHook<'_> {
     fn before_group(
         &mut self,
-        _layer: &mut shrink_model::DecoderLayer,
-        group: Group,
+        layer: &mut shrink_model::DecoderLayer,
+        group: usize,
         input: &[f32],
         rows: usize,
     ) -> Result<()> {
-        let d = input.len() / rows.max(1);
+        if layer.layout.groups[group].expert.is_some() {
+            return Ok(()); // llama.cpp keeps experts' statistics per expert; not collected
+        }
+        let d = layer.layout.linears[layer.layout.groups[group].linears[0]].shape[1];
         let e = self
             .sums
             .entry((self.layer, group))
@@ -716,11 +785,11 @@ pub fn compute_imatrix(
         );
     }
     let embed = src.load_embedding()?;
-    let mut x = shrink_model::model::embed_tokens(&embed, ids)?;
+    let mut x = shrink_model::model::embed_input(cfg, &embed, ids)?;
     drop(embed);
     let rope = shrink_model::Rope::new(cfg, seqlen);
     let h = cfg.hidden_size;
-    let mut sums: HashMap<(usize, Group), (Vec<f64>, usize)> = HashMap::new();
+    let mut sums: HashMap<(usize, usize), (Vec<f64>, usize)> = HashMap::new();
     let batch = 4usize;
     for i in 0..cfg.num_layers {
         let mut layer = src.load_layer(i)?;
@@ -776,10 +845,5 @@ mod tests {
         assert_eq!(parse_type("Q8_0").unwrap(), GgmlType::Q8_0);
         assert!(parse_type("Q2_K").is_err());
         assert!(parse_type("Q9").is_err());
-        assert_eq!(
-            linear_of("model.layers.12.mlp.down_proj.weight"),
-            Some((12, Linear::Down))
-        );
-        assert_eq!(linear_of("model.norm.weight"), None);
     }
 }

@@ -163,21 +163,31 @@ pub fn write_gptq(src_dir: &Path, out: &Path, opts: &GptqOptions) -> Result<Path
     let cfg = ModelConfig::from_hf_file(&src_dir.join("config.json"))?;
     let s = q.settings.clone();
     let lins = quantized_linears(&q, &cfg)?;
-    if lins.len() != cfg.num_layers * 7 {
+    // every linear the family compresses (the MoE router stays dense, as GPTQModel leaves it)
+    let want = (0..cfg.num_layers)
+        .map(|i| {
+            shrink_model::arch::layer_layout(&cfg, i)
+                .linears
+                .iter()
+                .filter(|l| l.compress)
+                .count()
+        })
+        .sum::<usize>();
+    if lins.len() != want {
         bail!(
             "{}: only {} of {} linears are quantized; GPTQ checkpoints quantize every linear of every layer",
             src_dir.display(),
             lins.len(),
-            cfg.num_layers * 7
+            want
         );
     }
     let dense = std::sync::Arc::new(SafetensorsSource::open(src_dir)?);
     let dir = OutputDir::create(out, opts.force)?;
-    let mut items: Vec<Item> = dense_items(&cfg, &dense, &|n| {
-        n.starts_with("model.layers.") && n.ends_with(".weight") && !n.ends_with("layernorm.weight")
-    })?;
-    for &(i, l) in &lins {
-        let ql = q.load(&cfg, i, l)?;
+    let qnames: std::collections::HashSet<String> =
+        lins.iter().map(|(b, _)| format!("{b}.weight")).collect();
+    let mut items: Vec<Item> = dense_items(&cfg, &dense, &|n| qnames.contains(n))?;
+    for (base, shape) in &lins {
+        let ql = q.load(base, *shape)?;
         for (entry, bytes) in gptq_tensors(&ql, s.bits, opts.format, opts.scale_dtype)? {
             items.push((entry, Box::new(move || Ok(bytes))));
         }

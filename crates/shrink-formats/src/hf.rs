@@ -190,12 +190,10 @@ pub fn write_hf_files(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
     let cfg = &src.config;
-    let names = arch::hf_tensor_names(cfg);
-    let mut names_shapes = Vec::with_capacity(names.len());
-    for n in &names {
-        let shape = expected_shape(cfg, n).with_context(|| format!("no shape for tensor '{n}'"))?;
-        names_shapes.push((n.clone(), shape));
-    }
+    let names_shapes: Vec<(String, Vec<usize>)> = arch::tensor_table(cfg)
+        .into_iter()
+        .map(|e| (e.hf, e.shape))
+        .collect();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
@@ -209,7 +207,7 @@ pub fn write_hf_files(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
     );
-    let total = names.len();
+    let total = names_shapes.len();
     write_safetensors(
         &dir.join("model.safetensors"),
         &names_shapes,
@@ -289,25 +287,5 @@ fn tokenizer_config(src: &ModelSource) -> serde_json::Value {
 
 /// The shape a tensor must have under `cfg`.
 pub fn expected_shape(cfg: &shrink_model::ModelConfig, name: &str) -> Option<Vec<usize>> {
-    use shrink_model::layer::linear_shape;
-    let h = cfg.hidden_size;
-    match name {
-        arch::HF_EMBED | arch::HF_LM_HEAD => return Some(vec![cfg.vocab_size, h]),
-        arch::HF_NORM => return Some(vec![h]),
-        _ => {}
-    }
-    if name.ends_with("layernorm.weight") {
-        return Some(vec![h]);
-    }
-    for l in shrink_model::Linear::ALL {
-        if name.contains(&format!(".{}.", l.hf_name())) {
-            let s = linear_shape(cfg, l);
-            return Some(if name.ends_with(".bias") {
-                vec![s[0]]
-            } else {
-                s.to_vec()
-            });
-        }
-    }
-    None
+    arch::tensor_entry(cfg, name).map(|e| e.shape)
 }

@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use safetensors::Dtype;
 use shrink_model::source::SafetensorsSource;
-use shrink_model::{arch, Linear, ModelConfig};
+
 use std::path::{Path, PathBuf};
 
 /// The quantization settings of a compressed directory.
@@ -142,16 +142,14 @@ impl QuantizedDir {
         (1 << self.settings.bits) - 1
     }
 
-    /// Whether linear `l` of `layer` was quantized.
-    pub fn has(&self, layer: usize, l: Linear) -> bool {
-        let base = base_name(layer, l);
+    /// Whether the linear `base` (`model.layers.3.mlp.experts.5.down_proj`) was quantized.
+    pub fn has(&self, base: &str) -> bool {
         self.file.info(&format!("{base}.qcodes")).is_some()
     }
 
-    /// Loads and validates one linear against the model config.
-    pub fn load(&self, cfg: &ModelConfig, layer: usize, l: Linear) -> Result<QLinear> {
-        let base = base_name(layer, l);
-        let [d_out, d_in] = shrink_model::layer::linear_shape(cfg, l);
+    /// Loads the linear `base` and validates it against its `[d_out, d_in]` under the config.
+    pub fn load(&self, base: &str, shape: [usize; 2]) -> Result<QLinear> {
+        let [d_out, d_in] = shape;
         let file = self.dir.join("quantized.safetensors");
         let f = file.display();
         let raw = |suffix: &str, dt: Dtype, shape: &[usize]| -> Result<&[u8]> {
@@ -199,7 +197,7 @@ impl QuantizedDir {
             bail!("{f}: '{base}.scales' has a non-finite scale {s}");
         }
         Ok(QLinear {
-            name: arch::hf_linear(layer, l, "weight"),
+            name: format!("{base}.weight"),
             d_out,
             d_in,
             codes,
@@ -210,11 +208,10 @@ impl QuantizedDir {
     }
 }
 
-/// `model.layers.{i}.self_attn.q_proj` etc.
-pub fn base_name(layer: usize, l: Linear) -> String {
-    arch::hf_linear(layer, l, "weight")
-        .trim_end_matches(".weight")
-        .to_string()
+/// `model.layers.{i}.{path}` (e.g. `model.layers.3.self_attn.q_proj`): a linear's name without
+/// `.weight`, the prefix of its quantized tensors.
+pub fn base_name(layer: usize, path: &str) -> String {
+    format!("model.layers.{layer}.{path}")
 }
 
 /// The `__metadata__` of a safetensors file.

@@ -1,5 +1,5 @@
 //! Model configuration: read from a Hugging Face `config.json` or from GGUF metadata, validated once.
-use crate::arch::Arch;
+use crate::arch::{Activation, Arch};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -42,8 +42,59 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     /// Sliding-window attention span, where the config enables it (Mistral, Qwen2 with
-    /// `use_sliding_window`); shrink runs full attention and refuses longer sequences.
+    /// `use_sliding_window`, Gemma 3's local layers): a query at position i sees keys j with
+    /// i - window < j <= i.
     pub sliding_window: Option<usize>,
+    /// Per layer: true where the layer uses the sliding window (and, with
+    /// `rope_local_theta`, the local rope base); empty means no layer does.
+    pub sliding_layers: Vec<bool>,
+    /// Rope base of the sliding-window layers (Gemma 3's `rope_local_base_freq`); `None`: they
+    /// use `rope_theta` and `rope_scaling` like the others.
+    pub rope_local_theta: Option<f64>,
+    /// The gated MLP's activation.
+    pub act: Activation,
+    /// Queries are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2` (Gemma).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// `cap * tanh(s / cap)` on attention scores (Gemma 2 style), when set.
+    pub attn_softcap: Option<f64>,
+    /// `cap * tanh(z / cap)` on the output logits, when set.
+    pub final_softcap: Option<f64>,
+    /// Mixture-of-Experts settings, for MoE families.
+    pub moe: Option<MoeConfig>,
+}
+
+/// The Mixture-of-Experts part of a config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Each expert's intermediate size.
+    pub expert_intermediate: usize,
+    /// Renormalise the top-k probabilities to sum to 1.
+    pub norm_topk_prob: bool,
+    /// Layers with a dense MLP instead of experts (Qwen3-MoE's `mlp_only_layers` and
+    /// `decoder_sparse_step`).
+    pub dense_layers: Vec<usize>,
+}
+
+impl MoeConfig {
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        !self.dense_layers.contains(&layer)
+    }
+}
+
+impl ModelConfig {
+    /// True where layer `i` attends through the sliding window.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_layers.get(i).copied().unwrap_or(false)
+    }
+    /// The attention scale applied to q k^T.
+    pub fn attn_scale(&self) -> f32 {
+        // transformers computes the scale as a Python float (f64) and multiplies in f32.
+        let s = self.query_pre_attn_scalar.unwrap_or(self.head_dim as f64);
+        s.powf(-0.5) as f32
+    }
 }
 
 fn get_usize(v: &Value, key: &str, file: &str) -> Result<usize> {
@@ -119,11 +170,21 @@ impl ModelConfig {
                 .find_map(|a| Arch::from_hf_class(a))
                 .with_context(|| format!("{file}: no 'model_type' and no known 'architectures' entry (found {archs:?}; supported: {})", Arch::supported()))?,
         };
-        if let Some(act) = v.get("hidden_act").and_then(|x| x.as_str()) {
-            if act != "silu" {
-                bail!("{file}: hidden_act '{act}' is not supported (the Llama family uses 'silu')");
-            }
+        if model_type == Some("gemma3") {
+            bail!("{file}: model_type 'gemma3' is the multimodal Gemma3ForConditionalGeneration; shrink reads the text-only 'gemma3_text' (Gemma3ForCausalLM)");
         }
+        let act_key = ["hidden_activation", "hidden_act"]
+            .into_iter()
+            .find(|k| v.get(*k).is_some_and(|x| x.is_string()));
+        let act = match act_key {
+            None => arch.default_act,
+            Some(k) => {
+                let name = v[k].as_str().unwrap_or_default();
+                Activation::from_hf(name).with_context(|| {
+                    format!("{file}: {k} '{name}' is not supported (supported: silu, gelu_pytorch_tanh)")
+                })?
+            }
+        };
         let hidden_size = get_usize(v, "hidden_size", file)?;
         let num_heads = get_usize(v, "num_attention_heads", file)?;
         let num_kv_heads = opt_usize(v, "num_key_value_heads", file)?.unwrap_or(num_heads);
@@ -136,32 +197,56 @@ impl ModelConfig {
                 hidden_size / num_heads
             }
         };
-        // transformers 5 nests rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.
+        if let Some(f) = opt_f64(v, "partial_rotary_factor", file)? {
+            if f != 1.0 {
+                bail!("{file}: partial_rotary_factor {f} is not supported (shrink rotates whole heads)");
+            }
+        }
+        // transformers 5 nests rope settings in `rope_parameters` (per layer type for models
+        // with local and global layers); older files use rope_theta + rope_scaling (+
+        // rope_local_base_freq).
         let rope_params = v.get("rope_parameters").filter(|x| x.is_object());
+        let per_type =
+            rope_params.filter(|p| p.get("full_attention").is_some_and(|x| x.is_object()));
+        let global_params = match per_type {
+            Some(p) => p.get("full_attention"),
+            None => rope_params,
+        };
         let rope_theta = opt_f64(v, "rope_theta", file)?
-            .or(rope_params
+            .or(global_params
                 .and_then(|p| p.get("rope_theta"))
                 .and_then(|x| x.as_f64()))
             .unwrap_or(10000.0);
         let scaling = v
             .get("rope_scaling")
             .filter(|x| x.is_object())
-            .or(rope_params);
+            .or(global_params);
         let rope_scaling = match scaling {
             None => None,
             Some(s) => parse_rope_scaling(s, file)?,
         };
-        let attention_bias = opt_bool(v, "attention_bias", file)?.unwrap_or(false);
-        let (qkv_bias, o_bias) = match arch {
-            Arch::Qwen2 => (true, false),
-            _ => (attention_bias, attention_bias),
+        let rope_local_theta = match opt_f64(v, "rope_local_base_freq", file)? {
+            Some(t) => Some(t),
+            None => per_type
+                .and_then(|p| p.get("sliding_attention"))
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(|x| x.as_f64()),
         };
+        let attention_bias = opt_bool(v, "attention_bias", file)?.unwrap_or(false);
+        let (qkv_bias, o_bias) = if arch.qkv_bias_always {
+            (true, false)
+        } else {
+            (attention_bias, attention_bias)
+        };
+        let num_layers = get_usize(v, "num_hidden_layers", file)?;
+        let (sliding_window, sliding_layers) = parse_sliding(v, arch, num_layers, file)?;
+        let moe = parse_moe(v, arch, num_layers, file)?;
         let cfg = ModelConfig {
             arch,
             vocab_size: get_usize(v, "vocab_size", file)?,
             hidden_size,
             intermediate_size: get_usize(v, "intermediate_size", file)?,
-            num_layers: get_usize(v, "num_hidden_layers", file)?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -175,13 +260,14 @@ impl ModelConfig {
             mlp_bias: opt_bool(v, "mlp_bias", file)?.unwrap_or(false),
             bos_token_id: opt_token_id(v, "bos_token_id", file)?,
             eos_token_id: opt_token_id(v, "eos_token_id", file)?,
-            sliding_window: match arch {
-                Arch::Mistral => opt_usize(v, "sliding_window", file)?,
-                Arch::Qwen2 if opt_bool(v, "use_sliding_window", file)?.unwrap_or(false) => {
-                    opt_usize(v, "sliding_window", file)?
-                }
-                _ => None,
-            },
+            sliding_window,
+            sliding_layers,
+            rope_local_theta,
+            act,
+            query_pre_attn_scalar: opt_f64(v, "query_pre_attn_scalar", file)?,
+            attn_softcap: opt_f64(v, "attn_logit_softcapping", file)?,
+            final_softcap: opt_f64(v, "final_logit_softcapping", file)?,
+            moe,
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -231,6 +317,36 @@ impl ModelConfig {
             }
             Ok(())
         };
+        for (k, x) in [
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("attn_logit_softcapping", self.attn_softcap),
+            ("final_logit_softcapping", self.final_softcap),
+            ("rope_local_base_freq", self.rope_local_theta),
+        ] {
+            if let Some(x) = x {
+                if !(x > 0.0 && x.is_finite()) {
+                    bail!("{file}: {k} = {x} must be a positive number");
+                }
+            }
+        }
+        if !self.sliding_layers.is_empty() && self.sliding_layers.len() != self.num_layers {
+            bail!(
+                "{file}: the sliding-window pattern covers {} layers but the model has {}",
+                self.sliding_layers.len(),
+                self.num_layers
+            );
+        }
+        if let Some(m) = &self.moe {
+            if m.expert_intermediate == 0 || m.expert_intermediate > 1 << 24 {
+                bail!(
+                    "{file}: the experts' intermediate size {} is out of range",
+                    m.expert_intermediate
+                );
+            }
+            if m.num_experts > 1 << 12 {
+                bail!("{file}: {} experts is implausibly many", m.num_experts);
+            }
+        }
         match self.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => positive("factor", factor)?,
@@ -283,7 +399,7 @@ impl ModelConfig {
             "num_attention_heads": self.num_heads,
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
+            "hidden_act": self.act.hf_name(),
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
             "rope_scaling": rope_scaling,
@@ -294,16 +410,64 @@ impl ModelConfig {
             "initializer_range": 0.02,
         });
         let o = v.as_object_mut().unwrap();
-        if self.arch == Arch::Llama {
+        let name = self.arch.name;
+        if !self.arch.qkv_bias_always {
             o.insert("attention_bias".into(), json!(self.qkv_bias));
+        }
+        if name == "llama" {
             o.insert("mlp_bias".into(), json!(self.mlp_bias));
         }
-        if self.arch != Arch::Llama {
+        if name != "llama" {
             o.insert("sliding_window".into(), json!(self.sliding_window));
+        }
+        if matches!(name, "qwen2" | "qwen3" | "qwen3_moe") {
             o.insert(
                 "use_sliding_window".into(),
                 json!(self.sliding_window.is_some()),
             );
+            if self.sliding_window.is_some() {
+                let first = self.sliding_layers.iter().position(|s| *s);
+                o.insert(
+                    "max_window_layers".into(),
+                    json!(first.unwrap_or(self.num_layers)),
+                );
+            }
+        }
+        if !self.sliding_layers.is_empty() {
+            let types: Vec<&str> = self
+                .sliding_layers
+                .iter()
+                .map(|s| {
+                    if *s {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                })
+                .collect();
+            o.insert("layer_types".into(), json!(types));
+        }
+        if name == "gemma3_text" {
+            o.insert("hidden_activation".into(), json!(self.act.hf_name()));
+            o.insert(
+                "query_pre_attn_scalar".into(),
+                json!(self.query_pre_attn_scalar),
+            );
+            o.insert("rope_local_base_freq".into(), json!(self.rope_local_theta));
+            o.insert("attn_logit_softcapping".into(), json!(self.attn_softcap));
+            o.insert("final_logit_softcapping".into(), json!(self.final_softcap));
+        }
+        if let Some(m) = &self.moe {
+            o.insert("num_experts_per_tok".into(), json!(m.top_k));
+            if name == "mixtral" {
+                o.insert("num_local_experts".into(), json!(m.num_experts));
+            } else {
+                o.insert("num_experts".into(), json!(m.num_experts));
+                o.insert("moe_intermediate_size".into(), json!(m.expert_intermediate));
+                o.insert("norm_topk_prob".into(), json!(m.norm_topk_prob));
+                o.insert("decoder_sparse_step".into(), json!(1));
+                o.insert("mlp_only_layers".into(), json!(m.dense_layers));
+            }
         }
         if let Some(b) = self.bos_token_id {
             o.insert("bos_token_id".into(), json!(b));
@@ -313,6 +477,125 @@ impl ModelConfig {
         }
         v
     }
+}
+
+/// The sliding window and which layers use it: `layer_types` where the config lists them
+/// (transformers 5 writes it for every family with local layers), else Gemma's
+/// `sliding_window_pattern` (every p-th layer global), else Mistral's window on every layer, or
+/// Qwen's `use_sliding_window` from `max_window_layers` on.
+fn parse_sliding(
+    v: &Value,
+    arch: Arch,
+    num_layers: usize,
+    file: &str,
+) -> Result<(Option<usize>, Vec<bool>)> {
+    let enabled = match arch.name {
+        "qwen2" | "qwen3" | "qwen3_moe" => {
+            opt_bool(v, "use_sliding_window", file)?.unwrap_or(false)
+        }
+        _ => true,
+    };
+    let window = if enabled {
+        opt_usize(v, "sliding_window", file)?
+    } else {
+        None
+    };
+    let Some(w) = window else {
+        return Ok((None, vec![]));
+    };
+    if w == 0 {
+        bail!("{file}: sliding_window must be positive");
+    }
+    if let Some(lt) = v.get("layer_types").filter(|x| !x.is_null()) {
+        let a = lt
+            .as_array()
+            .with_context(|| format!("{file}: field 'layer_types' must be a list"))?;
+        if a.len() != num_layers {
+            bail!(
+                "{file}: 'layer_types' lists {} layers but num_hidden_layers is {num_layers}",
+                a.len()
+            );
+        }
+        let layers = a
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => bail!("{file}: 'layer_types' entry {t} is not 'sliding_attention' or 'full_attention'"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok((Some(w), layers));
+    }
+    let layers = match arch.name {
+        "gemma3_text" => {
+            let p = opt_usize(v, "sliding_window_pattern", file)?.with_context(|| {
+                format!("{file}: a sliding_window needs 'layer_types' or 'sliding_window_pattern'")
+            })?;
+            if p == 0 {
+                bail!("{file}: sliding_window_pattern must be positive");
+            }
+            (0..num_layers).map(|i| (i + 1) % p != 0).collect()
+        }
+        "qwen2" | "qwen3" | "qwen3_moe" => {
+            let from = opt_usize(v, "max_window_layers", file)?.unwrap_or(0);
+            (0..num_layers).map(|i| i >= from).collect()
+        }
+        _ => vec![true; num_layers],
+    };
+    Ok((Some(w), layers))
+}
+
+/// The experts of a MoE family (`None` for dense families).
+fn parse_moe(v: &Value, arch: Arch, num_layers: usize, file: &str) -> Result<Option<MoeConfig>> {
+    if !arch.is_moe() {
+        return Ok(None);
+    }
+    let (experts_key, ff_key) = match arch.name {
+        "mixtral" => ("num_local_experts", "intermediate_size"),
+        _ => ("num_experts", "moe_intermediate_size"),
+    };
+    let num_experts = get_usize(v, experts_key, file)?;
+    let top_k = get_usize(v, "num_experts_per_tok", file)?;
+    if num_experts == 0 || top_k == 0 || top_k > num_experts {
+        bail!(
+            "{file}: num_experts_per_tok {top_k} must be between 1 and {experts_key} {num_experts}"
+        );
+    }
+    let mut dense_layers = vec![];
+    if arch.name != "mixtral" {
+        if let Some(m) = v.get("mlp_only_layers").filter(|x| !x.is_null()) {
+            let a = m.as_array().with_context(|| {
+                format!("{file}: field 'mlp_only_layers' must be a list of layer indices")
+            })?;
+            for x in a {
+                let i = x
+                    .as_u64()
+                    .filter(|&i| (i as usize) < num_layers)
+                    .with_context(|| format!("{file}: 'mlp_only_layers' entry {x} is not a layer index below {num_layers}"))?;
+                dense_layers.push(i as usize);
+            }
+        }
+        let step = opt_usize(v, "decoder_sparse_step", file)?.unwrap_or(1);
+        if step == 0 {
+            bail!("{file}: decoder_sparse_step must be positive");
+        }
+        for i in 0..num_layers {
+            if (i + 1) % step != 0 && !dense_layers.contains(&i) {
+                dense_layers.push(i);
+            }
+        }
+        dense_layers.sort();
+    }
+    Ok(Some(MoeConfig {
+        num_experts,
+        top_k,
+        expert_intermediate: get_usize(v, ff_key, file)?,
+        norm_topk_prob: match arch.name {
+            "mixtral" => true,
+            _ => opt_bool(v, "norm_topk_prob", file)?.unwrap_or(false),
+        },
+        dense_layers,
+    }))
 }
 
 fn parse_rope_scaling(s: &Value, file: &str) -> Result<Option<RopeScaling>> {

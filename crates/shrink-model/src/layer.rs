@@ -1,10 +1,16 @@
-//! One decoder layer of the Llama family, runnable on its own on a batch of hidden states.
+//! One decoder layer of any family in [`crate::arch::FAMILIES`], runnable on its own on a batch
+//! of hidden states.
 //!
-//! `DecoderLayer::forward` calls a [`LayerHook`] with the input of every group of linears
-//! (`{q,k,v}`, `{o}`, `{gate,up}`, `{down}`) just before they are applied, with mutable access to
-//! the layer's weights: calibration observes inputs there, and a compressor can replace a group's
-//! weights so that later groups see the outputs of already-compressed ones ("true sequential").
-use crate::arch::{self, Group, Linear};
+//! The layer's [`Layout`] (from the family table) says which linears and norms it holds; the
+//! forward pass is built from shared blocks (norm, attention with q/k norms, sliding windows and
+//! soft-capping, a gated MLP, a routed mixture of experts) and finds its weights by role.
+//! `DecoderLayer::forward` calls a [`LayerHook`] with the input of every group of linears just
+//! before they are applied, with mutable access to the layer's weights: calibration observes
+//! inputs there, and a compressor can replace a group's weights so that later groups see the
+//! outputs of already-compressed ones ("true sequential"). Groups are visited in
+//! [`Layout::groups`] order: attention input, attention output, then the MLP's input and output
+//! or, in a MoE layer, the router's input and each expert's gate/up and down.
+use crate::arch::{self, Activation, Layout, NormSlot, NormStyle, Role, Routing, TensorKind};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::source::TensorSource;
 use crate::tensor::{linear, rms_norm, swiglu, Tensor};
@@ -15,20 +21,29 @@ use rayon::prelude::*;
 
 /// Observes (and may modify) a layer's weights before each group of linears is applied.
 pub trait LayerHook {
-    /// `input` is `[rows, d_in]` row-major: the common input of `group`'s linears.
+    /// `input` is `[rows, d_in]` row-major: the common input of the linears of
+    /// `layer.layout.groups[group]`. For an expert's group, `rows` are the tokens routed to it
+    /// (possibly none), or every token when [`LayerHook::experts_see_all`] says so.
     fn before_group(
         &mut self,
         layer: &mut DecoderLayer,
-        group: Group,
+        group: usize,
         input: &[f32],
         rows: usize,
     ) -> Result<()>;
+    /// MoE: hand every token (not only the routed ones) to the experts' groups, for statistics;
+    /// the routed tokens alone still make the layer's output.
+    fn experts_see_all(&self) -> bool {
+        false
+    }
+    /// MoE: called before expert `expert`'s groups with the number of tokens routed to it.
+    fn routed(&mut self, _layer: usize, _expert: usize, _tokens: usize) {}
 }
 
 /// A hook that does nothing (plain inference).
 pub struct NoHook;
 impl LayerHook for NoHook {
-    fn before_group(&mut self, _: &mut DecoderLayer, _: Group, _: &[f32], _: usize) -> Result<()> {
+    fn before_group(&mut self, _: &mut DecoderLayer, _: usize, _: &[f32], _: usize) -> Result<()> {
         Ok(())
     }
 }
@@ -44,10 +59,13 @@ pub struct LinearWeights {
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
     pub index: usize,
-    pub input_norm: Tensor,
-    pub post_norm: Tensor,
-    /// Indexed by `Linear as usize` (q, k, v, o, gate, up, down).
+    pub layout: Layout,
+    /// Parallel to `layout.linears`.
     pub linears: Vec<LinearWeights>,
+    /// Parallel to `layout.norms`: the effective multipliers (`1 + w` already added for
+    /// [`NormStyle::OnePlus`] families).
+    pub norms: Vec<Tensor>,
+    style: NormStyle,
 }
 
 /// Loads a tensor and checks its shape against what the config implies.
@@ -91,7 +109,8 @@ pub fn check_shape(
 /// the file).
 pub fn check_layout(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
     for i in 0..cfg.num_layers {
-        let name = arch::hf_linear(i, Linear::Q, "weight");
+        let lay = arch::layer_layout(cfg, i);
+        let name = arch::hf_layer_tensor(i, &lay.linears[0].path, "weight");
         if !src.contains(&name) {
             bail!(
                 "{}: the config declares {} layers, but tensor {} of layer {i} is missing",
@@ -105,11 +124,17 @@ pub fn check_layout(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
         arch::HF_EMBED.to_string(),
         vec![cfg.vocab_size, cfg.hidden_size],
     )];
-    for l in Linear::ALL {
-        expected.push((
-            arch::hf_linear(0, l, "weight"),
-            linear_shape(cfg, l).to_vec(),
-        ));
+    let mut layers = vec![0];
+    if let Some(m) = &cfg.moe {
+        // the first MoE layer and the first dense one, so experts and dense MLPs are both checked
+        layers.extend((0..cfg.num_layers).find(|&i| m.is_moe_layer(i) != m.is_moe_layer(0)));
+    }
+    for i in layers {
+        for e in arch::layer_tensors(cfg, i, &arch::layer_layout(cfg, i)) {
+            if matches!(e.kind, TensorKind::LinearWeight(_)) {
+                expected.push((e.hf, e.shape));
+            }
+        }
     }
     for (name, want) in expected {
         if let Some(got) = src.shape(&name) {
@@ -119,70 +144,140 @@ pub fn check_layout(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
     Ok(())
 }
 
-/// `[d_out, d_in]` of a linear under `cfg`.
-pub fn linear_shape(cfg: &ModelConfig, l: Linear) -> [usize; 2] {
-    let (h, q, kv, i) = (
-        cfg.hidden_size,
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-        cfg.intermediate_size,
-    );
-    match l {
-        Linear::Q => [q, h],
-        Linear::K | Linear::V => [kv, h],
-        Linear::O => [h, q],
-        Linear::Gate | Linear::Up => [i, h],
-        Linear::Down => [h, i],
+/// Rows of a fused weight's output that belong to each part (q/k/v, or gate/up).
+fn split_cols(y: &[f32], rows: usize, widths: &[usize]) -> Vec<Vec<f32>> {
+    let total: usize = widths.iter().sum();
+    let mut parts: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|w| Vec::with_capacity(rows * w))
+        .collect();
+    for row in y.chunks_exact(total) {
+        let mut at = 0;
+        for (p, &w) in parts.iter_mut().zip(widths) {
+            p.extend_from_slice(&row[at..at + w]);
+            at += w;
+        }
     }
-}
-
-fn has_bias(cfg: &ModelConfig, l: Linear) -> bool {
-    match l.group() {
-        Group::AttnIn => cfg.qkv_bias,
-        Group::AttnOut => cfg.o_bias,
-        _ => cfg.mlp_bias,
-    }
+    parts
 }
 
 impl DecoderLayer {
     /// Loads layer `index` from `src`, checking every shape against `cfg`.
     pub fn load(src: &dyn TensorSource, cfg: &ModelConfig, index: usize) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let mut linears = Vec::with_capacity(7);
-        for l in Linear::ALL {
-            let shape = linear_shape(cfg, l);
-            let weight = load_checked(src, &arch::hf_linear(index, l, "weight"), &shape)?;
-            let bias = if has_bias(cfg, l) {
+        let layout = arch::layer_layout(cfg, index);
+        let mut linears = Vec::with_capacity(layout.linears.len());
+        for l in &layout.linears {
+            let weight = load_checked(
+                src,
+                &arch::hf_layer_tensor(index, &l.path, "weight"),
+                &l.shape,
+            )?;
+            let bias = if l.bias {
                 Some(load_checked(
                     src,
-                    &arch::hf_linear(index, l, "bias"),
-                    &shape[..1],
+                    &arch::hf_layer_tensor(index, &l.path, "bias"),
+                    &l.shape[..1],
                 )?)
             } else {
                 None
             };
             linears.push(LinearWeights { weight, bias });
         }
+        let style = cfg.arch.norm_style;
+        let mut norms = Vec::with_capacity(layout.norms.len());
+        for n in &layout.norms {
+            let mut t = load_checked(
+                src,
+                &arch::hf_layer_tensor(index, &n.path, "weight"),
+                &[n.len],
+            )?;
+            if style == NormStyle::OnePlus {
+                t.data.iter_mut().for_each(|w| *w += 1.0);
+            }
+            norms.push(t);
+        }
         Ok(DecoderLayer {
             index,
-            input_norm: load_checked(src, &arch::hf_input_norm(index), &[h])?,
-            post_norm: load_checked(src, &arch::hf_post_norm(index), &[h])?,
+            layout,
             linears,
+            norms,
+            style,
         })
     }
 
-    pub fn linear(&self, l: Linear) -> &LinearWeights {
-        &self.linears[l as usize]
-    }
-    pub fn linear_mut(&mut self, l: Linear) -> &mut LinearWeights {
-        &mut self.linears[l as usize]
+    /// The layer's tensors in Hugging Face naming and layout (norms as stored: `w`, not `1 + w`).
+    pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
+        let i = self.index;
+        let mut v = Vec::new();
+        for (spec, t) in self.layout.norms.iter().zip(&self.norms) {
+            let mut t = t.clone();
+            if self.style == NormStyle::OnePlus {
+                t.data.iter_mut().for_each(|w| *w -= 1.0);
+            }
+            v.push((arch::hf_layer_tensor(i, &spec.path, "weight"), t));
+        }
+        for (spec, lw) in self.layout.linears.iter().zip(&self.linears) {
+            v.push((
+                arch::hf_layer_tensor(i, &spec.path, "weight"),
+                lw.weight.clone(),
+            ));
+            if let Some(b) = &lw.bias {
+                v.push((arch::hf_layer_tensor(i, &spec.path, "bias"), b.clone()));
+            }
+        }
+        v
     }
 
-    fn apply(&self, l: Linear, x: &[f32], rows: usize) -> Vec<f32> {
-        let lw = self.linear(l);
+    /// Hugging Face name of linear `k`'s weight (`model.layers.3.self_attn.q_proj.weight`).
+    pub fn linear_name(&self, k: usize) -> String {
+        arch::hf_layer_tensor(self.index, &self.layout.linears[k].path, "weight")
+    }
+
+    /// The (non-expert) linear with `role`; panics when the layout has none (a table bug).
+    pub fn linear(&self, role: Role) -> &LinearWeights {
+        &self.linears[self.role_index(role)]
+    }
+    pub fn linear_mut(&mut self, role: Role) -> &mut LinearWeights {
+        let k = self.role_index(role);
+        &mut self.linears[k]
+    }
+    fn role_index(&self, role: Role) -> usize {
+        self.layout
+            .find(role)
+            .unwrap_or_else(|| panic!("layer {} has no {role:?} linear", self.index))
+    }
+    /// The group that linear `k` belongs to.
+    fn group_of(&self, k: usize) -> usize {
+        self.layout
+            .groups
+            .iter()
+            .position(|g| g.linears.contains(&k))
+            .expect("every linear of a layout is in a group")
+    }
+
+    fn apply_k(&self, k: usize, x: &[f32], rows: usize) -> Vec<f32> {
+        let lw = &self.linears[k];
         let mut y = vec![0f32; rows * lw.weight.shape[0]];
         linear(x, rows, &lw.weight, lw.bias.as_ref(), &mut y);
         y
+    }
+
+    fn norm(&self, slot: NormSlot) -> Option<&[f32]> {
+        self.layout
+            .norm(slot)
+            .map(|i| self.norms[i].data.as_slice())
+    }
+
+    /// Calls the hook for the group of linear `k` (found by role).
+    fn hook_at(
+        &mut self,
+        k: usize,
+        input: &[f32],
+        rows: usize,
+        hook: &mut dyn LayerHook,
+    ) -> Result<()> {
+        let g = self.group_of(k);
+        hook.before_group(self, g, input, rows)
     }
 
     /// Runs the layer in place on `x` = `[batch * seq, hidden]` (`batch` sequences of `seq` tokens,
@@ -205,66 +300,280 @@ impl DecoderLayer {
         let rows = batch * seq;
         assert_eq!(x.len(), rows * h);
         let eps = cfg.rms_norm_eps as f32;
+        let lay = &self.layout;
 
         let mut normed = vec![0f32; rows * h];
-        rms_norm(x, &self.input_norm.data, eps, &mut normed);
-        hook.before_group(self, Group::AttnIn, &normed, rows)?;
-        let mut q = self.apply(Linear::Q, &normed, rows);
-        let mut k = self.apply(Linear::K, &normed, rows);
-        let v = self.apply(Linear::V, &normed, rows);
-        rope.apply(&mut q, seq, nh, hd);
-        rope.apply(&mut k, seq, nkv, hd);
-        let attn = attention(&q, &k, &v, batch, seq, nh, nkv, hd);
+        rms_norm(
+            x,
+            self.norm(NormSlot::AttnIn)
+                .expect("every family has an input norm"),
+            eps,
+            &mut normed,
+        );
+        let (mut q, mut k, v) = match lay.find(Role::Qkv) {
+            Some(f) => {
+                self.hook_at(f, &normed, rows, hook)?;
+                let y = self.apply_k(f, &normed, rows);
+                let mut p = split_cols(&y, rows, &[nh * hd, nkv * hd, nkv * hd]).into_iter();
+                (p.next().unwrap(), p.next().unwrap(), p.next().unwrap())
+            }
+            None => {
+                let (iq, ik, iv) = (
+                    self.role_index(Role::Q),
+                    self.role_index(Role::K),
+                    self.role_index(Role::V),
+                );
+                self.hook_at(iq, &normed, rows, hook)?;
+                (
+                    self.apply_k(iq, &normed, rows),
+                    self.apply_k(ik, &normed, rows),
+                    self.apply_k(iv, &normed, rows),
+                )
+            }
+        };
+        for (slot, t) in [(NormSlot::Q, &mut q), (NormSlot::K, &mut k)] {
+            if let Some(w) = self.norm(slot) {
+                // per head: rows of `hd` values
+                let src = t.clone();
+                rms_norm(&src, w, eps, t);
+            }
+        }
+        let sliding = cfg.is_sliding(self.index);
+        let table = rope.table(sliding);
+        table.apply(&mut q, seq, nh, hd);
+        table.apply(&mut k, seq, nkv, hd);
+        let attn = attention(
+            &q,
+            &k,
+            &v,
+            Heads {
+                batch,
+                seq,
+                nh,
+                nkv,
+                hd,
+            },
+            AttnOpts {
+                scale: cfg.attn_scale(),
+                window: if sliding { cfg.sliding_window } else { None },
+                softcap: cfg.attn_softcap.map(|c| c as f32),
+            },
+        );
         drop((q, k, v));
 
-        hook.before_group(self, Group::AttnOut, &attn, rows)?;
-        let o = self.apply(Linear::O, &attn, rows);
+        let io = self.role_index(Role::O);
+        self.hook_at(io, &attn, rows, hook)?;
+        let mut o = self.apply_k(io, &attn, rows);
+        drop(attn);
+        if let Some(w) = self.norm(NormSlot::AttnOut) {
+            let src = o.clone();
+            rms_norm(&src, w, eps, &mut o);
+        }
         for (a, b) in x.iter_mut().zip(&o) {
             *a += b;
         }
-        drop((attn, o));
+        drop(o);
 
-        rms_norm(x, &self.post_norm.data, eps, &mut normed);
-        hook.before_group(self, Group::MlpIn, &normed, rows)?;
-        let mut gate = self.apply(Linear::Gate, &normed, rows);
-        let up = self.apply(Linear::Up, &normed, rows);
-        swiglu(&mut gate, &up);
-        drop(up);
-        hook.before_group(self, Group::MlpOut, &gate, rows)?;
-        let down = self.apply(Linear::Down, &gate, rows);
-        for (a, b) in x.iter_mut().zip(&down) {
+        rms_norm(
+            x,
+            self.norm(NormSlot::FfnIn)
+                .expect("every family has an MLP norm"),
+            eps,
+            &mut normed,
+        );
+        let mut out = if self.layout.find(Role::Router).is_some() {
+            self.moe(cfg, &normed, rows, hook)?
+        } else {
+            self.dense_mlp(cfg, &normed, rows, hook)?
+        };
+        if let Some(w) = self.norm(NormSlot::FfnOut) {
+            let src = out.clone();
+            rms_norm(&src, w, eps, &mut out);
+        }
+        for (a, b) in x.iter_mut().zip(&out) {
             *a += b;
         }
         Ok(())
     }
+
+    /// `down(act(gate(x)) * up(x))` with the (non-expert) MLP's linears.
+    fn dense_mlp(
+        &mut self,
+        cfg: &ModelConfig,
+        x: &[f32],
+        rows: usize,
+        hook: &mut dyn LayerHook,
+    ) -> Result<Vec<f32>> {
+        let lay = &self.layout;
+        let (gate, up) = match lay.find(Role::GateUp) {
+            Some(f) => {
+                self.hook_at(f, x, rows, hook)?;
+                let y = self.apply_k(f, x, rows);
+                let i = self.linears[f].weight.shape[0] / 2;
+                let mut p = split_cols(&y, rows, &[i, i]).into_iter();
+                (p.next().unwrap(), p.next().unwrap())
+            }
+            None => {
+                let (ig, iu) = (self.role_index(Role::Gate), self.role_index(Role::Up));
+                self.hook_at(ig, x, rows, hook)?;
+                (self.apply_k(ig, x, rows), self.apply_k(iu, x, rows))
+            }
+        };
+        let hmid = gated(cfg.act, gate, &up);
+        let id = self.role_index(Role::Down);
+        self.hook_at(id, &hmid, rows, hook)?;
+        Ok(self.apply_k(id, &hmid, rows))
+    }
+
+    /// A routed mixture of experts: router logits, softmax, the top-k experts of each token
+    /// (renormalised where the family or config says), and the weighted sum of those experts'
+    /// gated MLPs. Each expert's groups see the tokens routed to it (or all tokens, for
+    /// statistics, when the hook asks), and are called even when no token is routed to it.
+    fn moe(
+        &mut self,
+        cfg: &ModelConfig,
+        x: &[f32],
+        rows: usize,
+        hook: &mut dyn LayerHook,
+    ) -> Result<Vec<f32>> {
+        let m = cfg
+            .moe
+            .as_ref()
+            .expect("a layer with a router has a MoE config");
+        let routing = cfg.arch.moe.expect("a MoE family").1;
+        let h = cfg.hidden_size;
+        let ir = self.role_index(Role::Router);
+        self.hook_at(ir, x, rows, hook)?;
+        let logits = self.apply_k(ir, x, rows);
+        let ne = m.num_experts;
+        let renorm = match routing {
+            Routing::SoftmaxTopKNorm => true,
+            Routing::SoftmaxTopK => m.norm_topk_prob,
+        };
+        // per expert: (token, weight), tokens ascending
+        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
+        for (t, row) in logits.chunks_exact(ne).enumerate() {
+            let mut p = row.to_vec();
+            crate::fastmath::softmax_in_place(&mut p);
+            let top = top_k(&p, m.top_k);
+            let sum: f32 = top.iter().map(|&e| p[e]).sum();
+            for e in top {
+                let w = if renorm { p[e] / sum } else { p[e] };
+                routed[e].push((t, w));
+            }
+        }
+        let all = hook.experts_see_all();
+        let mut out = vec![0f32; rows * h];
+        for (e, toks) in routed.iter().enumerate() {
+            hook.routed(self.index, e, toks.len());
+            let (ig, iu, id) = (
+                self.layout.find_expert(e, Role::Gate).expect("expert gate"),
+                self.layout.find_expert(e, Role::Up).expect("expert up"),
+                self.layout.find_expert(e, Role::Down).expect("expert down"),
+            );
+            let gathered: Vec<f32>;
+            let (xin, n) = if all {
+                (x, rows)
+            } else {
+                gathered = toks
+                    .iter()
+                    .flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied())
+                    .collect();
+                (gathered.as_slice(), toks.len())
+            };
+            self.hook_at(ig, xin, n, hook)?;
+            let gate = self.apply_k(ig, xin, n);
+            let up = self.apply_k(iu, xin, n);
+            let hmid = gated(cfg.act, gate, &up);
+            self.hook_at(id, &hmid, n, hook)?;
+            let fi = self.linears[id].weight.shape[1];
+            let hmid_routed: Vec<f32> = if all {
+                toks.iter()
+                    .flat_map(|&(t, _)| hmid[t * fi..(t + 1) * fi].iter().copied())
+                    .collect()
+            } else {
+                hmid
+            };
+            let y = self.apply_k(id, &hmid_routed, toks.len());
+            for (r, &(t, w)) in toks.iter().enumerate() {
+                for (o, v) in out[t * h..(t + 1) * h]
+                    .iter_mut()
+                    .zip(&y[r * h..(r + 1) * h])
+                {
+                    *o += v * w;
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
-/// Query rows per block in [`attention`]: each block's scores are computed only against the keys
-/// up to its last row, so about half of the `seq x seq` products are skipped (causal mask).
-const ATTN_BLOCK: usize = 64;
+/// Indices of the `k` largest values, largest first (ties to the lower index, as `torch.topk`
+/// on CPU returns them).
+fn top_k(p: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
 
-/// Causal grouped-query attention: `q` `[rows, nh*hd]`, `k`/`v` `[rows, nkv*hd]` -> `[rows, nh*hd]`.
-///
-/// One task per (sequence, head), run in parallel; within it, query rows go in blocks of
-/// [`ATTN_BLOCK`]: `S = scale * Q_blk K[..end]^T`, a row-wise softmax over each row's causal prefix
-/// (positions after the row are set to 0), then `O_blk = S V[..end]`. The score buffer is
-/// reused across the tasks of a thread.
-#[allow(clippy::too_many_arguments)]
-fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+/// `act(gate) * up`, in `gate`'s buffer.
+fn gated(act: Activation, mut gate: Vec<f32>, up: &[f32]) -> Vec<f32> {
+    match act {
+        Activation::Silu => swiglu(&mut gate, up),
+        Activation::GeluTanh => crate::tensor::geglu_tanh(&mut gate, up),
+    }
+    gate
+}
+
+/// Shapes of an attention call.
+#[derive(Clone, Copy)]
+struct Heads {
     batch: usize,
     seq: usize,
     nh: usize,
     nkv: usize,
     hd: usize,
-) -> Vec<f32> {
+}
+
+/// Per-layer attention options.
+#[derive(Clone, Copy)]
+struct AttnOpts {
+    scale: f32,
+    /// A query at i sees keys j with i - window < j <= i.
+    window: Option<usize>,
+    /// `cap * tanh(s / cap)` on the scaled scores.
+    softcap: Option<f32>,
+}
+
+/// Query rows per block in [`attention`]: each block's scores are computed only against the keys
+/// it can see (causal mask, and the sliding window where there is one), so about half of the
+/// `seq x seq` products are skipped.
+const ATTN_BLOCK: usize = 64;
+
+/// Causal grouped-query attention: `q` `[rows, nh*hd]`, `k`/`v` `[rows, nkv*hd]` -> `[rows, nh*hd]`.
+///
+/// One task per (sequence, head), run in parallel; within it, query rows go in blocks of
+/// [`ATTN_BLOCK`]: `S = scale * Q_blk K[k0..end]^T` (soft-capped where the model caps scores),
+/// a row-wise softmax over the keys each row sees (the others set to 0), then
+/// `O_blk = S V[k0..end]`. The score buffer is reused across the tasks of a thread.
+fn attention(q: &[f32], k: &[f32], v: &[f32], sh: Heads, opt: AttnOpts) -> Vec<f32> {
+    let Heads {
+        batch,
+        seq,
+        nh,
+        nkv,
+        hd,
+    } = sh;
     let group = nh / nkv;
-    let scale = 1.0 / (hd as f32).sqrt();
     let qw = nh * hd;
     let kw = nkv * hd;
     let blk = ATTN_BLOCK.min(seq.max(1));
+    // first key row `last` sees
+    let first = |last: usize| match opt.window {
+        Some(w) => (last + 1).saturating_sub(w),
+        None => 0,
+    };
     let heads: Vec<(usize, usize, Vec<f32>)> = (0..batch * nh)
         .into_par_iter()
         .map_init(
@@ -284,26 +593,34 @@ fn attention(
                 let mut out = vec![0f32; seq * hd];
                 for r0 in (0..seq).step_by(blk) {
                     let r1 = (r0 + blk).min(seq);
-                    let (nr, end) = (r1 - r0, r1);
-                    let sb = &mut s[..nr * end];
+                    let (nr, k0, end) = (r1 - r0, first(r0), r1);
+                    let nk = end - k0;
+                    let sb = &mut s[..nr * nk];
                     matmul(
-                        MatMut::from_row_major_slice_mut(sb, nr, end),
+                        MatMut::from_row_major_slice_mut(sb, nr, nk),
                         Accum::Replace,
                         qm.subrows(r0, nr),
-                        km.subrows(0, end).transpose(),
-                        scale,
+                        km.subrows(k0, nk).transpose(),
+                        opt.scale,
                         Par::Seq,
                     );
-                    for (i, row) in sb.chunks_exact_mut(end).enumerate() {
+                    for (i, row) in sb.chunks_exact_mut(nk).enumerate() {
                         let last = r0 + i;
-                        crate::fastmath::softmax_in_place(&mut row[..=last]);
-                        row[last + 1..].fill(0.0);
+                        let (a, z) = (first(last) - k0, last - k0);
+                        if let Some(c) = opt.softcap {
+                            for x in &mut row[a..=z] {
+                                *x = c * (*x / c).tanh();
+                            }
+                        }
+                        crate::fastmath::softmax_in_place(&mut row[a..=z]);
+                        row[..a].fill(0.0);
+                        row[z + 1..].fill(0.0);
                     }
                     matmul(
                         MatMut::from_row_major_slice_mut(&mut out[r0 * hd..r1 * hd], nr, hd),
                         Accum::Replace,
-                        MatRef::from_row_major_slice(sb, nr, end),
-                        vm.subrows(0, end),
+                        MatRef::from_row_major_slice(sb, nr, nk),
+                        vm.subrows(k0, nk),
                         1.0f32,
                         Par::Seq,
                     );
@@ -323,22 +640,32 @@ fn attention(
 }
 
 /// Rotary position embeddings as Hugging Face applies them (`rotate_half`: the first and second
-/// halves of each head form the pairs), with the config's frequency scaling.
+/// halves of each head form the pairs), with the config's frequency scaling; a second table with
+/// the local base for the sliding-window layers of families that have one (Gemma 3).
 pub struct Rope {
+    global: RopeTable,
+    local: Option<RopeTable>,
+}
+
+/// One rotary table: `[max_seq, half]` cosines and sines.
+pub struct RopeTable {
     half: usize,
-    /// `[max_seq, half]` tables.
     cos: Vec<f32>,
     sin: Vec<f32>,
     max_seq: usize,
 }
 
-/// Inverse frequencies `1 / theta^(2i/d)`, scaled as in transformers' `ROPE_INIT_FUNCTIONS`.
+/// Inverse frequencies `1 / theta^(2i/d)` of the global layers, scaled as in transformers'
+/// `ROPE_INIT_FUNCTIONS`.
 pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
-    let d = cfg.head_dim;
+    inv_freq_of(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref())
+}
+
+fn inv_freq_of(d: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
     let base: Vec<f32> = (0..d / 2)
-        .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / d as f32))
         .collect();
-    match &cfg.rope_scaling {
+    match scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f32).collect(),
         Some(RopeScaling::Llama3 {
@@ -375,18 +702,41 @@ pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
 
 impl Rope {
     pub fn new(cfg: &ModelConfig, max_seq: usize) -> Self {
-        let inv = inv_freq(cfg);
+        Rope {
+            global: RopeTable::new(&inv_freq(cfg), max_seq),
+            local: cfg
+                .rope_local_theta
+                .map(|t| RopeTable::new(&inv_freq_of(cfg.head_dim, t, None), max_seq)),
+        }
+    }
+
+    /// The table a layer uses: the local one for a sliding-window layer where there is one.
+    pub fn table(&self, sliding: bool) -> &RopeTable {
+        match (&self.local, sliding) {
+            (Some(l), true) => l,
+            _ => &self.global,
+        }
+    }
+
+    /// Rotates with the global table (see [`RopeTable::apply`]).
+    pub fn apply(&self, x: &mut [f32], seq: usize, heads: usize, hd: usize) {
+        self.global.apply(x, seq, heads, hd)
+    }
+}
+
+impl RopeTable {
+    fn new(inv: &[f32], max_seq: usize) -> Self {
         let half = inv.len();
         let mut cos = Vec::with_capacity(max_seq * half);
         let mut sin = Vec::with_capacity(max_seq * half);
         for p in 0..max_seq {
-            for &f in &inv {
+            for &f in inv {
                 let a = p as f32 * f;
                 cos.push(a.cos());
                 sin.push(a.sin());
             }
         }
-        Rope {
+        RopeTable {
             half,
             cos,
             sin,

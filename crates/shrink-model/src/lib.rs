@@ -1,7 +1,9 @@
-//! shrink-model: model loading and a layer-at-a-time forward pass for the Llama family.
+//! shrink-model: model loading and a layer-at-a-time forward pass for the decoder families of
+//! [`arch::FAMILIES`] (Llama, Mistral, Qwen2/3, Gemma 3, Phi-3, Qwen3-MoE, Mixtral).
 //!
 //! - [`ModelSource::open`] reads a Hugging Face directory or a GGUF file (memory-mapped).
-//! - [`arch`] is the one table of tensor names and of which linears share an input.
+//! - [`arch`] is the one table of families: tensor names, which linears share an input, norms,
+//!   activation, attention features.
 //! - [`DecoderLayer::forward`] runs one layer on a batch and exposes every linear's input to a
 //!   [`LayerHook`].
 pub mod arch;
@@ -16,8 +18,8 @@ pub mod source;
 pub mod tensor;
 pub mod tokenizer;
 
-pub use arch::{Arch, Group, Linear};
-pub use config::{ModelConfig, RopeScaling};
+pub use arch::{Arch, Family, Layout, LinearSpec, Role};
+pub use config::{ModelConfig, MoeConfig, RopeScaling};
 pub use layer::{DecoderLayer, LayerHook, LinearWeights, NoHook, Rope};
 pub use model::{Model, ModelSource};
 pub use source::TensorSource;

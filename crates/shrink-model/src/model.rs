@@ -220,9 +220,10 @@ impl Model {
         })
     }
 
-    /// Hidden states `[ids.len(), hidden]` for token ids; errors on an id outside the vocabulary.
+    /// Hidden states `[ids.len(), hidden]` for token ids (scaled where the family scales its
+    /// embeddings); errors on an id outside the vocabulary.
     pub fn embed(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        embed_tokens(&self.embed, ids)
+        embed_input(&self.config, &self.embed, ids)
     }
 
     /// The output head (the embedding when tied).
@@ -235,11 +236,6 @@ impl Model {
     pub fn hidden_states(&mut self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
         if ids.len() != batch * seq {
             bail!("expected {batch} x {seq} token ids, got {}", ids.len());
-        }
-        if let Some(w) = self.config.sliding_window {
-            if seq > w {
-                bail!("sequences of {seq} tokens exceed the model's sliding attention window of {w}, which shrink does not implement");
-            }
         }
         let mut x = self.embed(ids)?;
         let rope = Rope::new(&self.config, seq);
@@ -281,8 +277,23 @@ impl Model {
         let head = self.head();
         let mut y = vec![0f32; rows * head.shape[0]];
         linear(hidden, rows, head, None, &mut y);
+        if let Some(c) = self.config.final_softcap {
+            let c = c as f32;
+            y.iter_mut().for_each(|z| *z = c * (*z / c).tanh());
+        }
         y
     }
+}
+
+/// The first layer's input for token ids: embedding rows, times sqrt(hidden_size) in families
+/// that scale embeddings (Gemma: transformers multiplies by that value rounded to f32).
+pub fn embed_input(cfg: &ModelConfig, embed: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
+    let mut x = embed_tokens(embed, ids)?;
+    if cfg.arch.embed_scale {
+        let s = (cfg.hidden_size as f64).sqrt() as f32;
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+    Ok(x)
 }
 
 /// Looks up rows of an embedding matrix.

@@ -453,23 +453,51 @@ impl TensorSource for Overlay<'_> {
     }
 }
 
-/// A llama.cpp GGUF file, served in Hugging Face naming and layout (dequantized to f32, q/k rows
-/// un-permuted where llama.cpp's converter permuted them).
+/// A llama.cpp GGUF file, served in Hugging Face naming and layout (dequantized to f32; q/k rows
+/// un-permuted where llama.cpp's converter permuted them; an expert's linear cut out of the
+/// stacked `ffn_*_exps` tensor; Gemma's norms back to `w` from llama.cpp's `1 + w`).
 pub struct GgufSource {
     pub file: GgufFile,
-    arch: Arch,
-    num_heads: usize,
-    num_kv_heads: usize,
+    cfg: ModelConfig,
+    /// Per layer (built when the layer is first asked for, so a declared layer count never
+    /// drives work beyond the layers read): Hugging Face name -> place in the file.
+    layers: std::sync::Mutex<HashMap<usize, std::sync::Arc<NameMap>>>,
 }
+
+type NameMap = HashMap<String, (arch::GgufRef, arch::TensorKind)>;
 
 impl GgufSource {
     pub fn new(file: GgufFile, cfg: &ModelConfig) -> Self {
         GgufSource {
             file,
-            arch: cfg.arch,
-            num_heads: cfg.num_heads,
-            num_kv_heads: cfg.num_kv_heads,
+            cfg: cfg.clone(),
+            layers: Default::default(),
         }
+    }
+    fn gguf_ref(&self, name: &str) -> Option<(arch::GgufRef, arch::TensorKind)> {
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(i, _)| i.parse::<usize>().ok());
+        let Some(i) = layer.filter(|&i| i < self.cfg.num_layers) else {
+            return arch::tensor_entry(&self.cfg, name).map(|e| (e.gguf, e.kind));
+        };
+        let map = {
+            let mut cache = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .entry(i)
+                .or_insert_with(|| {
+                    let lay = arch::layer_layout(&self.cfg, i);
+                    std::sync::Arc::new(
+                        arch::layer_tensors(&self.cfg, i, &lay)
+                            .into_iter()
+                            .map(|e| (e.hf, (e.gguf, e.kind)))
+                            .collect(),
+                    )
+                })
+                .clone()
+        };
+        map.get(name).cloned()
     }
 }
 
@@ -501,55 +529,87 @@ pub fn unpermute_rows(t: &mut Tensor, n_head: usize) -> Result<()> {
 impl TensorSource for GgufSource {
     fn load(&self, name: &str) -> Result<Tensor> {
         let path = self.file.path().display();
-        let gname = arch::hf_to_gguf(name)
+        let (r, kind) = self
+            .gguf_ref(name)
             .with_context(|| format!("{path}: no GGUF tensor corresponds to '{name}'"))?;
+        let gname = &r.name;
         let info = self
             .file
-            .tensor(&gname)
+            .tensor(gname)
             .with_context(|| format!("{path}: tensor '{gname}' (for '{name}') is missing"))?;
-        let shape = info.shape_row_major();
-        let data = self.file.dequantize(&gname)?;
-        let mut t = Tensor::new(shape, data);
-        if self.arch.gguf_permutes_qk() && name.ends_with(".weight") {
+        let mut t = match r.expert {
+            None => Tensor::new(info.shape_row_major(), self.file.dequantize(gname)?),
+            Some(e) => {
+                // stacked experts: ggml dims [d_in, d_out, n_experts]
+                let shape = info.shape_row_major();
+                let [n, d_out, d_in] = shape[..] else {
+                    bail!("{path}: tensor '{gname}' has shape {shape:?}; stacked experts are 3-D [experts, d_out, d_in]");
+                };
+                if e >= n {
+                    bail!("{path}: tensor '{gname}' holds {n} experts, but the config declares expert {e} (expert_count disagrees with the tensors)");
+                }
+                let rows = (e * d_out) as u64..((e + 1) * d_out) as u64;
+                Tensor::new(vec![d_out, d_in], self.file.dequantize_rows(gname, rows)?)
+            }
+        };
+        if self.cfg.arch.gguf_permutes_qk() && name.ends_with(".weight") {
             if name.contains(".q_proj.") {
-                unpermute_rows(&mut t, self.num_heads)
+                unpermute_rows(&mut t, self.cfg.num_heads)
                     .with_context(|| format!("{path}: tensor '{gname}'"))?;
             } else if name.contains(".k_proj.") {
-                unpermute_rows(&mut t, self.num_kv_heads)
+                unpermute_rows(&mut t, self.cfg.num_kv_heads)
                     .with_context(|| format!("{path}: tensor '{gname}'"))?;
             }
+        }
+        if self.cfg.arch.norm_style == arch::NormStyle::OnePlus
+            && matches!(
+                kind,
+                arch::TensorKind::Norm(_) | arch::TensorKind::FinalNorm
+            )
+        {
+            t.data.iter_mut().for_each(|w| *w -= 1.0);
         }
         Ok(t)
     }
     fn contains(&self, name: &str) -> bool {
-        arch::hf_to_gguf(name).is_some_and(|g| self.file.tensor(&g).is_some())
+        self.gguf_ref(name)
+            .is_some_and(|(r, _)| self.file.tensor(&r.name).is_some())
     }
     fn describe(&self) -> String {
         self.file.path().display().to_string()
     }
     fn label(&self, name: &str) -> String {
-        match arch::hf_to_gguf(name) {
-            Some(g) => format!("'{g}' ({name})"),
+        match self.gguf_ref(name) {
+            Some((r, _)) => match r.expert {
+                Some(e) => format!("'{}' expert {e} ({name})", r.name),
+                None => format!("'{}' ({name})", r.name),
+            },
             None => format!("'{name}'"),
         }
     }
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        Some(
-            self.file
-                .tensor(&arch::hf_to_gguf(name)?)?
-                .shape_row_major(),
-        )
+        let (r, _) = self.gguf_ref(name)?;
+        let shape = self.file.tensor(&r.name)?.shape_row_major();
+        match r.expert {
+            Some(_) if shape.len() == 3 => Some(shape[1..].to_vec()),
+            _ => Some(shape),
+        }
     }
 }
 
-/// Reads the model configuration from GGUF metadata (llama.cpp key names).
+/// Reads the model configuration from GGUF metadata (llama.cpp key names; where llama.cpp
+/// hard-codes a family's setting instead of storing it, the same value as llama.cpp).
 pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     let file = f.path().display().to_string();
     let a = f.get_str("general.architecture")?;
-    let arch = Arch::from_gguf(a).with_context(|| {
-        format!("{file}: unknown architecture '{a}' (supported GGUF architectures: llama, qwen2)")
-    })?;
     let k = |s: &str| format!("{a}.{s}");
+    let experts = f.get_u64_opt(&k("expert_count"))?.unwrap_or(0);
+    let arch = Arch::from_gguf(a, experts > 0).with_context(|| {
+        format!(
+            "{file}: unknown architecture '{a}' (supported GGUF architectures: {})",
+            Arch::supported_gguf()
+        )
+    })?;
     let u = |s: &str| -> Result<usize> { Ok(f.get_u64(&k(s))? as usize) };
     let hidden_size = u("embedding_length")?;
     let num_heads = u("attention.head_count")?;
@@ -577,18 +637,75 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             bail!("{file}: rope scaling type '{t}' is not supported (supported: none, linear)")
         }
     };
-    if f.tensor("rope_freqs.weight").is_some() {
-        bail!("{file}: has a 'rope_freqs.weight' tensor (Llama 3.1 rope scaling in GGUF form), which shrink does not read yet");
+    for t in ["rope_freqs.weight", "rope_factors_long.weight"] {
+        if f.tensor(t).is_some() {
+            bail!("{file}: has a '{t}' tensor (per-frequency rope scaling in GGUF form), which shrink does not read yet");
+        }
     }
+    let num_layers = u("block_count")?;
     let tie = f.tensor("output.weight").is_none();
-    let qkv_bias = f.tensor("blk.0.attn_q.bias").is_some();
+    let qkv_bias =
+        f.tensor("blk.0.attn_q.bias").is_some() || f.tensor("blk.0.attn_qkv.bias").is_some();
     let tok_id = |key: &str| f.get(key).and_then(|v| v.as_u64()).map(|x| x as u32);
+    let f64_opt = |key: &str| f.get_f64_opt(&k(key));
+    let (mut sliding_window, mut sliding_layers, mut rope_local_theta) = (None, vec![], None);
+    let mut query_pre_attn_scalar = None;
+    if arch.name == "gemma3_text" {
+        // llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3): every 6th layer global unless the file
+        // gives a pattern, a local rope base of 10000, and queries scaled by 1/sqrt(key_length).
+        let w = u("attention.sliding_window").with_context(|| {
+            format!("{file}: a gemma3 GGUF needs the sliding-window size '{a}.attention.sliding_window'")
+        })?;
+        sliding_window = Some(w);
+        sliding_layers = match f.get(&k("attention.sliding_window_pattern")) {
+            None => (0..num_layers).map(|i| (i + 1) % 6 != 0).collect(),
+            Some(v) => match (v.as_u64(), v.as_array()) {
+                (Some(p), _) if p > 0 => (0..num_layers).map(|i| (i + 1) % p as usize != 0).collect(),
+                (_, Some(arr)) if arr.len() == num_layers => arr
+                    .iter()
+                    .map(|b| b.as_bool())
+                    .collect::<Option<Vec<bool>>>()
+                    .with_context(|| format!("{file}: '{a}.attention.sliding_window_pattern' must be a list of booleans"))?,
+                _ => bail!("{file}: '{a}.attention.sliding_window_pattern' must be a positive integer or one boolean per layer ({num_layers})"),
+            },
+        };
+        rope_local_theta = Some(10000.0);
+        query_pre_attn_scalar = Some(head_dim as f64);
+    }
+    let moe = if arch.is_moe() {
+        let used = u("expert_used_count")?;
+        let ff = match f.get(&k("expert_feed_forward_length")) {
+            Some(_) => u("expert_feed_forward_length")?,
+            None => u("feed_forward_length")?,
+        };
+        let dense_layers: Vec<usize> = (0..num_layers)
+            .filter(|i| f.tensor(&format!("blk.{i}.ffn_gate_inp.weight")).is_none())
+            .collect();
+        if dense_layers.len() == num_layers {
+            bail!("{file}: '{a}.expert_count' is {experts} but no layer has a router tensor (blk.N.ffn_gate_inp.weight)");
+        }
+        if used == 0 || used as u64 > experts {
+            bail!("{file}: '{a}.expert_used_count' {used} must be between 1 and expert_count {experts}");
+        }
+        Some(crate::config::MoeConfig {
+            num_experts: experts as usize,
+            top_k: used,
+            expert_intermediate: ff,
+            norm_topk_prob: match f.get(&k("expert_weights_norm")) {
+                Some(v) => v.as_bool().unwrap_or(true),
+                None => true,
+            },
+            dense_layers,
+        })
+    } else {
+        None
+    };
     let cfg = ModelConfig {
         arch,
         vocab_size,
         hidden_size,
         intermediate_size: u("feed_forward_length")?,
-        num_layers: u("block_count")?,
+        num_layers,
         num_heads,
         num_kv_heads,
         head_dim,
@@ -610,7 +727,14 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         mlp_bias: f.tensor("blk.0.ffn_up.bias").is_some(),
         bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
         eos_token_id: tok_id("tokenizer.ggml.eos_token_id"),
-        sliding_window: None,
+        sliding_window,
+        sliding_layers,
+        rope_local_theta,
+        act: arch.default_act,
+        query_pre_attn_scalar,
+        attn_softcap: f64_opt("attn_logit_softcapping")?,
+        final_softcap: f64_opt("final_logit_softcapping")?,
+        moe,
     };
     cfg.validate(&file)?;
     Ok(cfg)

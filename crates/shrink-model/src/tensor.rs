@@ -86,6 +86,19 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     crate::fastmath::silu_mul(gate, up);
 }
 
+/// GELU(gate) * up with the tanh approximation (PyTorch's `gelu(approximate="tanh")`:
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`), in place in `gate`.
+pub fn geglu_tanh(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len());
+    const BETA: f32 = 0.797_884_6; // sqrt(2 / pi)
+    const KAPPA: f32 = 0.044715;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let inner = BETA * (x + KAPPA * x * x * x);
+        *g = 0.5 * x * (1.0 + inner.tanh()) * u;
+    }
+}
+
 /// Numerically stable log-sum-exp of a row: `max + ln(sum(e^(x - max)))`, the exponentials in
 /// f32 ([`crate::fastmath`], relative error < 2.5e-7), summed in f32 blocks of 1024 and in f64
 /// across blocks.

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use shrink_model::layer::{LayerHook, NoHook, Rope};
 use shrink_model::source::SafetensorsSource;
-use shrink_model::{Group, Model, ModelConfig};
+use shrink_model::{Model, ModelConfig, Role};
 
 fn load(name: &str) -> Model {
     let dir = fixture(&format!("tiny/{name}"));
@@ -89,22 +89,19 @@ fn configs_parse_their_variants() {
 /// change it makes to a group's weights takes effect for that same forward pass.
 #[test]
 fn hook_sees_group_inputs_in_order_and_can_edit_weights() {
-    struct Rec(Vec<(Group, usize, usize)>, bool);
+    struct Rec(Vec<(String, usize, usize)>, bool);
     impl LayerHook for Rec {
         fn before_group(
             &mut self,
             layer: &mut shrink_model::DecoderLayer,
-            g: Group,
+            g: usize,
             input: &[f32],
             rows: usize,
         ) -> anyhow::Result<()> {
-            self.0.push((g, rows, input.len() / rows));
-            if self.1 && g == Group::MlpOut {
-                layer
-                    .linear_mut(shrink_model::Linear::Down)
-                    .weight
-                    .data
-                    .fill(0.0);
+            let label = layer.layout.group_label(g);
+            self.0.push((label.clone(), rows, input.len() / rows));
+            if self.1 && label == "down_proj" {
+                layer.linear_mut(Role::Down).weight.data.fill(0.0);
             }
             Ok(())
         }
@@ -122,10 +119,10 @@ fn hook_sees_group_inputs_in_order_and_can_edit_weights() {
     assert_eq!(
         rec.0,
         vec![
-            (Group::AttnIn, 8, 64),
-            (Group::AttnOut, 8, q),
-            (Group::MlpIn, 8, 64),
-            (Group::MlpOut, 8, cfg.intermediate_size)
+            ("q_proj/k_proj/v_proj".to_string(), 8, 64),
+            ("o_proj".to_string(), 8, q),
+            ("gate_proj/up_proj".to_string(), 8, 64),
+            ("down_proj".to_string(), 8, cfg.intermediate_size)
         ]
     );
     let mut zeroed = Rec(vec![], true);

@@ -16,10 +16,9 @@ use shrink_methods::{
     all_finite, count_zeros, mask_respected, nm_violations, Hessian, InputStats, Method, Needs,
     QuantizedWeight, Sparsity,
 };
-use shrink_model::arch::hf_linear;
 use shrink_model::layer::{LayerHook, NoHook, Rope};
-use shrink_model::model::embed_tokens;
-use shrink_model::{DecoderLayer, Group, Linear, ModelSource};
+use shrink_model::model::embed_input;
+use shrink_model::{DecoderLayer, ModelSource};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -50,6 +49,12 @@ pub struct LinearReport {
     pub rel_error: f64,
     /// Rows of X the error was measured on.
     pub error_rows: usize,
+    /// Calibration tokens this linear's input held (for an expert: the tokens routed to it).
+    pub tokens: usize,
+    /// How an expert was calibrated when its tokens were below the threshold (the policy and
+    /// the method used instead), or why a linear was left as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub seconds: f64,
     /// Zeros in the new weight (and how many were pruned), when the method prunes.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,7 +166,7 @@ pub trait LayerSink {
     fn layer_done(
         &mut self,
         layer: &DecoderLayer,
-        quant: &[(Linear, QuantizedWeight)],
+        quant: &[(usize, QuantizedWeight)],
         report: &LayerReport,
         hidden: &[f32],
     ) -> Result<()>;
@@ -173,7 +178,7 @@ impl LayerSink for Discard {
     fn layer_done(
         &mut self,
         _: &DecoderLayer,
-        _: &[(Linear, QuantizedWeight)],
+        _: &[(usize, QuantizedWeight)],
         _: &LayerReport,
         _: &[f32],
     ) -> Result<()> {
@@ -186,20 +191,15 @@ const ERROR_ROWS_WITHOUT_HESSIAN: usize = 2048;
 
 struct CompressHook<'a> {
     method: &'a dyn Method,
+    opts: &'a Options<'a>,
     /// [`Sequential::Layer`]: the groups' statistics, compressed after the forward pass.
-    deferred: Option<Vec<(Group, GroupStats)>>,
+    deferred: Option<Vec<(usize, GroupStats)>>,
     layer: usize,
     phases: Phases,
     linears: Vec<LinearReport>,
-    quant: Vec<(Linear, QuantizedWeight)>,
-}
-
-fn group_label(g: Group) -> String {
-    g.linears()
-        .iter()
-        .map(|l| l.hf_name())
-        .collect::<Vec<_>>()
-        .join("/")
+    quant: Vec<(usize, QuantizedWeight)>,
+    /// Tokens routed to each expert of this layer (MoE).
+    routed: Vec<usize>,
 }
 
 /// sum_ij (A B)_ij * C_ij for row-major A [m,k], B [k,n], C [m,n] (a trace of A B C^T).
@@ -273,26 +273,37 @@ struct GroupStats {
 }
 
 impl CompressHook<'_> {
-    fn stats(&mut self, group: Group, input: &[f32], rows: usize) -> Result<GroupStats> {
-        let d_in = input.len() / rows;
+    fn stats(
+        &mut self,
+        layer: &DecoderLayer,
+        group: usize,
+        input: &[f32],
+        rows: usize,
+    ) -> Result<GroupStats> {
+        let label = || layer.layout.group_label(group);
+        let d_in = layer.layout.linears[layer.layout.groups[group].linears[0]].shape[1];
         if !all_finite(input) {
             bail!(
                 "layer {}: the input of {} has non-finite values (NaN or Inf); the layers before it produced them",
                 self.layer,
-                group_label(group)
+                label()
             );
         }
-        let needs = self.method.needs();
+        let compresses = layer.layout.groups[group]
+            .linears
+            .iter()
+            .any(|&k| layer.layout.linears[k].compress);
+        let needs = if compresses {
+            self.method.needs()
+        } else {
+            Needs::Nothing
+        };
         let hessian = if needs == Needs::Hessian {
             let t = Instant::now();
             let mut h = Hessian::new(d_in);
             h.add_batch(input, rows);
             h.check_finite().map_err(|e| {
-                anyhow::anyhow!(
-                    "layer {}: Hessian of {}: {e}",
-                    self.layer,
-                    group_label(group)
-                )
+                anyhow::anyhow!("layer {}: Hessian of {}: {e}", self.layer, label())
             })?;
             self.phases.hessian += t.elapsed().as_secs_f64();
             Some(h)
@@ -304,7 +315,7 @@ impl CompressHook<'_> {
             None if needs == Needs::ColumnNorms => column_sq_sums(input, rows),
             None => Vec::new(),
         };
-        let keep = if hessian.is_some() {
+        let keep = if hessian.is_some() || !compresses {
             0
         } else {
             rows.min(ERROR_ROWS_WITHOUT_HESSIAN)
@@ -320,50 +331,92 @@ impl CompressHook<'_> {
     fn compress_group(
         &mut self,
         layer: &mut DecoderLayer,
-        group: Group,
+        group: usize,
         st: &GroupStats,
     ) -> Result<()> {
         let (hessian, col_sq, input, rows) = (&st.hessian, &st.col_sq, &st.sample, st.rows);
+        let spec = &layer.layout.groups[group];
+        // An expert below the token threshold: the policy decides how it is calibrated.
+        let (method, note) = match spec.expert {
+            Some(e) => {
+                let routed = self.routed.get(e).copied().unwrap_or(0);
+                let d_in = layer.layout.linears[spec.linears[0]].shape[1];
+                let min = self.opts.min_expert_tokens.unwrap_or(2 * d_in);
+                match self.opts.moe {
+                    MoeCalibration::FallbackRtn if routed < min => match self.opts.fallback {
+                        Some(f) => (f, Some(format!("expert {e}: {routed} routed tokens < {min}: compressed with the data-free {} (--moe-calibration fallback-rtn)", f.name()))),
+                        None => (self.method, None),
+                    },
+                    MoeCalibration::Routed if rows == 0 => match self.opts.fallback {
+                        Some(f) => (f, Some(format!("expert {e}: no routed tokens: compressed with the data-free {}", f.name()))),
+                        None => bail!("layer {}: expert {e} received no calibration tokens and the method has no data-free fallback; use --moe-calibration all or fallback-rtn", self.layer),
+                    },
+                    MoeCalibration::All => (self.method, Some(format!("expert {e}: {routed} routed tokens; statistics from all {rows} tokens (--moe-calibration all)"))),
+                    _ => (self.method, None),
+                }
+            }
+            None => (self.method, None),
+        };
+        let needs_h = method.needs() == Needs::Hessian;
+        if needs_h && hessian.is_none() {
+            bail!(
+                "layer {}: {} needs a Hessian that was not gathered",
+                self.layer,
+                method.name()
+            );
+        }
         let h32: Option<Vec<f32>> = hessian
             .as_ref()
+            .filter(|_| needs_h)
             .map(|h| h.matrix().iter().map(|&v| v as f32).collect());
         let stats = InputStats {
             hessian: hessian.as_ref(),
             col_sq,
             rows,
         };
-        for &l in group.linears() {
-            let name = hf_linear(self.layer, l, "weight");
+        let tokens = match spec.expert {
+            Some(e) => self.routed.get(e).copied().unwrap_or(0),
+            None => rows,
+        };
+        for k in spec.linears.clone() {
+            let name = layer.linear_name(k);
+            if !layer.layout.linears[k].compress {
+                continue;
+            }
             let t = Instant::now();
-            let old = &layer.linear(l).weight;
+            let old = &layer.linears[k].weight;
             let (d_out, d_in_w) = old.dims2();
-            let c = self.method.compress(&name, old, &stats, None)?;
+            let c = method.compress(&name, old, &stats, None)?;
             let solve = t.elapsed().as_secs_f64();
             self.phases.solve += solve;
             if c.weight.len() != old.data.len() || !all_finite(&c.weight) {
                 bail!("layer {}: compressing {name} produced a weight that is not finite or has the wrong size", self.layer);
             }
             let t = Instant::now();
-            let (rel_error, error_rows) = rel_output_error(
-                &old.data,
-                &c.weight,
-                d_out,
-                d_in_w,
-                h32.as_deref(),
-                input,
-                rows,
-            );
+            let (rel_error, error_rows) = if rows == 0 {
+                (f64::NAN, 0)
+            } else {
+                rel_output_error(
+                    &old.data,
+                    &c.weight,
+                    d_out,
+                    d_in_w,
+                    h32.as_deref(),
+                    input,
+                    rows,
+                )
+            };
             self.phases.error += t.elapsed().as_secs_f64();
             let sparsity = check_sparsity(
                 &name,
                 &c.weight,
                 d_in_w,
                 c.mask.as_deref(),
-                self.method.sparsity(),
+                method.sparsity(),
             )?;
-            layer.linear_mut(l).weight.data = c.weight;
+            layer.linears[k].weight.data = c.weight;
             if let Some(q) = c.quant {
-                self.quant.push((l, q));
+                self.quant.push((k, q));
             }
             self.linears.push(LinearReport {
                 name,
@@ -371,6 +424,8 @@ impl CompressHook<'_> {
                 d_in: d_in_w,
                 rel_error,
                 error_rows,
+                tokens,
+                note: note.clone(),
                 seconds: solve,
                 sparsity,
                 info: c.info,
@@ -381,14 +436,23 @@ impl CompressHook<'_> {
 }
 
 impl LayerHook for CompressHook<'_> {
+    fn experts_see_all(&self) -> bool {
+        self.opts.moe == MoeCalibration::All
+    }
+    fn routed(&mut self, _layer: usize, expert: usize, tokens: usize) {
+        if self.routed.len() <= expert {
+            self.routed.resize(expert + 1, 0);
+        }
+        self.routed[expert] = tokens;
+    }
     fn before_group(
         &mut self,
         layer: &mut DecoderLayer,
-        group: Group,
+        group: usize,
         input: &[f32],
         rows: usize,
     ) -> Result<()> {
-        let st = self.stats(group, input, rows)?;
+        let st = self.stats(layer, group, input, rows)?;
         match &mut self.deferred {
             Some(d) => {
                 d.push((group, st));
@@ -415,18 +479,48 @@ pub fn run(
         method,
         layers,
         None,
-        Sequential::Group,
+        &Options::default(),
         sink,
         progress,
     )
 }
 
+/// How the experts of a MoE layer are calibrated (`--moe-calibration`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoeCalibration {
+    /// Each expert's statistics come from the tokens routed to it; an expert that got none is
+    /// compressed with the data-free fallback.
+    Routed,
+    /// Every expert runs on every token for its statistics (the routed outputs still drive the
+    /// forward pass).
+    All,
+    /// Routed statistics; an expert below the token threshold is compressed with the
+    /// data-free fallback (RTN for quantization, magnitude for pruning) and the report says so.
+    #[default]
+    FallbackRtn,
+}
+
+/// Pipeline settings beyond the method.
+#[derive(Default)]
+pub struct Options<'a> {
+    pub sequential: Sequential,
+    pub moe: MoeCalibration,
+    /// Experts with fewer routed tokens than this use the fallback under
+    /// [`MoeCalibration::FallbackRtn`]; default 2 x the group's d_in.
+    pub min_expert_tokens: Option<usize>,
+    /// The data-free method with the same settings (RTN / magnitude), for experts without
+    /// enough tokens.
+    pub fallback: Option<&'a dyn Method>,
+}
+
 /// Which inputs the groups of a layer are calibrated on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sequential {
     /// "True sequential" (GPTQ/SparseGPT reference option): each group of a layer sees the
     /// outputs of the groups already compressed before it ({q,k,v} -> o -> {gate,up} -> down).
+    #[default]
     Group,
     /// llm-compressor's sequential pipeline: every group of a layer is calibrated on the
     /// uncompressed layer's activations, then the compressed layer is run again to produce the
@@ -445,7 +539,7 @@ pub fn run_from(
     method: &dyn Method,
     layers: Range<usize>,
     hidden: Option<Vec<f32>>,
-    sequential: Sequential,
+    opts: &Options,
     sink: &mut dyn LayerSink,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PipelineReport> {
@@ -486,7 +580,7 @@ pub fn run_from(
                 );
             }
             let embed = src.load_embedding()?;
-            embed_tokens(&embed, &calib.ids)?
+            embed_input(cfg, &embed, &calib.ids)?
         }
     };
     phases.load += t.elapsed().as_secs_f64();
@@ -498,8 +592,11 @@ pub fn run_from(
         let t = Instant::now();
         let mut layer = src.load_layer(i)?;
         phases.load += t.elapsed().as_secs_f64();
+        let sequential = opts.sequential;
         let mut hook = CompressHook {
             method,
+            opts,
+            routed: vec![],
             deferred: (sequential == Sequential::Layer).then(Vec::new),
             layer: i,
             phases: Phases::default(),

@@ -148,8 +148,13 @@ pub fn gguf_of(hf: &Path, out: &Path) {
         };
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.add_tensor(arch::hf_to_gguf(&name).unwrap(), dims, GgmlType::F32, bytes)
-            .unwrap();
+        w.add_tensor(
+            arch::hf_to_gguf(&cfg, &name).unwrap().name,
+            dims,
+            GgmlType::F32,
+            bytes,
+        )
+        .unwrap();
     }
     w.write(out).unwrap();
 }
