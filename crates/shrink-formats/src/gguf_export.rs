@@ -202,7 +202,11 @@ impl TypePlan {
             self.embedding
         } else if gguf_name == "output.weight" {
             self.output
-        } else if gguf_name.ends_with("norm.weight") || gguf_name.ends_with(".bias") {
+        } else if gguf_name.ends_with("norm.weight")
+            || gguf_name.ends_with(".bias")
+            || gguf_name.ends_with("ffn_gate_inp.weight")
+        {
+            // llama-quantize never quantizes the MoE router (llama-quant.cpp)
             GgmlType::F32
         } else {
             self.linear
@@ -459,6 +463,51 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
         GgufValue::F32(cfg.rms_norm_eps as f32),
     );
     w.add_metadata(k("vocab_size"), GgufValue::U32(cfg.vocab_size as u32));
+    // Family features, under llama.cpp's key names (llama-arch.cpp LLM_KV_NAMES).
+    if let Some(m) = &cfg.moe {
+        w.add_metadata(k("expert_count"), GgufValue::U32(m.num_experts as u32));
+        w.add_metadata(k("expert_used_count"), GgufValue::U32(m.top_k as u32));
+        if a != "llama" {
+            w.add_metadata(
+                k("expert_feed_forward_length"),
+                GgufValue::U32(m.expert_intermediate as u32),
+            );
+        }
+        if !m.norm_topk_prob {
+            // llama.cpp's qwen3moe graph always renormalises; shrink reads this key back
+            w.add_metadata(k("expert_weights_norm"), GgufValue::Bool(false));
+        }
+    }
+    if let Some(win) = cfg.sliding_window.filter(|_| a == "gemma3") {
+        w.add_metadata(k("attention.sliding_window"), GgufValue::U32(win as u32));
+        let pattern: Vec<GgufValue> = cfg
+            .sliding_layers
+            .iter()
+            .map(|&b| GgufValue::Bool(b))
+            .collect();
+        w.add_metadata(
+            k("attention.sliding_window_pattern"),
+            GgufValue::Array(pattern),
+        );
+    }
+    if let Some(t) = cfg.rope_local_theta.filter(|&t| t != 10000.0) {
+        bail!(
+            "GGUF export: the local rope base {t} is not 10000, the value llama.cpp's gemma3 uses"
+        );
+    }
+    if let Some(s) = cfg.query_pre_attn_scalar {
+        if s != cfg.head_dim as f64 {
+            bail!("GGUF export: query_pre_attn_scalar {s} differs from head_dim {}; llama.cpp's gemma3 scales queries by 1/sqrt(head_dim)", cfg.head_dim);
+        }
+    }
+    for (key, v) in [
+        ("attn_logit_softcapping", cfg.attn_softcap),
+        ("final_logit_softcapping", cfg.final_softcap),
+    ] {
+        if let Some(v) = v {
+            w.add_metadata(k(key), GgufValue::F32(v as f32));
+        }
+    }
     Ok(())
 }
 

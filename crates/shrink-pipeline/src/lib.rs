@@ -336,6 +336,13 @@ impl CompressHook<'_> {
     ) -> Result<()> {
         let (hessian, col_sq, input, rows) = (&st.hessian, &st.col_sq, &st.sample, st.rows);
         let spec = &layer.layout.groups[group];
+        if !spec
+            .linears
+            .iter()
+            .any(|&k| layer.layout.linears[k].compress)
+        {
+            return Ok(()); // the MoE router: kept as it is
+        }
         // An expert below the token threshold: the policy decides how it is calibrated.
         let (method, note) = match spec.expert {
             Some(e) => {
@@ -367,7 +374,6 @@ impl CompressHook<'_> {
         }
         let h32: Option<Vec<f32>> = hessian
             .as_ref()
-            .filter(|_| needs_h)
             .map(|h| h.matrix().iter().map(|&v| v as f32).collect());
         let stats = InputStats {
             hessian: hessian.as_ref(),
