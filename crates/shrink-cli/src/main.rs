@@ -22,7 +22,8 @@ use std::time::Instant;
     about = "Compress large language models after training, and prove the result",
     long_about = "shrink loads a model the way you hold it - a Hugging Face directory (config.json, \
 *.safetensors, tokenizer.json) or a llama.cpp GGUF file - and runs it on the CPU in f32, one decoder \
-layer at a time. Supported architectures: Llama (incl. SmolLM), Mistral, Qwen2.\n\n\
+layer at a time. Supported architectures: Llama (incl. SmolLM), Mistral, Qwen2, Qwen3, Gemma 3 \
+(text), Phi-3, and the Mixture-of-Experts Qwen3-MoE and Mixtral.\n\n\
 Quick start (after scripts/fetch):\n  shrink eval --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text data/eval.txt"
 )]
 struct Cli {
@@ -38,7 +39,8 @@ enum Cmd {
     /// Compress a model: calibrate, then quantize layer by layer (RTN or GPTQ).
     ///
     /// Calibration windows are drawn from --calib with --seed; each decoder layer is run once on
-    /// them, and the linears of each group ({q,k,v} -> {o} -> {gate,up} -> {down}) are compressed
+    /// them, and the linears of each group ({q,k,v} -> {o} -> {gate,up} -> {down}; in a MoE layer the
+    /// router's input, then each expert's {gate,up} and {down}) are compressed
     /// in turn, each group seeing the outputs of the already-compressed ones. Only one layer's
     /// weights, the calibration activations and one group's Hessian are in memory at a time.
     Compress(Box<compress::CompressArgs>),

@@ -286,8 +286,14 @@ pub static FAMILIES: &[Family] = &[
 ];
 
 /// A supported family: a reference into [`FAMILIES`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Arch(&'static Family);
+
+impl std::fmt::Debug for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Arch({})", self.0.name)
+    }
+}
 
 impl PartialEq for Arch {
     fn eq(&self, o: &Arch) -> bool {
