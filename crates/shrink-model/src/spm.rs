@@ -70,6 +70,8 @@ pub struct SpmOptions {
     pub add_space_prefix: bool,
     /// `general.name`: llama.cpp sets per-token strip attributes for Phi-3 by name.
     pub model_name: String,
+    /// Where the vocabulary came from (a file name), for error messages.
+    pub source: String,
 }
 
 impl Default for SpmOptions {
@@ -85,6 +87,7 @@ impl Default for SpmOptions {
             add_eos: false,
             add_space_prefix: true,
             model_name: String::new(),
+            source: String::new(),
         }
     }
 }
@@ -103,6 +106,7 @@ pub struct SpmTokenizer {
     add_bos: bool,
     add_eos: bool,
     add_space_prefix: bool,
+    source: String,
 }
 
 /// Texts llama.cpp recognises as end-of-turn / end-of-generation tokens (`impl::load`).
@@ -313,6 +317,7 @@ impl SpmTokenizer {
             add_bos: opts.add_bos,
             add_eos: opts.add_eos,
             add_space_prefix: opts.add_space_prefix,
+            source: opts.source.clone(),
         };
         tok.fix_attributes(opts);
         // the special-token cache: llama.cpp sorts with std::sort by text length (longest first),
@@ -585,7 +590,19 @@ impl SpmTokenizer {
                 Some(&id) => out.push(id),
                 None => {
                     for &byte in piece.as_bytes() {
-                        out.push(self.byte_to_token(byte)?);
+                        let id = self.byte_to_token(byte).ok_or_else(|| {
+                            let c = piece.chars().next().unwrap_or_default();
+                            let src = if self.source.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{}: ", self.source)
+                            };
+                            format!(
+                                "{src}the text has {c:?} (U+{:04X}), which this vocabulary cannot spell: no token for it and no byte-fallback token <0x{byte:02X}>",
+                                c as u32
+                            )
+                        })?;
+                        out.push(id);
                     }
                 }
             }
@@ -594,20 +611,17 @@ impl SpmTokenizer {
         Ok(())
     }
 
-    /// `llama_vocab::byte_to_token`: the `<0xXX>` token, else the byte itself as a token.
-    pub fn byte_to_token(&self, byte: u8) -> Result<u32, String> {
-        let hex = format!("<0x{byte:02X}>");
-        if let Some(&id) = self.ids.get(&hex) {
-            return Ok(id);
+    /// `llama_vocab::byte_to_token`: the `<0xXX>` token, else the byte itself as a token (None:
+    /// neither exists, where llama.cpp throws).
+    pub fn byte_to_token(&self, byte: u8) -> Option<u32> {
+        if let Some(&id) = self.ids.get(&format!("<0x{byte:02X}>")) {
+            return Some(id);
         }
+        // a lone byte is a string only below 0x80 (above, it is not UTF-8, so no token has it)
         if byte < 0x80 {
-            if let Some(&id) = self.ids.get(&(byte as char).to_string()) {
-                return Ok(id);
-            }
+            return self.ids.get(&(byte as char).to_string()).copied();
         }
-        Err(format!(
-            "the text has a character the vocabulary cannot spell: no token for it and no byte-fallback token {hex}"
-        ))
+        None
     }
 
     /// `token_to_piece(token, lstrip, special)`: the bytes a token stands for. Control and unknown
@@ -811,10 +825,16 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(t.decode(&got, false, false), "aé🙂");
         // without byte tokens the character cannot be spelled: an error, not a panic
-        let t = SpmTokenizer::new(vec!["a".into(), "b".into()], vec![], vec![], &no_specials())
-            .unwrap();
+        let opts = SpmOptions {
+            source: "v.gguf".into(),
+            ..no_specials()
+        };
+        let t = SpmTokenizer::new(vec!["a".into(), "b".into()], vec![], vec![], &opts).unwrap();
         let e = t.encode("aé", false, false).unwrap_err();
-        assert!(e.contains("<0xC3>"), "{e}");
+        assert!(
+            e.starts_with("v.gguf: ") && e.contains("'é' (U+00E9)") && e.contains("<0xC3>"),
+            "{e}"
+        );
         // ASCII falls back to the byte itself as a token when there is no <0xXX> token
         let t = SpmTokenizer::new(
             vec!["a".into(), "\n".into()],
@@ -823,7 +843,7 @@ mod tests {
             &no_specials(),
         )
         .unwrap();
-        assert_eq!(t.byte_to_token(b'\n').unwrap(), 1);
+        assert_eq!(t.byte_to_token(b'\n'), Some(1));
     }
 
     #[test]

@@ -297,6 +297,7 @@ pub fn spm_from_gguf(f: &GgufFile, file: &str) -> Result<SpmTokenizer> {
             .and_then(|v| v.as_str())
             .unwrap_or("")
             .to_string(),
+        source: file.to_string(),
     };
     SpmTokenizer::new(tokens, scores, types, &opts)
         .map_err(|e| anyhow::anyhow!("{file}: cannot build its SentencePiece tokenizer: {e}"))
