@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build llama.cpp's reference tools (llama-perplexity, llama-quantize, llama-imatrix) from the
+# Build llama.cpp's reference tools (llama-perplexity, llama-quantize, llama-imatrix, llama-tokenize) from the
 # llama.cpp tree vendored in the llama-cpp-python source distribution (PyPI is the only network
 # source this project reaches). Usage: tools/reference/build_llamacpp.sh [DIR]  (default out/export/llamacpp)
 # Needs gcc/g++; cmake and ninja come from PyPI into DIR/venv if missing.
+# GGML_NATIVE is OFF on purpose: on this project's machines (AVX-512/AMX CPUs) a -march=native build
+# dies with SIGILL; a fixed AVX2/FMA/F16C build runs everywhere the project runs.
 set -euo pipefail
 DIR=${1:-out/export/llamacpp}
 mkdir -p "$DIR"
@@ -21,7 +23,8 @@ if [ -z "$SRC" ]; then
   SRC=$(ls -d "$DIR"/llama_cpp_python-*/ | head -1)
 fi
 LL="$SRC/vendor/llama.cpp"
-cmake -S "$LL" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+cmake -S "$LL" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF
-nice -n 15 cmake --build "$DIR/build" -j "${JOBS:-2}" --target llama-perplexity llama-quantize llama-imatrix
+nice -n 15 cmake --build "$DIR/build" -j "${JOBS:-2}" --target llama-perplexity llama-quantize llama-imatrix llama-tokenize
 ls -la "$DIR/build/bin"
+echo "llama.cpp source: $LL"

@@ -5,12 +5,16 @@
 //! are joined with a blank line and tokenized once, and each sample is the window of L tokens
 //! starting at a uniformly random position. The generator is SplitMix64, so a seed gives the same
 //! windows on every machine.
+//!
+//! Models whose tokenizer puts BOS first ([`Tokenizer::adds_bos`]: Gemma, Llama 2, ...) are
+//! trained to always see it there, so each of their windows is BOS followed by L - 1 text tokens
+//! (the text itself is tokenized without BOS). Other models keep windows of L text tokens.
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
+use shrink_model::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
-use tokenizers::Tokenizer;
 
 /// Default number of calibration samples (the GPTQ reference uses 128).
 pub const DEFAULT_NSAMPLES: usize = 128;
@@ -153,13 +157,17 @@ pub struct CalibSet {
     /// `[nsamples * seqlen]`, sample after sample.
     #[serde(skip)]
     pub ids: Vec<u32>,
-    /// Start of each window in the tokenized text.
+    /// Start of each window in the tokenized text (of its first text token).
     pub starts: Vec<usize>,
+    /// The BOS id each window starts with (models whose tokenizer adds BOS), else None.
+    #[serde(default)]
+    pub bos: Option<u32>,
 }
 
 impl CalibSet {
-    /// Tokenizes `source` once (documents joined with "\n\n") and draws `nsamples` windows of
-    /// `seqlen` tokens at seeded uniformly random starts.
+    /// Tokenizes `source` once (documents joined with "\n\n", no special tokens) and draws
+    /// `nsamples` windows at seeded uniformly random starts: `seqlen` text tokens each, or BOS
+    /// and `seqlen - 1` text tokens when the tokenizer adds BOS.
     pub fn sample(
         source: &TextSource,
         tok: &Tokenizer,
@@ -170,12 +178,16 @@ impl CalibSet {
         if nsamples == 0 || seqlen == 0 {
             bail!("calibration needs at least one sample of at least one token (got {nsamples} x {seqlen})");
         }
+        let bos = tok.adds_bos();
+        let body = seqlen - bos.is_some() as usize;
+        if body == 0 {
+            bail!("calibration samples of {seqlen} token would hold only BOS (this model's tokenizer adds BOS): use --seqlen 2 or more");
+        }
         let text = source.documents()?.join("\n\n");
-        let enc = tok
+        let all = tok
             .encode(text.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("{}: tokenization failed: {e}", source.describe()))?;
-        let all = enc.get_ids();
-        if all.len() < seqlen + 1 {
+            .with_context(|| format!("{}: tokenizing", source.describe()))?;
+        if all.len() < body + 1 {
             bail!(
                 "{}: the calibration text has {} tokens, too short for samples of {seqlen} tokens (lower --seqlen or give more text)",
                 source.describe(),
@@ -183,13 +195,14 @@ impl CalibSet {
             );
         }
         let mut rng = SplitMix64::new(seed);
-        let span = (all.len() - seqlen) as u64;
+        let span = (all.len() - body) as u64;
         let starts: Vec<usize> = (0..nsamples)
             .map(|_| rng.below(span + 1) as usize)
             .collect();
         let mut ids = Vec::with_capacity(nsamples * seqlen);
         for &s in &starts {
-            ids.extend_from_slice(&all[s..s + seqlen]);
+            ids.extend(bos);
+            ids.extend_from_slice(&all[s..s + body]);
         }
         Ok(CalibSet {
             nsamples,
@@ -199,6 +212,7 @@ impl CalibSet {
             text_tokens: all.len(),
             ids,
             starts,
+            bos,
         })
     }
 
@@ -252,6 +266,7 @@ impl CalibSet {
             text_tokens: 0,
             ids: ids.into_iter().map(|i| i as u32).collect(),
             starts: vec![],
+            bos: None,
         })
     }
 
@@ -278,17 +293,66 @@ impl CalibSet {
 mod tests {
     use super::*;
 
-    fn tok() -> Tokenizer {
-        // Whitespace-split word-level tokenizer over a tiny vocabulary.
-        let vocab: serde_json::Map<String, serde_json::Value> = ["[UNK]", "a", "b", "c", "d"]
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.to_string(), (i as u64).into()))
-            .collect();
+    /// Whitespace-split word-level tokenizer over a tiny vocabulary; with `bos`, a post-processor
+    /// that puts "<s>" (id 5) first.
+    fn tok_with(bos: bool) -> Tokenizer {
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            ["[UNK]", "a", "b", "c", "d", "<s>"]
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (w.to_string(), (i as u64).into()))
+                .collect();
+        let post = if bos {
+            serde_json::json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<s>": {"id": "<s>", "ids": [5], "tokens": ["<s>"]}}})
+        } else {
+            serde_json::Value::Null
+        };
         let j = serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": post, "decoder": null,
             "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}});
-        j.to_string().parse().unwrap()
+        Tokenizer::from_hf(j.to_string().parse().unwrap())
+    }
+
+    fn tok() -> Tokenizer {
+        tok_with(false)
+    }
+
+    #[test]
+    fn bos_models_get_bos_then_seqlen_minus_one_text_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.txt");
+        // token i of the text is "abcd"[i % 4], ids 1..=4
+        std::fs::write(&p, "a b c d ".repeat(50)).unwrap();
+        let src = TextSource::from_path(&p, None).unwrap();
+        let plain = CalibSet::sample(&src, &tok(), 8, 16, 7).unwrap();
+        assert_eq!(plain.bos, None);
+        assert_eq!(plain.text_tokens, 200);
+        for (w, &s) in plain.ids.chunks(16).zip(&plain.starts) {
+            let want: Vec<u32> = (s..s + 16).map(|i| (i % 4) as u32 + 1).collect();
+            assert_eq!(
+                w,
+                &want[..],
+                "a window without BOS is 16 text tokens from its start"
+            );
+        }
+        let t = tok_with(true);
+        assert_eq!(t.adds_bos(), Some(5));
+        let b = CalibSet::sample(&src, &t, 8, 16, 7).unwrap();
+        assert_eq!(b.bos, Some(5));
+        assert_eq!(b.ids.len(), 8 * 16);
+        assert_eq!(b.text_tokens, 200, "the text is tokenized without BOS");
+        for (w, &s) in b.ids.chunks(16).zip(&b.starts) {
+            assert_eq!(w[0], 5);
+            let want: Vec<u32> = (s..s + 15).map(|i| (i % 4) as u32 + 1).collect();
+            assert_eq!(&w[1..], &want[..]);
+            assert!(s + 15 <= 200);
+        }
+        assert!(!b.ids.chunks(16).any(|w| w[1..].contains(&5)));
+        let e = CalibSet::sample(&src, &t, 2, 1, 0).unwrap_err().to_string();
+        assert!(e.contains("only BOS"), "{e}");
     }
 
     #[test]

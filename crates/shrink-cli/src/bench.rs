@@ -5,7 +5,6 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use serde_json::json;
 use shrink_eval::{peak_rss_mb, perplexity, PplOptions};
-use shrink_model::tokenizer::encode;
 use shrink_model::{ModelConfig, ModelSource};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -93,12 +92,13 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let text = read_text(&a.text)?;
     let t1 = Instant::now();
-    let ids = encode(&src.tokenizer, &text)?;
+    let (ids, bos) = shrink_eval::eval_tokens(&src.tokenizer, &text)?;
     let tokenize_s = t1.elapsed().as_secs_f64();
     let opts = PplOptions {
         seqlen: a.seqlen,
         max_tokens: Some(a.max_tokens),
         batch: a.batch,
+        bos,
     };
     let bar = progress::bar((a.max_tokens / a.seqlen) as u64, "windows", quiet);
     let r = perplexity(&mut model, &ids, &opts, &mut |d, _| {

@@ -48,7 +48,9 @@ enum Cmd {
     ///
     /// The whole text is tokenized once (with the model's own tokenizer and its default special
     /// tokens), cut into non-overlapping windows of --seqlen tokens (a final partial window is
-    /// dropped), and perplexity = exp(mean NLL over every predicted token). This is token
+    /// dropped), and perplexity = exp(mean NLL over every predicted token). A model whose
+    /// tokenizer adds BOS (Gemma, Llama 2; GGUF tokenizer.ggml.add_bos_token) gets BOS followed by
+    /// --seqlen - 1 text tokens in every window, and those text tokens are scored. This is token
     /// perplexity, not the word perplexity some harnesses report.
     Eval(EvalArgs),
     /// Convert a GGUF file into a Hugging Face directory (f32 safetensors, config.json,
@@ -162,11 +164,30 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
     }
     let src = ModelSource::open(&a.model)?;
     let text = read_text(&a.text)?;
-    let ids = encode(&src.tokenizer, &text)
-        .with_context(|| format!("{}: tokenizing", a.text.display()))?;
+    let llama_cpp = a.protocol == "llama.cpp";
+    if !llama_cpp && a.protocol != "gptq" {
+        bail!("unknown protocol '{}' (use gptq or llama.cpp)", a.protocol);
+    }
+    // llama.cpp's protocol tokenizes with the default special tokens and sets BOS per chunk
+    // itself; the GPTQ protocol puts BOS before every window of a model that adds BOS.
+    let (ids, bos) = if llama_cpp {
+        (encode(&src.tokenizer, &text), src.tokenizer.adds_bos())
+    } else {
+        match shrink_eval::eval_tokens(&src.tokenizer, &text) {
+            Ok((ids, bos)) => (Ok(ids), bos),
+            Err(e) => (Err(e), None),
+        }
+    };
+    let ids = ids.with_context(|| format!("{}: tokenizing", a.text.display()))?;
     let mut model = src.load_all()?;
     let load_seconds = t0.elapsed().as_secs_f64();
     if let Some(path) = &a.logits_out {
+        // the first window as evaluated (BOS first for a BOS model under the GPTQ protocol)
+        let first: Vec<u32> = match (llama_cpp, bos) {
+            (false, Some(b)) => std::iter::once(b).chain(ids.iter().copied()).collect(),
+            _ => ids.clone(),
+        };
+        let ids = first;
         let t = ids.len().min(a.seqlen);
         let hidden = model.hidden_states(&ids[..t], 1, t)?;
         let logits = model.logits(&hidden, t);
@@ -190,12 +211,8 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
             return Ok(());
         }
     }
-    if a.protocol == "llama.cpp" {
+    if llama_cpp {
         let chunks = a.max_tokens.map(|m| m / a.seqlen.max(1));
-        let bos = src
-            .config
-            .bos_token_id
-            .filter(|b| ids.first() == Some(b) && !text.starts_with("<|"));
         let bar = progress::bar(0, "chunks", quiet || a.json);
         let r = llama_ppl::perplexity_llama_cpp(
             &mut model,
@@ -221,15 +238,15 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
             );
         }
         return Ok(());
-    } else if a.protocol != "gptq" {
-        bail!("unknown protocol '{}' (use gptq or llama.cpp)", a.protocol);
     }
     let opts = PplOptions {
         seqlen: a.seqlen,
         max_tokens: a.max_tokens,
         batch: a.batch,
+        bos,
     };
-    let total = opts.max_tokens.unwrap_or(ids.len()).min(ids.len()) / a.seqlen.max(1);
+    let body = a.seqlen.max(2) - bos.is_some() as usize;
+    let total = opts.max_tokens.unwrap_or(ids.len()).min(ids.len()) / body;
     let bar = progress::bar(total as u64, "windows", quiet || a.json);
     let r = perplexity(&mut model, &ids, &opts, &mut |d, _| {
         bar.set_position(d as u64)
@@ -256,9 +273,13 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
 /// Perplexity of a model on a text with the default settings (seqlen 512).
 pub fn eval_ppl(model: &Path, text: &str) -> Result<shrink_eval::PplResult> {
     let src = ModelSource::open(model)?;
-    let ids = encode(&src.tokenizer, text)?;
+    let (ids, bos) = shrink_eval::eval_tokens(&src.tokenizer, text)?;
     let mut m = src.load_all()?;
-    perplexity(&mut m, &ids, &PplOptions::default(), &mut |_, _| {})
+    let opts = PplOptions {
+        bos,
+        ..PplOptions::default()
+    };
+    perplexity(&mut m, &ids, &opts, &mut |_, _| {})
 }
 
 fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {

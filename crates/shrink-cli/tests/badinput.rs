@@ -985,9 +985,14 @@ fn all_cases(t: &Path) -> Cases {
         )
     });
     c.gguf_meta(
-        "sentencepiece tokenizer",
-        &["tokenizer.ggml.model 'llama'", "not supported"],
+        "sentencepiece tokenizer over a byte-level vocabulary (no byte-fallback tokens)",
+        &["cannot spell", "U+2581", "<0xE2>"],
         |m| set(m, "tokenizer.ggml.model", GgufValue::String("llama".into())),
+    );
+    c.gguf_meta(
+        "unknown tokenizer model",
+        &["tokenizer.ggml.model 'bert'", "not supported"],
+        |m| set(m, "tokenizer.ggml.model", GgufValue::String("bert".into())),
     );
     c.gguf_meta(
         "token_type length mismatch",

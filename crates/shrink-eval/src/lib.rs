@@ -3,6 +3,7 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 use shrink_model::tensor::log_sum_exp;
+use shrink_model::tokenizer::Tokenizer;
 use shrink_model::Model;
 use std::time::Instant;
 
@@ -15,6 +16,9 @@ pub struct PplOptions {
     pub max_tokens: Option<usize>,
     /// Windows run together through the model.
     pub batch: usize,
+    /// For models whose tokenizer adds BOS ([`Tokenizer::adds_bos`]): each window is this BOS and
+    /// `seqlen - 1` text tokens (`ids` then hold the text without BOS; see [`eval_tokens`]).
+    pub bos: Option<u32>,
 }
 
 impl Default for PplOptions {
@@ -23,8 +27,22 @@ impl Default for PplOptions {
             seqlen: 512,
             max_tokens: None,
             batch: 4,
+            bos: None,
         }
     }
+}
+
+/// Tokens of an evaluation text and the BOS its windows start with, by the rule for the GPTQ
+/// protocol: a model whose tokenizer adds BOS (Gemma, Llama 2, ...; GGUF
+/// `tokenizer.ggml.add_bos_token`, or a Hugging Face post-processor that adds it) was trained to
+/// always see BOS first, so the text is tokenized without it and every window gets it
+/// (`PplOptions::bos`); other models tokenize the text with their default special tokens, as
+/// before (for them that adds nothing).
+pub fn eval_tokens(tok: &Tokenizer, text: &str) -> Result<(Vec<u32>, Option<u32>)> {
+    Ok(match tok.adds_bos() {
+        Some(b) => (tok.encode(text, false)?, Some(b)),
+        None => (tok.encode(text, true)?, None),
+    })
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -32,12 +50,14 @@ pub struct PplResult {
     pub perplexity: f64,
     /// Mean negative log-likelihood per predicted token (nats).
     pub mean_nll: f64,
-    /// Tokens in the evaluated windows (windows * seqlen).
+    /// Tokens in the evaluated windows (windows * seqlen, BOS included when windows start with it).
     pub tokens: usize,
     /// Tokens whose likelihood was scored (windows * (seqlen - 1)).
     pub predicted_tokens: usize,
     pub windows: usize,
     pub seqlen: usize,
+    /// The BOS each window starts with (then it holds seqlen - 1 text tokens), if any.
+    pub bos: Option<u32>,
     /// Tokens of the whole text before windowing.
     pub text_tokens: usize,
     pub seconds: f64,
@@ -47,6 +67,8 @@ pub struct PplResult {
 /// Perplexity by the GPTQ protocol: the text was tokenized once into `ids`; it is cut into
 /// non-overlapping windows of `seqlen` tokens (a final partial window is dropped); every token but
 /// the first of each window is predicted from the ones before it; ppl = exp(sum NLL / count).
+/// With `opts.bos`, windows are BOS followed by `seqlen - 1` tokens of `ids`, and those text
+/// tokens are the ones scored (the first from BOS alone), so the count is the same.
 /// `progress(done, total)` is called after each batch of windows.
 pub fn perplexity(
     model: &mut Model,
@@ -62,18 +84,32 @@ pub fn perplexity(
         Some(m) => &ids[..m.min(ids.len())],
         None => ids,
     };
-    let windows = ids.len() / opts.seqlen;
+    // text tokens per window
+    let body = opts.seqlen - opts.bos.is_some() as usize;
+    let windows = ids.len() / body;
     if windows == 0 {
-        bail!("the text has {} tokens, fewer than one window of {} (lower --seqlen or give more text)", ids.len(), opts.seqlen);
+        bail!("the text has {} tokens, fewer than one window of {} (lower --seqlen or give more text)", ids.len(), body);
     }
     let start = Instant::now();
     let seq = opts.seqlen;
     let batch = opts.batch.max(1);
     let mut nll = 0f64;
     let mut done = 0;
+    let mut with_bos = Vec::new();
     while done < windows {
         let b = batch.min(windows - done);
-        let chunk = &ids[done * seq..(done + b) * seq];
+        let text = &ids[done * body..(done + b) * body];
+        let chunk = match opts.bos {
+            None => text,
+            Some(bos) => {
+                with_bos.clear();
+                for w in text.chunks_exact(body) {
+                    with_bos.push(bos);
+                    with_bos.extend_from_slice(w);
+                }
+                &with_bos[..]
+            }
+        };
         let hidden = model.hidden_states(chunk, b, seq)?;
         let w = window_nll(model, &hidden, chunk, b, seq);
         if !w.is_finite() {
@@ -97,6 +133,7 @@ pub fn perplexity(
         predicted_tokens: predicted,
         windows,
         seqlen: seq,
+        bos: opts.bos,
         text_tokens,
         seconds,
         tokens_per_second: (windows * seq) as f64 / seconds,

@@ -39,6 +39,7 @@ fn protocol_matches_reference_logits_on_tiny_model() {
                 seqlen: t,
                 max_tokens: None,
                 batch,
+                bos: None,
             },
             &mut |_, _| {},
         )
@@ -58,6 +59,7 @@ fn protocol_matches_reference_logits_on_tiny_model() {
             seqlen: t,
             max_tokens: Some(30),
             batch: 4,
+            bos: None,
         },
         &mut |_, _| {},
     )
@@ -71,11 +73,47 @@ fn protocol_matches_reference_logits_on_tiny_model() {
             seqlen: t,
             max_tokens: None,
             batch: 1,
+            bos: None,
         },
         &mut |_, _| {},
     )
     .unwrap_err();
     assert!(e.to_string().contains("fewer than one window"), "{e}");
+}
+
+/// A model whose tokenizer adds BOS: each window is BOS + seqlen - 1 text tokens, the text tokens
+/// are scored (same count as without BOS), and the result equals today's protocol run on those
+/// BOS-prefixed windows laid end to end. Without BOS the windows are today's, exactly.
+#[test]
+fn bos_windows_start_with_bos_and_score_the_text_tokens() {
+    let dir = fixture("tiny/qwen2");
+    let cfg = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    let mut m = Model::load(&cfg, &SafetensorsSource::open(&dir).unwrap()).unwrap();
+    let (_, ids) = st_read(&dir.join("reference.safetensors"), "input_ids");
+    let text: Vec<u32> = ids.iter().map(|&x| x as u32).collect(); // 48 tokens
+    let (seq, bos) = (8, 3u32);
+    let opts = |bos| PplOptions {
+        seqlen: seq,
+        max_tokens: None,
+        batch: 2,
+        bos,
+    };
+    let r = perplexity(&mut m, &text, &opts(Some(bos)), &mut |_, _| {}).unwrap();
+    // 48 text tokens / 7 per window = 6 windows (6 tokens left over are dropped)
+    assert_eq!((r.windows, r.tokens, r.predicted_tokens), (6, 48, 42));
+    assert_eq!((r.bos, r.text_tokens), (Some(bos), 48));
+    let laid_out: Vec<u32> = text
+        .chunks_exact(seq - 1)
+        .take(6)
+        .flat_map(|w| std::iter::once(bos).chain(w.iter().copied()))
+        .collect();
+    assert_eq!(laid_out.len(), 48);
+    let same = perplexity(&mut m, &laid_out, &opts(None), &mut |_, _| {}).unwrap();
+    assert_eq!(r.mean_nll, same.mean_nll, "windows are BOS + 7 text tokens");
+    // without BOS: windows of 8 text tokens from the start, as before
+    let plain = perplexity(&mut m, &text, &opts(None), &mut |_, _| {}).unwrap();
+    assert_eq!((plain.windows, plain.tokens, plain.bos), (6, 48, None));
+    assert_ne!(plain.mean_nll, r.mean_nll);
 }
 
 /// The default model on the whole evaluation split agrees with transformers within 0.1%
@@ -98,7 +136,11 @@ fn default_model_eval_split_perplexity_matches_transformers() {
         "data/eval.txt is not the text the fixture used"
     );
     let src = ModelSource::open(&model).unwrap();
-    let ids = shrink_model::tokenizer::encode(&src.tokenizer, &text).unwrap();
+    let (ids, bos) = shrink_eval::eval_tokens(&src.tokenizer, &text).unwrap();
+    assert_eq!(
+        bos, None,
+        "SmolLM2's GGUF says add_bos_token = false: no BOS windows"
+    );
     assert_eq!(
         ids.len() as u64,
         fx["text"]["total_text_tokens"].as_u64().unwrap()
@@ -111,6 +153,7 @@ fn default_model_eval_split_perplexity_matches_transformers() {
             seqlen: 512,
             max_tokens: None,
             batch: 4,
+            bos,
         },
         &mut |_, _| {},
     )

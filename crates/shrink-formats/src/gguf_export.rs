@@ -253,9 +253,14 @@ pub struct GgufExport<'a> {
 /// whether BOS is added, and the chat template.
 pub fn tokenizer_metadata(src: &ModelSource, pre: &str) -> Result<Vec<(String, GgufValue)>> {
     let path = src.path.display();
+    let hf = src.tokenizer.hf().with_context(|| {
+        format!(
+            "{path}: the tokenizer is {}; GGUF export builds only byte-level BPE vocabularies (pass --gguf-metadata FILE.gguf)",
+            src.tokenizer.kind_name()
+        )
+    })?;
     let tj: serde_json::Value = serde_json::from_str(
-        &src.tokenizer
-            .to_string(false)
+        &hf.to_string(false)
             .map_err(|e| anyhow::anyhow!("{path}: cannot serialize the tokenizer: {e}"))?,
     )?;
     let model = &tj["model"];
@@ -356,11 +361,7 @@ pub fn tokenizer_metadata(src: &ModelSource, pre: &str) -> Result<Vec<(String, G
         };
         kv.push((format!("tokenizer.ggml.{key}"), GgufValue::U32(*id)));
     }
-    let adds_bos = src
-        .config
-        .bos_token_id
-        .zip(src.tokenizer.encode("a", true).ok())
-        .is_some_and(|(b, e)| e.get_ids().first() == Some(&b));
+    let adds_bos = src.tokenizer.adds_bos().is_some();
     kv.push((
         "tokenizer.ggml.add_bos_token".into(),
         GgufValue::Bool(adds_bos),

@@ -221,6 +221,14 @@ pub fn write_hf_files(
     )?;
     write_json(&dir.join("config.json"), &cfg.to_hf_json())?;
     src.tokenizer
+        .hf()
+        .with_context(|| {
+            format!(
+                "{}: its {} tokenizer cannot be written as tokenizer.json yet",
+                src.path.display(),
+                src.tokenizer.kind_name()
+            )
+        })?
         .save(dir.join("tokenizer.json"), true)
         .map_err(|e| {
             anyhow::anyhow!(

@@ -15,6 +15,7 @@ pub mod model;
 pub mod packed;
 pub mod quants;
 pub mod source;
+pub mod spm;
 pub mod tensor;
 pub mod tokenizer;
 

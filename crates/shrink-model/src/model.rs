@@ -6,9 +6,9 @@ use crate::layer::{check_layout, load_checked, DecoderLayer, LayerHook, NoHook, 
 use crate::source::{config_from_gguf, GgufSource, SafetensorsSource, TensorSource};
 use crate::tensor::{linear, rms_norm, Tensor};
 use crate::tokenizer;
+use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use tokenizers::Tokenizer;
 
 /// A model as the user holds it: its config, its (memory-mapped) tensors and its tokenizer.
 /// Nothing is dequantized until a layer is loaded.

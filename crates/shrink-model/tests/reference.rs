@@ -111,7 +111,7 @@ fn gguf_tokenizer_definition_equals_transformers() {
     let Some(path) = fetched(MODEL) else { return };
     let src = ModelSource::open(&path).unwrap();
     let ours: serde_json::Value =
-        serde_json::from_str(&src.tokenizer.to_string(false).unwrap()).unwrap();
+        serde_json::from_str(&src.tokenizer.hf().unwrap().to_string(false).unwrap()).unwrap();
     let theirs: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("reference/gguf_tokenizer_transformers.json")).unwrap(),
     )
