@@ -149,7 +149,7 @@ impl ModelSource {
     /// The final norm and the output head (`None` when tied to the embedding).
     pub fn load_head(&self) -> Result<(Tensor, Option<Tensor>)> {
         let c = &self.config;
-        let norm = load_checked(self.tensors.as_ref(), arch::HF_NORM, &[c.hidden_size])?;
+        let norm = load_final_norm(c, self.tensors.as_ref())?;
         let head = if c.tie_word_embeddings {
             None
         } else {
@@ -205,7 +205,7 @@ impl Model {
         let layers = (0..cfg.num_layers)
             .map(|i| DecoderLayer::load(src, cfg, i))
             .collect::<Result<Vec<_>>>()?;
-        let norm = load_checked(src, arch::HF_NORM, &[h])?;
+        let norm = load_final_norm(cfg, src)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
@@ -283,6 +283,15 @@ impl Model {
         }
         y
     }
+}
+
+/// The final norm's effective multiplier (`1 + w` for [`arch::NormStyle::OnePlus`] families).
+pub fn load_final_norm(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Tensor> {
+    let mut t = load_checked(src, arch::HF_NORM, &[cfg.hidden_size])?;
+    if cfg.arch.norm_style == arch::NormStyle::OnePlus {
+        t.data.iter_mut().for_each(|w| *w += 1.0);
+    }
+    Ok(t)
 }
 
 /// The first layer's input for token ids: embedding rows, times sqrt(hidden_size) in families
