@@ -16,26 +16,12 @@ const LAYERS: usize = 2;
 /// Expert that the router never picks (see [`moe_dir`]).
 const STARVED: usize = 3;
 
-/// A deterministic pseudo-random number in [-1, 1).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 /// A tiny Qwen3-MoE directory. Hidden dimension 0 carries a constant +4 from the embedding and
 /// dimension 1 +4 or -4 by token parity (o_proj and the experts' down_proj write nothing into
 /// either), so after each MLP norm their signs are known; the router is -8 on dimension 0 for
 /// expert [`STARVED`] (top-2 never picks it), +8 / -8 on dimension 1 for experts 0 / 1, so
 /// even tokens go to experts 0 and 2 and odd ones to 1 and 2.
 fn moe_dir(dir: &Path) -> PathBuf {
-    let d = dir.join("moe");
-    std::fs::create_dir_all(&d).unwrap();
     let cfg = serde_json::json!({
         "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
         "vocab_size": 128, "hidden_size": H, "intermediate_size": 48, "num_hidden_layers": LAYERS,
@@ -45,49 +31,26 @@ fn moe_dir(dir: &Path) -> PathBuf {
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 64,
         "tie_word_embeddings": false, "hidden_act": "silu"
     });
-    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
-    std::fs::write(d.join("tokenizer.json"), tokenizer_json(128)).unwrap();
-    let c = shrink_model::ModelConfig::from_hf_file(&d.join("config.json")).unwrap();
-    let names: Vec<(String, Vec<usize>)> = shrink_model::arch::tensor_table(&c)
-        .into_iter()
-        .map(|e| (e.hf, e.shape))
-        .collect();
-    let mut rng = Lcg(7);
-    shrink_formats::write_safetensors(
-        &d.join("model.safetensors"),
-        &names,
-        &Default::default(),
-        &mut |i| {
-            let (name, shape) = &names[i];
-            let n: usize = shape.iter().product();
-            let mut v: Vec<f32> = if name.ends_with("norm.weight") {
-                (0..n).map(|_| 1.0 + 0.1 * rng.next()).collect()
-            } else {
-                (0..n).map(|_| 0.3 * rng.next()).collect()
-            };
-            let cols = *shape.last().unwrap();
-            if name.ends_with("embed_tokens.weight") {
-                for (t, r) in v.chunks_mut(cols).enumerate() {
-                    r[0] = 4.0;
-                    r[1] = if t % 2 == 0 { 4.0 } else { -4.0 };
-                }
-            } else if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
-                v[..2 * cols].fill(0.0); // rows 0 and 1: nothing written into dimensions 0, 1
-            } else if name.ends_with("mlp.gate.weight") {
-                for (e, r) in v.chunks_mut(cols).enumerate() {
-                    (r[0], r[1]) = match e {
-                        0 => (0.0, 8.0),
-                        1 => (0.0, -8.0),
-                        STARVED => (-8.0, 0.0),
-                        _ => (0.0, 0.0),
-                    };
-                }
+    synthetic_dir(dir, "moe", &cfg, &mut |name, shape, v| {
+        let cols = *shape.last().unwrap();
+        if name.ends_with("embed_tokens.weight") {
+            for (t, r) in v.chunks_mut(cols).enumerate() {
+                r[0] = 4.0;
+                r[1] = if t % 2 == 0 { 4.0 } else { -4.0 };
             }
-            Ok(shrink_model::Tensor::new(shape.clone(), v))
-        },
-    )
-    .unwrap();
-    d
+        } else if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+            v[..2 * cols].fill(0.0); // rows 0 and 1: nothing written into dimensions 0, 1
+        } else if name.ends_with("mlp.gate.weight") {
+            for (e, r) in v.chunks_mut(cols).enumerate() {
+                (r[0], r[1]) = match e {
+                    0 => (0.0, 8.0),
+                    1 => (0.0, -8.0),
+                    STARVED => (-8.0, 0.0),
+                    _ => (0.0, 0.0),
+                };
+            }
+        }
+    })
 }
 
 fn compress(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {

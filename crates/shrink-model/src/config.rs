@@ -89,6 +89,12 @@ impl ModelConfig {
     pub fn is_sliding(&self, i: usize) -> bool {
         self.sliding_window.is_some() && self.sliding_layers.get(i).copied().unwrap_or(false)
     }
+    /// The layout of every layer (see [`crate::arch::layer_layout`]).
+    pub fn layer_layouts(&self) -> Vec<crate::arch::Layout> {
+        (0..self.num_layers)
+            .map(|i| crate::arch::layer_layout(self, i))
+            .collect()
+    }
     /// The attention scale applied to q k^T.
     pub fn attn_scale(&self) -> f32 {
         // transformers computes the scale as a Python float (f64) and multiplies in f32.

@@ -203,3 +203,57 @@ pub fn scaled_copy(model: &Path, out: &Path, name: &str, value: f32) -> PathBuf 
     .unwrap();
     out.to_path_buf()
 }
+
+/// A deterministic pseudo-random number in [-1, 1).
+pub struct Lcg(pub u64);
+impl Lcg {
+    pub fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// A Hugging Face directory `dir/name` of random weights (seeded) for the family that `config`
+/// describes, with every tensor the family's table lists, a 128-token byte-level tokenizer, and
+/// `edit(name, shape, values)` applied to each tensor before it is written. Norm weights are
+/// 1 + 0.1 N (0.1 N for families whose norms scale by 1 + w), the rest 0.3 U(-1, 1).
+pub fn synthetic_dir(
+    dir: &Path,
+    name: &str,
+    config: &serde_json::Value,
+    edit: &mut dyn FnMut(&str, &[usize], &mut Vec<f32>),
+) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(d.join("tokenizer.json"), tokenizer_json(128)).unwrap();
+    let c = ModelConfig::from_hf_file(&d.join("config.json")).unwrap();
+    let one_plus = c.arch.norm_style == arch::NormStyle::OnePlus;
+    let names: Vec<(String, Vec<usize>)> = arch::tensor_table(&c)
+        .into_iter()
+        .map(|e| (e.hf, e.shape))
+        .collect();
+    let mut rng = Lcg(7);
+    shrink_formats::write_safetensors(
+        &d.join("model.safetensors"),
+        &names,
+        &Default::default(),
+        &mut |i| {
+            let (name, shape) = &names[i];
+            let n: usize = shape.iter().product();
+            let base = if one_plus { 0.0 } else { 1.0 };
+            let mut v: Vec<f32> = if name.ends_with("norm.weight") {
+                (0..n).map(|_| base + 0.1 * rng.next()).collect()
+            } else {
+                (0..n).map(|_| 0.3 * rng.next()).collect()
+            };
+            edit(name, shape, &mut v);
+            Ok(shrink_model::Tensor::new(shape.clone(), v))
+        },
+    )
+    .unwrap();
+    d
+}
