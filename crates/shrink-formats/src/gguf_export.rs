@@ -454,7 +454,7 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
         ("attention.head_count_kv", cfg.num_kv_heads),
         ("attention.key_length", cfg.head_dim),
         ("attention.value_length", cfg.head_dim),
-        ("rope.dimension_count", cfg.head_dim),
+        ("rope.dimension_count", cfg.rotary_dim),
     ] {
         w.add_metadata(k(key), GgufValue::U32(v as u32));
     }

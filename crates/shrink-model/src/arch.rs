@@ -152,6 +152,9 @@ pub struct Family {
     pub default_act: Activation,
     /// Embeddings are multiplied by sqrt(hidden_size) (Gemma).
     pub embed_scale: bool,
+    /// The config's `attn_logit_softcapping` caps attention scores (Gemma 2 does; transformers'
+    /// Gemma 3 reads the key but never applies it, and neither does llama.cpp's gemma3 graph).
+    pub attn_softcap: bool,
 }
 
 const LLAMA_NORMS: &[(NormSlot, &str, &str)] = &[
@@ -195,6 +198,7 @@ const LLAMA_LIKE: Family = Family {
     qkv_bias_always: false,
     default_act: Activation::Silu,
     embed_scale: false,
+    attn_softcap: false,
 };
 
 /// Every supported family. llama.cpp writes Mistral as `llama` and Mixtral as `llama` with

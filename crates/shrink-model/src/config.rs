@@ -55,6 +55,9 @@ pub struct ModelConfig {
     pub act: Activation,
     /// Queries are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2` (Gemma).
     pub query_pre_attn_scalar: Option<f64>,
+    /// Leading dimensions of each head that rope rotates (`head_dim` unless the config has a
+    /// `partial_rotary_factor`, as Phi-3.5/Phi-4-mini); the rest pass through.
+    pub rotary_dim: usize,
     /// `cap * tanh(s / cap)` on attention scores (Gemma 2 style), when set.
     pub attn_softcap: Option<f64>,
     /// `cap * tanh(z / cap)` on the output logits, when set.
@@ -203,11 +206,12 @@ impl ModelConfig {
                 hidden_size / num_heads
             }
         };
-        if let Some(f) = opt_f64(v, "partial_rotary_factor", file)? {
-            if f != 1.0 {
-                bail!("{file}: partial_rotary_factor {f} is not supported (shrink rotates whole heads)");
-            }
-        }
+        // transformers: dim = int(head_dim * partial_rotary_factor)
+        let rotary_dim = match opt_f64(v, "partial_rotary_factor", file)? {
+            None => head_dim,
+            Some(f) if f > 0.0 && f <= 1.0 => (head_dim as f64 * f) as usize,
+            Some(f) => bail!("{file}: partial_rotary_factor {f} must be in (0, 1]"),
+        };
         // transformers 5 nests rope settings in `rope_parameters` (per layer type for models
         // with local and global layers); older files use rope_theta + rope_scaling (+
         // rope_local_base_freq).
@@ -271,7 +275,11 @@ impl ModelConfig {
             rope_local_theta,
             act,
             query_pre_attn_scalar: opt_f64(v, "query_pre_attn_scalar", file)?,
-            attn_softcap: opt_f64(v, "attn_logit_softcapping", file)?,
+            rotary_dim,
+            attn_softcap: match arch.attn_softcap {
+                true => opt_f64(v, "attn_logit_softcapping", file)?,
+                false => None,
+            },
             final_softcap: opt_f64(v, "final_logit_softcapping", file)?,
             moe,
         };
@@ -308,6 +316,13 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             bail!(
                 "{file}: head_dim {} must be even for rotary embeddings",
+                self.head_dim
+            );
+        }
+        if self.rotary_dim % 2 != 0 || self.rotary_dim == 0 || self.rotary_dim > self.head_dim {
+            bail!(
+                "{file}: the rotary dimension {} must be even and between 2 and head_dim {}",
+                self.rotary_dim,
                 self.head_dim
             );
         }
@@ -453,6 +468,12 @@ impl ModelConfig {
                 .collect();
             o.insert("layer_types".into(), json!(types));
         }
+        if self.rotary_dim != self.head_dim {
+            o.insert(
+                "partial_rotary_factor".into(),
+                json!(self.rotary_dim as f64 / self.head_dim as f64),
+            );
+        }
         if name == "gemma3_text" {
             o.insert("hidden_activation".into(), json!(self.act.hf_name()));
             o.insert(
@@ -556,8 +577,12 @@ fn parse_moe(v: &Value, arch: Arch, num_layers: usize, file: &str) -> Result<Opt
     if !arch.is_moe() {
         return Ok(None);
     }
+    // Qwen3-MoE hub configs say num_experts; transformers 5 writes num_local_experts
     let (experts_key, ff_key) = match arch.name {
         "mixtral" => ("num_local_experts", "intermediate_size"),
+        _ if v.get("num_experts").is_none() && v.get("num_local_experts").is_some() => {
+            ("num_local_experts", "moe_intermediate_size")
+        }
         _ => ("num_experts", "moe_intermediate_size"),
     };
     let num_experts = get_usize(v, experts_key, file)?;

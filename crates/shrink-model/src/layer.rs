@@ -658,7 +658,7 @@ pub struct RopeTable {
 /// Inverse frequencies `1 / theta^(2i/d)` of the global layers, scaled as in transformers'
 /// `ROPE_INIT_FUNCTIONS`.
 pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
-    inv_freq_of(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref())
+    inv_freq_of(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling.as_ref())
 }
 
 fn inv_freq_of(d: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
@@ -706,7 +706,7 @@ impl Rope {
             global: RopeTable::new(&inv_freq(cfg), max_seq),
             local: cfg
                 .rope_local_theta
-                .map(|t| RopeTable::new(&inv_freq_of(cfg.head_dim, t, None), max_seq)),
+                .map(|t| RopeTable::new(&inv_freq_of(cfg.rotary_dim, t, None), max_seq)),
         }
     }
 
@@ -744,14 +744,15 @@ impl RopeTable {
         }
     }
 
-    /// Rotates `x` = `[batch * seq, heads * 2 * half]` in place (position = index within its sequence).
+    /// Rotates `x` = `[batch * seq, heads * hd]` in place (position = index within its
+    /// sequence): the first `2 * half` values of each head, the rest unchanged (partial rotary).
     pub fn apply(&self, x: &mut [f32], seq: usize, heads: usize, hd: usize) {
         assert!(
             seq <= self.max_seq,
             "sequence of {seq} tokens exceeds the rotary table ({})",
             self.max_seq
         );
-        assert_eq!(hd, 2 * self.half);
+        assert!(2 * self.half <= hd);
         let w = heads * hd;
         x.par_chunks_exact_mut(w).enumerate().for_each(|(r, row)| {
             let p = r % seq;
@@ -760,7 +761,7 @@ impl RopeTable {
                 &self.sin[p * self.half..(p + 1) * self.half],
             );
             for head in row.chunks_exact_mut(hd) {
-                let (a, b) = head.split_at_mut(self.half);
+                let (a, b) = head[..2 * self.half].split_at_mut(self.half);
                 for i in 0..self.half {
                     let (x1, x2) = (a[i], b[i]);
                     a[i] = x1 * c[i] - x2 * s[i];

@@ -669,7 +669,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
                 _ => bail!("{file}: '{a}.attention.sliding_window_pattern' must be a positive integer or one boolean per layer ({num_layers})"),
             },
         };
-        rope_local_theta = Some(10000.0);
+        rope_local_theta = Some(f64_opt("rope.freq_base_swa")?.unwrap_or(10000.0));
         query_pre_attn_scalar = Some(head_dim as f64);
     }
     let moe = if arch.is_moe() {
@@ -732,7 +732,14 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         rope_local_theta,
         act: arch.default_act,
         query_pre_attn_scalar,
-        attn_softcap: f64_opt("attn_logit_softcapping")?,
+        rotary_dim: match f.get(&k("rope.dimension_count")) {
+            Some(_) => u("rope.dimension_count")?,
+            None => head_dim,
+        },
+        attn_softcap: match arch.attn_softcap {
+            true => f64_opt("attn_logit_softcapping")?,
+            false => None,
+        },
         final_softcap: f64_opt("final_logit_softcapping")?,
         moe,
     };

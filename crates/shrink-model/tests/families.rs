@@ -1,0 +1,259 @@
+//! The families of the architecture table against transformers 5 (fixtures from
+//! tools/reference/tiny_models.py: tiny random-weight Qwen3, Gemma 3, Phi-3, Qwen3-MoE and
+//! Mixtral models and their logits, hidden states and MoE routing), and their GGUF copies made by
+//! llama.cpp's own converter (tools/reference/tiny_gguf.py).
+mod common;
+use common::*;
+use shrink_model::gguf::GgufFile;
+use shrink_model::layer::{LayerHook, NoHook, Rope};
+use shrink_model::source::{config_from_gguf, GgufSource, SafetensorsSource};
+use shrink_model::{arch, DecoderLayer, Model, ModelConfig, Role, TensorSource};
+
+fn hf(name: &str) -> (ModelConfig, SafetensorsSource) {
+    let dir = fixture(&format!("tiny/{name}"));
+    let cfg = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    (cfg, SafetensorsSource::open(&dir).unwrap())
+}
+
+fn gguf(name: &str) -> (ModelConfig, GgufSource) {
+    let f = GgufFile::open(&fixture(&format!("tiny/{name}/model.f32.gguf"))).unwrap();
+    let cfg = config_from_gguf(&f).unwrap();
+    let src = GgufSource::new(f, &cfg);
+    (cfg, src)
+}
+
+fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Logits of both reference sequences and every layer's output of sequence 0 against
+/// transformers; top-1 identical at every position.
+fn check(name: &str, cfg: &ModelConfig, src: &dyn TensorSource) {
+    let refp = fixture(&format!("tiny/{name}/reference.safetensors"));
+    let mut m = Model::load(cfg, src).unwrap();
+    let (shape, ids) = st_read(&refp, "input_ids");
+    let (b, t) = (shape[0], shape[1]);
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    let (_, want) = st_read(&refp, "logits");
+    let hidden = m.hidden_states(&ids, b, t).unwrap();
+    let got = m.logits(&hidden, b * t);
+    let d = max_diff(&got, &want);
+    eprintln!("{name}: max |logit diff| = {d:.2e}");
+    assert!(d < 1e-4, "{name}: logits differ from transformers by {d}");
+    let v = cfg.vocab_size;
+    for r in 0..b * t {
+        let am = |x: &mut dyn Iterator<Item = f64>| {
+            x.enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0
+        };
+        let g = am(&mut got[r * v..(r + 1) * v].iter().map(|x| *x as f64));
+        let w = am(&mut want[r * v..(r + 1) * v].iter().copied());
+        assert_eq!(g, w, "{name}: top-1 differs at row {r}");
+    }
+    if name == "qwen2" {
+        return; // the older fixture has no per-layer hidden states
+    }
+    // hidden_states[l + 1] = output of layer l (the last one after the final norm)
+    let (hs, want_h) = st_read(&refp, "hidden_states");
+    let h = cfg.hidden_size;
+    let mut x = m.embed(&ids[..t]).unwrap();
+    assert!(max_diff(&x, &want_h[..t * h]) < 1e-5, "{name}: embedding");
+    let rope = Rope::new(cfg, t);
+    let n = m.layers.len();
+    let (_, last_raw) = st_read(&refp, "hidden_last_layer_raw");
+    for (l, layer) in m.layers.iter_mut().enumerate() {
+        layer
+            .forward(cfg, &rope, &mut x, 1, t, &mut NoHook)
+            .unwrap();
+        let want_l = if l + 1 == n {
+            &last_raw[..]
+        } else {
+            &want_h[(l + 1) * t * h..(l + 2) * t * h]
+        };
+        let d = max_diff(&x, want_l);
+        assert!(d < 1e-4, "{name}: layer {l} output differs by {d}");
+    }
+    assert_eq!(hs[0], n + 1);
+}
+
+#[test]
+fn qwen3_qk_norm_explicit_head_dim() {
+    let (c, s) = hf("qwen3");
+    assert_eq!((c.head_dim, c.num_heads * c.head_dim), (32, 128));
+    check("qwen3", &c, &s);
+}
+
+#[test]
+fn gemma3_sandwich_norms_sliding_window_two_ropes() {
+    let (c, s) = hf("gemma3");
+    assert_eq!(c.sliding_layers, vec![true, true, false, true]);
+    assert_eq!((c.sliding_window, c.rope_local_theta), (Some(8), Some(1e4)));
+    assert_eq!(c.query_pre_attn_scalar, Some(24.0));
+    check("gemma3", &c, &s);
+}
+
+#[test]
+fn gemma3_final_softcap_and_per_type_rope_parameters() {
+    let (c, s) = hf("gemma3_softcap");
+    assert!(c.final_softcap.is_some());
+    // transformers' Gemma 3 ignores attn_logit_softcapping; so does shrink
+    assert_eq!(c.attn_softcap, None);
+    assert_eq!(c.rope_local_theta, Some(1e4));
+    check("gemma3_softcap", &c, &s);
+}
+
+#[test]
+fn phi3_fused_qkv_and_gate_up() {
+    let (c, s) = hf("phi3");
+    let lay = arch::layer_layout(&c, 0);
+    assert_eq!(lay.linears.len(), 4, "qkv, o, gate_up, down");
+    assert_eq!(lay.groups.len(), 4);
+    check("phi3", &c, &s);
+}
+
+#[test]
+fn phi3_partial_rotary() {
+    let (c, s) = hf("phi3_partial");
+    assert_eq!(c.rotary_dim * 2, c.head_dim);
+    check("phi3_partial", &c, &s);
+}
+
+#[test]
+fn qwen3_moe_with_a_dense_layer() {
+    let (c, s) = hf("qwen3_moe");
+    let m = c.moe.as_ref().unwrap();
+    assert_eq!(
+        (m.num_experts, m.top_k, m.dense_layers.clone()),
+        (4, 2, vec![1])
+    );
+    assert!(arch::layer_layout(&c, 1).find(Role::Router).is_none());
+    check("qwen3_moe", &c, &s);
+    routing("qwen3_moe", &c, &s);
+}
+
+#[test]
+fn mixtral_top2() {
+    let (c, s) = hf("mixtral");
+    check("mixtral", &c, &s);
+    routing("mixtral", &c, &s);
+}
+
+/// The top-k experts of every token in every MoE layer equal transformers' (the fixture's seed
+/// keeps every k-th / (k+1)-th probability gap above 1e-3), and the per-expert token counts the
+/// forward pass reports equal transformers'.
+fn routing(name: &str, cfg: &ModelConfig, src: &dyn TensorSource) {
+    struct R<'a> {
+        cfg: &'a ModelConfig,
+        topk: Vec<Vec<usize>>,
+        counts: Vec<usize>,
+    }
+    impl LayerHook for R<'_> {
+        fn before_group(
+            &mut self,
+            l: &mut DecoderLayer,
+            g: usize,
+            x: &[f32],
+            rows: usize,
+        ) -> anyhow::Result<()> {
+            let k = l.layout.groups[g].linears[0];
+            if l.layout.linears[k].role != Role::Router {
+                return Ok(());
+            }
+            let w = &l.linears[k].weight;
+            let (ne, h) = w.dims2();
+            for r in 0..rows {
+                let mut logits: Vec<(usize, f32)> = (0..ne)
+                    .map(|e| (e, (0..h).map(|j| x[r * h + j] * w.data[e * h + j]).sum()))
+                    .collect();
+                logits.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let top = self.cfg.moe.as_ref().unwrap().top_k;
+                self.topk.push(logits[..top].iter().map(|p| p.0).collect());
+            }
+            Ok(())
+        }
+        fn routed(&mut self, _: usize, _: usize, tokens: usize) {
+            self.counts.push(tokens);
+        }
+    }
+    let refp = fixture(&format!("tiny/{name}/reference.safetensors"));
+    let (shape, ids) = st_read(&refp, "input_ids");
+    let (b, t) = (shape[0], shape[1]);
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    let mut m = Model::load(cfg, src).unwrap();
+    let mut x = m.embed(&ids).unwrap();
+    let rope = Rope::new(cfg, t);
+    let mut checked = 0;
+    for (l, layer) in m.layers.iter_mut().enumerate() {
+        let mut r = R {
+            cfg,
+            topk: vec![],
+            counts: vec![],
+        };
+        layer.forward(cfg, &rope, &mut x, b, t, &mut r).unwrap();
+        if r.topk.is_empty() {
+            continue;
+        }
+        let (_, want) = st_read(&refp, &format!("router_topk_layer{l}"));
+        let got: Vec<f64> = r.topk.iter().flatten().map(|&e| e as f64).collect();
+        assert_eq!(got, want, "{name}: routing of layer {l}");
+        let (_, counts) = st_read(&refp, &format!("router_counts_layer{l}"));
+        let got: Vec<f64> = r.counts.iter().map(|&c| c as f64).collect();
+        assert_eq!(got, counts, "{name}: tokens per expert in layer {l}");
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
+/// llama.cpp's converter's GGUF of each family loads to the same logits as the Hugging Face
+/// directory (names, q/k permutation, fused Phi-3 tensors, stacked experts, metadata).
+#[test]
+fn gguf_from_llama_cpp_converter_matches_transformers() {
+    for name in [
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "phi3_partial",
+        "mixtral",
+        "qwen3_moe_sparse",
+    ] {
+        let (c, s) = gguf(name);
+        let (hc, _) = hf(name);
+        assert_eq!(c.layer_layouts(), hc.layer_layouts(), "{name}");
+        check(name, &c, &s);
+    }
+}
+
+/// Gemma 3's GGUF: every tensor equals the Hugging Face one in Hugging Face form (llama.cpp's
+/// converter stores the norms as 1 + w; shrink reads them back), and the config follows
+/// llama.cpp's reading of a gemma3 file (every 6th layer global, 1/sqrt(key_length) scaling),
+/// which is not transformers' for this tiny model's layer_types and query_pre_attn_scalar, so
+/// its logits cannot be compared with transformers'.
+#[test]
+fn gemma3_gguf_tensors_and_llama_cpp_config() {
+    let (c, s) = gguf("gemma3");
+    let (hc, hs) = hf("gemma3");
+    assert_eq!(c.sliding_layers, vec![true; 4]);
+    assert_eq!(c.query_pre_attn_scalar, Some(c.head_dim as f64));
+    assert_eq!(
+        (c.rope_theta, c.rope_local_theta, c.sliding_window),
+        (1e6, Some(1e4), Some(8))
+    );
+    assert_eq!(c.rope_scaling, hc.rope_scaling);
+    let mut n = 0;
+    for e in arch::tensor_table(&hc) {
+        let (a, b) = (s.load(&e.hf).unwrap(), hs.load(&e.hf).unwrap());
+        assert_eq!(a.shape, b.shape, "{}", e.hf);
+        let d = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-7, "{}: differs by {d}", e.hf);
+        n += 1;
+    }
+    assert_eq!(n, 2 + 4 * 13);
+}
