@@ -168,6 +168,7 @@ pub(crate) fn write_config_and_tokenizer(
     write_json(&dir.join("config.json"), &cfg)?;
     for name in [
         "tokenizer.json",
+        shrink_model::model::TOKENIZER_GGUF,
         "tokenizer_config.json",
         "generation_config.json",
         "chat_template.jinja",

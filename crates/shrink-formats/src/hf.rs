@@ -220,24 +220,34 @@ pub fn write_hf_files(
         },
     )?;
     write_json(&dir.join("config.json"), &cfg.to_hf_json())?;
-    src.tokenizer
-        .hf()
-        .with_context(|| {
-            format!(
-                "{}: its {} tokenizer cannot be written as tokenizer.json yet",
-                src.path.display(),
-                src.tokenizer.kind_name()
-            )
-        })?
-        .save(dir.join("tokenizer.json"), true)
-        .map_err(|e| {
+    match src.tokenizer.hf() {
+        Some(t) => t.save(dir.join("tokenizer.json"), true).map_err(|e| {
             anyhow::anyhow!(
                 "{}: cannot write: {e}",
                 dir.join("tokenizer.json").display()
             )
-        })?;
+        })?,
+        None => write_tokenizer_gguf(src, &dir.join(shrink_model::model::TOKENIZER_GGUF))?,
+    }
     write_json(&dir.join("tokenizer_config.json"), &tokenizer_config(src))?;
     Ok(())
+}
+
+/// A tokenizer that tokenizer.json cannot express exactly (llama.cpp's SentencePiece-by-scores
+/// vocabulary of a GGUF file) is kept as a GGUF file of its `tokenizer.*` metadata alone, which
+/// [`shrink_model::ModelSource::open`] reads when a directory has no tokenizer.json.
+fn write_tokenizer_gguf(src: &ModelSource, out: &Path) -> Result<()> {
+    let from = if src.is_gguf {
+        src.path.clone()
+    } else {
+        src.path.join(shrink_model::model::TOKENIZER_GGUF)
+    };
+    let f = shrink_model::gguf::GgufFile::open(&from)?;
+    let mut w = shrink_model::gguf::GgufWriter::new();
+    for (k, v) in f.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+        w.add_metadata(k.clone(), v.clone());
+    }
+    w.write(out)
 }
 
 /// Writes `v` (pretty-printed) with [`write_atomic`].

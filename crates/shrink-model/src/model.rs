@@ -10,6 +10,10 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+/// In a directory shrink writes: the tokenizer of a GGUF model that tokenizer.json cannot express
+/// exactly (llama.cpp's SentencePiece vocabulary), as a GGUF file of its `tokenizer.*` keys.
+pub const TOKENIZER_GGUF: &str = "tokenizer.gguf";
+
 /// A model as the user holds it: its config, its (memory-mapped) tensors and its tokenizer.
 /// Nothing is dequantized until a layer is loaded.
 pub struct ModelSource {
@@ -41,10 +45,14 @@ impl ModelSource {
             let tensors = crate::packed::wrap(path, SafetensorsSource::open(path)?)?;
             check_layout(&config, tensors.as_ref())?;
             let tok_path = path.join("tokenizer.json");
-            if !tok_path.is_file() {
+            let tok_gguf = path.join(TOKENIZER_GGUF);
+            let tokenizer = if tok_path.is_file() {
+                tokenizer::load_tokenizer_json(&tok_path)?
+            } else if tok_gguf.is_file() {
+                tokenizer::tokenizer_from_gguf(&GgufFile::open(&tok_gguf)?)?
+            } else {
                 bail!("{}: no tokenizer.json", path.display());
-            }
-            let tokenizer = tokenizer::load_tokenizer_json(&tok_path)?;
+            };
             tokenizer::check_vocab(
                 &tokenizer,
                 config.vocab_size,
