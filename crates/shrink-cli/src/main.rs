@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use shrink_eval::{peak_rss_mb, perplexity, PplOptions};
 use shrink_model::tokenizer::encode;
-use shrink_model::ModelSource;
+use shrink_model::{ModelConfig, ModelSource};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -300,6 +300,53 @@ fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// The family, sizes and per-layer calibration groups of a model's config (from the table).
+fn print_architecture(cfg: &ModelConfig) {
+    println!(
+        "architecture: {} ({} layers, hidden {}, {} heads / {} kv heads x {}, vocab {})",
+        cfg.arch.name,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size
+    );
+    let mut seen = Vec::new();
+    for i in 0..cfg.num_layers {
+        let lay = shrink_model::arch::layer_layout(cfg, i);
+        let groups: Vec<String> = (0..lay.groups.len())
+            .filter(|&g| lay.groups[g].expert.is_none_or(|e| e == 0))
+            .map(|g| lay.group_label(g).replace("experts.0.", "experts.E."))
+            .collect();
+        let line = groups.join(" -> ");
+        if !seen.contains(&line) {
+            println!("  layer {i}: groups {line}");
+            seen.push(line);
+        }
+    }
+    if let Some(m) = &cfg.moe {
+        println!(
+            "  experts: {} per MoE layer, top-{} ({}renormalised), expert intermediate {}, dense layers {:?}",
+            m.num_experts,
+            m.top_k,
+            if m.norm_topk_prob { "" } else { "not " },
+            m.expert_intermediate,
+            m.dense_layers
+        );
+    }
+    if let Some(w) = cfg.sliding_window {
+        let n = (0..cfg.num_layers).filter(|&i| cfg.is_sliding(i)).count();
+        println!(
+            "  sliding window {w} on {n} of {} layers{}",
+            cfg.num_layers,
+            cfg.rope_local_theta
+                .map(|t| format!(" (local rope base {t})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let p = &a.path;
     let mut rows: Vec<(String, String, Vec<usize>, u64)> = Vec::new();
@@ -329,6 +376,9 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             };
             println!("  {k} = {s}");
         }
+        if let Ok(cfg) = shrink_model::source::config_from_gguf(&f) {
+            print_architecture(&cfg);
+        }
         for t in f.tensors() {
             rows.push((
                 t.name.clone(),
@@ -340,6 +390,9 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     } else {
         let st = shrink_model::source::SafetensorsSource::open(p)?;
         println!("{}: safetensors", shrink_model::TensorSource::describe(&st));
+        if let Ok(cfg) = ModelConfig::from_hf_file(&p.join("config.json")) {
+            print_architecture(&cfg);
+        }
         for name in st.names() {
             let (dt, shape) = st.info(name).unwrap();
             let n: usize = shape.iter().product();

@@ -244,7 +244,11 @@ fn write_tokenizer_gguf(src: &ModelSource, out: &Path) -> Result<()> {
     };
     let f = shrink_model::gguf::GgufFile::open(&from)?;
     let mut w = shrink_model::gguf::GgufWriter::new();
-    for (k, v) in f.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+    for (k, v) in f
+        .metadata()
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+    {
         w.add_metadata(k.clone(), v.clone());
     }
     w.write(out)
