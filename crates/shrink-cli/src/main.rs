@@ -262,8 +262,13 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         o.insert("text".into(), json!(a.text));
         println!("{}", serde_json::to_string(&v)?);
     } else {
+        let bos_note = if r.bos.is_some() {
+            " (BOS first, then text)"
+        } else {
+            ""
+        };
         println!(
-            "perplexity {:.4} over {} windows of {} tokens ({} tokens in the text); {:.1} s, {:.0} tokens/s; peak RSS {:.0} MB",
+            "perplexity {:.4} over {} windows of {} tokens{bos_note} ({} tokens in the text); {:.1} s, {:.0} tokens/s; peak RSS {:.0} MB",
             r.perplexity, r.windows, r.seqlen, r.text_tokens, r.seconds, r.tokens_per_second, peak.unwrap_or(f64::NAN)
         );
     }

@@ -176,3 +176,34 @@ pub fn peak_rss_mb() -> Option<f64> {
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shrink_model::spm::{SpmOptions, SpmTokenizer};
+
+    fn tok(add_bos: bool) -> Tokenizer {
+        let texts = ["<unk>", "<s>", "</s>", "\u{2581}a", "\u{2581}b"]
+            .map(String::from)
+            .to_vec();
+        let opts = SpmOptions {
+            add_bos,
+            ..Default::default()
+        };
+        Tokenizer::from_spm(SpmTokenizer::new(texts, vec![], vec![2, 3, 3, 1, 1], &opts).unwrap())
+    }
+
+    #[test]
+    fn eval_tokens_leave_bos_to_the_windows() {
+        // a BOS model: text tokens without BOS, and the BOS every window starts with
+        assert_eq!(
+            eval_tokens(&tok(true), "a b a").unwrap(),
+            (vec![3, 4, 3], Some(1))
+        );
+        // no BOS: the default encoding, as before
+        assert_eq!(
+            eval_tokens(&tok(false), "a b a").unwrap(),
+            (vec![3, 4, 3], None)
+        );
+    }
+}

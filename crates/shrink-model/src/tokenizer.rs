@@ -416,3 +416,81 @@ fn bpe_from_gguf(f: &GgufFile, file: &str) -> Result<Tokenizer> {
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     tok.encode(text, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufValue, GgufWriter};
+
+    /// A GGUF holding only an SPM vocabulary: <unk> <s> </s>, the byte tokens, "▁a" and "a",
+    /// plus the given extra metadata.
+    fn spm_gguf(dir: &Path, extra: &[(&str, GgufValue)]) -> GgufFile {
+        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+        let mut types = vec![2, 3, 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(6);
+        }
+        tokens.extend(["\u{2581}a".to_string(), "a".into()]);
+        types.extend([1, 1]);
+        let scores: Vec<GgufValue> = (0..tokens.len())
+            .map(|i| GgufValue::F32(-(i as f32)))
+            .collect();
+        let mut w = GgufWriter::new();
+        w.add_metadata("tokenizer.ggml.model", GgufValue::String("llama".into()));
+        w.add_metadata(
+            "tokenizer.ggml.tokens",
+            GgufValue::Array(tokens.into_iter().map(GgufValue::String).collect()),
+        );
+        w.add_metadata("tokenizer.ggml.scores", GgufValue::Array(scores));
+        w.add_metadata(
+            "tokenizer.ggml.token_type",
+            GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()),
+        );
+        for (k, v) in extra {
+            w.add_metadata(*k, v.clone());
+        }
+        let p = dir.join(format!("v{}.gguf", extra.len()));
+        w.write(&p).unwrap();
+        GgufFile::open(&p).unwrap()
+    }
+
+    #[test]
+    fn gguf_llama_vocabulary_is_spm_with_llama_cpp_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        // no add_bos_token / add_space_prefix keys: llama.cpp's SPM defaults (BOS 1 added, space prefix)
+        let tok = tokenizer_from_gguf(&spm_gguf(dir.path(), &[])).unwrap();
+        assert!(tok.spm().is_some() && tok.hf().is_none());
+        assert_eq!(tok.adds_bos(), Some(1));
+        let a = tok.token_to_id("\u{2581}a").unwrap();
+        assert_eq!(tok.encode("a a", true).unwrap(), vec![1, a, a]);
+        assert_eq!(tok.encode("a a", false).unwrap(), vec![a, a]);
+        assert_eq!(tok.decode(&[1, a, a], true).unwrap(), " a a");
+        // the file's keys override them
+        let f = spm_gguf(
+            dir.path(),
+            &[
+                ("tokenizer.ggml.add_bos_token", GgufValue::Bool(false)),
+                ("tokenizer.ggml.add_space_prefix", GgufValue::Bool(false)),
+            ],
+        );
+        let tok = tokenizer_from_gguf(&f).unwrap();
+        assert_eq!(tok.adds_bos(), None);
+        assert_eq!(
+            tok.encode("a", true).unwrap(),
+            vec![tok.token_to_id("a").unwrap()]
+        );
+        // a BOS id of its own, and a flag of the wrong type is an error naming the file and key
+        let f = spm_gguf(
+            dir.path(),
+            &[("tokenizer.ggml.bos_token_id", GgufValue::U32(2))],
+        );
+        assert_eq!(tokenizer_from_gguf(&f).unwrap().adds_bos(), Some(2));
+        let f = spm_gguf(
+            dir.path(),
+            &[("tokenizer.ggml.add_bos_token", GgufValue::U32(1))],
+        );
+        let e = tokenizer_from_gguf(&f).unwrap_err().to_string();
+        assert!(e.contains("v1.gguf") && e.contains("add_bos_token"), "{e}");
+    }
+}
