@@ -321,7 +321,7 @@ fn print_architecture(cfg: &ModelConfig) {
     for i in 0..cfg.num_layers {
         let lay = shrink_model::arch::layer_layout(cfg, i);
         let groups: Vec<String> = (0..lay.groups.len())
-            .filter(|&g| lay.groups[g].expert.is_none_or(|e| e == 0))
+            .filter(|&g| lay.groups[g].expert.unwrap_or(0) == 0)
             .map(|g| lay.group_label(g).replace("experts.0.", "experts.E."))
             .collect();
         let line = groups.join(" -> ");

@@ -216,6 +216,9 @@ impl Lcg {
     }
 }
 
+/// Changes a tensor's values before it is written: (name, shape, values).
+pub type TensorEdit<'a> = &'a mut dyn FnMut(&str, &[usize], &mut Vec<f32>);
+
 /// A Hugging Face directory `dir/name` of random weights (seeded) for the family that `config`
 /// describes, with every tensor the family's table lists, a 128-token byte-level tokenizer, and
 /// `edit(name, shape, values)` applied to each tensor before it is written. Norm weights are
@@ -224,7 +227,7 @@ pub fn synthetic_dir(
     dir: &Path,
     name: &str,
     config: &serde_json::Value,
-    edit: &mut dyn FnMut(&str, &[usize], &mut Vec<f32>),
+    edit: TensorEdit,
 ) -> PathBuf {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
