@@ -70,24 +70,6 @@ fn configs() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn eval(model: &Path, text: &Path) -> f64 {
-    let (code, out, err) = shrink(&[
-        "eval",
-        "-q",
-        "--model",
-        s(model),
-        "--text",
-        s(text),
-        "--seqlen",
-        "16",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "eval {}: {err}", model.display());
-    serde_json::from_str::<Value>(&out).unwrap()["perplexity"]
-        .as_f64()
-        .unwrap()
-}
-
 fn text(dir: &Path) -> PathBuf {
     let p = dir.join("eval.txt");
     let t: String = (0..30)
@@ -122,7 +104,7 @@ fn every_family_round_trips_through_gguf_and_convert_and_compresses() {
     let calib = calib_text(tmp.path());
     for (name, cfg) in configs() {
         let hf = synthetic_dir(tmp.path(), name, &cfg, &mut |_, _, _| {});
-        let p_hf = eval(&hf, &text);
+        let p_hf = ppl16(&hf, &text);
         assert!(p_hf.is_finite() && p_hf > 1.0, "{name}: {p_hf}");
         let gg = tmp.path().join(format!("{name}.gguf"));
         to_gguf(&hf, &gg);
@@ -133,7 +115,7 @@ fn every_family_round_trips_through_gguf_and_convert_and_compresses() {
             c.arch.gguf_name(),
             "{name}"
         );
-        let p_gg = eval(&gg, &text);
+        let p_gg = ppl16(&gg, &text);
         assert!(
             (p_gg - p_hf).abs() < 1e-4 * p_hf,
             "{name}: GGUF {p_gg} vs HF {p_hf}"
@@ -149,7 +131,7 @@ fn every_family_round_trips_through_gguf_and_convert_and_compresses() {
         let conv = tmp.path().join(format!("{name}-conv"));
         let (code, _, err) = shrink(&["convert", "-q", s(&gg), "--out", s(&conv)]);
         assert_eq!(code, 0, "{name}: convert: {err}");
-        let p_conv = eval(&conv, &text);
+        let p_conv = ppl16(&conv, &text);
         assert!(
             (p_conv - p_hf).abs() < 1e-4 * p_hf,
             "{name}: converted {p_conv} vs {p_hf}"
@@ -197,7 +179,7 @@ fn every_family_round_trips_through_gguf_and_convert_and_compresses() {
             reported, want,
             "{name}: every compressible linear is compressed"
         );
-        let p_q = eval(&out, &text);
+        let p_q = ppl16(&out, &text);
         assert!(p_q.is_finite(), "{name}: {p_q}");
     }
 }

@@ -195,24 +195,7 @@ fn moe_exports_keep_every_expert_quantized() {
         "some words to evaluate the model on, twice; some words to evaluate.",
     )
     .unwrap();
-    let ppl = |m: &Path| -> f64 {
-        let (code, o, err) = shrink(&[
-            "eval",
-            "-q",
-            "--model",
-            s(m),
-            "--text",
-            s(&text),
-            "--seqlen",
-            "16",
-            "--json",
-        ]);
-        assert_eq!(code, 0, "eval {}: {err}", m.display());
-        serde_json::from_str::<serde_json::Value>(&o).unwrap()["perplexity"]
-            .as_f64()
-            .unwrap()
-    };
-    let p_q = ppl(&out);
+    let p_q = ppl16(&out, &text);
     // compressed-tensors: one packed weight per expert linear, the router dense and ignored
     let ct = tmp.path().join("ct");
     let (code, _, err) = shrink(&[
@@ -235,7 +218,7 @@ fn moe_exports_keep_every_expert_quantized() {
     let ignore = cfg["quantization_config"]["ignore"].to_string();
     assert!(ignore.contains("model.layers.0.mlp.gate"), "{ignore}");
     assert!(
-        (ppl(&ct) - p_q).abs() < 1e-3 * p_q,
+        (ppl16(&ct, &text) - p_q).abs() < 1e-3 * p_q,
         "compressed-tensors changes the model"
     );
     // GGUF: experts stacked into ffn_{gate,up,down}_exps, read back by shrink to the same model
@@ -261,7 +244,7 @@ fn moe_exports_keep_every_expert_quantized() {
     let t = f.tensor("blk.1.ffn_down_exps.weight").unwrap();
     assert_eq!(t.shape_row_major(), vec![EXPERTS, H, FF]);
     assert!(f.tensor("blk.0.ffn_gate_inp.weight").is_some());
-    let p_g = ppl(&gg);
+    let p_g = ppl16(&gg, &text);
     assert!(
         (p_g - p_q).abs() < 0.02 * p_q,
         "GGUF Q8_0 {p_g} vs compressed {p_q}"

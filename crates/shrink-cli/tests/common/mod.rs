@@ -260,3 +260,22 @@ pub fn synthetic_dir(
     .unwrap();
     d
 }
+
+/// `shrink eval --seqlen 16 --json` of `model` on `text`: the perplexity (the run must succeed).
+pub fn ppl16(model: &Path, text: &Path) -> f64 {
+    let (code, out, err) = shrink(&[
+        "eval",
+        "-q",
+        "--model",
+        s(model),
+        "--text",
+        s(text),
+        "--seqlen",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "eval {}: {err}", model.display());
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["perplexity"]
+        .as_f64()
+        .unwrap()
+}
