@@ -48,15 +48,29 @@ def main():
     ct_dir, ref_dir = C.repo_path(a.ct_dir), C.repo_path(a.ref)
     cfg = json.load(open(os.path.join(ct_dir, "config.json")))
     qc = cfg["quantization_config"]
-    (gname, group), = qc["config_groups"].items()
-    scheme = QuantizationScheme(**group)
+    groups = qc["config_groups"]
+    # One group targeting "Linear", or (per-module recipes) one group per setting naming its
+    # modules: each linear is decompressed with the scheme of the group that names it.
+    by_module = {}
+    for g in groups.values():
+        for t in g["targets"]:
+            if t != "Linear":
+                assert t not in by_module, f"{t} is targeted by two config groups"
+                by_module[t] = g
+    default = next((g for g in groups.values() if "Linear" in g["targets"]), None)
+    group = default or next(iter(groups.values()))
+
+    def scheme_of(base):
+        g = by_module.get(base, default)
+        assert g is not None, f"{base}: no config group targets it"
+        return QuantizationScheme(**g)
     sd = load_file(os.path.join(ct_dir, "model.safetensors"))
     ref = load_file(os.path.join(ref_dir, "model.safetensors"))
     bases = sorted(k[: -len(".weight_packed")] for k in sd if k.endswith(".weight_packed"))
     worst, exact = 0.0, 0
     for b in bases:
         local = {k[len(b) + 1 :]: v for k, v in sd.items() if k.startswith(b + ".")}
-        out = PackedQuantizationCompressor.decompress(local, scheme)
+        out = PackedQuantizationCompressor.decompress(local, scheme_of(b))
         w = out["weight"].float()
         r = ref[b + ".weight"]
         d = (w - r).abs().max().item()
@@ -69,6 +83,7 @@ def main():
         "ref": C.rel(ref_dir),
         "compressed_tensors_version": compressed_tensors.__version__,
         "scheme": group,
+        "config_groups": {k: {"targets": len(g["targets"]), "num_bits": g["weights"]["num_bits"]} for k, g in groups.items()},
         "decompress": {
             "linears": len(bases),
             "bit_identical": exact,

@@ -3,19 +3,17 @@
 use crate::checkpoint::Checkpoint;
 use crate::progress;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shrink_calib::{CalibSet, TextSource, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN};
 use shrink_formats::{
     f32_bytes, write_hf_files, write_json, write_safetensors_raw, DType, Entry, OutputDir,
 };
-use shrink_methods::{
-    ActOrder, Chain, Gptq, GptqConfig, Magnitude, Method, Obc, ObcConfig, QuantConfig,
-    QuantizedWeight, Rtn, SparseGpt, SparseGptConfig, Sparsity, Wanda,
-};
+use shrink_methods::QuantizedWeight;
 use shrink_model::source::{Overlay, SafetensorsSource};
 use shrink_model::{DecoderLayer, ModelSource};
+use shrink_pipeline::Assign;
 use shrink_pipeline::{LayerReport, LayerSink};
+use shrink_recipe::{Plan, Recipe, Slot, Stage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -43,7 +41,16 @@ nsamples = 64\n  seqlen = 512\n  seed = 0\n\n  \
 method = \"gptq\"            # rtn | gptq | magnitude | wanda | sparsegpt | obc\n  bits = 4\n  \
 group_size = 64             # omit for per-output-channel\n  sym = false\n  act_order = \"static\"        # static | dynamic | none\n  \
 static_groups = false\n  damp = 0.01\n  block_size = 128\n  mse = false\n  \
-# sparsity = 0.5  or  pattern = \"2:4\";  scope = \"layer\" | \"row\" (magnitude)\n\n\
+# sparsity = 0.5  or  pattern = \"2:4\";  scope = \"layer\" | \"row\" (magnitude)\n  \
+targets = ['mlp']           # optional: only these linears (default all)\n  \
+ignore = ['experts\\.']     # optional: not these\n\n  \
+[[override]]                # other settings for the linears a pattern matches\n  \
+match = 'down_proj'\n  bits = 8                    # any stage key; stage = N in a recipe of several stages\n\n  \
+ignore = ['layers\\.0\\.'] # top level (before any table): left exactly as they are\n\n  \
+Patterns are regular expressions searched in each linear's module path\n  \
+(model.layers.3.mlp.down_proj, ...). A pattern that matches nothing, or two overrides\n  \
+setting one key of one linear to different values, is refused before any work. The\n  \
+output's recipe.toml reproduces the run; report.json gives each linear's method.\n\n\
 OUTPUT (DIR, written under a temporary name and renamed when complete):\n  \
 config.json, model.safetensors (dequantized f32), tokenizer.json, tokenizer_config.json\n  \
 quantized.safetensors   integer codes (U8), scales (F32), zero points (I32) and g_idx (I32) per linear\n  \
@@ -167,55 +174,6 @@ pub struct CompressArgs {
     layers: Option<usize>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CalibSection {
-    pub file: Option<PathBuf>,
-    pub field: Option<String>,
-    pub nsamples: Option<usize>,
-    pub seqlen: Option<usize>,
-    pub seed: Option<u64>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Stage {
-    pub method: Option<String>,
-    pub sparsity: Option<f64>,
-    pub pattern: Option<String>,
-    pub scope: Option<String>,
-    pub bits: Option<u32>,
-    pub group_size: Option<usize>,
-    pub sym: Option<bool>,
-    pub mse: Option<bool>,
-    pub act_order: Option<String>,
-    pub static_groups: Option<bool>,
-    pub damp: Option<f64>,
-    pub block_size: Option<usize>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Recipe {
-    #[serde(default)]
-    pub calibration: CalibSection,
-    #[serde(default)]
-    pub stage: Vec<Stage>,
-}
-
-impl Recipe {
-    pub fn load(path: &Path) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let r: Recipe = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: invalid recipe: {e}", path.display()))?;
-        for (i, s) in r.stage.iter().enumerate().filter(|_| r.stage.len() > 1) {
-            build_method(s).with_context(|| format!("{}: stage {}", path.display(), i + 1))?;
-        }
-        Ok(r)
-    }
-}
-
 /// The recipe with the command line's flags applied over it.
 fn merged(a: &CompressArgs) -> Result<Recipe> {
     let mut r = match &a.recipe {
@@ -264,170 +222,6 @@ fn merged(a: &CompressArgs) -> Result<Recipe> {
     s.damp = a.damp.or(s.damp);
     s.block_size = a.block_size.or(s.block_size);
     Ok(r)
-}
-
-/// The grid a stage asks for (`None` without `bits`).
-fn stage_quant(s: &Stage) -> Result<Option<QuantConfig>> {
-    let Some(bits) = s.bits else {
-        return Ok(None);
-    };
-    if s.group_size == Some(0) {
-        bail!("group size must be positive (omit --group-size for one group per output channel)");
-    }
-    let quant = QuantConfig {
-        bits,
-        group_size: s.group_size,
-        sym: s.sym.unwrap_or(false),
-        mse: s.mse.unwrap_or(false),
-    };
-    quant.validate()?;
-    Ok(Some(quant))
-}
-
-/// The sparsity a stage asks for (`None` without `sparsity` or `pattern`).
-fn stage_sparsity(s: &Stage) -> Result<Option<Sparsity>> {
-    match (s.sparsity, &s.pattern) {
-        (Some(_), Some(_)) => bail!("give either a sparsity fraction or an N:M pattern, not both"),
-        (Some(f), None) => {
-            let sp = Sparsity::Unstructured(f);
-            sp.validate()?;
-            Ok(Some(sp))
-        }
-        (None, Some(p)) => match Sparsity::parse(p)? {
-            sp @ Sparsity::NM { .. } => Ok(Some(sp)),
-            _ => bail!("invalid N:M pattern '{p}' (expected e.g. 2:4 or 4:8)"),
-        },
-        (None, None) => Ok(None),
-    }
-}
-
-fn stage_act_order(s: &Stage, default: &str) -> Result<ActOrder> {
-    Ok(match s.act_order.as_deref().unwrap_or(default) {
-        "none" | "false" => ActOrder::None,
-        "dynamic" | "true" => ActOrder::Dynamic,
-        "static" => ActOrder::Static,
-        o => bail!("unknown act order '{o}' (use none, dynamic or static)"),
-    })
-}
-
-fn stage_damp_block(s: &Stage) -> Result<(f64, usize)> {
-    let block_size = s.block_size.unwrap_or(128);
-    if block_size == 0 {
-        bail!("block size must be positive");
-    }
-    let damp = s.damp.unwrap_or(0.01);
-    if !(damp > 0.0 && damp <= 1.0) {
-        bail!("damp must be in (0, 1], got {damp}");
-    }
-    Ok((damp, block_size))
-}
-
-/// Builds the method a stage describes, validating every setting before any heavy work.
-pub fn build_method(s: &Stage) -> Result<Box<dyn Method>> {
-    let method = s.method.as_deref().context(
-        "no method given (use --method rtn|gptq|magnitude|wanda|sparsegpt|obc or a recipe)",
-    )?;
-    let quant = stage_quant(s)?;
-    let sparsity = stage_sparsity(s)?;
-    let (damp, block_size) = stage_damp_block(s)?;
-    if s.scope.is_some() && method != "magnitude" {
-        bail!("--scope applies to magnitude pruning only");
-    }
-    let prunes = matches!(method, "magnitude" | "wanda" | "sparsegpt" | "obc");
-    if prunes && sparsity.is_none() && method != "obc" {
-        bail!("{method} prunes: give --sparsity FRACTION (e.g. 0.5) or --pattern N:M (e.g. 2:4)");
-    }
-    if !prunes && sparsity.is_some() {
-        bail!(
-            "{method} does not prune; for pruning plus quantization use --method \
-             sparsegpt|wanda|magnitude with --sparsity/--pattern and --bits"
-        );
-    }
-    let gptq = |quant: QuantConfig| -> Result<Box<dyn Method>> {
-        Ok(Box::new(Gptq(GptqConfig {
-            quant,
-            block_size,
-            damp,
-            act_order: stage_act_order(s, "static")?,
-            static_groups: s.static_groups.unwrap_or(false),
-        })))
-    };
-    let need_bits = || {
-        quant
-            .clone()
-            .context("no bit width given (use --bits 2..8)")
-    };
-    Ok(match method {
-        "rtn" => Box::new(Rtn(need_bits()?)),
-        "gptq" => gptq(need_bits()?)?,
-        "magnitude" | "wanda" => {
-            let sp = sparsity.unwrap();
-            let prune: Box<dyn Method> = if method == "wanda" {
-                Box::new(Wanda(sp))
-            } else {
-                let per_row = match s.scope.as_deref().unwrap_or("layer") {
-                    "layer" => false,
-                    "row" => true,
-                    o => bail!("unknown scope '{o}' (use layer or row)"),
-                };
-                Box::new(Magnitude {
-                    sparsity: sp,
-                    per_row,
-                })
-            };
-            match quant {
-                Some(q) => Box::new(Chain(vec![prune, gptq(q)?])),
-                None => prune,
-            }
-        }
-        "sparsegpt" => {
-            let sp = sparsity.unwrap();
-            // Joint unstructured sparse + quantized: static act-order by default, as for GPTQ (on
-            // SmolLM2-135M, 50% + W4 g64: perplexity 32.90 static vs 38.55 natural order).
-            // Pruning alone, and N:M (consecutive groups), keep SparseGPT's natural order.
-            let joint_unstructured = quant.is_some() && matches!(sp, Sparsity::Unstructured(_));
-            let act_order = stage_act_order(s, if joint_unstructured { "static" } else { "none" })?;
-            if matches!(sp, Sparsity::NM { .. }) && act_order != ActOrder::None {
-                bail!("an N:M pattern needs --act-order none (its groups are consecutive columns)");
-            }
-            Box::new(SparseGpt(SparseGptConfig {
-                sparsity: sp,
-                quant,
-                block_size,
-                damp,
-                act_order,
-            }))
-        }
-        "obc" => {
-            if sparsity.is_none() && quant.is_none() {
-                bail!("obc needs --sparsity/--pattern, --bits, or both");
-            }
-            Box::new(Obc {
-                config: ObcConfig {
-                    sparsity,
-                    quant,
-                    damp,
-                },
-                max_d_in: 1024,
-            })
-        }
-        m => bail!("unknown method '{m}' (available: rtn, gptq, magnitude, wanda, sparsegpt, obc)"),
-    })
-}
-
-/// The method of a whole recipe: its stages in turn.
-pub fn build_recipe(r: &Recipe) -> Result<Box<dyn Method>> {
-    let mut ms = r
-        .stage
-        .iter()
-        .enumerate()
-        .map(|(i, s)| build_method(s).with_context(|| format!("stage {}", i + 1)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(if ms.len() == 1 {
-        ms.pop().unwrap()
-    } else {
-        Box::new(Chain(ms))
-    })
 }
 
 /// Writes each finished layer (f32 tensors plus the quantized form) to its own safetensors file.
@@ -545,13 +339,6 @@ fn write_quantized(
 
 pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let recipe = merged(&a)?;
-    let method = if recipe.stage.len() == 1 {
-        build_method(&recipe.stage[0])?
-    } else {
-        build_recipe(&recipe)?
-    };
-    // The stage whose grid the quantized form uses (the last one with bits).
-    let stage = recipe.stage.iter().rev().find(|s| s.bits.is_some());
     let c = &recipe.calibration;
     OutputDir::refuse_existing(&a.out, a.force)?;
     if a.resume {
@@ -563,6 +350,16 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         .layers
         .unwrap_or(src.config.num_layers)
         .min(src.config.num_layers);
+    // Every linear's settings, checked before any work.
+    let modules = shrink_recipe::compressible_modules(&src.config, 0..n_layers);
+    let plan = Plan::new(&recipe, &modules).with_context(|| match &a.recipe {
+        Some(p) => format!(
+            "{}: the recipe does not fit {}",
+            p.display(),
+            a.model.display()
+        ),
+        None => "invalid settings".into(),
+    })?;
     let sequential = match a.sequential.as_str() {
         "group" => shrink_pipeline::Sequential::Group,
         "layer" => shrink_pipeline::Sequential::Layer,
@@ -573,28 +370,6 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         "all" => shrink_pipeline::MoeCalibration::All,
         "fallback-rtn" => shrink_pipeline::MoeCalibration::FallbackRtn,
         o => bail!("unknown --moe-calibration '{o}' (use routed, all or fallback-rtn)"),
-    };
-    // The data-free method with the same grid or sparsity, for experts without enough tokens.
-    let fallback = match recipe.stage.as_slice() {
-        [s] if s.sparsity.is_none() && s.pattern.is_none() && s.bits.is_some() => {
-            Some(build_method(&Stage {
-                method: Some("rtn".into()),
-                act_order: None,
-                damp: None,
-                block_size: None,
-                static_groups: None,
-                ..s.clone()
-            })?)
-        }
-        [s] if s.bits.is_none() && (s.sparsity.is_some() || s.pattern.is_some()) => {
-            Some(build_method(&Stage {
-                method: Some("magnitude".into()),
-                damp: None,
-                block_size: None,
-                ..s.clone()
-            })?)
-        }
-        _ => None,
     };
     let settings = json!({
         "model": a.model,
@@ -645,7 +420,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         eprintln!(
             "compressing {} with {} ({} layers), calibration {} x {} tokens from {} (seed {seed})",
             a.model.display(),
-            method.name(),
+            plan.name(),
             n_layers,
             nsamples,
             seqlen,
@@ -661,14 +436,13 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let run = shrink_pipeline::run_from(
         &src,
         &calib,
-        method.as_ref(),
+        &plan,
         start..n_layers,
         hidden,
         &shrink_pipeline::Options {
             sequential,
             moe,
             min_expert_tokens: a.moe_min_tokens,
-            fallback: fallback.as_deref(),
         },
         &mut sink,
         &mut |d, _| bar.set_position((start + d) as u64),
@@ -752,11 +526,24 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         write_hf_files(&src, &overlay, &dir, "compress", &mut |_, _| {})?;
         let mut meta = BTreeMap::new();
         meta.insert("format".into(), "shrink-quantized-v1".into());
-        meta.insert("method".into(), method.name());
-        if let Some(stage) = stage {
+        meta.insert("method".into(), plan.name());
+        let main = plan.main_setting();
+        if let Some(stage) = main.quant_stage() {
             meta.insert("stage".into(), serde_json::to_string(stage)?);
         }
-        meta.insert("stages".into(), serde_json::to_string(&recipe.stage)?);
+        meta.insert("stages".into(), serde_json::to_string(&main.stages)?);
+        // Per linear, where the settings differ: the quantized grid of each (export reads it).
+        if plan.settings.len() > 1 {
+            let per: BTreeMap<&str, &Stage> = plan
+                .modules
+                .iter()
+                .filter_map(|(m, slot)| match slot {
+                    Slot::Setting(k) => plan.settings[*k].quant_stage().map(|s| (m.as_str(), s)),
+                    Slot::Keep(_) => None,
+                })
+                .collect();
+            meta.insert("linear_stages".into(), serde_json::to_string(&per)?);
+        }
         let n_quant = write_quantized(&layer_src, &dir.join("quantized.safetensors"), meta)?;
         drop(layer_src);
         let write_s = t.elapsed().as_secs_f64();
@@ -764,8 +551,9 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         let mut out = json!({
             "shrink_version": env!("CARGO_PKG_VERSION"),
             "model": a.model,
-            "method": method.name(),
+            "method": plan.name(),
             "recipe": recipe,
+            "plan": plan.summary(),
             "calibration": calib,
             "layers_compressed": n_layers,
         "sequential": sequential,
@@ -794,6 +582,9 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             out["eval"] = json!({"text": a.eval, "original": o, "compressed": q});
         }
         write_json(&dir.join("report.json"), &out)?;
+        // The recipe that reproduces this run (`--recipe DIR/recipe.toml`).
+        std::fs::write(dir.join("recipe.toml"), recipe.to_toml()?)
+            .with_context(|| format!("{}: cannot write", dir.join("recipe.toml").display()))?;
         Ok((dir.commit()?, write_s))
     };
     let (path, write_s) = finish().map_err(|e| {

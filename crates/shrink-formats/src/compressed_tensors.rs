@@ -17,7 +17,7 @@
 //! Decompression is `(q - zp) * scale`, which for shrink's codes is `(code - zero) * scale`: with
 //! F32 scales it equals shrink's dequantized weight bit for bit.
 use crate::hf::{write_json, OutputDir};
-use crate::quantized::{base_name, QLinear, QuantizedDir};
+use crate::quantized::{base_name, QLinear, QuantSettings, QuantizedDir};
 use crate::safetensors_writer::{f32_bytes, write_safetensors_raw, DType, Entry};
 use anyhow::{bail, Context, Result};
 use half::f16;
@@ -289,25 +289,66 @@ pub fn ct_tensors(
     out
 }
 
-/// Writes a compressed-tensors pack-quantized directory from a `shrink compress` output directory.
+/// One entry of `config_groups`: int weights with the settings `s`, applied to `targets`.
+fn ct_group(s: &QuantSettings, targets: Value) -> Value {
+    let (strategy, group_size) = match s.group_size {
+        Some(g) => ("group", json!(g)),
+        None => ("channel", Value::Null),
+    };
+    let actorder = match s.act_order.as_str() {
+        "dynamic" => json!("group"),
+        "static" => json!("static"),
+        _ => Value::Null,
+    };
+    json!({
+        "format": "pack-quantized",
+        "input_activations": null,
+        "output_activations": null,
+        "targets": targets,
+        "weights": {
+            "actorder": actorder,
+            "block_structure": null,
+            "dynamic": false,
+            "group_size": group_size,
+            "num_bits": s.bits,
+            "observer": "minmax",
+            "observer_kwargs": {},
+            "strategy": strategy,
+            "symmetric": s.sym,
+            "type": "int",
+            "zp_dtype": if s.sym { Value::Null } else { json!("torch.int8") },
+        }
+    })
+}
+
+/// Writes a compressed-tensors pack-quantized directory from a `shrink compress` output
+/// directory. Linears with different settings (a per-module recipe) go in one config group per
+/// setting, each targeting its modules by name.
 pub fn write_compressed_tensors(src_dir: &Path, out: &Path, opts: &CtOptions) -> Result<PathBuf> {
     let q = QuantizedDir::open(src_dir)?;
     let cfg = ModelConfig::from_hf_file(&src_dir.join("config.json"))?;
     let s = q.settings.clone();
-    if s.sym && s.bits == 1 {
-        bail!("1-bit symmetric quantization has no zero in compressed-tensors");
-    }
     let lins = quantized_linears(&q, &cfg)?;
-    let dynamic = s.act_order == "dynamic";
     let dense = std::sync::Arc::new(SafetensorsSource::open(src_dir)?);
     let names: std::collections::HashSet<String> =
         lins.iter().map(|(b, _)| format!("{b}.weight")).collect();
     let dir = OutputDir::create(out, opts.force)?;
     let mut items = dense_items(&cfg, &dense, &|n| names.contains(n))?;
+    // One config group per distinct setting; with several, each targets its modules by name.
+    let mut groups: Vec<(QuantSettings, Vec<String>)> = Vec::new();
     for (base, shape) in &lins {
+        let st = q.settings_for(base).clone();
+        if st.sym && st.bits == 1 {
+            bail!("1-bit symmetric quantization has no zero in compressed-tensors");
+        }
         let ql = q.load(base, *shape)?;
-        for (entry, bytes) in ct_tensors(&ql, s.bits, s.sym, dynamic, opts.scale_dtype) {
+        let dynamic = st.act_order == "dynamic";
+        for (entry, bytes) in ct_tensors(&ql, st.bits, st.sym, dynamic, opts.scale_dtype) {
             items.push((entry, Box::new(move || Ok(bytes))));
+        }
+        match groups.iter_mut().find(|(g, _)| *g == st) {
+            Some((_, v)) => v.push(base.clone()),
+            None => groups.push((st, vec![base.clone()])),
         }
     }
     write_items(
@@ -321,37 +362,21 @@ pub fn write_compressed_tensors(src_dir: &Path, out: &Path, opts: &CtOptions) ->
             ignore.push(json!(base));
         }
     }
-    let (strategy, group_size) = match s.group_size {
-        Some(g) => ("group", json!(g)),
-        None => ("channel", Value::Null),
-    };
-    let actorder = match s.act_order.as_str() {
-        "dynamic" => json!("group"),
-        "static" => json!("static"),
-        _ => Value::Null,
-    };
+    let one = groups.len() == 1;
+    let config_groups: serde_json::Map<String, Value> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (st, modules))| {
+            let targets = if one {
+                json!(["Linear"])
+            } else {
+                json!(modules)
+            };
+            (format!("group_{i}"), ct_group(st, targets))
+        })
+        .collect();
     let qc = json!({
-        "config_groups": {
-            "group_0": {
-                "format": "pack-quantized",
-                "input_activations": null,
-                "output_activations": null,
-                "targets": ["Linear"],
-                "weights": {
-                    "actorder": actorder,
-                    "block_structure": null,
-                    "dynamic": false,
-                    "group_size": group_size,
-                    "num_bits": s.bits,
-                    "observer": "minmax",
-                    "observer_kwargs": {},
-                    "strategy": strategy,
-                    "symmetric": s.sym,
-                    "type": "int",
-                    "zp_dtype": if s.sym { Value::Null } else { json!("torch.int8") },
-                }
-            }
-        },
+        "config_groups": config_groups,
         "format": "pack-quantized",
         "global_compression_ratio": null,
         "ignore": ignore,

@@ -672,9 +672,9 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
         if let (Some(q), Some((layer, k, true)), true, false) =
             (e.quantized, lin, e.carry_codes, stacked)
         {
-            let s = &q.settings;
             let spec = &layouts[&layer].linears[k];
             let base = crate::quantized::base_name(layer, &spec.path);
+            let s = q.settings_for(&base);
             if q.has(&base) && s.group_size == Some(32) && carry_type(s.bits, s.sym) == Some(ty) {
                 let ql = q.load(&base, spec.shape)?;
                 if ql.g_idx_trivial(32) && ql.d_in % 32 == 0 {

@@ -162,6 +162,13 @@ pub fn write_gptq(src_dir: &Path, out: &Path, opts: &GptqOptions) -> Result<Path
     let q = QuantizedDir::open(src_dir)?;
     let cfg = ModelConfig::from_hf_file(&src_dir.join("config.json"))?;
     let s = q.settings.clone();
+    if !q.uniform() {
+        bail!(
+            "{}: the linears have different quantization settings (a per-module recipe); a GPTQ \
+             checkpoint holds one bit width and group size: export compressed-tensors or gguf",
+            src_dir.display()
+        );
+    }
     let lins = quantized_linears(&q, &cfg)?;
     // every linear the family compresses (the MoE router stays dense, as GPTQModel leaves it)
     let want = (0..cfg.num_layers)

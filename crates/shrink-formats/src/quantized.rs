@@ -24,6 +24,37 @@ pub struct QuantSettings {
     pub method: String,
 }
 
+impl QuantSettings {
+    /// The settings a stage of the recipe (as JSON) gives.
+    pub fn from_stage(stage: &serde_json::Value, method: &str) -> Result<QuantSettings> {
+        let bits = stage
+            .get("bits")
+            .and_then(|v| v.as_u64())
+            .context("the stage has no 'bits'")? as u32;
+        if !(2..=8).contains(&bits) {
+            bail!("bits = {bits} is outside 2..=8");
+        }
+        let s = QuantSettings {
+            bits,
+            group_size: stage
+                .get("group_size")
+                .and_then(|v| v.as_u64())
+                .map(|g| g as usize),
+            sym: stage.get("sym").and_then(|v| v.as_bool()).unwrap_or(false),
+            act_order: stage
+                .get("act_order")
+                .and_then(|v| v.as_str())
+                .unwrap_or("none")
+                .to_string(),
+            method: method.to_string(),
+        };
+        if s.group_size == Some(0) {
+            bail!("group_size 0");
+        }
+        Ok(s)
+    }
+}
+
 /// One quantized linear.
 #[derive(Clone, Debug)]
 pub struct QLinear {
@@ -78,7 +109,10 @@ impl QLinear {
 /// A `shrink compress` output directory opened for export.
 pub struct QuantizedDir {
     pub dir: PathBuf,
+    /// The settings most linears have (all of them unless a recipe gave some others).
     pub settings: QuantSettings,
+    /// Linears whose settings differ from [`QuantizedDir::settings`] (per-module recipes).
+    per_linear: std::collections::HashMap<String, QuantSettings>,
     file: SafetensorsSource,
 }
 
@@ -97,6 +131,7 @@ impl QuantizedDir {
             );
         }
         let meta = read_metadata(&path)?;
+        let method = meta.get("method").cloned().unwrap_or_default();
         let stage: serde_json::Value = meta
             .get("stage")
             .and_then(|s| serde_json::from_str(s).ok())
@@ -106,40 +141,40 @@ impl QuantizedDir {
                     path.display()
                 )
             })?;
-        let bits = stage
-            .get("bits")
-            .and_then(|v| v.as_u64())
-            .with_context(|| format!("{}: metadata stage has no 'bits'", path.display()))?
-            as u32;
-        if !(2..=8).contains(&bits) {
-            bail!("{}: bits = {bits} is outside 2..=8", path.display());
-        }
-        let settings = QuantSettings {
-            bits,
-            group_size: stage
-                .get("group_size")
-                .and_then(|v| v.as_u64())
-                .map(|g| g as usize),
-            sym: stage.get("sym").and_then(|v| v.as_bool()).unwrap_or(false),
-            act_order: stage
-                .get("act_order")
-                .and_then(|v| v.as_str())
-                .unwrap_or("none")
-                .to_string(),
-            method: meta.get("method").cloned().unwrap_or_default(),
-        };
-        if settings.group_size == Some(0) {
-            bail!("{}: group_size 0", path.display());
+        let settings = QuantSettings::from_stage(&stage, &method)
+            .with_context(|| format!("{}: metadata 'stage'", path.display()))?;
+        let mut per_linear = std::collections::HashMap::new();
+        if let Some(text) = meta.get("linear_stages") {
+            let map: std::collections::BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(text).with_context(|| {
+                    format!(
+                        "{}: metadata 'linear_stages' is not valid JSON",
+                        path.display()
+                    )
+                })?;
+            for (base, st) in map {
+                let s = QuantSettings::from_stage(&st, &method).with_context(|| {
+                    format!("{}: metadata 'linear_stages' of {base}", path.display())
+                })?;
+                per_linear.insert(base, s);
+            }
         }
         Ok(QuantizedDir {
             dir: dir.into(),
             settings,
+            per_linear,
             file: SafetensorsSource::open(&path)?,
         })
     }
 
-    pub fn maxq(&self) -> u32 {
-        (1 << self.settings.bits) - 1
+    /// The settings of the linear `base`.
+    pub fn settings_for(&self, base: &str) -> &QuantSettings {
+        self.per_linear.get(base).unwrap_or(&self.settings)
+    }
+
+    /// Whether every quantized linear has the same settings.
+    pub fn uniform(&self) -> bool {
+        self.per_linear.values().all(|s| *s == self.settings)
     }
 
     /// Whether the linear `base` (`model.layers.3.mlp.experts.5.down_proj`) was quantized.
@@ -183,7 +218,7 @@ impl QuantizedDir {
         };
         let zeros = i32s(raw("zeros", Dtype::I32, &[d_out, ng])?);
         let g_idx = i32s(raw("g_idx", Dtype::I32, &[d_in])?);
-        let maxq = self.maxq();
+        let maxq = (1u32 << self.settings_for(base).bits) - 1;
         if let Some(c) = codes.iter().find(|&&c| c as u32 > maxq) {
             bail!("{f}: '{base}.qcodes' has code {c} above {maxq}");
         }

@@ -44,6 +44,9 @@ pub struct LinearReport {
     pub name: String,
     pub d_out: usize,
     pub d_in: usize,
+    /// The method that compressed it (`none` when a recipe left it as it was).
+    #[serde(default)]
+    pub method: String,
     /// ||X W^T - X W'^T||_F^2 / ||X W^T||_F^2 over the calibration inputs X of this linear
     /// (computed as tr(D H D^T) / tr(W H W^T) with D = W - W').
     pub rel_error: f64,
@@ -189,9 +192,55 @@ impl LayerSink for Discard {
 /// Rows used to measure the output error when the method needs no Hessian.
 const ERROR_ROWS_WITHOUT_HESSIAN: usize = 2048;
 
+/// What the pipeline does with one linear.
+pub enum Choice<'a> {
+    /// Leave the weight as it is; the reason goes into the report.
+    Keep(String),
+    /// Compress it with `method`; `fallback` is the data-free method with the same settings
+    /// (RTN / magnitude) for experts without enough calibration tokens.
+    Compress {
+        method: &'a dyn Method,
+        fallback: Option<&'a dyn Method>,
+    },
+}
+
+/// Which method compresses which linear: one method for all ([`Uniform`]) or a per-module
+/// recipe. Linears are named by their module path without `.weight`, e.g.
+/// `model.layers.3.mlp.experts.5.down_proj`.
+pub trait Assign: Sync {
+    /// A label for the report (e.g. `gptq w4 g64 asym`).
+    fn name(&self) -> String;
+    /// The choice for the linear `module`.
+    fn choose(&self, module: &str) -> Result<Choice<'_>>;
+}
+
+/// Every linear compressed by the same method.
+pub struct Uniform<'a> {
+    pub method: &'a dyn Method,
+    pub fallback: Option<&'a dyn Method>,
+}
+
+impl Assign for Uniform<'_> {
+    fn name(&self) -> String {
+        self.method.name()
+    }
+    fn choose(&self, _module: &str) -> Result<Choice<'_>> {
+        Ok(Choice::Compress {
+            method: self.method,
+            fallback: self.fallback,
+        })
+    }
+}
+
+/// The module path of linear `k` of `layer` (its weight's name without `.weight`).
+pub fn module_name(layer: &DecoderLayer, k: usize) -> String {
+    let n = layer.linear_name(k);
+    n.strip_suffix(".weight").unwrap_or(&n).to_string()
+}
+
 struct CompressHook<'a> {
-    method: &'a dyn Method,
-    opts: &'a Options<'a>,
+    plan: &'a dyn Assign,
+    opts: &'a Options,
     /// [`Sequential::Layer`]: the groups' statistics, compressed after the forward pass.
     deferred: Option<Vec<(usize, GroupStats)>>,
     layer: usize,
@@ -289,15 +338,18 @@ impl CompressHook<'_> {
                 label()
             );
         }
-        let compresses = layer.layout.groups[group]
-            .linears
-            .iter()
-            .any(|&k| layer.layout.linears[k].compress);
-        let needs = if compresses {
-            self.method.needs()
-        } else {
-            Needs::Nothing
-        };
+        // What the group's methods need together (Nothing when every linear is kept).
+        let mut needs = Needs::Nothing;
+        let mut compresses = false;
+        for &k in &layer.layout.groups[group].linears {
+            if !layer.layout.linears[k].compress {
+                continue;
+            }
+            if let Choice::Compress { method, .. } = self.plan.choose(&module_name(layer, k))? {
+                compresses = true;
+                needs = needs.max(method.needs());
+            }
+        }
         let hessian = if needs == Needs::Hessian {
             let t = Instant::now();
             let mut h = Hessian::new(d_in);
@@ -328,6 +380,35 @@ impl CompressHook<'_> {
         })
     }
 
+    /// The method for one linear of a group: the plan's choice, then the MoE policy for an
+    /// expert below the token threshold (with the note the report gives).
+    fn method_for<'p>(
+        &self,
+        method: &'p dyn Method,
+        fallback: Option<&'p dyn Method>,
+        expert: Option<usize>,
+        d_in: usize,
+        rows: usize,
+    ) -> Result<(&'p dyn Method, Option<String>)> {
+        let Some(e) = expert else {
+            return Ok((method, None));
+        };
+        let routed = self.routed.get(e).copied().unwrap_or(0);
+        let min = self.opts.min_expert_tokens.unwrap_or(2 * d_in);
+        Ok(match self.opts.moe {
+            MoeCalibration::FallbackRtn if routed < min => match fallback {
+                Some(f) => (f, Some(format!("expert {e}: {routed} routed tokens < {min}: compressed with the data-free {} (--moe-calibration fallback-rtn)", f.name()))),
+                None => (method, None),
+            },
+            MoeCalibration::Routed if rows == 0 => match fallback {
+                Some(f) => (f, Some(format!("expert {e}: no routed tokens: compressed with the data-free {}", f.name()))),
+                None => bail!("layer {}: expert {e} received no calibration tokens and the method has no data-free fallback; use --moe-calibration all or fallback-rtn", self.layer),
+            },
+            MoeCalibration::All => (method, Some(format!("expert {e}: {routed} routed tokens; statistics from all {rows} tokens (--moe-calibration all)"))),
+            _ => (method, None),
+        })
+    }
+
     fn compress_group(
         &mut self,
         layer: &mut DecoderLayer,
@@ -335,42 +416,13 @@ impl CompressHook<'_> {
         st: &GroupStats,
     ) -> Result<()> {
         let (hessian, col_sq, input, rows) = (&st.hessian, &st.col_sq, &st.sample, st.rows);
-        let spec = &layer.layout.groups[group];
+        let spec = layer.layout.groups[group].clone();
         if !spec
             .linears
             .iter()
             .any(|&k| layer.layout.linears[k].compress)
         {
             return Ok(()); // the MoE router: kept as it is
-        }
-        // An expert below the token threshold: the policy decides how it is calibrated.
-        let (method, note) = match spec.expert {
-            Some(e) => {
-                let routed = self.routed.get(e).copied().unwrap_or(0);
-                let d_in = layer.layout.linears[spec.linears[0]].shape[1];
-                let min = self.opts.min_expert_tokens.unwrap_or(2 * d_in);
-                match self.opts.moe {
-                    MoeCalibration::FallbackRtn if routed < min => match self.opts.fallback {
-                        Some(f) => (f, Some(format!("expert {e}: {routed} routed tokens < {min}: compressed with the data-free {} (--moe-calibration fallback-rtn)", f.name()))),
-                        None => (self.method, None),
-                    },
-                    MoeCalibration::Routed if rows == 0 => match self.opts.fallback {
-                        Some(f) => (f, Some(format!("expert {e}: no routed tokens: compressed with the data-free {}", f.name()))),
-                        None => bail!("layer {}: expert {e} received no calibration tokens and the method has no data-free fallback; use --moe-calibration all or fallback-rtn", self.layer),
-                    },
-                    MoeCalibration::All => (self.method, Some(format!("expert {e}: {routed} routed tokens; statistics from all {rows} tokens (--moe-calibration all)"))),
-                    _ => (self.method, None),
-                }
-            }
-            None => (self.method, None),
-        };
-        let needs_h = method.needs() == Needs::Hessian;
-        if needs_h && hessian.is_none() {
-            bail!(
-                "layer {}: {} needs a Hessian that was not gathered",
-                self.layer,
-                method.name()
-            );
         }
         let h32: Option<Vec<f32>> = hessian
             .as_ref()
@@ -385,13 +437,42 @@ impl CompressHook<'_> {
             None => rows,
         };
         for k in spec.linears.clone() {
-            let name = layer.linear_name(k);
             if !layer.layout.linears[k].compress {
                 continue;
             }
+            let name = layer.linear_name(k);
+            let (d_out, d_in_w) = layer.linears[k].weight.dims2();
+            let plan = self.plan;
+            let (method, note) = match plan.choose(&module_name(layer, k))? {
+                Choice::Keep(why) => {
+                    self.linears.push(LinearReport {
+                        name,
+                        d_out,
+                        d_in: d_in_w,
+                        method: "none".into(),
+                        rel_error: 0.0,
+                        error_rows: 0,
+                        tokens,
+                        note: Some(why),
+                        seconds: 0.0,
+                        sparsity: None,
+                        info: serde_json::json!({}),
+                    });
+                    continue;
+                }
+                Choice::Compress { method, fallback } => {
+                    self.method_for(method, fallback, spec.expert, d_in_w, rows)?
+                }
+            };
+            if method.needs() == Needs::Hessian && hessian.is_none() {
+                bail!(
+                    "layer {}: {} needs a Hessian that was not gathered",
+                    self.layer,
+                    method.name()
+                );
+            }
             let t = Instant::now();
             let old = &layer.linears[k].weight;
-            let (d_out, d_in_w) = old.dims2();
             let c = method.compress(&name, old, &stats, None)?;
             let solve = t.elapsed().as_secs_f64();
             self.phases.solve += solve;
@@ -428,10 +509,11 @@ impl CompressHook<'_> {
                 name,
                 d_out,
                 d_in: d_in_w,
+                method: method.name(),
                 rel_error,
                 error_rows,
                 tokens,
-                note: note.clone(),
+                note,
                 seconds: solve,
                 sparsity,
                 info: c.info,
@@ -482,7 +564,10 @@ pub fn run(
     run_from(
         src,
         calib,
-        method,
+        &Uniform {
+            method,
+            fallback: None,
+        },
         layers,
         None,
         &Options::default(),
@@ -509,15 +594,12 @@ pub enum MoeCalibration {
 
 /// Pipeline settings beyond the method.
 #[derive(Default)]
-pub struct Options<'a> {
+pub struct Options {
     pub sequential: Sequential,
     pub moe: MoeCalibration,
     /// Experts with fewer routed tokens than this use the fallback under
     /// [`MoeCalibration::FallbackRtn`]; default 2 x the group's d_in.
     pub min_expert_tokens: Option<usize>,
-    /// The data-free method with the same settings (RTN / magnitude), for experts without
-    /// enough tokens.
-    pub fallback: Option<&'a dyn Method>,
 }
 
 /// Which inputs the groups of a layer are calibrated on.
@@ -537,12 +619,13 @@ pub enum Sequential {
 /// [`run`] starting at `layers.start` from `hidden`, the calibration hidden states that layer
 /// receives (as handed to [`LayerSink::layer_done`] by the layer before it), instead of from the
 /// embeddings: the resume path. With `hidden = None` the run starts from the embeddings and
-/// `layers.start` must be 0.
+/// `layers.start` must be 0. `plan` chooses the method of each linear (a per-module recipe, or
+/// [`Uniform`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run_from(
     src: &ModelSource,
     calib: &CalibSet,
-    method: &dyn Method,
+    plan: &dyn Assign,
     layers: Range<usize>,
     hidden: Option<Vec<f32>>,
     opts: &Options,
@@ -600,7 +683,7 @@ pub fn run_from(
         phases.load += t.elapsed().as_secs_f64();
         let sequential = opts.sequential;
         let mut hook = CompressHook {
-            method,
+            plan,
             opts,
             routed: vec![],
             deferred: (sequential == Sequential::Layer).then(Vec::new),
@@ -653,7 +736,7 @@ pub fn run_from(
         progress(done + 1, total);
     }
     Ok(PipelineReport {
-        method: method.name(),
+        method: plan.name(),
         layers: reports,
         phases,
         seconds: start.elapsed().as_secs_f64(),

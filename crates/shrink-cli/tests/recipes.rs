@@ -1,0 +1,263 @@
+//! Per-module recipes end to end: `ignore`, stage `targets`, `[[override]]`s, the per-linear
+//! report, the output's recipe.toml reproducing the run, the exports of mixed settings, and the
+//! errors before any work.
+mod common;
+use common::*;
+use shrink_model::source::{SafetensorsSource, TensorSource};
+use std::path::{Path, PathBuf};
+
+fn write(t: &Path, name: &str, text: &str) -> PathBuf {
+    let p = t.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn compress(t: &Path, model: &Path, recipe: &Path, out: &str) -> PathBuf {
+    let o = t.join(out);
+    let (code, _, err) = shrink(&[
+        "compress",
+        "--model",
+        s(model),
+        "--recipe",
+        s(recipe),
+        "--out",
+        s(&o),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    o
+}
+
+#[test]
+fn overrides_ignore_and_recipe_toml() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let recipe = write(
+        t,
+        "r.toml",
+        &format!(
+            "ignore = ['layers\\.0\\.self_attn\\.o_proj$']\n\n[calibration]\nfile = {:?}\nnsamples = 8\nseqlen = 32\n\n\
+             [[stage]]\nmethod = \"gptq\"\nbits = 4\ngroup_size = 32\n\n\
+             [[override]]\nmatch = 'down_proj'\nbits = 8\n\n\
+             [[override]]\nmatch = 'layers\\.1\\.mlp\\.down_proj'\nbits = 8\nsym = true\n",
+            s(&calib)
+        ),
+    );
+    let out = compress(t, &model, &recipe, "mixed");
+    let rep = report(&out);
+    let mut methods = std::collections::BTreeMap::new();
+    for l in rep["layers"].as_array().unwrap() {
+        for lin in l["linears"].as_array().unwrap() {
+            methods.insert(
+                lin["name"].as_str().unwrap().to_string(),
+                lin["method"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    assert_eq!(methods.len(), 14, "{methods:?}");
+    assert_eq!(methods["model.layers.0.self_attn.o_proj.weight"], "none");
+    assert!(methods["model.layers.0.mlp.down_proj.weight"].starts_with("gptq w8 g32 asym"));
+    assert!(methods["model.layers.1.mlp.down_proj.weight"].starts_with("gptq w8 g32 sym"));
+    assert!(methods["model.layers.1.self_attn.o_proj.weight"].starts_with("gptq w4 g32 asym"));
+    assert_eq!(rep["plan"]["kept"], 1);
+    assert_eq!(rep["plan"]["settings"].as_array().unwrap().len(), 3);
+
+    // The ignored linear is the original weight; the others changed.
+    let orig = SafetensorsSource::open(&model.join("model.safetensors")).unwrap();
+    let new = SafetensorsSource::open(&out.join("model.safetensors")).unwrap();
+    let o = "model.layers.0.self_attn.o_proj.weight";
+    assert_eq!(orig.load(o).unwrap().data, new.load(o).unwrap().data);
+    let q1 = "model.layers.1.self_attn.o_proj.weight";
+    assert_ne!(orig.load(q1).unwrap().data, new.load(q1).unwrap().data);
+    // Its quantized form: absent for the ignored linear, 8-bit codes for down_proj.
+    let q = SafetensorsSource::open(&out.join("quantized.safetensors")).unwrap();
+    assert!(q.info("model.layers.0.self_attn.o_proj.qcodes").is_none());
+    let codes = q.raw("model.layers.0.mlp.down_proj.qcodes").unwrap().2;
+    assert!(codes.iter().any(|&c| c > 15), "8-bit codes expected");
+    let codes4 = q.raw("model.layers.0.mlp.up_proj.qcodes").unwrap().2;
+    assert!(codes4.iter().all(|&c| c <= 15));
+
+    // recipe.toml reproduces the run byte for byte.
+    let again = compress(t, &model, &out.join("recipe.toml"), "again");
+    for f in ["model.safetensors", "quantized.safetensors"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(again.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+
+    // compressed-tensors: one config group per setting, each naming its modules; the ignored
+    // linear in `ignore`. GPTQ holds one setting: refused with the reason.
+    let ct = t.join("ct");
+    let (code, _, err) = shrink(&[
+        "export",
+        "--model",
+        s(&out),
+        "--format",
+        "compressed-tensors",
+        "--out",
+        s(&ct),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ct.join("config.json")).unwrap()).unwrap();
+    let qc = &cfg["quantization_config"];
+    let groups = qc["config_groups"].as_object().unwrap();
+    assert_eq!(groups.len(), 3);
+    let mut bits: Vec<(u64, bool, usize)> = groups
+        .values()
+        .map(|g| {
+            (
+                g["weights"]["num_bits"].as_u64().unwrap(),
+                g["weights"]["symmetric"].as_bool().unwrap(),
+                g["targets"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    bits.sort();
+    assert_eq!(bits, vec![(4, false, 11), (8, false, 1), (8, true, 1)]);
+    assert!(qc["ignore"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "model.layers.0.self_attn.o_proj"));
+    fails_with(
+        &[
+            "export",
+            "--model",
+            s(&out),
+            "--format",
+            "gptq",
+            "--out",
+            s(&t.join("g")),
+            "-q",
+        ],
+        &[
+            "different quantization settings",
+            "compressed-tensors or gguf",
+        ],
+    );
+    assert!(!t.join("g").exists());
+}
+
+#[test]
+fn stage_targets_split_methods() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    // Attention by RTN, the MLP by GPTQ: two stages with disjoint targets.
+    let recipe = write(
+        t,
+        "split.toml",
+        &format!(
+            "[calibration]\nfile = {:?}\nnsamples = 8\nseqlen = 32\n\n\
+             [[stage]]\nmethod = \"rtn\"\nbits = 4\ngroup_size = 32\ntargets = ['self_attn']\n\n\
+             [[stage]]\nmethod = \"gptq\"\nbits = 4\ngroup_size = 32\ntargets = ['mlp']\n",
+            s(&calib)
+        ),
+    );
+    let out = compress(t, &model, &recipe, "split");
+    for l in report(&out)["layers"].as_array().unwrap() {
+        for lin in l["linears"].as_array().unwrap() {
+            let (n, m) = (
+                lin["name"].as_str().unwrap(),
+                lin["method"].as_str().unwrap(),
+            );
+            let want = if n.contains("self_attn") {
+                "rtn"
+            } else {
+                "gptq"
+            };
+            assert!(m.starts_with(want), "{n}: {m}");
+        }
+    }
+}
+
+#[test]
+fn bad_recipes_fail_before_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let head = format!(
+        "[calibration]\nfile = {:?}\nnsamples = 8\nseqlen = 32\n\n",
+        s(&calib)
+    );
+    let gptq = "[[stage]]\nmethod = \"gptq\"\nbits = 4\ngroup_size = 32\n\n";
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "nomatch",
+            format!("{head}{gptq}[[override]]\nmatch = 'layers\\.7\\.'\nbits = 8\n"),
+            vec!["override 1", "layers\\.7\\.", "matches none", "model.layers.0.self_attn.q_proj"],
+        ),
+        (
+            "ignore_nomatch",
+            format!("ignore = ['vision_tower']\n{head}{gptq}"),
+            vec!["ignore 'vision_tower'", "matches none"],
+        ),
+        (
+            "conflict",
+            format!("{head}{gptq}[[override]]\nmatch = 'down_proj'\nbits = 8\n\n[[override]]\nmatch = 'layers\\.1\\.'\nbits = 3\n"),
+            vec!["model.layers.1.mlp.down_proj", "override 1 ('down_proj') sets bits = 8", "override 2 ('layers\\.1\\.') sets bits = 3"],
+        ),
+        (
+            "badregex",
+            format!("{head}{gptq}[[override]]\nmatch = 'down_proj('\nbits = 8\n"),
+            vec!["override 1 'down_proj('", "invalid pattern"],
+        ),
+        (
+            "nostage",
+            format!("{head}[[stage]]\nmethod = \"wanda\"\nsparsity = 0.5\n\n{gptq}[[override]]\nmatch = 'down_proj'\nbits = 8\n"),
+            vec!["override 1", "2 stages", "stage = 1..2"],
+        ),
+        (
+            "stage3",
+            format!("{head}{gptq}[[override]]\nmatch = 'down_proj'\nstage = 3\nbits = 8\n"),
+            vec!["names stage 3", "has 1"],
+        ),
+        (
+            "badvalue",
+            format!("{head}{gptq}[[override]]\nmatch = 'down_proj'\nbits = 12\n"),
+            vec!["model.layers.0.mlp.down_proj", "bits"],
+        ),
+        (
+            "unknownkey",
+            format!("{head}{gptq}[[override]]\nmatch = 'down_proj'\nbitz = 8\n"),
+            vec!["override 'down_proj'", "bitz"],
+        ),
+        (
+            "everything_ignored",
+            format!("ignore = ['.']\n{head}{gptq}"),
+            vec!["leaves every linear as it is"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let r = write(t, &format!("{name}.toml"), &text);
+        let out = t.join(name);
+        let err = fails_with(
+            &[
+                "compress",
+                "--model",
+                s(&model),
+                "--recipe",
+                s(&r),
+                "--out",
+                s(&out),
+                "-q",
+            ],
+            &needles,
+        );
+        assert!(
+            err.contains(&format!("{name}.toml")),
+            "{name}: the error names the recipe: {err}"
+        );
+        assert!(!out.exists(), "{name}: nothing written");
+        let partial = t.join(format!(".{name}.partial"));
+        assert!(!partial.exists(), "{name}: no checkpoint left");
+    }
+}

@@ -1,0 +1,40 @@
+//! shrink-recipe: compression recipes and their resolution against a model.
+//!
+//! - [`recipe`]: the TOML recipe (calibration, stages, `ignore`, per-module `[[override]]`s)
+//!   and the methods its stages build;
+//! - [`plan`]: a recipe resolved for a model's linears, the per-linear [`Assign`] the pipeline
+//!   runs.
+//!
+//! `shrink compress`, the allocators and sweeps all go through here: whatever chooses the
+//! settings writes a recipe, and a recipe reproduces the run.
+//!
+//! [`Assign`]: shrink_pipeline::Assign
+pub mod plan;
+pub mod recipe;
+
+pub use plan::{Plan, Setting, Slot};
+pub use recipe::{build_method, data_free, CalibSection, Override, Recipe, Stage};
+
+/// The compressible linears of layers `layers` of a model, by module path, in pipeline order.
+pub fn compressible_modules(
+    cfg: &shrink_model::ModelConfig,
+    layers: std::ops::Range<usize>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in layers {
+        let lay = shrink_model::arch::layer_layout(cfg, i);
+        for g in &lay.groups {
+            for &k in &g.linears {
+                let l = &lay.linears[k];
+                if l.compress {
+                    out.push(
+                        shrink_model::arch::hf_layer_tensor(i, &l.path, "weight")
+                            .trim_end_matches(".weight")
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
