@@ -169,6 +169,20 @@ pub struct CompressArgs {
     /// Token threshold of --moe-calibration fallback-rtn [default: 2 x the expert's input size].
     #[arg(long, value_name = "N")]
     moe_min_tokens: Option<usize>,
+    /// How a global --sparsity is spread over the layers: uniform (every linear the same) or owl
+    /// (OWL's outlier-weighted layerwise sparsity: one dense calibration pass measures each
+    /// layer's share of outlier scores |W|*||X|| above --owl-m times their mean; layers with
+    /// more outliers are pruned less, within +-lambda of the target, the total number of pruned
+    /// weights kept at the target). The per-layer sparsities are written into the output's
+    /// recipe.toml as overrides, and into the report.
+    #[arg(long, value_name = "uniform|owl", default_value = "uniform")]
+    allocate: String,
+    /// OWL's outlier threshold M (a score is an outlier above M times its layer's mean).
+    #[arg(long, default_value_t = 5.0)]
+    owl_m: f64,
+    /// OWL's lambda: layer sparsities lie within +-lambda of the target.
+    #[arg(long, default_value_t = 0.08)]
+    owl_lambda: f64,
     /// Compress only the first N layers (for measurements; the rest are copied unchanged).
     #[arg(long, hide = true)]
     layers: Option<usize>,
@@ -338,7 +352,7 @@ fn write_quantized(
 }
 
 pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
-    let recipe = merged(&a)?;
+    let mut recipe = merged(&a)?;
     let c = &recipe.calibration;
     OutputDir::refuse_existing(&a.out, a.force)?;
     if a.resume {
@@ -352,14 +366,33 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         .min(src.config.num_layers);
     // Every linear's settings, checked before any work.
     let modules = shrink_recipe::compressible_modules(&src.config, 0..n_layers);
-    let plan = Plan::new(&recipe, &modules).with_context(|| match &a.recipe {
+    let plan_context = || match &a.recipe {
         Some(p) => format!(
             "{}: the recipe does not fit {}",
             p.display(),
             a.model.display()
         ),
         None => "invalid settings".into(),
-    })?;
+    };
+    let mut plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+    let owl = match a.allocate.as_str() {
+        "uniform" => None,
+        "owl" => {
+            let (stage, target) = shrink_recipe::alloc::pruning_stage(&recipe)?;
+            // Checked now, before any work; the rule is applied after the measuring pass.
+            shrink_recipe::alloc::owl_sparsities(
+                &[shrink_recipe::alloc::LayerOutliers {
+                    layer: 0,
+                    weights: 1,
+                    outlier_pct: 0.0,
+                }],
+                target,
+                a.owl_lambda,
+            )?;
+            Some((stage, target, shrink_recipe::alloc::OwlProbe::new(a.owl_m)?))
+        }
+        o => bail!("unknown --allocate '{o}' (use uniform or owl)"),
+    };
     let sequential = match a.sequential.as_str() {
         "group" => shrink_pipeline::Sequential::Group,
         "layer" => shrink_pipeline::Sequential::Layer,
@@ -426,6 +459,52 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             seqlen,
             calib.source
         );
+    }
+    // OWL: one dense pass over the calibration data measures every layer, then the recipe gets
+    // one sparsity override per layer.
+    let mut allocation = None;
+    if let Some((stage, target, probe)) = &owl {
+        let t = std::time::Instant::now();
+        let bar = progress::bar(n_layers as u64, "OWL: measuring layers", quiet);
+        shrink_pipeline::run(
+            &src,
+            &calib,
+            probe as &dyn shrink_methods::Method,
+            0..n_layers,
+            &mut shrink_pipeline::Discard,
+            &mut |d, _| bar.set_position(d as u64),
+        )?;
+        bar.finish_and_clear();
+        let layers = probe.layers();
+        let s = shrink_recipe::alloc::owl_sparsities(&layers, *target, a.owl_lambda)?;
+        let per: Vec<(usize, f64)> = layers
+            .iter()
+            .map(|l| l.layer)
+            .zip(s.iter().copied())
+            .collect();
+        recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &per);
+        plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+        if !quiet {
+            let (lo, hi) = s
+                .iter()
+                .fold((1f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
+            eprintln!(
+                "OWL (M = {}, lambda = {}): layer sparsities {lo:.4}..{hi:.4} for a global {target} ({:.1} s)",
+                a.owl_m,
+                a.owl_lambda,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        allocation = Some(json!({
+            "strategy": "owl",
+            "m": a.owl_m,
+            "lambda": a.owl_lambda,
+            "target": target,
+            "seconds": t.elapsed().as_secs_f64(),
+            "layers": layers.iter().zip(&s).map(|(l, s)| json!({
+                "layer": l.layer, "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
+            })).collect::<Vec<_>>(),
+        }));
     }
     let bar = progress::bar(n_layers as u64, "layers", quiet);
     bar.set_position(start as u64);
@@ -554,6 +633,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             "method": plan.name(),
             "recipe": recipe,
             "plan": plan.summary(),
+            "allocation": allocation,
             "calibration": calib,
             "layers_compressed": n_layers,
         "sequential": sequential,

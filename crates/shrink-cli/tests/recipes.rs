@@ -261,3 +261,119 @@ fn bad_recipes_fail_before_work() {
         assert!(!partial.exists(), "{name}: no checkpoint left");
     }
 }
+
+/// `--allocate owl`: per-layer sparsities within +-lambda of the target, the global number of
+/// zeros at the target, the allocation in the report, and a recipe.toml that reproduces it.
+#[test]
+fn owl_allocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let out = t.join("owl");
+    let base = |extra: &[&str], out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "compress",
+            "--model",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--nsamples",
+            "8",
+            "--seqlen",
+            "32",
+            "--out",
+            s(out),
+            "-q",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let args = base(
+        &[
+            "--method",
+            "wanda",
+            "--sparsity",
+            "0.5",
+            "--allocate",
+            "owl",
+            "--owl-lambda",
+            "0.1",
+        ],
+        &out,
+    );
+    let (code, _, err) = shrink(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let rep = report(&out);
+    let al = &rep["allocation"];
+    assert_eq!(al["strategy"], "owl");
+    let sp: Vec<f64> = al["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["sparsity"].as_f64().unwrap())
+        .collect();
+    assert_eq!(sp.len(), 2);
+    // two layers of equal size: one at target - lambda, the other at target + lambda
+    assert!((sp[0] + sp[1] - 1.0).abs() < 1e-9, "{sp:?}");
+    assert!(((sp[0] - sp[1]).abs() - 0.2).abs() < 1e-9, "{sp:?}");
+    // each layer's linears pruned at their layer's sparsity; the total at the target
+    for (i, l) in rep["layers"].as_array().unwrap().iter().enumerate() {
+        let f = l["sparsity"].as_f64().unwrap();
+        assert!((f - sp[i]).abs() < 0.01, "layer {i}: {f} vs {}", sp[i]);
+    }
+    let total = rep["totals"]["sparsity"].as_f64().unwrap();
+    assert!((total - 0.5).abs() < 0.005, "{total}");
+    // recipe.toml holds the allocation: the same model without --allocate
+    let again = compress(t, &model, &out.join("recipe.toml"), "again");
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(again.join("model.safetensors")).unwrap()
+    );
+    // refused before any work: nothing to allocate, a pattern, a lambda out of range
+    for (extra, needle) in [
+        (
+            vec!["--method", "gptq", "--bits", "4", "--allocate", "owl"],
+            "no stage with an unstructured sparsity",
+        ),
+        (
+            vec!["--method", "wanda", "--pattern", "2:4", "--allocate", "owl"],
+            "no stage with an unstructured sparsity",
+        ),
+        (
+            vec![
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--allocate",
+                "owl",
+                "--owl-lambda",
+                "0.9",
+            ],
+            "--owl-lambda",
+        ),
+        (
+            vec![
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--allocate",
+                "agentx",
+            ],
+            "unknown --allocate",
+        ),
+    ] {
+        let o = t.join("bad");
+        let args = base(&extra, &o);
+        fails_with(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[needle],
+        );
+        assert!(!o.exists());
+    }
+}

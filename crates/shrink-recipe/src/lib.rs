@@ -2,6 +2,7 @@
 //!
 //! - [`recipe`]: the TOML recipe (calibration, stages, `ignore`, per-module `[[override]]`s)
 //!   and the methods its stages build;
+//! - [`alloc`]: budgets allocated over layers (OWL), written back as overrides;
 //! - [`plan`]: a recipe resolved for a model's linears, the per-linear [`Assign`] the pipeline
 //!   runs.
 //!
@@ -9,6 +10,7 @@
 //! settings writes a recipe, and a recipe reproduces the run.
 //!
 //! [`Assign`]: shrink_pipeline::Assign
+pub mod alloc;
 pub mod plan;
 pub mod recipe;
 
