@@ -385,6 +385,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                     layer: 0,
                     weights: 1,
                     outlier_pct: 0.0,
+                    score_p10: 0.0,
                 }],
                 target,
                 a.owl_lambda,

@@ -4,6 +4,7 @@ mod checkpoint;
 mod compress;
 mod export;
 mod llama_ppl;
+mod profile;
 mod progress;
 
 use anyhow::{bail, Context, Result};
@@ -68,6 +69,10 @@ enum Cmd {
     /// Export a model for an inference engine: compressed-tensors (vLLM, transformers), GPTQ
     /// (AutoGPTQ, GPTQModel, exllama, vLLM) or GGUF (llama.cpp).
     Export(Box<export::ExportArgs>),
+    /// Profile a model's sensitivity: per linear, the output error of candidate sparsities and
+    /// bit widths when compressed alone; per layer, outlier statistics and block importance. One
+    /// dense calibration pass plus the candidates' solves. Writes JSON.
+    Profile(Box<profile::ProfileArgs>),
     /// Measure speed: this machine's f32 matmul rate, then eval throughput and the forward pass's
     /// GFLOP/s as a fraction of that rate, in the same run. Writes JSON.
     Bench(bench::BenchArgs),
@@ -150,6 +155,7 @@ fn main() {
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Export(a) => export::run(*a, quiet),
         Cmd::Bench(a) => bench::run(a, quiet),
+        Cmd::Profile(a) => profile::run(*a, quiet),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -377,3 +377,95 @@ fn owl_allocation() {
         assert!(!o.exists());
     }
 }
+
+/// `shrink profile`: every linear has an error per candidate, errors grow with sparsity and
+/// fall with bits, every layer has its statistics; bad candidates are refused before work.
+#[test]
+fn profile_of_a_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let out = t.join("p.json");
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "profile",
+            "--model",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--nsamples",
+            "8",
+            "--seqlen",
+            "32",
+            "--out",
+            s(&out),
+            "-q",
+            "--group-size",
+            "32",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let a = args(&["--sparsities", "0.3,0.7", "--bits", "2,8"]);
+    let (code, _, err) = shrink(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(p["candidates"].as_array().unwrap().len(), 4);
+    let lins = p["linears"].as_array().unwrap();
+    assert_eq!(lins.len(), 14);
+    for l in lins {
+        let e = &l["rel_error"];
+        let g = |k: &str| e[k].as_f64().unwrap();
+        assert!(g("sparsegpt 70%") > g("sparsegpt 30%"), "{l}");
+        assert!(
+            g("gptq w2 g32 asym actorder=static") > g("gptq w8 g32 asym actorder=static"),
+            "{l}"
+        );
+        assert!(g("sparsegpt 30%") > 0.0);
+    }
+    let layers = p["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for l in layers {
+        let imp = l["importance"].as_f64().unwrap();
+        assert!(imp > 0.0 && imp < 2.0, "{l}");
+        assert!(l["outlier_pct"].as_f64().unwrap() >= 0.0);
+        assert!(l["score_p10"].as_f64().unwrap() > 0.0);
+    }
+    let z: f64 = layers
+        .iter()
+        .map(|l| l["score_p10_z"].as_f64().unwrap())
+        .sum();
+    assert!(z.abs() < 1e-9);
+    assert!(
+        p["costs"]["candidate_solve_seconds"]
+            .as_object()
+            .unwrap()
+            .len()
+            == 4
+    );
+    // refused: an existing output, a sparsity out of range, a bit width out of range, no candidate
+    for (extra, needle) in [
+        (vec!["--sparsities", "0.5", "--bits", ""], "exists"),
+        (
+            vec!["--force", "--sparsities", "1.5", "--bits", ""],
+            "--sparsities 1.5",
+        ),
+        (
+            vec!["--force", "--sparsities", "", "--bits", "1"],
+            "--bits 1",
+        ),
+        (
+            vec!["--force", "--sparsities", "", "--bits", ""],
+            "no candidate",
+        ),
+        (vec!["--force", "--sparsities", "x"], "'x' is not a number"),
+    ] {
+        let a = args(&extra);
+        fails_with(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[needle]);
+    }
+}

@@ -267,7 +267,7 @@ fn trace_abct(a: &[f32], b: &[f32], c: &[f32], m: usize, k: usize, n: usize) -> 
 
 /// Relative output error of replacing `w` by `w_new` (both [d_out, d_in]) for inputs with
 /// Hessian `h` (f32 copy, [d_in, d_in]), or directly on `x` ([rows, d_in]) without one.
-fn rel_output_error(
+pub fn rel_output_error(
     w: &[f32],
     w_new: &[f32],
     d_out: usize,

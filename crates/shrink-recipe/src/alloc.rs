@@ -45,16 +45,28 @@ pub struct LayerOutliers {
     pub weights: usize,
     /// Percentage of scores above `M * mean` (OWL's `D_l`).
     pub outlier_pct: f64,
+    /// The 10th percentile of the layer's scores |W|*||X|| (the statistic "LLMs can Compress
+    /// LLMs: Adaptive Pruning by Agents" profiles each layer with, before z-scoring across
+    /// layers).
+    pub score_p10: f64,
 }
 
-fn finish(layer: usize, scores: &[f32], m: f64) -> LayerOutliers {
+fn finish(layer: usize, scores: &mut [f32], m: f64) -> LayerOutliers {
     let mean = scores.iter().map(|&v| v as f64).sum::<f64>() / scores.len().max(1) as f64;
     let thr = mean * m;
     let above = scores.iter().filter(|&&v| v as f64 > thr).count();
+    let score_p10 = if scores.is_empty() {
+        0.0
+    } else {
+        let k = ((scores.len() - 1) as f64 * 0.1).round() as usize;
+        let (_, v, _) = scores.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+        *v as f64
+    };
     LayerOutliers {
         layer,
         weights: scores.len(),
         outlier_pct: 100.0 * above as f64 / scores.len().max(1) as f64,
+        score_p10,
     }
 }
 
@@ -83,8 +95,8 @@ impl OwlProbe {
     /// The statistics of every layer measured, in layer order.
     pub fn layers(&self) -> Vec<LayerOutliers> {
         let mut st = self.state.lock().unwrap();
-        if let Some((l, s)) = st.current.take() {
-            let r = finish(l, &s, self.m);
+        if let Some((l, mut s)) = st.current.take() {
+            let r = finish(l, &mut s, self.m);
             st.done.insert(l, r);
         }
         st.done.values().cloned().collect()
@@ -121,8 +133,8 @@ impl Method for OwlProbe {
         match &st.current {
             Some((l, _)) if *l == layer => {}
             _ => {
-                if let Some((l, s)) = st.current.take() {
-                    let r = finish(l, &s, self.m);
+                if let Some((l, mut s)) = st.current.take() {
+                    let r = finish(l, &mut s, self.m);
                     st.done.insert(l, r);
                 }
                 st.current = Some((layer, Vec::new()));
@@ -229,7 +241,19 @@ mod tests {
             layer,
             weights,
             outlier_pct: pct,
+            score_p10: 0.0,
         }
+    }
+
+    #[test]
+    fn probe_statistics_of_a_layer() {
+        // scores 1..=100 plus one outlier of 10,000: mean 108.9, threshold 5 x mean
+        let mut s: Vec<f32> = (1..=100).map(|v| v as f32).collect();
+        s.push(10_000.0);
+        let r = finish(3, &mut s, 5.0);
+        assert_eq!(r.weights, 101);
+        assert!((r.outlier_pct - 100.0 / 101.0).abs() < 1e-9);
+        assert_eq!(r.score_p10, 11.0); // index round(100 * 0.1) = 10 of the sorted scores
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! [`Assign`]: shrink_pipeline::Assign
 pub mod alloc;
 pub mod plan;
+pub mod profile;
 pub mod recipe;
 
 pub use plan::{Plan, Setting, Slot};
