@@ -51,6 +51,22 @@ Patterns are regular expressions searched in each linear's module path\n  \
 (model.layers.3.mlp.down_proj, ...). A pattern that matches nothing, or two overrides\n  \
 setting one key of one linear to different values, is refused before any work. The\n  \
 output's recipe.toml reproduces the run; report.json gives each linear's method.\n\n\
+AGENT PROTOCOL (--allocate agent --agent-cmd CMD):\n  \
+Before each step shrink writes one JSON object on one line to CMD's stdin:\n  \
+{\"shrink_agent\": 1, \"step\": 3, \"target_sparsity\": 0.5, \"sparsity\": 0.42, \"budget_left\": 0.08,\n   \
+\"step_size\": 0.05, \"max_layer_sparsity\": 0.7, \"rollback_threshold\": 0.02,\n   \
+\"dense_perplexity\": 14.9, \"checkpoint_perplexity\": 17.3,\n   \
+\"layers\": [{\"layer\": 0, \"weights\": 3538944, \"sparsity\": 0.4, \"score_p10\": 0.0021,\n               \
+\"score_p10_z\": -1.2, \"outlier_pct\": 3.1}, ...],\n   \
+\"history\": [{\"step\": 1, \"proposer\": \"agent\", \"prune\": [{\"layer\": 4, \"amount\": 0.05}],\n                \
+\"perplexity\": 17.1, \"checkpoint_perplexity\": 16.9, \"rise\": 0.012, \"accepted\": true, ...}]}\n  \
+and reads one line back: {\"prune\": [{\"layer\": 4, \"amount\": 0.05}, ...], \"note\": \"why\"}\n  \
+(amounts are added to the layers' sparsity; they are scaled down to land on the target).\n  \
+When the run ends it writes {\"shrink_agent\": 1, \"done\": true} and closes stdin. An answer\n  \
+that is not such JSON or names an impossible step (unknown layer, amount <= 0, above\n  \
+max_layer_sparsity) is logged and the built-in policy takes that step; no answer within\n  \
+--agent-timeout, an exit, or three failures in a row stop the program and the built-in\n  \
+policy finishes. report.json's allocation.steps is the run log.\n\n\
 OUTPUT (DIR, written under a temporary name and renamed when complete):\n  \
 config.json, model.safetensors (dequantized f32), tokenizer.json, tokenizer_config.json\n  \
 quantized.safetensors   integer codes (U8), scales (F32), zero points (I32) and g_idx (I32) per linear\n  \
@@ -175,8 +191,53 @@ pub struct CompressArgs {
     /// more outliers are pruned less, within +-lambda of the target, the total number of pruned
     /// weights kept at the target). The per-layer sparsities are written into the output's
     /// recipe.toml as overrides, and into the report.
-    #[arg(long, value_name = "uniform|owl", default_value = "uniform")]
+    ///
+    /// agent: the loop of "LLMs can Compress LLMs: Adaptive Pruning by Agents": every layer
+    /// starts at --agent-start; each step a proposer picks layers to prune further (the
+    /// built-in policy: the --agent-layers layers whose 10th-percentile Wanda score, z-scored
+    /// across layers, is lowest; or an external program, --agent-cmd); the step is measured
+    /// by the perplexity of the first --holdin-samples calibration windows and rolled back
+    /// when it rose more than --rollback-threshold; until the global --sparsity is reached.
+    /// See AGENT PROTOCOL below.
+    #[arg(long, value_name = "uniform|owl|agent", default_value = "uniform")]
     allocate: String,
+    /// --allocate agent: a program that proposes each step (run once with `sh -c`; one JSON
+    /// request per line on its stdin, one JSON answer per line on its stdout). Without it the
+    /// built-in policy proposes.
+    #[arg(long, value_name = "CMD")]
+    agent_cmd: Option<String>,
+    /// --allocate agent: seconds to wait for each answer of --agent-cmd; after that the
+    /// program is stopped and the built-in policy finishes the run.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    agent_timeout: f64,
+    /// --allocate agent: the sparsity every layer starts at [default: --sparsity minus 0.1].
+    #[arg(long, value_name = "FRACTION")]
+    agent_start: Option<f64>,
+    /// --allocate agent: the sparsity a layer gains in one built-in step.
+    #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
+    agent_step: f64,
+    /// --allocate agent: layers moved per built-in step [default: a sixth of the layers].
+    #[arg(long, value_name = "N")]
+    agent_layers: Option<usize>,
+    /// --allocate agent: no layer goes above this sparsity [default: --sparsity + 0.2, at most 0.95].
+    #[arg(long, value_name = "FRACTION")]
+    agent_max_sparsity: Option<f64>,
+    /// --allocate agent: stop with an error after this many steps.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    agent_max_steps: usize,
+    /// --allocate agent: a step is rolled back when the held-in perplexity rose by more than
+    /// this fraction over the last accepted step (0.02 = 2%).
+    #[arg(long, default_value_t = 0.02, value_name = "FRACTION")]
+    rollback_threshold: f64,
+    /// Calibration windows the held-in perplexity is measured on (the first N of the
+    /// calibration set; never the --eval text): by --allocate agent and --max-ppl-rise.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    holdin_samples: usize,
+    /// Perplexity guard: refuse to write the output when the compressed model's held-in
+    /// perplexity is more than this fraction above the original's (0.5 = 50% higher). The
+    /// compressed layers are kept: rerun with a looser guard and --resume.
+    #[arg(long, value_name = "FRACTION")]
+    max_ppl_rise: Option<f64>,
     /// OWL's outlier threshold M (a score is an outlier above M times its layer's mean).
     #[arg(long, default_value_t = 5.0)]
     owl_m: f64,
@@ -392,8 +453,43 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             )?;
             Some((stage, target, shrink_recipe::alloc::OwlProbe::new(a.owl_m)?))
         }
-        o => bail!("unknown --allocate '{o}' (use uniform or owl)"),
+        "agent" => None,
+        o => bail!("unknown --allocate '{o}' (use uniform, owl or agent)"),
     };
+    let agent = if a.allocate == "agent" {
+        let (stage, target) = shrink_recipe::alloc::pruning_stage(&recipe)?;
+        let settings = shrink_recipe::agent::AgentSettings {
+            target,
+            start: a.agent_start.unwrap_or((target - 0.1).max(0.0)),
+            step: a.agent_step,
+            layers_per_step: a.agent_layers.unwrap_or(n_layers.div_ceil(6).max(1)),
+            rollback_threshold: a.rollback_threshold,
+            max_layer_sparsity: a.agent_max_sparsity.unwrap_or((target + 0.2).min(0.95)),
+            max_steps: a.agent_max_steps,
+            cooldown: 2,
+        };
+        settings.check()?;
+        if !(a.agent_timeout.is_finite() && a.agent_timeout > 0.0) {
+            bail!(
+                "--agent-timeout must be a positive number of seconds, got {}",
+                a.agent_timeout
+            );
+        }
+        Some((stage, settings))
+    } else {
+        if a.agent_cmd.is_some() {
+            bail!("--agent-cmd needs --allocate agent");
+        }
+        None
+    };
+    if a.holdin_samples == 0 {
+        bail!("--holdin-samples must be at least 1");
+    }
+    if let Some(r) = a.max_ppl_rise {
+        if !(r.is_finite() && r >= 0.0) {
+            bail!("--max-ppl-rise must be a fraction >= 0 (0.5 = 50% higher), got {r}");
+        }
+    }
     let sequential = match a.sequential.as_str() {
         "group" => shrink_pipeline::Sequential::Group,
         "layer" => shrink_pipeline::Sequential::Layer,
@@ -506,6 +602,74 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 "layer": l.layer, "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
             })).collect::<Vec<_>>(),
         }));
+    }
+    // The agents paper's loop: a dense pass, then proposals measured on the held-in slice,
+    // each kept or rolled back; the allocation becomes one sparsity override per layer.
+    if let Some((stage, settings)) = &agent {
+        let ext = match &a.agent_cmd {
+            Some(c) => Some(shrink_recipe::agent::External::spawn(
+                c,
+                std::time::Duration::from_secs_f64(a.agent_timeout),
+            )?),
+            None => None,
+        };
+        let bar = progress::bar(n_layers as u64, "agent: measuring layers", quiet);
+        let mut log = |st: &shrink_recipe::agent::Step| {
+            if quiet {
+                return;
+            }
+            let moves: Vec<String> = st
+                .prune
+                .iter()
+                .map(|p| format!("{} +{:.3}", p.layer, p.amount))
+                .collect();
+            eprintln!(
+                "agent step {} ({}): layers {} -> sparsity {:.4}; held-in perplexity {:.3} ({:+.2}%): {}",
+                st.step,
+                st.proposer,
+                moves.join(", "),
+                st.sparsity_after,
+                st.perplexity,
+                100.0 * st.rise,
+                if st.accepted { "kept" } else { "ROLLED BACK" }
+            );
+        };
+        let out = shrink_recipe::agent::allocate(
+            &src,
+            &calib,
+            0..n_layers,
+            a.holdin_samples,
+            settings,
+            ext,
+            &mut |d, n| {
+                bar.set_position(d as u64);
+                if d == n {
+                    bar.finish_and_clear();
+                }
+            },
+            &mut log,
+        )?;
+        bar.finish_and_clear();
+        recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &out.sparsities);
+        plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+        if !quiet {
+            eprintln!(
+                "agent: {} steps ({} rolled back) in {:.1} s; sparsity {:.4}; held-in perplexity dense {:.3}, start {:.3}, final {:.3}",
+                out.steps.len(),
+                out.rollbacks,
+                out.seconds,
+                out.sparsity,
+                out.dense_perplexity,
+                out.start_perplexity,
+                out.final_perplexity
+            );
+        }
+        let mut v = serde_json::to_value(&out)?;
+        v["strategy"] = json!("agent");
+        v["settings"] = serde_json::to_value(settings)?;
+        v["agent_cmd"] = json!(a.agent_cmd);
+        v["note"] = json!("candidate models are pruned with Wanda masks from the dense model's input norms; the run's method then prunes with the allocation");
+        allocation = Some(v);
     }
     let bar = progress::bar(n_layers as u64, "layers", quiet);
     bar.set_position(start as u64);
@@ -624,6 +788,25 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 .collect();
             meta.insert("linear_stages".into(), serde_json::to_string(&per)?);
         }
+        // The perplexity guard, on the held-in calibration windows.
+        let guard = match a.max_ppl_rise {
+            Some(r) => {
+                let (o, q) = holdin_perplexity(&src, &overlay, &calib, a.holdin_samples)?;
+                let rise = q / o - 1.0;
+                if rise > r {
+                    bail!(
+                        "held-in perplexity rose from {o:.4} to {q:.4} ({:+.2}%), more than \
+                         --max-ppl-rise {r}: the output was not written",
+                        100.0 * rise
+                    );
+                }
+                Some(
+                    json!({"max_rise": r, "original": o, "compressed": q, "rise": rise,
+                            "windows": a.holdin_samples.min(calib.nsamples), "seqlen": calib.seqlen}),
+                )
+            }
+            None => None,
+        };
         let n_quant = write_quantized(&layer_src, &dir.join("quantized.safetensors"), meta)?;
         drop(layer_src);
         let write_s = t.elapsed().as_secs_f64();
@@ -635,6 +818,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             "recipe": recipe,
             "plan": plan.summary(),
             "allocation": allocation,
+            "guard": guard,
             "calibration": calib,
             "layers_compressed": n_layers,
         "sequential": sequential,
@@ -690,4 +874,27 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Perplexity of the original model and of the compressed one (`overlay`) on the first `n`
+/// calibration windows (which already start with BOS where the model adds it).
+fn holdin_perplexity(
+    src: &ModelSource,
+    overlay: &dyn shrink_model::TensorSource,
+    calib: &CalibSet,
+    n: usize,
+) -> Result<(f64, f64)> {
+    let w = n.min(calib.nsamples).max(1);
+    let ids = &calib.ids[..w * calib.seqlen];
+    let opts = shrink_eval::PplOptions {
+        seqlen: calib.seqlen,
+        ..Default::default()
+    };
+    let ppl = |t: &dyn shrink_model::TensorSource| -> Result<f64> {
+        let mut m = shrink_model::Model::load(&src.config, t)?;
+        Ok(shrink_eval::perplexity(&mut m, ids, &opts, &mut |_, _| {})?.perplexity)
+    };
+    let o = ppl(src.tensors.as_ref())?;
+    let q = ppl(overlay)?;
+    Ok((o, q))
 }

@@ -141,8 +141,9 @@ pub fn perplexity(
 }
 
 /// Sum of the NLL of tokens 1..seq of each window given normed hidden states `[b*seq, hidden]`.
-/// Logits are computed a slice of rows at a time to bound memory.
-fn window_nll(model: &Model, hidden: &[f32], ids: &[u32], b: usize, seq: usize) -> f64 {
+/// Logits are computed a slice of rows at a time to bound memory. The last position of each
+/// window predicts nothing inside it.
+pub fn window_nll(model: &Model, hidden: &[f32], ids: &[u32], b: usize, seq: usize) -> f64 {
     let h = model.config.hidden_size;
     let vocab = model.head().shape[0];
     const ROWS: usize = 256;

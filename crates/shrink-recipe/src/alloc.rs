@@ -71,7 +71,7 @@ fn finish(layer: usize, scores: &mut [f32], m: f64) -> LayerOutliers {
 }
 
 /// The layer index in `model.layers.N....`.
-fn layer_of(linear: &str) -> Result<usize> {
+pub(crate) fn layer_of(linear: &str) -> Result<usize> {
     linear
         .split('.')
         .skip_while(|p| *p != "layers")
@@ -208,10 +208,10 @@ pub fn pruning_stage(recipe: &Recipe) -> Result<(usize, f64)> {
     match found.as_slice() {
         [(i, p)] => Ok((*i, *p)),
         [] => bail!(
-            "--allocate owl distributes a global --sparsity FRACTION over the layers; the recipe \
+            "--allocate owl and agent distribute a global --sparsity FRACTION over the layers; the recipe \
              has no stage with an unstructured sparsity (N:M patterns are per group, not allocated)"
         ),
-        _ => bail!("--allocate owl: more than one stage prunes; give one pruning stage"),
+        _ => bail!("--allocate: more than one stage prunes; give one pruning stage"),
     }
 }
 

@@ -10,6 +10,7 @@
 //! settings writes a recipe, and a recipe reproduces the run.
 //!
 //! [`Assign`]: shrink_pipeline::Assign
+pub mod agent;
 pub mod alloc;
 pub mod plan;
 pub mod profile;
