@@ -560,70 +560,71 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     // OWL: one dense pass over the calibration data measures every layer, then the recipe gets
     // one sparsity override per layer.
     let mut allocation = None;
-    if let Some((stage, target, probe)) = &owl {
-        let t = std::time::Instant::now();
-        let bar = progress::bar(n_layers as u64, "OWL: measuring layers", quiet);
-        shrink_pipeline::run(
-            &src,
-            &calib,
-            probe as &dyn shrink_methods::Method,
-            0..n_layers,
-            &mut shrink_pipeline::Discard,
-            &mut |d, _| bar.set_position(d as u64),
-        )?;
-        bar.finish_and_clear();
-        let layers = probe.layers();
-        let s = shrink_recipe::alloc::owl_sparsities(&layers, *target, a.owl_lambda)?;
-        let per: Vec<(usize, f64)> = layers
-            .iter()
-            .map(|l| l.layer)
-            .zip(s.iter().copied())
-            .collect();
-        recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &per);
-        plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
-        if !quiet {
-            let (lo, hi) = s
+    let allocated = (|| -> Result<()> {
+        if let Some((stage, target, probe)) = &owl {
+            let t = std::time::Instant::now();
+            let bar = progress::bar(n_layers as u64, "OWL: measuring layers", quiet);
+            shrink_pipeline::run(
+                &src,
+                &calib,
+                probe as &dyn shrink_methods::Method,
+                0..n_layers,
+                &mut shrink_pipeline::Discard,
+                &mut |d, _| bar.set_position(d as u64),
+            )?;
+            bar.finish_and_clear();
+            let layers = probe.layers();
+            let s = shrink_recipe::alloc::owl_sparsities(&layers, *target, a.owl_lambda)?;
+            let per: Vec<(usize, f64)> = layers
                 .iter()
-                .fold((1f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
-            eprintln!(
+                .map(|l| l.layer)
+                .zip(s.iter().copied())
+                .collect();
+            recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &per);
+            plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+            if !quiet {
+                let (lo, hi) = s
+                    .iter()
+                    .fold((1f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
+                eprintln!(
                 "OWL (M = {}, lambda = {}): layer sparsities {lo:.4}..{hi:.4} for a global {target} ({:.1} s)",
                 a.owl_m,
                 a.owl_lambda,
                 t.elapsed().as_secs_f64()
             );
-        }
-        allocation = Some(json!({
-            "strategy": "owl",
-            "m": a.owl_m,
-            "lambda": a.owl_lambda,
-            "target": target,
-            "seconds": t.elapsed().as_secs_f64(),
-            "layers": layers.iter().zip(&s).map(|(l, s)| json!({
-                "layer": l.layer, "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
-            })).collect::<Vec<_>>(),
-        }));
-    }
-    // The agents paper's loop: a dense pass, then proposals measured on the held-in slice,
-    // each kept or rolled back; the allocation becomes one sparsity override per layer.
-    if let Some((stage, settings)) = &agent {
-        let ext = match &a.agent_cmd {
-            Some(c) => Some(shrink_recipe::agent::External::spawn(
-                c,
-                std::time::Duration::from_secs_f64(a.agent_timeout),
-            )?),
-            None => None,
-        };
-        let bar = progress::bar(n_layers as u64, "agent: measuring layers", quiet);
-        let mut log = |st: &shrink_recipe::agent::Step| {
-            if quiet {
-                return;
             }
-            let moves: Vec<String> = st
-                .prune
-                .iter()
-                .map(|p| format!("{} +{:.3}", p.layer, p.amount))
-                .collect();
-            eprintln!(
+            allocation = Some(json!({
+                "strategy": "owl",
+                "m": a.owl_m,
+                "lambda": a.owl_lambda,
+                "target": target,
+                "seconds": t.elapsed().as_secs_f64(),
+                "layers": layers.iter().zip(&s).map(|(l, s)| json!({
+                    "layer": l.layer, "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        // The agents paper's loop: a dense pass, then proposals measured on the held-in slice,
+        // each kept or rolled back; the allocation becomes one sparsity override per layer.
+        if let Some((stage, settings)) = &agent {
+            let ext = match &a.agent_cmd {
+                Some(c) => Some(shrink_recipe::agent::External::spawn(
+                    c,
+                    std::time::Duration::from_secs_f64(a.agent_timeout),
+                )?),
+                None => None,
+            };
+            let bar = progress::bar(n_layers as u64, "agent: measuring layers", quiet);
+            let mut log = |st: &shrink_recipe::agent::Step| {
+                if quiet {
+                    return;
+                }
+                let moves: Vec<String> = st
+                    .prune
+                    .iter()
+                    .map(|p| format!("{} +{:.3}", p.layer, p.amount))
+                    .collect();
+                eprintln!(
                 "agent step {} ({}): layers {} -> sparsity {:.4}; held-in perplexity {:.3} ({:+.2}%): {}",
                 st.step,
                 st.proposer,
@@ -633,27 +634,27 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 100.0 * st.rise,
                 if st.accepted { "kept" } else { "ROLLED BACK" }
             );
-        };
-        let out = shrink_recipe::agent::allocate(
-            &src,
-            &calib,
-            0..n_layers,
-            a.holdin_samples,
-            settings,
-            ext,
-            &mut |d, n| {
-                bar.set_position(d as u64);
-                if d == n {
-                    bar.finish_and_clear();
-                }
-            },
-            &mut log,
-        )?;
-        bar.finish_and_clear();
-        recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &out.sparsities);
-        plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
-        if !quiet {
-            eprintln!(
+            };
+            let out = shrink_recipe::agent::allocate(
+                &src,
+                &calib,
+                0..n_layers,
+                a.holdin_samples,
+                settings,
+                ext,
+                &mut |d, n| {
+                    bar.set_position(d as u64);
+                    if d == n {
+                        bar.finish_and_clear();
+                    }
+                },
+                &mut log,
+            )?;
+            bar.finish_and_clear();
+            recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &out.sparsities);
+            plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+            if !quiet {
+                eprintln!(
                 "agent: {} steps ({} rolled back) in {:.1} s; sparsity {:.4}; held-in perplexity dense {:.3}, start {:.3}, final {:.3}",
                 out.steps.len(),
                 out.rollbacks,
@@ -663,13 +664,22 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 out.start_perplexity,
                 out.final_perplexity
             );
+            }
+            let mut v = serde_json::to_value(&out)?;
+            v["strategy"] = json!("agent");
+            v["settings"] = serde_json::to_value(settings)?;
+            v["agent_cmd"] = json!(a.agent_cmd);
+            v["note"] = json!("candidate models are pruned with Wanda masks from the dense model's input norms; the run's method then prunes with the allocation");
+            allocation = Some(v);
         }
-        let mut v = serde_json::to_value(&out)?;
-        v["strategy"] = json!("agent");
-        v["settings"] = serde_json::to_value(settings)?;
-        v["agent_cmd"] = json!(a.agent_cmd);
-        v["note"] = json!("candidate models are pruned with Wanda masks from the dense model's input norms; the run's method then prunes with the allocation");
-        allocation = Some(v);
+        Ok(())
+    })();
+    if let Err(e) = allocated {
+        // Nothing was compressed yet: leave no checkpoint behind.
+        if !a.resume {
+            ckpt.remove();
+        }
+        return Err(e);
     }
     let bar = progress::bar(n_layers as u64, "layers", quiet);
     bar.set_position(start as u64);

@@ -320,7 +320,7 @@ fn agent_settings_are_checked_before_work() {
     }
 }
 
-/// On the default model: steps of 0.2 on one layer at a time, rolled back above a 1% rise.
+/// On the default model: steps of 0.2 on one layer at a time, rolled back above a 5% rise.
 /// The log must show rollbacks and still reach the target; the guard refuses a model whose
 /// held-in perplexity rose too much and writes nothing.
 #[test]
@@ -369,13 +369,13 @@ fn rollbacks_and_the_guard_on_the_default_model() {
             "--agent-layers",
             "1",
             "--rollback-threshold",
-            "0.01",
+            "0.05",
             "--holdin-samples",
             "4",
         ],
     ));
     let rep = report(&out);
-    check_log(&rep, 0.01, 0.5);
+    check_log(&rep, 0.05, 0.5);
     let rolled = steps(&rep)
         .iter()
         .filter(|x| x["accepted"] == false)
