@@ -92,7 +92,8 @@ impl Checkpoint {
         let p = Self::require(out)?.join("settings.json");
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid checkpoint file", p.display()))
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid checkpoint file", p.display()))
     }
 
     /// Opens an interrupted run's checkpoint, checking that `settings` are the ones it was

@@ -449,7 +449,11 @@ fn check_drop_only(r: &Recipe, a: &CompressArgs) -> Result<()> {
 }
 
 /// Calibration tokens for a fresh run, as the recipe asks.
-fn load_calib(a: &CompressArgs, c: &shrink_recipe::CalibSection, src: &ModelSource) -> Result<CalibSet> {
+fn load_calib(
+    a: &CompressArgs,
+    c: &shrink_recipe::CalibSection,
+    src: &ModelSource,
+) -> Result<CalibSet> {
     match &a.calib_ids {
         Some(p) => CalibSet::load(p, src.config.vocab_size),
         None => {
@@ -490,12 +494,9 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             .with_context(|| a.model.display().to_string())?;
         recipe.drop_layers.clear(); // the flags replace a recipe's list
     } else if !recipe.drop_layers.is_empty() {
-        recipe.drop_layers = shrink_recipe::layers::check_list(
-            &recipe.drop_layers,
-            total_layers,
-            &recipe_label,
-        )
-        .with_context(|| format!("for {}", a.model.display()))?;
+        recipe.drop_layers =
+            shrink_recipe::layers::check_list(&recipe.drop_layers, total_layers, &recipe_label)
+                .with_context(|| format!("for {}", a.model.display()))?;
     }
     let dropping = drop_req.is_some() || !recipe.drop_layers.is_empty();
     let drop_only = dropping && recipe.stage.len() == 1 && recipe.stage[0].method.is_none();
@@ -584,7 +585,8 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         } else {
             let scores = if req.score.needs_data() {
                 let calib = calib.as_ref().expect("loaded above");
-                let bar = progress::bar(total_layers as u64, "layer scores: measuring layers", quiet);
+                let bar =
+                    progress::bar(total_layers as u64, "layer scores: measuring layers", quiet);
                 let s = shrink_recipe::layers::measure(&src, calib, req.n, &mut |d, _| {
                     bar.set_position(d as u64)
                 })?;
@@ -651,7 +653,15 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         v
     });
     if drop_only {
-        return write_pruned(&a, &src, &recipe, calib.as_ref(), layer_drop_json, eval_text.as_deref(), quiet);
+        return write_pruned(
+            &a,
+            &src,
+            &recipe,
+            calib.as_ref(),
+            layer_drop_json,
+            eval_text.as_deref(),
+            quiet,
+        );
     }
     let n_layers = a
         .layers
@@ -957,7 +967,6 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     }
     Ok(())
 }
-
 
 /// Writes the pruned model as it is (layer pruning without a compression method): config.json,
 /// model.safetensors, the tokenizer, report.json and recipe.toml.

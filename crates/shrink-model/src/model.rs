@@ -147,13 +147,24 @@ impl ModelSource {
     pub fn keep_layers(self, keep: &[usize]) -> Result<ModelSource> {
         let n = self.config.num_layers;
         if keep.is_empty() {
-            bail!("{}: no layer would remain (the model has {n})", self.path.display());
+            bail!(
+                "{}: no layer would remain (the model has {n})",
+                self.path.display()
+            );
         }
         if let Some(w) = keep.windows(2).find(|w| w[0] >= w[1]) {
-            bail!("kept layers must be strictly ascending, found {} before {}", w[0], w[1]);
+            bail!(
+                "kept layers must be strictly ascending, found {} before {}",
+                w[0],
+                w[1]
+            );
         }
         if let Some(&i) = keep.iter().find(|&&i| i >= n) {
-            bail!("{}: layer {i} does not exist (the model has {n}: 0..{})", self.path.display(), n - 1);
+            bail!(
+                "{}: layer {i} does not exist (the model has {n}: 0..{})",
+                self.path.display(),
+                n - 1
+            );
         }
         let config = self.config.with_layers(keep);
         let tensors: Box<dyn TensorSource> = Box::new(LayerView {

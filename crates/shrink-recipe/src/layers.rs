@@ -161,9 +161,9 @@ impl BoundaryStats {
     /// Takes `x_{seen+1}`.
     pub fn push(&mut self, x: &[f32]) {
         let prev = self.ring.back().expect("the ring holds x_0 at least");
-        self.scores.bi.push(
-            crate::profile::block_influence(prev, x, self.d),
-        );
+        self.scores
+            .bi
+            .push(crate::profile::block_influence(prev, x, self.d));
         self.seen += 1;
         if self.seen >= self.n {
             let far = &self.ring[self.ring.len() - self.n];
@@ -366,9 +366,15 @@ mod tests {
             let want = (angles[l + 2] - angles[l]) / std::f64::consts::PI;
             assert!((v - want).abs() < 1e-6, "l={l}: {v} vs {want}");
         }
-        assert_eq!(choose(LayerScore::Angular, 2, 6, Some(&s), 0).unwrap(), vec![3, 4]);
+        assert_eq!(
+            choose(LayerScore::Angular, 2, 6, Some(&s), 0).unwrap(),
+            vec![3, 4]
+        );
         // bi: 1 - cos of each layer's turn: the two smallest are layers 3 and 4 as well...
-        assert_eq!(choose(LayerScore::Bi, 2, 6, Some(&s), 0).unwrap(), vec![3, 4]);
+        assert_eq!(
+            choose(LayerScore::Bi, 2, 6, Some(&s), 0).unwrap(),
+            vec![3, 4]
+        );
     }
 
     #[test]
@@ -377,16 +383,25 @@ mod tests {
         // contiguous block of 2 is the one with the smallest total turn.
         let angles = [0.0, 0.5, 0.51, 1.0, 1.6, 1.61, 2.0];
         let s = scores_of(&angles, 2);
-        assert_eq!(choose(LayerScore::Bi, 2, 6, Some(&s), 0).unwrap(), vec![1, 4]);
+        assert_eq!(
+            choose(LayerScore::Bi, 2, 6, Some(&s), 0).unwrap(),
+            vec![1, 4]
+        );
         // turns of blocks: l=0: .51, l=1: .5, l=2: 1.09, l=3: .61, l=4: .4
-        assert_eq!(choose(LayerScore::Angular, 2, 6, Some(&s), 0).unwrap(), vec![4, 5]);
+        assert_eq!(
+            choose(LayerScore::Angular, 2, 6, Some(&s), 0).unwrap(),
+            vec![4, 5]
+        );
         // BI values are 1 - cos(turn)
         assert!((s.bi[0] - (1.0 - 0.5f64.cos())).abs() < 1e-6);
     }
 
     #[test]
     fn last_random_and_counts() {
-        assert_eq!(choose(LayerScore::Last, 3, 10, None, 0).unwrap(), vec![6, 7, 8]);
+        assert_eq!(
+            choose(LayerScore::Last, 3, 10, None, 0).unwrap(),
+            vec![6, 7, 8]
+        );
         let r = choose(LayerScore::Random, 4, 30, None, 7).unwrap();
         assert_eq!(r.len(), 4);
         assert!(r.windows(2).all(|w| w[0] < w[1]) && r[3] < 30);
