@@ -452,3 +452,55 @@ fn bad_layer_drop_input_is_refused_before_any_work() {
         check(&["--recipe", s(&recipe)], &["r.toml: drop_layers", needle]);
     }
 }
+
+#[test]
+fn a_pruned_gguf_model_exports_to_gguf_with_the_original_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let hf = llama6(t, "l6", &[]);
+    let gguf = t.join("l6.gguf");
+    gguf_of(&hf, &gguf);
+    let out = t.join("pruned");
+    ok(&[
+        "compress",
+        "-q",
+        "--model",
+        s(&gguf),
+        "--drop-layers",
+        "2",
+        "--layer-score",
+        "last",
+        "--out",
+        s(&out),
+    ]);
+    // the metadata (tokenizer) comes from the GGUF the model came from, whose block_count is 6
+    let dst = t.join("pruned.gguf");
+    ok(&[
+        "export",
+        "-q",
+        "--model",
+        s(&out),
+        "--format",
+        "gguf",
+        "--type",
+        "F32",
+        "--token-embedding-type",
+        "F32",
+        "--out",
+        s(&dst),
+    ]);
+    let f = shrink_model::gguf::GgufFile::open(&dst).unwrap();
+    assert_eq!(f.get("llama.block_count").unwrap().as_u64(), Some(4));
+    let x = ids(16);
+    let a = logits(
+        &mut ModelSource::open(&dst).unwrap().load_all().unwrap(),
+        &x,
+    );
+    let b = reference(&gguf, &[3, 4], &x);
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "logits differ by {err}");
+}
