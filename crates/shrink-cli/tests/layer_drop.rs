@@ -134,6 +134,42 @@ fn pruned_model_equals_the_original_skipping_those_layers() {
 }
 
 #[test]
+fn moe_dense_layers_follow_the_kept_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // Qwen3-MoE fixture: 3 layers, layer 1 has a dense MLP (mlp_only_layers = [1])
+    let model = t.join("moe");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny("qwen3_moe").join(f), model.join(f)).unwrap();
+    }
+    std::fs::write(model.join("tokenizer.json"), tokenizer_json(128)).unwrap();
+    let recipe = t.join("r.toml");
+    std::fs::write(&recipe, "drop_layers = [0]\n").unwrap();
+    let out = t.join("o");
+    ok(&[
+        "compress",
+        "-q",
+        "--model",
+        s(&model),
+        "--recipe",
+        s(&recipe),
+        "--out",
+        s(&out),
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 2);
+    assert_eq!(cfg["mlp_only_layers"], serde_json::json!([0]));
+    let x = ids(20);
+    let got = logits(
+        &mut ModelSource::open(&out).unwrap().load_all().unwrap(),
+        &x,
+    );
+    assert_eq!(got, reference(&model, &[0], &x));
+}
+
+#[test]
 fn scores_choose_the_layers_that_do_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
