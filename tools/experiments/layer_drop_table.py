@@ -44,6 +44,11 @@ if a is not None:
     print(f"Combined: `--method rtn --bits 8 --drop-layers 4` (angular): {f(a)} "
           f"(dropped {dropped('rtn8-drop4-angular')}); `--method rtn --bits 8` alone: {f(b)}; "
           f"angular drop of 4 alone: {f(ppl('drop4-angular'))}.\n")
+full = [(n[: -len(".full-text.eval.json")], json.load(open(f"{res}/{n}")))
+        for n in sorted(os.listdir(res)) if n.endswith(".full-text.eval.json")]
+for name, e in full:
+    print(f"Whole data/eval.txt ({e['predicted_tokens']} predicted tokens): {name} {e['perplexity']:.2f} "
+          f"(`{name}.full-text.eval.json`).\n")
 r = load("drop4-angular", "report")
 if r:
     s = r["layer_drop"]["scores"]
@@ -53,3 +58,7 @@ if r:
     print("|---|" + "---|" * len(s["bi"]))
     print("| d(x_l, x_l+4) | " + " | ".join(f"{v:.3f}" for v in s["angular"]) + " |" + " |" * (len(s["bi"]) - len(s["angular"])))
     print("| BI_l | " + " | ".join(f"{v:.3f}" for v in s["bi"]) + " |")
+
+notes = f"{res}/notes.md"
+if os.path.exists(notes):
+    print("\n" + open(notes).read().rstrip())
