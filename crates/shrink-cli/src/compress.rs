@@ -56,13 +56,14 @@ LAYER PRUNING (--drop-layers N):\n  \
 Removes N decoder layers, then compresses the remaining ones on the pruned model (any method,\n  \
 in the same run); without --method the pruned model is written as it is. --layer-score:\n  \
 angular   Gromov et al.: the block of N consecutive layers whose input and output hidden\n            \
-states are closest in angle, (1/pi) arccos(cos(x_l, x_l+N)), averaged over all calibration\n            \
-tokens (the default; one dense pass over the calibration data)\n  \
+states are closest in angle, (1/pi) arccos(cos(x_l, x_l+N)), averaged over all\n            \
+calibration tokens (the default; one dense pass over the calibration data)\n  \
 bi        ShortGPT's block influence 1 - E_t cos(x_l, x_l+1): the N layers of lowest BI\n  \
 last      the N layers just before the final one (the papers' baseline; no calibration pass)\n  \
 random    N layers drawn uniformly with --layer-seed (a baseline)\n  \
 shrink compress --model MODEL --drop-layers 4 --calib data/calib.txt --nsamples 32 --out DIR\n  \
-shrink compress --model MODEL --drop-layers 4 --method rtn --bits 8 --calib data/calib.txt --out DIR\n  \
+shrink compress --model MODEL --drop-layers 4 --method rtn --bits 8 --calib data/calib.txt \\\n      \
+--out DIR\n  \
 The output describes the pruned model (config.json, every tensor renamed: layers 0..L-N-1);\n  \
 report.json gives the dropped layers, the score and every layer's score; recipe.toml holds\n  \
 drop_layers = [..] (the original layer numbers), so --recipe DIR/recipe.toml drops the same\n  \
