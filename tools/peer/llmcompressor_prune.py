@@ -19,6 +19,8 @@ in the pruned weights of the dense copy and, for N:M masks, whether every group 
         --out out/peer/llmc-sparsegpt-50
     .venv-llmc/bin/python tools/peer/llmcompressor_prune.py --method sparsegpt --mask-structure 2:4 ...
     .venv-llmc/bin/python tools/peer/llmcompressor_prune.py --method wanda ...
+    .venv-llmc/bin/python tools/peer/llmcompressor_prune.py --method sparsegpt --sparsity 0.6 \
+        --sparsity-profile owl --owl-m 5 --owl-lmbda 0.08 ...   (OWL)
 """
 
 import argparse
@@ -34,6 +36,9 @@ IGNORE = ["re:.*lm_head"]
 
 def build_modifier(args):
     common = dict(sparsity=args.sparsity, mask_structure=args.mask_structure, targets=["Linear"], ignore=IGNORE)
+    if args.sparsity_profile:
+        # OWL (llm-compressor's sparsity_profile="owl", owl_m, owl_lmbda)
+        common.update(sparsity_profile=args.sparsity_profile, owl_m=args.owl_m, owl_lmbda=args.owl_lmbda)
     if args.method == "sparsegpt":
         from llmcompressor.modifiers.pruning import SparseGPTModifier
 
@@ -82,6 +87,10 @@ def main():
     ap.add_argument("--mask-structure", default="0:0", help='"0:0" unstructured (default) or "N:M", e.g. "2:4"')
     ap.add_argument("--dampening", type=float, default=0.01, help="SparseGPT dampening_frac")
     ap.add_argument("--block-size", type=int, default=128, help="SparseGPT block_size")
+    ap.add_argument("--sparsity-profile", choices=["owl"], default=None,
+                    help="layerwise sparsity profile (OWL), with --owl-m and --owl-lmbda")
+    ap.add_argument("--owl-m", type=float, default=5.0)
+    ap.add_argument("--owl-lmbda", type=float, default=0.08)
     args = ap.parse_args()
 
     torch = P.setup_torch(args.threads, args.omp_wait_policy)  # noqa: F841
@@ -106,6 +115,8 @@ def main():
           f"pipeline {pipeline}")
     settings = {"sparsity": args.sparsity, "mask_structure": args.mask_structure, "targets": ["Linear"],
                 "ignore": IGNORE, "batch_size": 1, "shuffle_calibration_samples": True}
+    if args.sparsity_profile:
+        settings.update(sparsity_profile=args.sparsity_profile, owl_m=args.owl_m, owl_lmbda=args.owl_lmbda)
     if args.method == "sparsegpt":
         settings.update(dampening_frac=args.dampening, block_size=args.block_size)
     report = {

@@ -87,6 +87,15 @@ impl Checkpoint {
         Ok(c)
     }
 
+    /// The settings an interrupted run of `out` was started with (its `settings.json`).
+    pub fn saved_settings(out: &Path) -> Result<Value> {
+        let p = Self::require(out)?.join("settings.json");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid checkpoint file", p.display()))
+    }
+
     /// Opens an interrupted run's checkpoint, checking that `settings` are the ones it was
     /// started with.
     pub fn resume(
@@ -104,7 +113,7 @@ impl Checkpoint {
                 .with_context(|| format!("{}: invalid checkpoint file", p.display()))
         };
         let saved = read("settings.json")?;
-        for key in ["model", "recipe", "layers", "sequential"] {
+        for key in ["model", "recipe", "layers", "sequential", "layer_drop"] {
             if saved[key] != settings[key] {
                 bail!(
                     "{}: the interrupted run used different settings ({key}: {} then, {} now); \

@@ -13,6 +13,7 @@ use shrink_model::source::{Overlay, SafetensorsSource};
 use shrink_model::{DecoderLayer, ModelSource};
 use shrink_pipeline::Assign;
 use shrink_pipeline::{LayerReport, LayerSink};
+use shrink_recipe::layers::LayerScore;
 use shrink_recipe::{Plan, Recipe, Slot, Stage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,24 @@ that is not such JSON or names an impossible step (unknown layer, amount <= 0, a
 max_layer_sparsity) is logged and the built-in policy takes that step; no answer within\n  \
 --agent-timeout, an exit, or three failures in a row stop the program and the built-in\n  \
 policy finishes. report.json's allocation.steps is the run log.\n\n\
+LAYER PRUNING (--drop-layers N):\n  \
+Removes N decoder layers, then compresses the remaining ones on the pruned model (any method,\n  \
+in the same run); without --method the pruned model is written as it is. --layer-score:\n  \
+angular   Gromov et al.: the block of N consecutive layers whose input and output hidden\n            \
+states are closest in angle, (1/pi) arccos(cos(x_l, x_l+N)), averaged over all\n            \
+calibration tokens (the default; one dense pass over the calibration data)\n  \
+bi        ShortGPT's block influence 1 - E_t cos(x_l, x_l+1): the N layers of lowest BI\n  \
+last      the N layers just before the final one (the papers' baseline; no calibration pass)\n  \
+random    N layers drawn uniformly with --layer-seed (a baseline)\n  \
+shrink compress --model MODEL --drop-layers 4 --calib data/calib.txt --nsamples 32 --out DIR\n  \
+shrink compress --model MODEL --drop-layers 4 --method rtn --bits 8 --calib data/calib.txt \\\n      \
+--out DIR\n  \
+The output describes the pruned model (config.json, every tensor renamed: layers 0..L-N-1);\n  \
+report.json gives the dropped layers, the score and every layer's score; recipe.toml holds\n  \
+drop_layers = [..] (the original layer numbers), so --recipe DIR/recipe.toml drops the same\n  \
+layers again without scoring. Layer numbers in a recipe's patterns (ignore, targets,\n  \
+[[override]] match) are the ORIGINAL model's: a pattern that matches only dropped layers is\n  \
+refused. report.json's per-layer entries use the pruned model's numbering.\n\n\
 OUTPUT (DIR, written under a temporary name and renamed when complete):\n  \
 config.json, model.safetensors (dequantized f32), tokenizer.json, tokenizer_config.json\n  \
 quantized.safetensors   integer codes (U8), scales (F32), zero points (I32) and g_idx (I32) per linear\n  \
@@ -244,6 +263,16 @@ pub struct CompressArgs {
     /// OWL's lambda: layer sparsities lie within +-lambda of the target.
     #[arg(long, default_value_t = 0.08)]
     owl_lambda: f64,
+    /// Layer pruning: remove N decoder layers (chosen by --layer-score) before compressing; the
+    /// remaining layers are renumbered and calibrated on the pruned model (see LAYER PRUNING).
+    #[arg(long, value_name = "N")]
+    drop_layers: Option<usize>,
+    /// How --drop-layers chooses: angular (default), bi, last or random.
+    #[arg(long, value_name = "angular|bi|last|random")]
+    layer_score: Option<String>,
+    /// Seed of --layer-score random [default: 0].
+    #[arg(long, value_name = "SEED")]
+    layer_seed: Option<u64>,
     /// Compress only the first N layers (for measurements; the rest are copied unchanged).
     #[arg(long, hide = true)]
     layers: Option<usize>,
@@ -412,21 +441,136 @@ fn write_quantized(
     Ok(n / 4)
 }
 
+/// `--drop-layers N --layer-score S --layer-seed K`, checked before the model is opened.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+struct DropRequest {
+    n: usize,
+    score: LayerScore,
+    seed: Option<u64>,
+}
+
+fn drop_request(a: &CompressArgs) -> Result<Option<DropRequest>> {
+    let score = a
+        .layer_score
+        .as_deref()
+        .map(LayerScore::parse)
+        .transpose()?;
+    match a.drop_layers {
+        None | Some(0) if score.is_some() || a.layer_seed.is_some() => bail!(
+            "--layer-score and --layer-seed choose the layers --drop-layers N removes: give \
+             --drop-layers N with N >= 1"
+        ),
+        Some(0) => bail!("--drop-layers 0 drops nothing: give N >= 1, or leave the flag out"),
+        None => Ok(None),
+        Some(n) => {
+            let score = score.unwrap_or(LayerScore::Angular);
+            if a.layer_seed.is_some() && score != LayerScore::Random {
+                bail!(
+                    "--layer-seed seeds --layer-score random; this run scores layers by {}",
+                    score.name()
+                );
+            }
+            Ok(Some(DropRequest {
+                n,
+                score,
+                seed: (score == LayerScore::Random).then(|| a.layer_seed.unwrap_or(0)),
+            }))
+        }
+    }
+}
+
+/// A recipe that asks for no method: with layers to drop, the pruned model is written as it is.
+/// Refuses the method settings that would then do nothing.
+fn check_drop_only(r: &Recipe, a: &CompressArgs) -> Result<()> {
+    let s = &r.stage[0];
+    let stray = [
+        ("bits", s.bits.is_some()),
+        ("sparsity", s.sparsity.is_some()),
+        ("pattern", s.pattern.is_some()),
+        ("group_size", s.group_size.is_some()),
+        ("act_order", s.act_order.is_some()),
+        ("damp", s.damp.is_some()),
+        ("block_size", s.block_size.is_some()),
+        ("scope", s.scope.is_some()),
+        ("targets", !s.targets.is_empty()),
+        ("stage ignore", !s.ignore.is_empty()),
+        ("ignore", !r.ignore.is_empty()),
+        ("[[override]]", !r.overrides.is_empty()),
+        ("--allocate owl", a.allocate != "uniform"),
+        ("sym", s.sym == Some(true)),
+        ("mse", s.mse == Some(true)),
+        ("static_groups", s.static_groups == Some(true)),
+    ];
+    if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
+        bail!(
+            "{k} is a setting of a compression method, but no method is given: add --method \
+             (rtn|gptq|magnitude|wanda|sparsegpt|obc), or leave {k} out to only drop layers"
+        );
+    }
+    Ok(())
+}
+
+/// Calibration tokens for a fresh run, as the recipe asks.
+fn load_calib(
+    a: &CompressArgs,
+    c: &shrink_recipe::CalibSection,
+    src: &ModelSource,
+) -> Result<CalibSet> {
+    match &a.calib_ids {
+        Some(p) => CalibSet::load(p, src.config.vocab_size),
+        None => {
+            let calib_path = c.file.clone().context(
+                "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
+            )?;
+            let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
+            let (n, l, seed) = (c.nsamples.unwrap(), c.seqlen.unwrap(), c.seed.unwrap());
+            CalibSet::sample(&source, &src.tokenizer, n, l, seed)
+        }
+    }
+}
+
+/// The layers dropped, why, and the scores behind the choice (for report.json).
+struct Dropped {
+    layers: Vec<usize>,
+    kept: Vec<usize>,
+    info: serde_json::Value,
+}
+
 pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let mut recipe = merged(&a)?;
-    let c = &recipe.calibration;
+    let drop_req = drop_request(&a)?;
     OutputDir::refuse_existing(&a.out, a.force)?;
     if a.resume {
         // Before the model is opened: a missing checkpoint is the first thing to report.
         Checkpoint::require(&a.out)?;
     }
     let src = ModelSource::open(&a.model)?;
-    let n_layers = a
-        .layers
-        .unwrap_or(src.config.num_layers)
-        .min(src.config.num_layers);
-    // Every linear's settings, checked before any work.
-    let modules = shrink_recipe::compressible_modules(&src.config, 0..n_layers);
+    let total_layers = src.config.num_layers;
+    let recipe_label = match &a.recipe {
+        Some(p) => format!("{}: drop_layers", p.display()),
+        None => "drop_layers".into(),
+    };
+    // Layer pruning, checked before any work: the count against the model, a recipe's list.
+    if let Some(r) = &drop_req {
+        shrink_recipe::layers::check_count(r.n, total_layers, &format!("--drop-layers {}", r.n))
+            .with_context(|| a.model.display().to_string())?;
+        recipe.drop_layers.clear(); // the flags replace a recipe's list
+    } else if !recipe.drop_layers.is_empty() {
+        recipe.drop_layers =
+            shrink_recipe::layers::check_list(&recipe.drop_layers, total_layers, &recipe_label)
+                .with_context(|| format!("for {}", a.model.display()))?;
+    }
+    let dropping = drop_req.is_some() || !recipe.drop_layers.is_empty();
+    let drop_only = dropping && recipe.stage.len() == 1 && recipe.stage[0].method.is_none();
+    if drop_only {
+        check_drop_only(&recipe, &a)?;
+        if a.resume {
+            bail!("--resume: a run that only drops layers keeps no checkpoint; run it again without --resume");
+        }
+    }
+    let n_layers_orig = a.layers.unwrap_or(total_layers).min(total_layers);
+    // Every linear's settings, checked before any work (on the original layers; checked again
+    // on the kept ones once they are known).
     let plan_context = || match &a.recipe {
         Some(p) => format!(
             "{}: the recipe does not fit {}",
@@ -435,7 +579,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         ),
         None => "invalid settings".into(),
     };
-    let mut plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+    if !drop_only {
+        let modules = shrink_recipe::compressible_modules(&src.config, 0..n_layers_orig);
+        Plan::new(&recipe, &modules).with_context(plan_context)?;
+    }
     let owl = match a.allocate.as_str() {
         "uniform" => None,
         "owl" => {
@@ -456,13 +603,13 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         "agent" => None,
         o => bail!("unknown --allocate '{o}' (use uniform, owl or agent)"),
     };
-    let agent = if a.allocate == "agent" {
+    let mut agent = if a.allocate == "agent" {
         let (stage, target) = shrink_recipe::alloc::pruning_stage(&recipe)?;
         let settings = shrink_recipe::agent::AgentSettings {
             target,
             start: a.agent_start.unwrap_or((target - 0.1).max(0.0)),
             step: a.agent_step,
-            layers_per_step: a.agent_layers.unwrap_or(n_layers.div_ceil(6).max(1)),
+            layers_per_step: a.agent_layers.unwrap_or(n_layers_orig.div_ceil(6).max(1)),
             rollback_threshold: a.rollback_threshold,
             max_layer_sparsity: a.agent_max_sparsity.unwrap_or((target + 0.2).min(0.95)),
             max_steps: a.agent_max_steps,
@@ -501,6 +648,146 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         "fallback-rtn" => shrink_pipeline::MoeCalibration::FallbackRtn,
         o => bail!("unknown --moe-calibration '{o}' (use routed, all or fallback-rtn)"),
     };
+    let eval_text = match &a.eval {
+        Some(p) => Some(crate::read_text(p)?),
+        None => None,
+    };
+    // A fresh run's calibration set (a resumed run reads its own from the checkpoint): needed
+    // for compressing and for the angular / bi scores.
+    let needs_calib = !drop_only || drop_req.is_some_and(|r| r.score.needs_data());
+    let mut calib = if needs_calib && !a.resume {
+        Some(load_calib(&a, &recipe.calibration, &src)?)
+    } else {
+        None
+    };
+    // Which layers go.
+    let mut dropped: Option<Dropped> = None;
+    if let Some(req) = drop_req {
+        let t = std::time::Instant::now();
+        let (layers, scores) = if a.resume {
+            // The interrupted run chose them; the same request must find the same list.
+            let saved = Checkpoint::saved_settings(&a.out)?;
+            if saved["layer_drop"] != serde_json::to_value(req)? {
+                bail!(
+                    "{}: the interrupted run used different layer-pruning settings ({} then); \
+                     resume with the same command, or delete the checkpoint to start over",
+                    Checkpoint::path_for(&a.out).display(),
+                    saved["layer_drop"]
+                );
+            }
+            let list: Vec<usize> =
+                serde_json::from_value(saved["recipe"]["recipe"]["drop_layers"].clone())
+                    .context("the checkpoint's settings.json lists no dropped layers")?;
+            (list, None)
+        } else {
+            let scores = if req.score.needs_data() {
+                let calib = calib.as_ref().expect("loaded above");
+                let bar =
+                    progress::bar(total_layers as u64, "layer scores: measuring layers", quiet);
+                let s = shrink_recipe::layers::measure(&src, calib, req.n, &mut |d, _| {
+                    bar.set_position(d as u64)
+                })?;
+                bar.finish_and_clear();
+                Some(s)
+            } else {
+                None
+            };
+            let list = shrink_recipe::layers::choose(
+                req.score,
+                req.n,
+                total_layers,
+                scores.as_ref(),
+                req.seed.unwrap_or(0),
+            )?;
+            (list, scores)
+        };
+        if !quiet {
+            eprintln!(
+                "layer pruning ({}): dropping {} of {total_layers} layers: {layers:?} ({:.1} s)",
+                req.score.name(),
+                req.n,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        dropped = Some(Dropped {
+            kept: shrink_recipe::layers::kept(total_layers, &layers),
+            info: json!({
+                "score": req.score,
+                "n": req.n,
+                "seed": req.seed,
+                "tokens": req.score.needs_data().then_some("angular / bi averaged over every calibration token"),
+                "seconds": t.elapsed().as_secs_f64(),
+                "scores": scores,
+            }),
+            layers,
+        });
+    } else if !recipe.drop_layers.is_empty() {
+        let layers = recipe.drop_layers.clone();
+        dropped = Some(Dropped {
+            kept: shrink_recipe::layers::kept(total_layers, &layers),
+            info: json!({"score": "recipe", "n": layers.len(), "recipe": a.recipe}),
+            layers,
+        });
+    }
+    // From here on, `src` is the pruned model: layers renumbered, config and names following.
+    let src = match &dropped {
+        Some(d) => {
+            recipe.drop_layers = d.layers.clone();
+            src.keep_layers(&d.kept)?
+        }
+        None => src,
+    };
+    let keep: Vec<usize> = match &dropped {
+        Some(d) => d.kept.clone(),
+        None => (0..total_layers).collect(),
+    };
+    let layer_drop_json = dropped.as_ref().map(|d| {
+        let mut v = d.info.clone();
+        v["dropped"] = json!(d.layers);
+        v["kept"] = json!(d.kept);
+        v["layers_before"] = json!(total_layers);
+        v["layers_after"] = json!(d.kept.len());
+        v
+    });
+    if drop_only {
+        return write_pruned(
+            &a,
+            &src,
+            &recipe,
+            calib.as_ref(),
+            layer_drop_json,
+            eval_text.as_deref(),
+            quiet,
+        );
+    }
+    let n_layers = a
+        .layers
+        .unwrap_or(src.config.num_layers)
+        .min(src.config.num_layers);
+    // The plan, resolved on the original layer numbers of the kept layers, then named as the
+    // pruned model names them.
+    let to_orig = |m: &str| {
+        shrink_recipe::layers::map_layer_name(m, |i| keep.get(i).copied()).unwrap_or(m.into())
+    };
+    let to_new = |m: &str| {
+        shrink_recipe::layers::map_layer_name(m, |i| keep.iter().position(|&k| k == i))
+            .unwrap_or(m.into())
+    };
+    let modules: Vec<String> = shrink_recipe::compressible_modules(&src.config, 0..n_layers)
+        .iter()
+        .map(|m| to_orig(m))
+        .collect();
+    let plan_context_dropped = || match &dropped {
+        Some(d) => format!(
+            "{} (with layers {:?} dropped: patterns use the original layer numbers)",
+            plan_context(),
+            d.layers
+        ),
+        None => plan_context(),
+    };
+    let mut plan = Plan::new(&recipe, &modules)
+        .with_context(plan_context_dropped)?
+        .renamed(to_new);
     let settings = json!({
         "model": a.model,
         "sequential": sequential,
@@ -508,6 +795,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         "moe_min_tokens": a.moe_min_tokens,
         "recipe": {"recipe": recipe, "calib_ids": a.calib_ids},
         "layers": n_layers,
+        "layer_drop": drop_req,
     });
     let (ckpt, calib, start, hidden, mut done_reports) = if a.resume {
         let (ckpt, r) = Checkpoint::resume(&a.out, &settings, src.config.vocab_size)?;
@@ -520,17 +808,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         }
         (ckpt, r.calib, r.next_layer, r.hidden, r.reports)
     } else {
-        let calib = match &a.calib_ids {
-            Some(p) => CalibSet::load(p, src.config.vocab_size)?,
-            None => {
-                let calib_path = c.file.clone().context(
-                    "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
-                )?;
-                let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
-                let (n, l, seed) = (c.nsamples.unwrap(), c.seqlen.unwrap(), c.seed.unwrap());
-                CalibSet::sample(&source, &src.tokenizer, n, l, seed)?
-            }
-        };
+        let calib = calib.take().expect("loaded above");
         let ckpt = Checkpoint::create(&a.out, &settings, &calib)?;
         (ckpt, calib, 0, None, vec![])
     };
@@ -541,10 +819,6 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             src.config.max_position_embeddings
         );
     }
-    let eval_text = match &a.eval {
-        Some(p) => Some(crate::read_text(p)?),
-        None => None,
-    };
     let layers_dir = ckpt.layers_dir();
     if !quiet {
         eprintln!(
@@ -560,6 +834,9 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     // OWL: one dense pass over the calibration data measures every layer, then the recipe gets
     // one sparsity override per layer.
     let mut allocation = None;
+    if let (Some((_, st)), None) = (agent.as_mut(), a.agent_layers) {
+        st.layers_per_step = n_layers.div_ceil(6).max(1); // of the layers left after any drop
+    }
     let allocated = (|| -> Result<()> {
         if let Some((stage, target, probe)) = &owl {
             let t = std::time::Instant::now();
@@ -577,21 +854,23 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             let s = shrink_recipe::alloc::owl_sparsities(&layers, *target, a.owl_lambda)?;
             let per: Vec<(usize, f64)> = layers
                 .iter()
-                .map(|l| l.layer)
+                .map(|l| keep[l.layer]) // the recipe's patterns use the original layer numbers
                 .zip(s.iter().copied())
                 .collect();
             recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &per);
-            plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+            plan = Plan::new(&recipe, &modules)
+                .with_context(plan_context_dropped)?
+                .renamed(to_new);
             if !quiet {
                 let (lo, hi) = s
                     .iter()
                     .fold((1f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
                 eprintln!(
-                "OWL (M = {}, lambda = {}): layer sparsities {lo:.4}..{hi:.4} for a global {target} ({:.1} s)",
-                a.owl_m,
-                a.owl_lambda,
-                t.elapsed().as_secs_f64()
-            );
+                    "OWL (M = {}, lambda = {}): layer sparsities {lo:.4}..{hi:.4} for a global {target} ({:.1} s)",
+                    a.owl_m,
+                    a.owl_lambda,
+                    t.elapsed().as_secs_f64()
+                );
             }
             allocation = Some(json!({
                 "strategy": "owl",
@@ -600,7 +879,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 "target": target,
                 "seconds": t.elapsed().as_secs_f64(),
                 "layers": layers.iter().zip(&s).map(|(l, s)| json!({
-                    "layer": l.layer, "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
+                    "layer": l.layer, "original_layer": keep[l.layer], "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
                 })).collect::<Vec<_>>(),
             }));
         }
@@ -625,15 +904,15 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                     .map(|p| format!("{} +{:.3}", p.layer, p.amount))
                     .collect();
                 eprintln!(
-                "agent step {} ({}): layers {} -> sparsity {:.4}; held-in perplexity {:.3} ({:+.2}%): {}",
-                st.step,
-                st.proposer,
-                moves.join(", "),
-                st.sparsity_after,
-                st.perplexity,
-                100.0 * st.rise,
-                if st.accepted { "kept" } else { "ROLLED BACK" }
-            );
+                    "agent step {} ({}): layers {} -> sparsity {:.4}; held-in perplexity {:.3} ({:+.2}%): {}",
+                    st.step,
+                    st.proposer,
+                    moves.join(", "),
+                    st.sparsity_after,
+                    st.perplexity,
+                    100.0 * st.rise,
+                    if st.accepted { "kept" } else { "ROLLED BACK" }
+                );
             };
             let out = shrink_recipe::agent::allocate(
                 &src,
@@ -651,25 +930,35 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 &mut log,
             )?;
             bar.finish_and_clear();
-            recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &out.sparsities);
-            plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+            // the recipe's patterns use the original layer numbers
+            let per: Vec<(usize, f64)> =
+                out.sparsities.iter().map(|&(l, s)| (keep[l], s)).collect();
+            recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &per);
+            plan = Plan::new(&recipe, &modules)
+                .with_context(plan_context_dropped)?
+                .renamed(to_new);
             if !quiet {
                 eprintln!(
-                "agent: {} steps ({} rolled back) in {:.1} s; sparsity {:.4}; held-in perplexity dense {:.3}, start {:.3}, final {:.3}",
-                out.steps.len(),
-                out.rollbacks,
-                out.seconds,
-                out.sparsity,
-                out.dense_perplexity,
-                out.start_perplexity,
-                out.final_perplexity
-            );
+                    "agent: {} steps ({} rolled back) in {:.1} s; sparsity {:.4}; held-in perplexity dense {:.3}, start {:.3}, final {:.3}",
+                    out.steps.len(),
+                    out.rollbacks,
+                    out.seconds,
+                    out.sparsity,
+                    out.dense_perplexity,
+                    out.start_perplexity,
+                    out.final_perplexity
+                );
             }
             let mut v = serde_json::to_value(&out)?;
             v["strategy"] = json!("agent");
             v["settings"] = serde_json::to_value(settings)?;
             v["agent_cmd"] = json!(a.agent_cmd);
-            v["note"] = json!("candidate models are pruned with Wanda masks from the dense model's input norms; the run's method then prunes with the allocation");
+            v["original_layers"] = json!(out
+                .sparsities
+                .iter()
+                .map(|&(l, _)| keep[l])
+                .collect::<Vec<_>>());
+            v["note"] = json!("candidate models are pruned with Wanda masks from the dense model's input norms; the run's method then prunes with the allocation; layer numbers are the (pruned) model's, original_layers maps them");
             allocation = Some(v);
         }
         Ok(())
@@ -801,7 +1090,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         // The perplexity guard, on the held-in calibration windows.
         let guard = match a.max_ppl_rise {
             Some(r) => {
-                let (o, q) = holdin_perplexity(&src, &overlay, &calib, a.holdin_samples)?;
+                let (o, q) = holdin_perplexity(&a.model, &src, &overlay, &calib, a.holdin_samples)?;
                 let rise = q / o - 1.0;
                 if rise > r {
                     bail!(
@@ -829,6 +1118,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             "plan": plan.summary(),
             "allocation": allocation,
             "guard": guard,
+            "layer_drop": layer_drop_json,
             "calibration": calib,
             "layers_compressed": n_layers,
         "sequential": sequential,
@@ -886,9 +1176,11 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// Perplexity of the original model and of the compressed one (`overlay`) on the first `n`
-/// calibration windows (which already start with BOS where the model adds it).
+/// Perplexity of the original model (`original`, before any layer drop) and of the compressed
+/// one (`overlay`, with `src`'s config) on the first `n` calibration windows (which already start
+/// with BOS where the model adds it).
 fn holdin_perplexity(
+    original: &Path,
     src: &ModelSource,
     overlay: &dyn shrink_model::TensorSource,
     calib: &CalibSet,
@@ -900,11 +1192,72 @@ fn holdin_perplexity(
         seqlen: calib.seqlen,
         ..Default::default()
     };
-    let ppl = |t: &dyn shrink_model::TensorSource| -> Result<f64> {
-        let mut m = shrink_model::Model::load(&src.config, t)?;
-        Ok(shrink_eval::perplexity(&mut m, ids, &opts, &mut |_, _| {})?.perplexity)
-    };
-    let o = ppl(src.tensors.as_ref())?;
-    let q = ppl(overlay)?;
+    let ppl =
+        |cfg: &shrink_model::ModelConfig, t: &dyn shrink_model::TensorSource| -> Result<f64> {
+            let mut m = shrink_model::Model::load(cfg, t)?;
+            Ok(shrink_eval::perplexity(&mut m, ids, &opts, &mut |_, _| {})?.perplexity)
+        };
+    let orig = ModelSource::open(original)?;
+    let o = ppl(&orig.config, orig.tensors.as_ref())?;
+    drop(orig);
+    let q = ppl(&src.config, overlay)?;
     Ok((o, q))
+}
+
+/// Writes the pruned model as it is (layer pruning without a compression method): config.json,
+/// model.safetensors, the tokenizer, report.json and recipe.toml.
+fn write_pruned(
+    a: &CompressArgs,
+    src: &ModelSource,
+    recipe: &Recipe,
+    calib: Option<&CalibSet>,
+    layer_drop: Option<serde_json::Value>,
+    eval_text: Option<&str>,
+    quiet: bool,
+) -> Result<()> {
+    let t = std::time::Instant::now();
+    let dir = OutputDir::create(&a.out, a.force)?;
+    let names = shrink_model::arch::tensor_table(&src.config).len();
+    let bar = progress::bar(names as u64, "tensors", quiet);
+    write_hf_files(src, src.tensors.as_ref(), &dir, "compress", &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    if let Some(c) = calib {
+        c.save(&dir.join("calibration_ids.safetensors"))?;
+    }
+    let mut out = json!({
+        "shrink_version": env!("CARGO_PKG_VERSION"),
+        "model": a.model,
+        "method": "none (layer pruning only)",
+        "recipe": recipe,
+        "calibration": calib,
+        "layer_drop": layer_drop,
+        "quantized_linears": 0,
+        "totals": {"assemble_seconds": t.elapsed().as_secs_f64(), "peak_rss_mb": shrink_eval::peak_rss_mb()},
+    });
+    if let Some(text) = eval_text {
+        let o = crate::eval_ppl(&a.model, text)?;
+        let q = crate::eval_ppl(&dir.join(""), text)?;
+        eprintln!(
+            "perplexity: original {:.4}, pruned {:.4} ({:+.2}%)",
+            o.perplexity,
+            q.perplexity,
+            100.0 * (q.perplexity / o.perplexity - 1.0)
+        );
+        out["eval"] = json!({"text": a.eval, "original": o, "compressed": q});
+    }
+    write_json(&dir.join("report.json"), &out)?;
+    std::fs::write(dir.join("recipe.toml"), recipe.to_toml()?)
+        .with_context(|| format!("{}: cannot write", dir.join("recipe.toml").display()))?;
+    let path = dir.commit()?;
+    if !quiet {
+        eprintln!(
+            "wrote {} ({} layers) in {:.1} s",
+            path.display(),
+            src.config.num_layers,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }

@@ -272,6 +272,7 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
         plan,
         imatrix: imatrix.as_ref(),
         carry_codes: !a.no_carry,
+        layers_before_drop: layers_before_drop(&a.model),
     };
     let (out, rep) = write_gguf(&e, &a.out, a.force)?;
     let carried = rep.iter().filter(|r| r.carried_codes).count();
@@ -304,6 +305,16 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
 }
 
 /// The GGUF a `shrink compress` directory was made from ("model" in its report.json), if any.
+/// The original layer count of a `shrink compress --drop-layers` output (its report.json).
+fn layers_before_drop(dir: &Path) -> Option<usize> {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).ok()?).ok()?;
+    r.get("layer_drop")?
+        .get("layers_before")?
+        .as_u64()
+        .map(|n| n as usize)
+}
+
 fn origin_gguf(dir: &Path) -> Option<PathBuf> {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).ok()?).ok()?;

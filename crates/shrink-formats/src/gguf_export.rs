@@ -244,6 +244,9 @@ pub struct GgufExport<'a> {
     /// "llama-bpe", "qwen2", "gpt2"; llama.cpp's converter picks it by hashing test tokenizations,
     /// which shrink cannot reproduce, so it must be named).
     pub tokenizer_pre: Option<String>,
+    /// When the model is `metadata_from`'s model with layers dropped (`shrink compress
+    /// --drop-layers`): the layer count of that original, which its `block_count` then gives.
+    pub layers_before_drop: Option<usize>,
 }
 
 /// tokenizer.ggml.* (llama.cpp's "gpt2" byte-level BPE vocabulary) from the model's tokenizer, as
@@ -513,7 +516,12 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
 }
 
 /// Copies the tokenizer (and every other non-quantization key) from `from`.
-fn copy_metadata(w: &mut GgufWriter, from: &GgufFile, cfg: &ModelConfig) -> Result<()> {
+fn copy_metadata(
+    w: &mut GgufWriter,
+    from: &GgufFile,
+    cfg: &ModelConfig,
+    layers_before_drop: Option<usize>,
+) -> Result<()> {
     let arch = from.architecture()?;
     if arch != cfg.arch.gguf_name() {
         bail!(
@@ -526,7 +534,21 @@ fn copy_metadata(w: &mut GgufWriter, from: &GgufFile, cfg: &ModelConfig) -> Resu
         .get(&format!("{arch}.block_count"))
         .and_then(|v| v.as_u64())
     {
-        if n as usize != cfg.num_layers {
+        if layers_before_drop == Some(n as usize) && n as usize != cfg.num_layers {
+            // the model is this file's with layers dropped: block_count is rewritten below, and
+            // a per-layer list could not be remapped
+            for (k, v) in from.metadata() {
+                if k.starts_with(&format!("{arch}."))
+                    && v.as_array().is_some_and(|a| a.len() == n as usize)
+                {
+                    bail!(
+                        "{}: '{k}' lists a value per layer; shrink cannot remap it to the model \
+                         with layers dropped",
+                        from.path().display()
+                    );
+                }
+            }
+        } else if n as usize != cfg.num_layers {
             bail!(
                 "{}: {n} blocks, but the model has {} layers; pass the GGUF the model came from",
                 from.path().display(),
@@ -567,7 +589,7 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
     match e.metadata_from {
         Some(p) => {
             let f = GgufFile::open(p)?;
-            copy_metadata(&mut w, &f, cfg)?;
+            copy_metadata(&mut w, &f, cfg, e.layers_before_drop)?;
         }
         None => match &e.tokenizer_pre {
             Some(pre) => {

@@ -98,6 +98,29 @@ impl ModelConfig {
             .map(|i| crate::arch::layer_layout(self, i))
             .collect()
     }
+    /// This config with only the layers `keep` (original indices, strictly ascending), renumbered
+    /// `0..keep.len()`: the layer count and every per-layer list (sliding-window layers, MoE
+    /// dense layers) follow the kept layers. The caller checks `keep` (see
+    /// [`crate::ModelSource::keep_layers`]).
+    pub fn with_layers(&self, keep: &[usize]) -> ModelConfig {
+        let mut c = self.clone();
+        c.num_layers = keep.len();
+        if !self.sliding_layers.is_empty() {
+            c.sliding_layers = keep
+                .iter()
+                .map(|&i| self.sliding_layers.get(i).copied().unwrap_or(false))
+                .collect();
+        }
+        if let Some(m) = &mut c.moe {
+            m.dense_layers = keep
+                .iter()
+                .enumerate()
+                .filter(|(_, &i)| !self.moe.as_ref().unwrap().is_moe_layer(i))
+                .map(|(new, _)| new)
+                .collect();
+        }
+        c
+    }
     /// The attention scale applied to q k^T.
     pub fn attn_scale(&self) -> f32 {
         // transformers computes the scale as a Python float (f64) and multiplies in f32.

@@ -3,7 +3,7 @@ use crate::arch;
 use crate::config::ModelConfig;
 use crate::gguf::GgufFile;
 use crate::layer::{check_layout, load_checked, DecoderLayer, LayerHook, NoHook, Rope};
-use crate::source::{config_from_gguf, GgufSource, SafetensorsSource, TensorSource};
+use crate::source::{config_from_gguf, GgufSource, LayerView, SafetensorsSource, TensorSource};
 use crate::tensor::{linear, rms_norm, Tensor};
 use crate::tokenizer;
 use crate::tokenizer::Tokenizer;
@@ -139,6 +139,44 @@ impl ModelSource {
                 )
             }
         }
+    }
+
+    /// This model with only the decoder layers `keep` (original indices), renumbered
+    /// `0..keep.len()`: the config (layer count, per-layer lists) and the tensor names follow
+    /// (see [`LayerView`]); nothing is copied. Refuses an empty, unsorted or out-of-range list.
+    pub fn keep_layers(self, keep: &[usize]) -> Result<ModelSource> {
+        let n = self.config.num_layers;
+        if keep.is_empty() {
+            bail!(
+                "{}: no layer would remain (the model has {n})",
+                self.path.display()
+            );
+        }
+        if let Some(w) = keep.windows(2).find(|w| w[0] >= w[1]) {
+            bail!(
+                "kept layers must be strictly ascending, found {} before {}",
+                w[0],
+                w[1]
+            );
+        }
+        if let Some(&i) = keep.iter().find(|&&i| i >= n) {
+            bail!(
+                "{}: layer {i} does not exist (the model has {n}: 0..{})",
+                self.path.display(),
+                n - 1
+            );
+        }
+        let config = self.config.with_layers(keep);
+        let tensors: Box<dyn TensorSource> = Box::new(LayerView {
+            inner: self.tensors,
+            keep: keep.to_vec(),
+        });
+        check_layout(&config, tensors.as_ref())?;
+        Ok(ModelSource {
+            config,
+            tensors,
+            ..self
+        })
     }
 
     pub fn load_layer(&self, i: usize) -> Result<DecoderLayer> {

@@ -453,6 +453,58 @@ impl TensorSource for Overlay<'_> {
     }
 }
 
+/// A model's tensors with only some of its decoder layers, renumbered: layer `i` of the view is
+/// layer `keep[i]` of `inner` (`model.layers.{i}.*` is read as `model.layers.{keep[i]}.*`);
+/// layers past `keep.len()` do not exist; every other tensor (embedding, final norm, head) is
+/// passed through. This is how a model with dropped layers is served to the pipeline and the
+/// writers without copying anything.
+pub struct LayerView {
+    pub inner: Box<dyn TensorSource>,
+    pub keep: Vec<usize>,
+}
+
+impl LayerView {
+    /// The name in `inner` of the view's tensor `name`; `None` for a layer the view lacks.
+    pub fn inner_name(&self, name: &str) -> Option<String> {
+        let Some(rest) = name.strip_prefix("model.layers.") else {
+            return Some(name.to_string());
+        };
+        let (num, tail) = rest.split_once('.')?;
+        let i: usize = num.parse().ok()?;
+        let orig = *self.keep.get(i)?;
+        Some(format!("model.layers.{orig}.{tail}"))
+    }
+}
+
+impl TensorSource for LayerView {
+    fn load(&self, name: &str) -> Result<Tensor> {
+        match self.inner_name(name) {
+            Some(n) => self.inner.load(&n),
+            None => bail!(
+                "{}: tensor '{name}' is missing (the model has {} layers after dropping)",
+                self.describe(),
+                self.keep.len()
+            ),
+        }
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner_name(name)
+            .is_some_and(|n| self.inner.contains(&n))
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn label(&self, name: &str) -> String {
+        match self.inner_name(name) {
+            Some(n) if n != name => format!("'{name}' ({} in the original)", self.inner.label(&n)),
+            _ => format!("'{name}'"),
+        }
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.inner.shape(&self.inner_name(name)?)
+    }
+}
+
 /// A llama.cpp GGUF file, served in Hugging Face naming and layout (dequantized to f32; q/k rows
 /// un-permuted where llama.cpp's converter permuted them; an expert's linear cut out of the
 /// stacked `ffn_*_exps` tensor; Gemma's norms back to `w` from llama.cpp's `1 + w`).

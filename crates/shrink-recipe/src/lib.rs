@@ -3,6 +3,8 @@
 //! - [`recipe`]: the TOML recipe (calibration, stages, `ignore`, per-module `[[override]]`s)
 //!   and the methods its stages build;
 //! - [`alloc`]: budgets allocated over layers (OWL), written back as overrides;
+//! - [`layers`]: layer pruning (which decoder layers to drop: angular distance, block
+//!   influence, the last layers, random);
 //! - [`plan`]: a recipe resolved for a model's linears, the per-linear [`Assign`] the pipeline
 //!   runs.
 //!
@@ -12,6 +14,7 @@
 //! [`Assign`]: shrink_pipeline::Assign
 pub mod agent;
 pub mod alloc;
+pub mod layers;
 pub mod plan;
 pub mod profile;
 pub mod recipe;

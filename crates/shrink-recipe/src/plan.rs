@@ -185,6 +185,21 @@ impl Plan {
         })
     }
 
+    /// The same plan with every module renamed by `f` (e.g. from a model's original layer
+    /// numbers to those of the model with some layers dropped).
+    pub fn renamed(mut self, f: impl Fn(&str) -> String) -> Plan {
+        for (m, _) in &mut self.modules {
+            *m = f(m);
+        }
+        self.index = self
+            .modules
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| (m.clone(), i))
+            .collect();
+        self
+    }
+
     /// The slot of a module.
     pub fn slot(&self, module: &str) -> Option<&Slot> {
         self.index.get(module).map(|&i| &self.modules[i].1)

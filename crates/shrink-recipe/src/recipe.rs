@@ -158,6 +158,11 @@ impl<'de> Deserialize<'de> for Override {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
+    /// Decoder layers removed before anything else (original layer numbers, ascending): the
+    /// remaining layers are renumbered 0.. and compressed on the pruned model. Every pattern
+    /// of the recipe refers to the original numbering too (see `shrink compress --help`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_layers: Vec<usize>,
     /// Patterns of linears no stage touches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<String>,
