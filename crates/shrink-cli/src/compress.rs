@@ -169,14 +169,32 @@ pub struct CompressArgs {
     /// Token threshold of --moe-calibration fallback-rtn [default: 2 x the expert's input size].
     #[arg(long, value_name = "N")]
     moe_min_tokens: Option<usize>,
-    /// How a global --sparsity is spread over the layers: uniform (every linear the same) or owl
-    /// (OWL's outlier-weighted layerwise sparsity: one dense calibration pass measures each
-    /// layer's share of outlier scores |W|*||X|| above --owl-m times their mean; layers with
-    /// more outliers are pruned less, within +-lambda of the target, the total number of pruned
-    /// weights kept at the target). The per-layer sparsities are written into the output's
-    /// recipe.toml as overrides, and into the report.
-    #[arg(long, value_name = "uniform|owl", default_value = "uniform")]
-    allocate: String,
+    /// How a global budget is spread over the linears: uniform (every linear the same), owl
+    /// (for --sparsity: OWL's outlier-weighted layerwise sparsity: one dense calibration pass
+    /// measures each layer's share of outlier scores |W|*||X|| above --owl-m times their mean;
+    /// layers with more outliers are pruned less, within +-lambda of the target, the total number
+    /// of pruned weights kept at the target) or search (for --sparsity or --target-bpw: one
+    /// profile pass solves every candidate of --search-sparsities / --search-bits on every
+    /// linear and measures its relative output error; a marginal-return greedy then gives each
+    /// linear its setting, the total at the budget). The allocation is written into the output's
+    /// recipe.toml as overrides, and into the report. [default: search with --target-bpw, else
+    /// uniform]
+    #[arg(long, value_name = "uniform|owl|search")]
+    allocate: Option<String>,
+    /// Mixed precision: the bits per weight of the compressed linears, as the compressed-tensors
+    /// export stores them (codes, f16 scales, zero points when asymmetric, g_idx with
+    /// --act-order dynamic; e.g. W4 g64 asym = 4.3125, W3 g32 = 3.59375). Each linear gets a
+    /// bit width of --search-bits with the run's other settings (--method gptq or rtn,
+    /// --group-size, ...), chosen by --allocate search.
+    #[arg(long, value_name = "BPW", conflicts_with_all = ["bits", "sparsity", "pattern"])]
+    target_bpw: Option<f64>,
+    /// Candidate bit widths of --target-bpw.
+    #[arg(long, value_name = "LIST", default_value = "2,3,4,8")]
+    search_bits: String,
+    /// Candidate sparsities of --allocate search with --sparsity (the target must lie between
+    /// the smallest and the largest; the last step is taken part way to hit it exactly).
+    #[arg(long, value_name = "LIST", default_value = "0.3,0.4,0.5,0.6,0.7,0.8")]
+    search_sparsities: String,
     /// OWL's outlier threshold M (a score is an outlier above M times its layer's mean).
     #[arg(long, default_value_t = 5.0)]
     owl_m: f64,
@@ -353,7 +371,7 @@ fn write_quantized(
 
 pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let mut recipe = merged(&a)?;
-    let c = &recipe.calibration;
+    let c = recipe.calibration.clone();
     OutputDir::refuse_existing(&a.out, a.force)?;
     if a.resume {
         // Before the model is opened: a missing checkpoint is the first thing to report.
@@ -374,8 +392,19 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         ),
         None => "invalid settings".into(),
     };
-    let mut plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
-    let owl = match a.allocate.as_str() {
+    let shapes = shrink_recipe::compressible_shapes(&src.config, 0..n_layers);
+    let allocate = a.allocate.clone().unwrap_or_else(|| {
+        if a.target_bpw.is_some() {
+            "search".into()
+        } else {
+            "uniform".into()
+        }
+    });
+    if a.target_bpw.is_some() && allocate != "search" {
+        bail!("--target-bpw is allocated by --allocate search, not '{allocate}'");
+    }
+    let mut search = None;
+    let owl = match allocate.as_str() {
         "uniform" => None,
         "owl" => {
             let (stage, target) = shrink_recipe::alloc::pruning_stage(&recipe)?;
@@ -392,8 +421,31 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             )?;
             Some((stage, target, shrink_recipe::alloc::OwlProbe::new(a.owl_m)?))
         }
-        o => bail!("unknown --allocate '{o}' (use uniform or owl)"),
+        "search" => {
+            let (budget, list) = match a.target_bpw {
+                Some(b) => (
+                    crate::search::Budget::Bpw(b),
+                    crate::profile::list::<f64>(&a.search_bits, "--search-bits")?,
+                ),
+                None => {
+                    let (_, p) = shrink_recipe::alloc::pruning_stage(&recipe).context(
+                        "--allocate search needs a budget: --target-bpw BPW, or --sparsity FRACTION with a pruning method",
+                    )?;
+                    (
+                        crate::search::Budget::Sparsity(p),
+                        crate::profile::list::<f64>(&a.search_sparsities, "--search-sparsities")?,
+                    )
+                }
+            };
+            let (r, s) = crate::search::prepare(&recipe, budget, &list, &shapes)
+                .with_context(plan_context)?;
+            recipe = r;
+            search = Some(s);
+            None
+        }
+        o => bail!("unknown --allocate '{o}' (use uniform, owl or search)"),
     };
+    let mut plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
     let sequential = match a.sequential.as_str() {
         "group" => shrink_pipeline::Sequential::Group,
         "layer" => shrink_pipeline::Sequential::Layer,
@@ -506,6 +558,12 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 "layer": l.layer, "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
             })).collect::<Vec<_>>(),
         }));
+    }
+    if let Some(search) = &search {
+        let (r, alloc) = search.run(&recipe, &src, &calib, n_layers, quiet)?;
+        recipe = r;
+        plan = Plan::new(&recipe, &modules).with_context(plan_context)?;
+        allocation = Some(alloc);
     }
     let bar = progress::bar(n_layers as u64, "layers", quiet);
     bar.set_position(start as u64);
@@ -647,6 +705,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 "assemble_seconds": write_s,
                 "mean_rel_error": mean_err,
                 "sparsity": shrink_pipeline::total_sparsity(report.layers.iter().flat_map(|l| &l.linears)),
+                "bpw": crate::search::plan_bpw(&plan, &shapes).map(|t| json!({
+                    "bpw": t.bpw(), "file_bits": t.bits, "weights": t.weights,
+                    "counted": "compressed linears; codes, f16 scales, zero points, g_idx as exported to compressed-tensors",
+                })),
                 "peak_rss_mb": peak_compress,
             },
         });

@@ -208,10 +208,10 @@ pub fn pruning_stage(recipe: &Recipe) -> Result<(usize, f64)> {
     match found.as_slice() {
         [(i, p)] => Ok((*i, *p)),
         [] => bail!(
-            "--allocate owl distributes a global --sparsity FRACTION over the layers; the recipe \
+            "--allocate owl|search distributes a global --sparsity FRACTION over the linears; the recipe \
              has no stage with an unstructured sparsity (N:M patterns are per group, not allocated)"
         ),
-        _ => bail!("--allocate owl: more than one stage prunes; give one pruning stage"),
+        _ => bail!("--allocate owl|search: more than one stage prunes; give one pruning stage"),
     }
 }
 

@@ -102,7 +102,9 @@ pub fn parse_size(s: &str) -> Result<u64> {
     let (num, unit) = t.split_at(split);
     let v: f64 = match num.parse() {
         Ok(v) => v,
-        Err(_) => bail!("--target-size '{s}': expected a number with an optional unit (120MB, 1.5GiB)"),
+        Err(_) => {
+            bail!("--target-size '{s}': expected a number with an optional unit (120MB, 1.5GiB)")
+        }
     };
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
@@ -142,7 +144,10 @@ mod tests {
         assert_eq!(linear_bits(576, 576, &w4, 16), 1_327_104 + 82_944 + 20_736);
         assert_eq!(linear_bpw(576, 576, &w4, 16), 4.3125);
         // W3 g32 asym: 3 + 16/32 + 3/32.
-        assert_eq!(linear_bpw(576, 576, &g(3, Some(32), false, false), 16), 3.59375);
+        assert_eq!(
+            linear_bpw(576, 576, &g(3, Some(32), false, false), 16),
+            3.59375
+        );
         // W4 g128 on d_in = 576: 5 groups (the last one 64 wide), not 4.5.
         let b = linear_bits(576, 576, &g(4, Some(128), false, false), 16);
         assert_eq!(b, 576 * 72 * 32 + 576 * 5 * 16 + 72 * 5 * 32);

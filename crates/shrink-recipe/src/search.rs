@@ -232,7 +232,9 @@ mod tests {
             curve(&[(4.0, 3.0), (6.0, 1.0), (8.0, 0.8), (16.0, 0.1)]),
             curve(&[(1.0, 0.5), (1.5, 0.2), (2.0, 0.17), (4.0, 0.0)]),
         ];
-        for budget in [7.0, 8.0, 9.0, 10.0, 11.0, 11.5, 12.0, 13.5, 14.0, 20.0, 21.5, 24.0, 28.0] {
+        for budget in [
+            7.0, 8.0, 9.0, 10.0, 11.0, 11.5, 12.0, 13.5, 14.0, 20.0, 21.5, 24.0, 28.0,
+        ] {
             let c = greedy(&items, budget).unwrap();
             let mut best = f64::MAX;
             for i in 0..4 {
@@ -250,7 +252,10 @@ mod tests {
             assert!(c.err >= best - 1e-12);
             if hull.contains(&budget) {
                 assert_eq!(c.cost, budget);
-                assert!((c.err - best).abs() < 1e-12, "budget {budget}: {c:?} vs {best}");
+                assert!(
+                    (c.err - best).abs() < 1e-12,
+                    "budget {budget}: {c:?} vs {best}"
+                );
             }
         }
         // The non-convex option (3 bits, barely better than 2) is skipped: 2 -> 4 directly.
