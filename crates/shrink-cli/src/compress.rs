@@ -182,12 +182,19 @@ pub struct CompressArgs {
     #[arg(long, value_name = "uniform|owl|search")]
     allocate: Option<String>,
     /// Mixed precision: the bits per weight of the compressed linears, as the compressed-tensors
-    /// export stores them (codes, f16 scales, zero points when asymmetric, g_idx with
+    /// export stores them (codes, scales counted at 16 bits as --scale-dtype f16 writes them,
+    /// zero points when asymmetric, g_idx with
     /// --act-order dynamic; e.g. W4 g64 asym = 4.3125, W3 g32 = 3.59375). Each linear gets a
     /// bit width of --search-bits with the run's other settings (--method gptq or rtn,
     /// --group-size, ...), chosen by --allocate search.
     #[arg(long, value_name = "BPW", conflicts_with_all = ["bits", "sparsity", "pattern"])]
     target_bpw: Option<f64>,
+    /// Mixed precision for a file size: the size of the model.safetensors that `shrink export
+    /// --format compressed-tensors --scale-dtype f16` would write (120MB, 1.5GiB, bytes): the
+    /// compressed linears get what the other tensors (F32 in that export) and the header
+    /// (estimated, a few KB) leave, as bits per weight for --target-bpw.
+    #[arg(long, value_name = "SIZE", conflicts_with_all = ["bits", "sparsity", "pattern", "target_bpw"])]
+    target_size: Option<String>,
     /// Candidate bit widths of --target-bpw.
     #[arg(long, value_name = "LIST", default_value = "2,3,4,8")]
     search_bits: String,
@@ -393,15 +400,21 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         None => "invalid settings".into(),
     };
     let shapes = shrink_recipe::compressible_shapes(&src.config, 0..n_layers);
+    let target_size = match &a.target_size {
+        Some(t) => Some(shrink_recipe::budget::parse_size(t)?),
+        None => None,
+    };
     let allocate = a.allocate.clone().unwrap_or_else(|| {
-        if a.target_bpw.is_some() {
+        if a.target_bpw.is_some() || target_size.is_some() {
             "search".into()
         } else {
             "uniform".into()
         }
     });
-    if a.target_bpw.is_some() && allocate != "search" {
-        bail!("--target-bpw is allocated by --allocate search, not '{allocate}'");
+    if (a.target_bpw.is_some() || target_size.is_some()) && allocate != "search" {
+        bail!(
+            "--target-bpw and --target-size are allocated by --allocate search, not '{allocate}'"
+        );
     }
     let mut search = None;
     let owl = match allocate.as_str() {
@@ -422,12 +435,16 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             Some((stage, target, shrink_recipe::alloc::OwlProbe::new(a.owl_m)?))
         }
         "search" => {
-            let (budget, list) = match a.target_bpw {
-                Some(b) => (
+            let (budget, list) = match (a.target_bpw, target_size) {
+                (Some(b), _) => (
                     crate::search::Budget::Bpw(b),
                     crate::profile::list::<f64>(&a.search_bits, "--search-bits")?,
                 ),
-                None => {
+                (None, Some(bytes)) => (
+                    crate::search::Budget::Size(bytes),
+                    crate::profile::list::<f64>(&a.search_bits, "--search-bits")?,
+                ),
+                (None, None) => {
                     let (_, p) = shrink_recipe::alloc::pruning_stage(&recipe).context(
                         "--allocate search needs a budget: --target-bpw BPW, or --sparsity FRACTION with a pruning method",
                     )?;
@@ -437,7 +454,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                     )
                 }
             };
-            let (r, s) = crate::search::prepare(&recipe, budget, &list, &shapes)
+            let (r, s) = crate::search::prepare(&recipe, budget, &list, &shapes, &src.config)
                 .with_context(plan_context)?;
             recipe = r;
             search = Some(s);

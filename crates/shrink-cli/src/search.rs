@@ -20,6 +20,37 @@ pub enum Budget {
     Bpw(f64),
     /// The fraction of zeros over the compressed linears.
     Sparsity(f64),
+    /// Bytes of the model.safetensors `shrink export --format compressed-tensors` writes;
+    /// turned into a [`Budget::Bpw`] by [`prepare`] (see [`size_overhead_bits`]).
+    Size(u64),
+}
+
+/// What the compressed-tensors export's model.safetensors holds besides the compressed
+/// linears' codes, scales, zero points and g_idx, in bits: every other tensor of the model in
+/// F32 (embeddings, norms, an untied head, linears the recipe leaves as they are), a
+/// `weight_shape` (2 x I64) per compressed linear, and the safetensors header, estimated at
+/// `len(name) + 70` bytes of JSON per tensor (five per compressed linear, counting
+/// `weight_zero_point` and `weight_g_idx` whether or not they are written) plus 8 + 256 bytes:
+/// the header is the only estimated part, a few kilobytes, over- rather than underestimated.
+/// The scales are counted as `--scale-dtype f16` writes them (see [`shrink_recipe::budget`]).
+pub fn size_overhead_bits(cfg: &shrink_model::ModelConfig, compressed: &[String]) -> u64 {
+    let set: std::collections::HashSet<String> =
+        compressed.iter().map(|m| format!("{m}.weight")).collect();
+    let mut bits = 0u64;
+    let mut header = 8 + 256u64;
+    for e in shrink_model::arch::tensor_table(cfg) {
+        if set.contains(&e.hf) {
+            continue;
+        }
+        bits += 32 * e.shape.iter().product::<usize>() as u64;
+        header += e.hf.len() as u64 + 70;
+    }
+    for m in compressed {
+        bits += 128;
+        // weight_packed, weight_scale, weight_zero_point, weight_g_idx, weight_shape
+        header += 5 * (m.len() as u64 + 18 + 70);
+    }
+    bits + 8 * header
 }
 
 /// A search checked and ready to run.
@@ -32,19 +63,29 @@ pub struct Search {
     stages: Vec<Stage>,
     /// The compressed linears and their `[d_out, d_in]`.
     linears: Vec<(String, [usize; 2])>,
+    /// For --target-size: the bytes asked for and the bits outside the compressed linears.
+    size: Option<(u64, u64)>,
 }
 
 fn fmt_value(b: &Budget, v: f64) -> String {
     match b {
-        Budget::Bpw(_) => format!("w{v}"),
+        Budget::Bpw(_) | Budget::Size(_) => format!("w{v}"),
         Budget::Sparsity(_) => format!("s{v}"),
+    }
+}
+
+fn flag(b: &Budget) -> &'static str {
+    match b {
+        Budget::Bpw(_) => "--target-bpw",
+        Budget::Size(_) => "--target-size",
+        Budget::Sparsity(_) => "--sparsity",
     }
 }
 
 /// The one stage a search changes, and refusals of what it cannot do.
 fn the_stage(recipe: &Recipe, budget: &Budget) -> Result<usize> {
     match budget {
-        Budget::Bpw(_) => {
+        Budget::Bpw(_) | Budget::Size(_) => {
             let q: Vec<usize> = recipe
                 .stage
                 .iter()
@@ -55,14 +96,15 @@ fn the_stage(recipe: &Recipe, budget: &Budget) -> Result<usize> {
             match q.as_slice() {
                 [i] if recipe.stage.len() == 1 => Ok(*i),
                 [] => bail!(
-                    "--target-bpw allocates bit widths: it needs a quantization method \
+                    "{} allocates bit widths: it needs a quantization method \
                      (--method gptq or rtn){}",
+                    flag(budget),
                     match recipe.stage.first().and_then(|s| s.method.as_deref()) {
                         Some(m) => format!(", not '{m}'"),
                         None => String::new(),
                     }
                 ),
-                _ => bail!("--target-bpw: give a one-stage recipe (gptq or rtn)"),
+                _ => bail!("{}: give a one-stage recipe (gptq or rtn)", flag(budget)),
             }
         }
         Budget::Sparsity(_) => {
@@ -80,14 +122,15 @@ pub fn prepare(
     budget: Budget,
     candidates: &[f64],
     shapes: &[(String, [usize; 2])],
+    cfg: &shrink_model::ModelConfig,
 ) -> Result<(Recipe, Search)> {
     let stage = the_stage(recipe, &budget)?;
     let key = match budget {
-        Budget::Bpw(_) => "bits",
+        Budget::Bpw(_) | Budget::Size(_) => "bits",
         Budget::Sparsity(_) => "sparsity",
     };
     if let Some(o) = recipe.overrides.iter().find(|o| match budget {
-        Budget::Bpw(_) => o.set.bits.is_some(),
+        Budget::Bpw(_) | Budget::Size(_) => o.set.bits.is_some(),
         Budget::Sparsity(_) => o.set.sparsity.is_some(),
     }) {
         bail!(
@@ -107,7 +150,7 @@ pub fn prepare(
     for &v in &values {
         let mut s = base.clone();
         match budget {
-            Budget::Bpw(_) => {
+            Budget::Bpw(_) | Budget::Size(_) => {
                 if v.fract() != 0.0 || !(1.0..=8.0).contains(&v) {
                     bail!("--search-bits: '{v}' is not a bit width 1..8");
                 }
@@ -121,7 +164,7 @@ pub fn prepare(
     // The plan is validated with the stage at the first candidate.
     let mut r = recipe.clone();
     match budget {
-        Budget::Bpw(_) => r.stage[stage].bits = Some(values[0] as u32),
+        Budget::Bpw(_) | Budget::Size(_) => r.stage[stage].bits = Some(values[0] as u32),
         Budget::Sparsity(_) => r.stage[stage].sparsity = Some(values[0]),
     }
     let plan = Plan::new(
@@ -136,6 +179,25 @@ pub fn prepare(
     if linears.is_empty() {
         bail!("--allocate search: the recipe compresses no linear");
     }
+    let mut size = None;
+    let budget = match budget {
+        Budget::Size(bytes) => {
+            let names: Vec<String> = linears.iter().map(|(n, _)| n.clone()).collect();
+            let over = size_overhead_bits(cfg, &names);
+            let w: u64 = linears.iter().map(|(_, [o, i])| (o * i) as u64).sum();
+            let bpw = (8 * bytes) as f64 - over as f64;
+            if bpw <= 0.0 {
+                bail!(
+                    "--target-size {bytes} cannot be met: the tensors that are not compressed \
+                     (F32 in the compressed-tensors export) and the header alone take {} bytes",
+                    over.div_ceil(8)
+                );
+            }
+            size = Some((bytes, over));
+            Budget::Bpw(bpw / w as f64)
+        }
+        b => b,
+    };
     let s = Search {
         budget,
         stage,
@@ -143,20 +205,35 @@ pub fn prepare(
         values,
         stages,
         linears,
+        size,
     };
     let (lo, hi) = s.range();
-    let (target, what) = match s.budget {
-        Budget::Bpw(b) => (b, "--target-bpw"),
-        Budget::Sparsity(p) => (p, "--sparsity"),
+    let (target, what) = match (&s.budget, s.size) {
+        (_, Some((bytes, _))) => (bytes as f64, "--target-size"),
+        (Budget::Bpw(b), _) => (*b, "--target-bpw"),
+        (Budget::Sparsity(p), _) => (*p, "--sparsity"),
+        (Budget::Size(_), _) => unreachable!("converted above"),
     };
-    if !(target.is_finite() && target >= lo - 1e-12 && target <= hi + 1e-12) {
+    let t = match s.budget {
+        Budget::Bpw(b) | Budget::Sparsity(b) => b,
+        Budget::Size(_) => unreachable!(),
+    };
+    if !(t.is_finite() && t >= lo - 1e-12 && t <= hi + 1e-12) {
         let (a, b) = (s.values[0], s.values[s.values.len() - 1]);
+        let size_note = match s.size {
+            Some((_, over)) => format!(
+                " (a file of {target} bytes leaves {t:.4} bits per weight for them; the rest \
+                 of the model takes {:.1} MB)",
+                over as f64 / 8e6
+            ),
+            None => String::new(),
+        };
         bail!(
             "{what} {target} cannot be met: with the candidates {key} {a}..{b} the compressed \
-             linears reach {lo:.4}..{hi:.4}{}",
+             linears reach {lo:.4}..{hi:.4}{}{size_note}",
             match s.budget {
-                Budget::Bpw(_) => " bits per weight (codes, f16 scales, zero points and g_idx as the compressed-tensors export stores them); change --search-bits or the target",
                 Budget::Sparsity(_) => "; change --search-sparsities or the target",
+                _ => " bits per weight (codes, f16 scales, zero points and g_idx as the compressed-tensors export stores them); change --search-bits or the target",
             }
         );
     }
@@ -172,7 +249,7 @@ impl Search {
     fn cost(&self, j: usize, shape: [usize; 2]) -> f64 {
         let [o, i] = shape;
         match self.budget {
-            Budget::Bpw(_) => {
+            Budget::Bpw(_) | Budget::Size(_) => {
                 let g = Grid::of_stage(&self.stages[j]).expect("a bits candidate");
                 linear_bits(o, i, &g, SCALE_BITS) as f64
             }
@@ -191,7 +268,7 @@ impl Search {
         };
         let (first, last) = (total(0), total(self.values.len() - 1));
         match self.budget {
-            Budget::Bpw(_) => (first / n, last / n),
+            Budget::Bpw(_) | Budget::Size(_) => (first / n, last / n),
             // Sparsities ascending: the last candidate keeps the fewest.
             Budget::Sparsity(_) => (self.values[0], self.values[self.values.len() - 1]),
         }
@@ -202,6 +279,7 @@ impl Search {
         let n = self.weights() as f64;
         match self.budget {
             Budget::Bpw(b) => b * n,
+            Budget::Size(_) => unreachable!("--target-size is converted to bpw by prepare"),
             Budget::Sparsity(p) => (1.0 - p) * n,
         }
     }
@@ -268,7 +346,7 @@ impl Search {
         let c = greedy(&items, budget)?;
         let partial = match self.budget {
             Budget::Sparsity(_) => fractional_fill(&items, &c, budget),
-            Budget::Bpw(_) => None,
+            Budget::Bpw(_) | Budget::Size(_) => None,
         };
         // The chosen value of each linear (a sparsity part way for the partial one).
         let mut chosen: Vec<f64> = c.choice.iter().map(|&j| self.values[j]).collect();
@@ -292,7 +370,7 @@ impl Search {
         }
         let common = f64::from_bits(*counts.iter().max_by_key(|(_, n)| **n).unwrap().0);
         let set = |v: f64| match self.budget {
-            Budget::Bpw(_) => Stage {
+            Budget::Bpw(_) | Budget::Size(_) => Stage {
                 bits: Some(v as u32),
                 ..Stage::default()
             },
@@ -319,7 +397,7 @@ impl Search {
             let w = (o * i) as f64;
             let layer = layer_of(name);
             let (value, cost) = match self.budget {
-                Budget::Bpw(_) => {
+                Budget::Bpw(_) | Budget::Size(_) => {
                     let g = Grid::of_stage(&Stage {
                         bits: Some(*v as u32),
                         ..self.base.clone()
@@ -347,6 +425,7 @@ impl Search {
         }
         let (target, reached, unit) = match self.budget {
             Budget::Bpw(b) => (b, total.bpw(), "bpw"),
+            Budget::Size(_) => unreachable!("--target-size is converted to bpw by prepare"),
             Budget::Sparsity(p) => (p, 1.0 - kept / n, "sparsity"),
         };
         let seconds = t.elapsed().as_secs_f64();
@@ -373,9 +452,14 @@ impl Search {
             "reached": reached,
             "reachable": self.range(),
             "accounting": match self.budget {
-                Budget::Bpw(_) => "compressed-tensors pack-quantized file bits per weight: int32-packed codes, f16 scales, int32-packed zero points (asymmetric), int32 g_idx (act-order dynamic); over the compressed linears only",
+                Budget::Bpw(_) | Budget::Size(_) => "compressed-tensors pack-quantized file bits per weight: int32-packed codes, f16 scales, int32-packed zero points (asymmetric), int32 g_idx (act-order dynamic); over the compressed linears only",
                 Budget::Sparsity(_) => "zeros over all weights of the compressed linears (as set in the recipe; the report's totals.sparsity is the count in the output)",
             },
+            "target_size": self.size.map(|(bytes, over)| json!({
+                "bytes": bytes,
+                "other_tensors_and_header_bits": over,
+                "predicted_file_bytes": (total.bits + over).div_ceil(8),
+            })),
             "compressed_linears": self.linears.len(),
             "compressed_weights": self.weights(),
             "file_bits": matches!(self.budget, Budget::Bpw(_)).then_some(total.bits),

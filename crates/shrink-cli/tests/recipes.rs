@@ -601,6 +601,47 @@ fn target_bpw_search() {
         .unwrap();
     assert_eq!(groups.len(), widths.len());
 
+    // --target-size: the compressed-tensors file export writes (f16 scales), at most the target
+    // and within one upgrade step (plus the header estimate) of it.
+    let sz = t.join("size");
+    let rep = run(
+        &[
+            "--method",
+            "gptq",
+            "--group-size",
+            "32",
+            "--target-size",
+            "75000",
+        ],
+        &sz,
+    );
+    let predicted = rep["allocation"]["target_size"]["predicted_file_bytes"]
+        .as_u64()
+        .unwrap();
+    let ct = t.join("size-ct");
+    let (code, _, err) = shrink(&[
+        "export",
+        "--model",
+        s(&sz),
+        "--format",
+        "compressed-tensors",
+        "--scale-dtype",
+        "f16",
+        "--out",
+        s(&ct),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let actual = std::fs::metadata(ct.join("model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(actual <= 75_000, "{actual}");
+    assert!(
+        predicted >= actual && predicted - actual < 4096,
+        "{predicted} vs {actual}"
+    );
+    assert!(actual > 75_000 - 8_000, "{actual}");
+
     // A global sparsity searched over the linears: the zeros at the target.
     let sp = t.join("sparse");
     let rep = run(
@@ -653,6 +694,21 @@ fn target_bpw_search() {
             "needs a quantization method",
         ),
         (vec!["--target-bpw", "4"], "needs a quantization method"),
+        (
+            vec![
+                "--method",
+                "gptq",
+                "--group-size",
+                "32",
+                "--target-size",
+                "30KB",
+            ],
+            "--target-size 30000 cannot be met",
+        ),
+        (
+            vec!["--method", "gptq", "--target-size", "12XB"],
+            "--target-size '12XB'",
+        ),
         (
             vec!["--method", "gptq", "--target-bpw", "4", "--allocate", "owl"],
             "--allocate search",

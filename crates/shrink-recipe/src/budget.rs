@@ -1,6 +1,9 @@
 //! The bits-per-weight accountant: what a quantized linear costs in the file
-//! `shrink export --format compressed-tensors` writes (pack-quantized, see
-//! `shrink_formats::compressed_tensors`), counted tensor by tensor.
+//! `shrink export --format compressed-tensors --scale-dtype f16` writes (pack-quantized, see
+//! `shrink_formats::compressed_tensors`), counted tensor by tensor. Scales are counted at 16 bits,
+//! as llm-compressor stores them (in the model's f16/bf16 dtype) and as the GPTQ export writes
+//! them by default; shrink's compressed-tensors export defaults to F32 scales (bit-exact with
+//! the dequantized weights), which adds 16 bits per group.
 //!
 //! For a linear `[d_out, d_in]` quantized to `b` bits with `G = ceil(d_in / g)` groups per row
 //! (`G = 1` per output channel), the file holds:
@@ -8,7 +11,7 @@
 //! | tensor | shape | bits |
 //! |---|---|---|
 //! | `weight_packed` (I32) | `[d_out, ceil(d_in b / 32)]` | `32 d_out ceil(d_in b / 32)` |
-//! | `weight_scale` (F16 by default) | `[d_out, G]` | `s d_out G`, `s = 16` (32 with `--scale-dtype f32`) |
+//! | `weight_scale` (F16) | `[d_out, G]` | `s d_out G`, `s = 16` (32 with `--scale-dtype f32`) |
 //! | `weight_zero_point` (I32, asymmetric only) | `[ceil(d_out b / 32), G]` | `32 G ceil(d_out b / 32)` |
 //! | `weight_g_idx` (I32, `act_order = "dynamic"` only) | `[d_in]` | `32 d_in` |
 //!
@@ -25,7 +28,7 @@ use crate::recipe::Stage;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-/// Bits of a scale as exported (f16, compressed-tensors' default in `shrink export`).
+/// Bits of a scale as counted (f16: `shrink export --scale-dtype f16`).
 pub const SCALE_BITS: u32 = 16;
 
 /// The quantization grid of one linear, as far as storage is concerned.
