@@ -5,7 +5,8 @@
 # (report.json: allocation, budget reached, timings) then shrink eval --json. A run whose
 # eval.json exists is skipped. Prints the tables at the end (tools/experiments/mixed_bpw_table.py).
 # Usage: tools/experiments/mixed_bpw.sh [CASE ...]
-#   CASE: uniform:BITS:GROUP | bpw:TARGET:GROUP | sparse:METHOD:SPARSITY
+#   CASE: uniform:BITS:GROUP | bpw:TARGET:GROUP | bpwg:TARGET:GROUPS (bits and group sizes
+#   searched together, GROUPS like 32,64,128) | sparse:METHOD:SPARSITY
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release/shrink}
@@ -15,13 +16,14 @@ RES=${RES:-results/allocation/mixed_bpw}
 mkdir -p "$OUT" "$RES"
 CASES=("$@")
 [ ${#CASES[@]} -gt 0 ] || CASES=(uniform:3:32 uniform:4:64 bpw:3.5:128 bpw:4.25:128
-  sparse:sparsegpt:0.5 sparse:wanda:0.5 sparse:sparsegpt:0.6 sparse:wanda:0.6)
+  bpwg:3.5:32,64,128 sparse:sparsegpt:0.5 sparse:wanda:0.5 sparse:sparsegpt:0.6 sparse:wanda:0.6)
 CAL=(--calib data/calib.txt --nsamples 64 --seqlen 512 --seed 0)
 for c in "${CASES[@]}"; do
   IFS=: read -r kind a b <<< "$c"
   case $kind in
     uniform) name=gptq-w$a-g$b-uniform; args=(--method gptq --bits "$a" --group-size "$b") ;;
     bpw) name=gptq-bpw$a-g$b-search; args=(--method gptq --target-bpw "$a" --group-size "$b" --allocate search) ;;
+    bpwg) name=gptq-bpw$a-g${b//,/+}-search; args=(--method gptq --target-bpw "$a" --search-group-sizes "$b" --allocate search) ;;
     sparse) name=$a-$b-search; args=(--method "$a" --sparsity "$b" --allocate search) ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
   esac

@@ -198,6 +198,11 @@ pub struct CompressArgs {
     /// Candidate bit widths of --target-bpw.
     #[arg(long, value_name = "LIST", default_value = "2,3,4,8")]
     search_bits: String,
+    /// Candidate group sizes of --target-bpw / --target-size, combined with every bit width of
+    /// --search-bits (each linear then gets a bit width and a group size) [default: the run's
+    /// --group-size only].
+    #[arg(long, value_name = "LIST")]
+    search_group_sizes: Option<String>,
     /// Candidate sparsities of --allocate search with --sparsity (the target must lie between
     /// the smallest and the largest; the last step is taken part way to hit it exactly).
     #[arg(long, value_name = "LIST", default_value = "0.3,0.4,0.5,0.6,0.7,0.8")]
@@ -454,8 +459,18 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                     )
                 }
             };
-            let (r, s) = crate::search::prepare(&recipe, budget, &list, &shapes, &src.config)
-                .with_context(plan_context)?;
+            let (r, s) = crate::search::prepare(
+                &recipe,
+                budget,
+                &list,
+                &shapes,
+                &src.config,
+                &match &a.search_group_sizes {
+                    Some(g) => crate::profile::list::<usize>(g, "--search-group-sizes")?,
+                    None => vec![],
+                },
+            )
+            .with_context(plan_context)?;
             recipe = r;
             search = Some(s);
             None

@@ -58,8 +58,11 @@ pub struct Search {
     pub budget: Budget,
     stage: usize,
     base: Stage,
-    /// Candidate values (bits, or sparsities), and the stage each gives.
+    /// Candidate values (bits, or sparsities) and group sizes, and the stage each gives.
     values: Vec<f64>,
+    groups: Vec<Option<usize>>,
+    /// Whether the group size is searched too (written into the overrides).
+    group_search: bool,
     stages: Vec<Stage>,
     /// The compressed linears and their `[d_out, d_in]`.
     linears: Vec<(String, [usize; 2])>,
@@ -123,6 +126,7 @@ pub fn prepare(
     candidates: &[f64],
     shapes: &[(String, [usize; 2])],
     cfg: &shrink_model::ModelConfig,
+    group_sizes: &[usize],
 ) -> Result<(Recipe, Search)> {
     let stage = the_stage(recipe, &budget)?;
     let key = match budget {
@@ -146,20 +150,37 @@ pub fn prepare(
         bail!("--allocate search: no candidate {key} values given");
     }
     let base = recipe.stage[stage].settings();
-    let mut stages = Vec::new();
+    let group_search = !group_sizes.is_empty();
+    if group_search && matches!(budget, Budget::Sparsity(_)) {
+        bail!("--search-group-sizes applies to --target-bpw / --target-size");
+    }
+    let gs: Vec<Option<usize>> = if group_search {
+        let mut g = group_sizes.to_vec();
+        g.sort();
+        g.dedup();
+        g.into_iter().map(Some).collect()
+    } else {
+        vec![base.group_size]
+    };
+    let (mut stages, mut vals, mut groups) = (Vec::new(), Vec::new(), Vec::new());
     for &v in &values {
-        let mut s = base.clone();
-        match budget {
-            Budget::Bpw(_) | Budget::Size(_) => {
-                if v.fract() != 0.0 || !(1.0..=8.0).contains(&v) {
-                    bail!("--search-bits: '{v}' is not a bit width 1..8");
+        for &g in &gs {
+            let mut s = base.clone();
+            match budget {
+                Budget::Bpw(_) | Budget::Size(_) => {
+                    if v.fract() != 0.0 || !(1.0..=8.0).contains(&v) {
+                        bail!("--search-bits: '{v}' is not a bit width 1..8");
+                    }
+                    s.bits = Some(v as u32);
+                    s.group_size = g;
                 }
-                s.bits = Some(v as u32);
+                Budget::Sparsity(_) => s.sparsity = Some(v),
             }
-            Budget::Sparsity(_) => s.sparsity = Some(v),
+            build_method(&s).with_context(|| format!("--allocate search candidate {key} {v}"))?;
+            stages.push(s);
+            vals.push(v);
+            groups.push(g);
         }
-        build_method(&s).with_context(|| format!("--allocate search candidate {key} {v}"))?;
-        stages.push(s);
     }
     // The plan is validated with the stage at the first candidate.
     let mut r = recipe.clone();
@@ -202,7 +223,9 @@ pub fn prepare(
         budget,
         stage,
         base,
-        values,
+        values: vals,
+        groups,
+        group_search,
         stages,
         linears,
         size,
@@ -260,15 +283,14 @@ impl Search {
     /// The reachable range of the budget (bpw, or sparsity).
     pub fn range(&self) -> (f64, f64) {
         let n = self.weights() as f64;
-        let total = |j: usize| -> f64 {
-            self.linears
-                .iter()
-                .map(|(_, sh)| self.cost(j, *sh))
-                .sum::<f64>()
-        };
-        let (first, last) = (total(0), total(self.values.len() - 1));
+        let (mut lo, mut hi) = (0.0, 0.0);
+        for (_, sh) in &self.linears {
+            let c: Vec<f64> = (0..self.stages.len()).map(|j| self.cost(j, *sh)).collect();
+            lo += c.iter().copied().fold(f64::MAX, f64::min);
+            hi += c.iter().copied().fold(f64::MIN, f64::max);
+        }
         match self.budget {
-            Budget::Bpw(_) | Budget::Size(_) => (first / n, last / n),
+            Budget::Bpw(_) | Budget::Size(_) => (lo / n, hi / n),
             // Sparsities ascending: the last candidate keeps the fewest.
             Budget::Sparsity(_) => (self.values[0], self.values[self.values.len() - 1]),
         }
@@ -298,10 +320,13 @@ impl Search {
         let candidates = self
             .stages
             .iter()
-            .zip(&self.values)
-            .map(|(s, v)| {
+            .zip(self.values.iter().zip(&self.groups))
+            .map(|(s, (v, g))| {
                 Ok(Candidate {
-                    label: fmt_value(&self.budget, *v),
+                    label: match (self.group_search, g) {
+                        (true, Some(g)) => format!("{}g{g}", fmt_value(&self.budget, *v)),
+                        _ => fmt_value(&self.budget, *v),
+                    },
                     method: build_method(s)?,
                 })
             })
@@ -350,6 +375,7 @@ impl Search {
         };
         // The chosen value of each linear (a sparsity part way for the partial one).
         let mut chosen: Vec<f64> = c.choice.iter().map(|&j| self.values[j]).collect();
+        let chosen_g: Vec<Option<usize>> = c.choice.iter().map(|&j| self.groups[j]).collect();
         let mut pred_err: Vec<f64> = items
             .iter()
             .zip(&c.choice)
@@ -364,14 +390,16 @@ impl Search {
             pred_err[p.item] = ea + p.t * (eb - ea);
         }
         // The base setting: the most common choice; overrides for the others.
-        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-        for v in &chosen {
-            *counts.entry(v.to_bits()).or_default() += 1;
+        let mut counts: BTreeMap<(u64, Option<usize>), usize> = BTreeMap::new();
+        for (v, g) in chosen.iter().zip(&chosen_g) {
+            *counts.entry((v.to_bits(), *g)).or_default() += 1;
         }
-        let common = f64::from_bits(*counts.iter().max_by_key(|(_, n)| **n).unwrap().0);
-        let set = |v: f64| match self.budget {
+        let (cv, cg) = *counts.iter().max_by_key(|(_, n)| **n).unwrap().0;
+        let common = (f64::from_bits(cv), cg);
+        let set = |(v, g): (f64, Option<usize>)| match self.budget {
             Budget::Bpw(_) | Budget::Size(_) => Stage {
                 bits: Some(v as u32),
+                group_size: if self.group_search { g } else { None },
                 ..Stage::default()
             },
             Budget::Sparsity(_) => Stage {
@@ -382,8 +410,8 @@ impl Search {
         let per: Vec<(String, Stage)> = self
             .linears
             .iter()
-            .zip(&chosen)
-            .map(|((n, _), v)| (n.clone(), set(*v)))
+            .zip(chosen.iter().zip(&chosen_g))
+            .map(|((n, _), (v, g))| (n.clone(), set((*v, *g))))
             .collect();
         let out = with_linear_settings(recipe, self.stage, &set(common), &per);
 
@@ -400,6 +428,7 @@ impl Search {
                 Budget::Bpw(_) | Budget::Size(_) => {
                     let g = Grid::of_stage(&Stage {
                         bits: Some(*v as u32),
+                        group_size: chosen_g[k],
                         ..self.base.clone()
                     })
                     .unwrap();
@@ -418,6 +447,7 @@ impl Search {
             rows.push(json!({
                 "linear": name, "layer": layer, "d_out": o, "d_in": i,
                 "bits": matches!(self.budget, Budget::Bpw(_)).then_some(*v as u32),
+                "group_size": matches!(self.budget, Budget::Bpw(_)).then_some(chosen_g[k]),
                 "sparsity": matches!(self.budget, Budget::Sparsity(_)).then_some(*v),
                 "bpw": matches!(self.budget, Budget::Bpw(_)).then_some(value),
                 "profiled_rel_error": pred_err[k],

@@ -601,6 +601,33 @@ fn target_bpw_search() {
         .unwrap();
     assert_eq!(groups.len(), widths.len());
 
+    // Bit widths and group sizes searched together: every linear gets one of each, the budget
+    // holds, and the recipe reproduces the output.
+    let bg = t.join("bits-groups");
+    let rep = run(
+        &[
+            "--method",
+            "gptq",
+            "--target-bpw",
+            "3.5",
+            "--search-group-sizes",
+            "32,64",
+        ],
+        &bg,
+    );
+    let al = &rep["allocation"];
+    assert!(al["reached"].as_f64().unwrap() <= 3.5 + 1e-12);
+    assert_eq!(al["candidates"].as_array().unwrap().len(), 8);
+    for l in al["linears"].as_array().unwrap() {
+        let g = l["group_size"].as_u64().unwrap();
+        assert!(g == 32 || g == 64, "{l}");
+    }
+    let again = compress(t, &model, &bg.join("recipe.toml"), "bits-groups-again");
+    assert_eq!(
+        std::fs::read(bg.join("quantized.safetensors")).unwrap(),
+        std::fs::read(again.join("quantized.safetensors")).unwrap()
+    );
+
     // --target-size: the compressed-tensors file export writes (f16 scales), at most the target
     // and within one upgrade step (plus the header estimate) of it.
     let sz = t.join("size");

@@ -178,9 +178,13 @@ pub fn with_linear_settings(
     if base.sparsity.is_some() {
         st.sparsity = base.sparsity;
     }
+    if base.group_size.is_some() {
+        st.group_size = base.group_size;
+    }
     for (m, set) in per_linear {
         let differs = (set.bits.is_some() && set.bits != base.bits)
-            || (set.sparsity.is_some() && set.sparsity != base.sparsity);
+            || (set.sparsity.is_some() && set.sparsity != base.sparsity)
+            || (set.group_size.is_some() && set.group_size != base.group_size);
         if differs {
             r.overrides.push(Override {
                 pattern: exact_pattern(m),
