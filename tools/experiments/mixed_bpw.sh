@@ -16,7 +16,7 @@ RES=${RES:-results/allocation/mixed_bpw}
 mkdir -p "$OUT" "$RES"
 CASES=("$@")
 [ ${#CASES[@]} -gt 0 ] || CASES=(uniform:3:32 uniform:4:64 bpw:3.5:128 bpw:4.25:128
-  bpwg:3.5:32,64,128 sparse:sparsegpt:0.5 sparse:wanda:0.5 sparse:sparsegpt:0.6 sparse:wanda:0.6)
+  bpwg:3.5:32,64 sparse:sparsegpt:0.5 sparse:wanda:0.5 sparse:sparsegpt:0.6 sparse:wanda:0.6)
 CAL=(--calib data/calib.txt --nsamples 64 --seqlen 512 --seed 0)
 for c in "${CASES[@]}"; do
   IFS=: read -r kind a b <<< "$c"

@@ -51,7 +51,7 @@ def report_bpw(r):
 
 
 print("### Mixed precision (GPTQ) under --target-bpw vs uniform GPTQ\n")
-print("| run | bpw (accountant) | perplexity | bit widths (linears) | weights at 2/3/4/8 bits | profile s | compress pipeline s | profile / compress | wall s |")
+print("| run | bpw (accountant) | perplexity | settings (linears) | weights at 2/3/4/8 bits | profile s | compress pipeline s | profile / compress | wall s |")
 print("|---|---|---|---|---|---|---|---|---|")
 rows = []
 for f in sorted(os.listdir(res)):
@@ -66,8 +66,9 @@ for f in sorted(os.listdir(res)):
         hist, wts = collections.Counter(), collections.Counter()
         for l in r["layers"]:
             for x in l["linears"]:
-                b = int(re.match(r"gptq w(\d+)", x["method"])[1])
-                hist[b] += 1
+                mm = re.match(r"gptq w(\d+) (g\d+|pc)?", x["method"])
+                b = int(mm[1])
+                hist[f"w{b}{mm[2] or ''}"] += 1
                 wts[b] += x["d_out"] * x["d_in"]
         W = sum(wts.values())
         ps = al.get("profile_seconds")
