@@ -74,7 +74,7 @@ fn best_upgrade(opts: &[Opt], cur: usize, room: Option<f64>) -> Option<(f64, usi
             }
         }
         let ratio = de / dc;
-        if best.is_none_or(|(b, _)| ratio > b) {
+        if best.map_or(true, |(b, _)| ratio > b) {
             best = Some((ratio, j));
         }
     }
@@ -103,7 +103,7 @@ pub fn greedy(items: &[Vec<Opt>], budget: f64) -> Result<Choice> {
         let mut best: Option<(f64, usize, usize)> = None;
         for (i, o) in items.iter().enumerate() {
             if let Some((r, j)) = best_upgrade(o, choice[i], Some(room)) {
-                if best.is_none_or(|(b, _, _)| r > b) {
+                if best.map_or(true, |(b, _, _)| r > b) {
                     best = Some((r, i, j));
                 }
             }
@@ -142,7 +142,7 @@ pub fn fractional_fill(items: &[Vec<Opt>], c: &Choice, budget: f64) -> Option<Pa
     let mut best: Option<(f64, usize, usize)> = None;
     for (i, o) in items.iter().enumerate() {
         if let Some((r, j)) = best_upgrade(o, c.choice[i], None) {
-            if best.is_none_or(|(b, _, _)| r > b) {
+            if best.map_or(true, |(b, _, _)| r > b) {
                 best = Some((r, i, j));
             }
         }
