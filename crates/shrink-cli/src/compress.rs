@@ -204,12 +204,16 @@ pub struct CompressArgs {
     /// Token threshold of --moe-calibration fallback-rtn [default: 2 x the expert's input size].
     #[arg(long, value_name = "N")]
     moe_min_tokens: Option<usize>,
-    /// How a global --sparsity is spread over the layers: uniform (every linear the same) or owl
-    /// (OWL's outlier-weighted layerwise sparsity: one dense calibration pass measures each
-    /// layer's share of outlier scores |W|*||X|| above --owl-m times their mean; layers with
-    /// more outliers are pruned less, within +-lambda of the target, the total number of pruned
-    /// weights kept at the target). The per-layer sparsities are written into the output's
-    /// recipe.toml as overrides, and into the report.
+    /// How a global budget is spread over the linears: uniform (every linear the same), owl
+    /// (for --sparsity: OWL's outlier-weighted layerwise sparsity: one dense calibration pass
+    /// measures each layer's share of outlier scores |W|*||X|| above --owl-m times their mean;
+    /// layers with more outliers are pruned less, within +-lambda of the target, the total number
+    /// of pruned weights kept at the target) or search (for --sparsity or --target-bpw: one
+    /// profile pass solves every candidate of --search-sparsities / --search-bits on every
+    /// linear and measures its relative output error; a marginal-return greedy then gives each
+    /// linear its setting, the total at the budget). The allocation is written into the output's
+    /// recipe.toml as overrides, and into the report. [default: search with --target-bpw, else
+    /// uniform]
     ///
     /// agent: the loop of "LLMs can Compress LLMs: Adaptive Pruning by Agents": every layer
     /// starts at --agent-start; each step a proposer picks layers to prune further (the
@@ -218,8 +222,8 @@ pub struct CompressArgs {
     /// by the perplexity of the first --holdin-samples calibration windows and rolled back
     /// when it rose more than --rollback-threshold; until the global --sparsity is reached.
     /// See AGENT PROTOCOL below.
-    #[arg(long, value_name = "uniform|owl|agent", default_value = "uniform")]
-    allocate: String,
+    #[arg(long, value_name = "uniform|owl|search|agent")]
+    allocate: Option<String>,
     /// --allocate agent: a program that proposes each step (run once with `sh -c`; one JSON
     /// request per line on its stdin, one JSON answer per line on its stdout). Without it the
     /// built-in policy proposes.
@@ -257,6 +261,32 @@ pub struct CompressArgs {
     /// compressed layers are kept: rerun with a looser guard and --resume.
     #[arg(long, value_name = "FRACTION")]
     max_ppl_rise: Option<f64>,
+    /// Mixed precision: the bits per weight of the compressed linears, as the compressed-tensors
+    /// export stores them (codes, scales counted at 16 bits as --scale-dtype f16 writes them,
+    /// zero points when asymmetric, g_idx with
+    /// --act-order dynamic; e.g. W4 g64 asym = 4.3125, W3 g32 = 3.59375). Each linear gets a
+    /// bit width of --search-bits with the run's other settings (--method gptq or rtn,
+    /// --group-size, ...), chosen by --allocate search.
+    #[arg(long, value_name = "BPW", conflicts_with_all = ["bits", "sparsity", "pattern"])]
+    target_bpw: Option<f64>,
+    /// Mixed precision for a file size: the size of the model.safetensors that `shrink export
+    /// --format compressed-tensors --scale-dtype f16` would write (120MB, 1.5GiB, bytes): the
+    /// compressed linears get what the other tensors (F32 in that export) and the header
+    /// (estimated, a few KB) leave, as bits per weight for --target-bpw.
+    #[arg(long, value_name = "SIZE", conflicts_with_all = ["bits", "sparsity", "pattern", "target_bpw"])]
+    target_size: Option<String>,
+    /// Candidate bit widths of --target-bpw.
+    #[arg(long, value_name = "LIST", default_value = "2,3,4,8")]
+    search_bits: String,
+    /// Candidate group sizes of --target-bpw / --target-size, combined with every bit width of
+    /// --search-bits (each linear then gets a bit width and a group size) [default: the run's
+    /// --group-size only].
+    #[arg(long, value_name = "LIST")]
+    search_group_sizes: Option<String>,
+    /// Candidate sparsities of --allocate search with --sparsity (the target must lie between
+    /// the smallest and the largest; the last step is taken part way to hit it exactly).
+    #[arg(long, value_name = "LIST", default_value = "0.3,0.4,0.5,0.6,0.7,0.8")]
+    search_sparsities: String,
     /// OWL's outlier threshold M (a score is an outlier above M times its layer's mean).
     #[arg(long, default_value_t = 5.0)]
     owl_m: f64,
@@ -496,7 +526,14 @@ fn check_drop_only(r: &Recipe, a: &CompressArgs) -> Result<()> {
         ("stage ignore", !s.ignore.is_empty()),
         ("ignore", !r.ignore.is_empty()),
         ("[[override]]", !r.overrides.is_empty()),
-        ("--allocate owl", a.allocate != "uniform"),
+        (
+            "--allocate",
+            a.allocate.as_deref().is_some_and(|x| x != "uniform"),
+        ),
+        (
+            "--target-bpw",
+            a.target_bpw.is_some() || a.target_size.is_some(),
+        ),
         ("sym", s.sym == Some(true)),
         ("mse", s.mse == Some(true)),
         ("static_groups", s.static_groups == Some(true)),
@@ -579,11 +616,32 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         ),
         None => "invalid settings".into(),
     };
-    if !drop_only {
-        let modules = shrink_recipe::compressible_modules(&src.config, 0..n_layers_orig);
-        Plan::new(&recipe, &modules).with_context(plan_context)?;
+    let shapes = shrink_recipe::compressible_shapes(&src.config, 0..n_layers_orig);
+    let target_size = match &a.target_size {
+        Some(t) => Some(shrink_recipe::budget::parse_size(t)?),
+        None => None,
+    };
+    let allocate = a.allocate.clone().unwrap_or_else(|| {
+        if a.target_bpw.is_some() || target_size.is_some() {
+            "search".into()
+        } else {
+            "uniform".into()
+        }
+    });
+    if (a.target_bpw.is_some() || target_size.is_some()) && allocate != "search" {
+        bail!(
+            "--target-bpw and --target-size are allocated by --allocate search, not '{allocate}'"
+        );
     }
-    let owl = match a.allocate.as_str() {
+    if allocate == "search" && dropping {
+        bail!(
+            "--allocate search (--target-bpw, --target-size) does not combine with layer pruning \
+             yet: drop the layers first (shrink compress --drop-layers ... --out DIR), then \
+             search on DIR"
+        );
+    }
+    let mut search = None;
+    let owl = match allocate.as_str() {
         "uniform" => None,
         "owl" => {
             let (stage, target) = shrink_recipe::alloc::pruning_stage(&recipe)?;
@@ -600,10 +658,46 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             )?;
             Some((stage, target, shrink_recipe::alloc::OwlProbe::new(a.owl_m)?))
         }
+        "search" => {
+            let (budget, list) = match (a.target_bpw, target_size) {
+                (Some(b), _) => (
+                    crate::search::Budget::Bpw(b),
+                    crate::profile::list::<f64>(&a.search_bits, "--search-bits")?,
+                ),
+                (None, Some(bytes)) => (
+                    crate::search::Budget::Size(bytes),
+                    crate::profile::list::<f64>(&a.search_bits, "--search-bits")?,
+                ),
+                (None, None) => {
+                    let (_, p) = shrink_recipe::alloc::pruning_stage(&recipe).context(
+                        "--allocate search needs a budget: --target-bpw BPW, or --sparsity FRACTION with a pruning method",
+                    )?;
+                    (
+                        crate::search::Budget::Sparsity(p),
+                        crate::profile::list::<f64>(&a.search_sparsities, "--search-sparsities")?,
+                    )
+                }
+            };
+            let (r, s) = crate::search::prepare(
+                &recipe,
+                budget,
+                &list,
+                &shapes,
+                &src.config,
+                &match &a.search_group_sizes {
+                    Some(g) => crate::profile::list::<usize>(g, "--search-group-sizes")?,
+                    None => vec![],
+                },
+            )
+            .with_context(plan_context)?;
+            recipe = r;
+            search = Some(s);
+            None
+        }
         "agent" => None,
-        o => bail!("unknown --allocate '{o}' (use uniform, owl or agent)"),
+        o => bail!("unknown --allocate '{o}' (use uniform, owl, search or agent)"),
     };
-    let mut agent = if a.allocate == "agent" {
+    let mut agent = if allocate == "agent" {
         let (stage, target) = shrink_recipe::alloc::pruning_stage(&recipe)?;
         let settings = shrink_recipe::agent::AgentSettings {
             target,
@@ -636,6 +730,11 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         if !(r.is_finite() && r >= 0.0) {
             bail!("--max-ppl-rise must be a fraction >= 0 (0.5 = 50% higher), got {r}");
         }
+    }
+    // (after --allocate search has given every linear its budgeted setting)
+    if !drop_only {
+        let modules = shrink_recipe::compressible_modules(&src.config, 0..n_layers_orig);
+        Plan::new(&recipe, &modules).with_context(plan_context)?;
     }
     let sequential = match a.sequential.as_str() {
         "group" => shrink_pipeline::Sequential::Group,
@@ -773,6 +872,8 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         shrink_recipe::layers::map_layer_name(m, |i| keep.iter().position(|&k| k == i))
             .unwrap_or(m.into())
     };
+    // The compressed linears' shapes, named as the (pruned) model names them.
+    let shapes = shrink_recipe::compressible_shapes(&src.config, 0..n_layers);
     let modules: Vec<String> = shrink_recipe::compressible_modules(&src.config, 0..n_layers)
         .iter()
         .map(|m| to_orig(m))
@@ -970,6 +1071,14 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         }
         return Err(e);
     }
+    if let Some(search) = &search {
+        let (r, alloc) = search.run(&recipe, &src, &calib, n_layers, quiet)?;
+        recipe = r;
+        plan = Plan::new(&recipe, &modules)
+            .with_context(plan_context_dropped)?
+            .renamed(to_new);
+        allocation = Some(alloc);
+    }
     let bar = progress::bar(n_layers as u64, "layers", quiet);
     bar.set_position(start as u64);
     let mut sink = LayerFiles {
@@ -1131,6 +1240,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 "assemble_seconds": write_s,
                 "mean_rel_error": mean_err,
                 "sparsity": shrink_pipeline::total_sparsity(report.layers.iter().flat_map(|l| &l.linears)),
+                "bpw": crate::search::plan_bpw(&plan, &shapes).map(|t| json!({
+                    "bpw": t.bpw(), "file_bits": t.bits, "weights": t.weights,
+                    "counted": "compressed linears; codes, f16 scales, zero points, g_idx as exported to compressed-tensors",
+                })),
                 "peak_rss_mb": peak_compress,
             },
         });

@@ -6,6 +6,7 @@ mod export;
 mod llama_ppl;
 mod profile;
 mod progress;
+mod search;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};

@@ -63,7 +63,7 @@ pub struct ProfileArgs {
     owl_m: f64,
 }
 
-fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+pub(crate) fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())

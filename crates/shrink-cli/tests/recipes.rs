@@ -469,3 +469,299 @@ fn profile_of_a_tiny_model() {
         fails_with(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[needle]);
     }
 }
+
+/// `--target-bpw` with `--allocate search` (the default with --target-bpw): per-linear bit
+/// widths whose bits per weight, as the compressed-tensors export stores them, reach the target
+/// to within one upgrade step; the allocation in the report; a recipe.toml that reproduces the
+/// output; one config group per bit width in the export; unreachable budgets refused before any
+/// work.
+#[test]
+fn target_bpw_search() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = hf_dir(t);
+    let calib = calib_text(t);
+    let base = |extra: &[&str], out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "compress",
+            "--model",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--nsamples",
+            "8",
+            "--seqlen",
+            "32",
+            "--out",
+            s(out),
+            "-q",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |extra: &[&str], out: &Path| {
+        let args = base(extra, out);
+        let (code, _, err) = shrink(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 0, "{err}");
+        report(out)
+    };
+    let out = t.join("bpw");
+    let target = 3.5;
+    let rep = run(
+        &[
+            "--method",
+            "gptq",
+            "--group-size",
+            "32",
+            "--target-bpw",
+            "3.5",
+        ],
+        &out,
+    );
+    let al = &rep["allocation"];
+    assert_eq!(al["strategy"], "search");
+    // Every dimension of the tiny model is a multiple of 32, so with g32 asymmetric and f16
+    // scales a linear of b bits costs exactly b + 16/32 + b/32 bits per weight.
+    let bpw = |b: f64| b + 0.5 + b / 32.0;
+    let (mut bits_total, mut weights) = (0.0, 0.0);
+    let mut widths = std::collections::BTreeSet::new();
+    let mut steps = Vec::new();
+    let lins = al["linears"].as_array().unwrap();
+    assert_eq!(lins.len(), 14);
+    for l in lins {
+        let b = l["bits"].as_f64().unwrap();
+        let w = (l["d_out"].as_u64().unwrap() * l["d_in"].as_u64().unwrap()) as f64;
+        assert!((l["bpw"].as_f64().unwrap() - bpw(b)).abs() < 1e-12);
+        bits_total += bpw(b) * w;
+        weights += w;
+        widths.insert(b as u32);
+        if let Some(next) = [2.0, 3.0, 4.0, 8.0].iter().find(|&&c| c > b) {
+            steps.push((bpw(*next) - bpw(b)) * w);
+        }
+    }
+    let reached = bits_total / weights;
+    assert!((al["reached"].as_f64().unwrap() - reached).abs() < 1e-12);
+    assert!(
+        (rep["totals"]["bpw"]["bpw"].as_f64().unwrap() - reached).abs() < 1e-12,
+        "{}",
+        rep["totals"]["bpw"]
+    );
+    // At or under the target, and no single upgrade would still fit: within the step
+    // granularity.
+    assert!(reached <= target + 1e-12, "{reached}");
+    let room = target * weights - bits_total;
+    assert!(
+        steps.iter().all(|&c| c > room),
+        "an upgrade of {steps:?} fits in {room}"
+    );
+    assert!(widths.len() > 1, "a mixed allocation expected: {widths:?}");
+    // Each linear's quantized codes have its allocated width.
+    let q = SafetensorsSource::open(&out.join("quantized.safetensors")).unwrap();
+    for l in lins {
+        let name = l["linear"].as_str().unwrap();
+        let max = *q
+            .raw(&format!("{name}.qcodes"))
+            .unwrap()
+            .2
+            .iter()
+            .max()
+            .unwrap() as u32;
+        assert!(max < 1 << l["bits"].as_u64().unwrap(), "{name}");
+    }
+
+    // recipe.toml reproduces the output byte for byte.
+    let again = compress(t, &model, &out.join("recipe.toml"), "bpw-again");
+    for f in ["model.safetensors", "quantized.safetensors"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(again.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // compressed-tensors: one config group per width.
+    let ct = t.join("bpw-ct");
+    let (code, _, err) = shrink(&[
+        "export",
+        "--model",
+        s(&out),
+        "--format",
+        "compressed-tensors",
+        "--out",
+        s(&ct),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ct.join("config.json")).unwrap()).unwrap();
+    let groups = cfg["quantization_config"]["config_groups"]
+        .as_object()
+        .unwrap();
+    assert_eq!(groups.len(), widths.len());
+
+    // Bit widths and group sizes searched together: every linear gets one of each, the budget
+    // holds, and the recipe reproduces the output.
+    let bg = t.join("bits-groups");
+    let rep = run(
+        &[
+            "--method",
+            "gptq",
+            "--target-bpw",
+            "3.5",
+            "--search-group-sizes",
+            "32,64",
+        ],
+        &bg,
+    );
+    let al = &rep["allocation"];
+    assert!(al["reached"].as_f64().unwrap() <= 3.5 + 1e-12);
+    assert_eq!(al["candidates"].as_array().unwrap().len(), 8);
+    for l in al["linears"].as_array().unwrap() {
+        let g = l["group_size"].as_u64().unwrap();
+        assert!(g == 32 || g == 64, "{l}");
+    }
+    let again = compress(t, &model, &bg.join("recipe.toml"), "bits-groups-again");
+    assert_eq!(
+        std::fs::read(bg.join("quantized.safetensors")).unwrap(),
+        std::fs::read(again.join("quantized.safetensors")).unwrap()
+    );
+
+    // --target-size: the compressed-tensors file export writes (f16 scales), at most the target
+    // and within one upgrade step (plus the header estimate) of it.
+    let sz = t.join("size");
+    let rep = run(
+        &[
+            "--method",
+            "gptq",
+            "--group-size",
+            "32",
+            "--target-size",
+            "75000",
+        ],
+        &sz,
+    );
+    let predicted = rep["allocation"]["target_size"]["predicted_file_bytes"]
+        .as_u64()
+        .unwrap();
+    let ct = t.join("size-ct");
+    let (code, _, err) = shrink(&[
+        "export",
+        "--model",
+        s(&sz),
+        "--format",
+        "compressed-tensors",
+        "--scale-dtype",
+        "f16",
+        "--out",
+        s(&ct),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let actual = std::fs::metadata(ct.join("model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(actual <= 75_000, "{actual}");
+    assert!(
+        predicted >= actual && predicted - actual < 4096,
+        "{predicted} vs {actual}"
+    );
+    assert!(actual > 75_000 - 8_000, "{actual}");
+
+    // A global sparsity searched over the linears: the zeros at the target.
+    let sp = t.join("sparse");
+    let rep = run(
+        &[
+            "--method",
+            "sparsegpt",
+            "--sparsity",
+            "0.5",
+            "--allocate",
+            "search",
+        ],
+        &sp,
+    );
+    let al = &rep["allocation"];
+    assert!((al["reached"].as_f64().unwrap() - 0.5).abs() < 1e-5, "{al}");
+    let total = rep["totals"]["sparsity"].as_f64().unwrap();
+    assert!((total - 0.5).abs() < 0.01, "{total}");
+    let again = compress(t, &model, &sp.join("recipe.toml"), "sparse-again");
+    assert_eq!(
+        std::fs::read(sp.join("model.safetensors")).unwrap(),
+        std::fs::read(again.join("model.safetensors")).unwrap()
+    );
+
+    // Refused before any work, naming the flag.
+    for (extra, needle) in [
+        (
+            vec![
+                "--method",
+                "gptq",
+                "--group-size",
+                "32",
+                "--target-bpw",
+                "1.5",
+            ],
+            "--target-bpw 1.5 cannot be met",
+        ),
+        (
+            vec![
+                "--method",
+                "gptq",
+                "--group-size",
+                "32",
+                "--target-bpw",
+                "9",
+            ],
+            "--target-bpw 9 cannot be met",
+        ),
+        (
+            vec!["--method", "wanda", "--target-bpw", "4"],
+            "needs a quantization method",
+        ),
+        (vec!["--target-bpw", "4"], "needs a quantization method"),
+        (
+            vec![
+                "--method",
+                "gptq",
+                "--group-size",
+                "32",
+                "--target-size",
+                "30KB",
+            ],
+            "--target-size 30000 cannot be met",
+        ),
+        (
+            vec!["--method", "gptq", "--target-size", "12XB"],
+            "--target-size '12XB'",
+        ),
+        (
+            vec!["--method", "gptq", "--target-bpw", "4", "--allocate", "owl"],
+            "--allocate search",
+        ),
+        (
+            vec!["--method", "gptq", "--bits", "4", "--allocate", "search"],
+            "needs a budget",
+        ),
+        (
+            vec![
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.9",
+                "--allocate",
+                "search",
+            ],
+            "--sparsity 0.9 cannot be met",
+        ),
+    ] {
+        let o = t.join("bad");
+        let args = base(&extra, &o);
+        fails_with(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[needle],
+        );
+        assert!(!o.exists());
+    }
+}

@@ -208,7 +208,7 @@ pub fn pruning_stage(recipe: &Recipe) -> Result<(usize, f64)> {
     match found.as_slice() {
         [(i, p)] => Ok((*i, *p)),
         [] => bail!(
-            "--allocate owl and agent distribute a global --sparsity FRACTION over the layers; the recipe \
+            "--allocate owl, search and agent distribute a global --sparsity FRACTION over the layers or linears; the recipe \
              has no stage with an unstructured sparsity (N:M patterns are per group, not allocated)"
         ),
         _ => bail!("--allocate: more than one stage prunes; give one pruning stage"),

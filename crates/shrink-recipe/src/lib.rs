@@ -5,6 +5,8 @@
 //! - [`alloc`]: budgets allocated over layers (OWL), written back as overrides;
 //! - [`layers`]: layer pruning (which decoder layers to drop: angular distance, block
 //!   influence, the last layers, random);
+//! - [`budget`]: the bits-per-weight accountant (what the exported file stores);
+//! - [`search`]: allocation from measured error curves under a budget (`--allocate search`);
 //! - [`plan`]: a recipe resolved for a model's linears, the per-linear [`Assign`] the pipeline
 //!   runs.
 //!
@@ -14,10 +16,12 @@
 //! [`Assign`]: shrink_pipeline::Assign
 pub mod agent;
 pub mod alloc;
+pub mod budget;
 pub mod layers;
 pub mod plan;
 pub mod profile;
 pub mod recipe;
+pub mod search;
 
 pub use plan::{Plan, Setting, Slot};
 pub use recipe::{build_method, data_free, CalibSection, Override, Recipe, Stage};
@@ -27,6 +31,17 @@ pub fn compressible_modules(
     cfg: &shrink_model::ModelConfig,
     layers: std::ops::Range<usize>,
 ) -> Vec<String> {
+    compressible_shapes(cfg, layers)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// [`compressible_modules`] with each linear's `[d_out, d_in]`.
+pub fn compressible_shapes(
+    cfg: &shrink_model::ModelConfig,
+    layers: std::ops::Range<usize>,
+) -> Vec<(String, [usize; 2])> {
     let mut out = Vec::new();
     for i in layers {
         let lay = shrink_model::arch::layer_layout(cfg, i);
@@ -34,11 +49,12 @@ pub fn compressible_modules(
             for &k in &g.linears {
                 let l = &lay.linears[k];
                 if l.compress {
-                    out.push(
+                    out.push((
                         shrink_model::arch::hf_layer_tensor(i, &l.path, "weight")
                             .trim_end_matches(".weight")
                             .to_string(),
-                    );
+                        l.shape,
+                    ));
                 }
             }
         }
