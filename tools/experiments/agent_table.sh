@@ -18,7 +18,7 @@ TARGETS=("$@")
 for s in "${TARGETS[@]}"; do
   name=wanda-$s-agent
   if [ ! -f "$RES/$name.eval.json" ]; then
-    rm -rf "$OUT/$name"
+    rm -rf "$OUT/$name" "$OUT/.$name.partial"
     /usr/bin/time -v "$BIN" compress --model "$MODEL" --method wanda --sparsity "$s" \
       --allocate agent --calib data/calib.txt --nsamples 64 --seqlen 512 --seed 0 \
       --out "$OUT/$name" > "$RES/$name.log" 2> "$RES/$name.time.txt"
@@ -28,7 +28,7 @@ for s in "${TARGETS[@]}"; do
   fi
   sname=sparsegpt-$s-agent
   if [ ! -f "$RES/$sname.eval.json" ]; then
-    rm -rf "$OUT/$sname"
+    rm -rf "$OUT/$sname" "$OUT/.$sname.partial"
     /usr/bin/time -v "$BIN" compress -q --model "$MODEL" --recipe "$RES/$name.recipe.toml" \
       --method sparsegpt --out "$OUT/$sname" 2> "$RES/$sname.time.txt"
     cp "$OUT/$sname/report.json" "$RES/$sname.report.json"
