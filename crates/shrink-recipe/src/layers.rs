@@ -102,23 +102,9 @@ pub fn check_list(list: &[usize], layers: usize, what: &str) -> Result<Vec<usize
 /// al.'s angular distance, averaged over all tokens); tokens where either vector is zero are
 /// skipped.
 pub fn angular_distance(a: &[f32], b: &[f32], d: usize) -> f64 {
-    let mut sum = 0.0f64;
-    let mut n = 0usize;
-    for (x, y) in a.chunks(d.max(1)).zip(b.chunks(d.max(1))) {
-        let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
-        for (p, q) in x.iter().zip(y) {
-            let (p, q) = (*p as f64, *q as f64);
-            xy += p * q;
-            xx += p * p;
-            yy += q * q;
-        }
-        let den = (xx * yy).sqrt();
-        if den > 0.0 {
-            sum += (xy / den).clamp(-1.0, 1.0).acos() / std::f64::consts::PI;
-            n += 1;
-        }
-    }
-    sum / n.max(1) as f64
+    crate::profile::mean_over_tokens(a, b, d, |c| {
+        c.clamp(-1.0, 1.0).acos() / std::f64::consts::PI
+    })
 }
 
 /// What the measuring pass found.

@@ -118,8 +118,9 @@ impl Method for Profiler {
     }
 }
 
-/// Mean over tokens of `1 - cos(a_t, b_t)` for `[tokens, d]` hidden states.
-pub fn block_influence(a: &[f32], b: &[f32], d: usize) -> f64 {
+/// Mean over tokens of `f(cos(a_t, b_t))` for `[tokens, d]` hidden states; tokens where either
+/// vector is zero are skipped.
+pub fn mean_over_tokens(a: &[f32], b: &[f32], d: usize, f: impl Fn(f64) -> f64) -> f64 {
     let mut sum = 0.0f64;
     let mut n = 0usize;
     for (x, y) in a.chunks(d.max(1)).zip(b.chunks(d.max(1))) {
@@ -132,11 +133,16 @@ pub fn block_influence(a: &[f32], b: &[f32], d: usize) -> f64 {
         }
         let den = (xx * yy).sqrt();
         if den > 0.0 {
-            sum += 1.0 - xy / den;
+            sum += f(xy / den);
             n += 1;
         }
     }
     sum / n.max(1) as f64
+}
+
+/// Mean over tokens of `1 - cos(a_t, b_t)` for `[tokens, d]` hidden states.
+pub fn block_influence(a: &[f32], b: &[f32], d: usize) -> f64 {
+    mean_over_tokens(a, b, d, |c| 1.0 - c)
 }
 
 /// `(v - mean) / std` across layers (population std; 0 when all are equal).
