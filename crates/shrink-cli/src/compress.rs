@@ -1019,6 +1019,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 &src,
                 &calib,
                 0..n_layers,
+                a.owl_m,
                 a.holdin_samples,
                 settings,
                 ext,
@@ -1248,16 +1249,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             },
         });
         if let Some(text) = &eval_text {
-            let o = crate::eval_ppl(&a.model, text)?;
-            let dir_model = dir.join("");
-            let q = crate::eval_ppl(&dir_model, text)?;
-            eprintln!(
-                "perplexity: original {:.4}, compressed {:.4} ({:+.2}%)",
-                o.perplexity,
-                q.perplexity,
-                100.0 * (q.perplexity / o.perplexity - 1.0)
-            );
-            out["eval"] = json!({"text": a.eval, "original": o, "compressed": q});
+            out["eval"] = eval_against_original(&a, &dir.join(""), text, "compressed")?;
         }
         write_json(&dir.join("report.json"), &out)?;
         // The recipe that reproduces this run (`--recipe DIR/recipe.toml`).
@@ -1350,15 +1342,7 @@ fn write_pruned(
         "totals": {"assemble_seconds": t.elapsed().as_secs_f64(), "peak_rss_mb": shrink_eval::peak_rss_mb()},
     });
     if let Some(text) = eval_text {
-        let o = crate::eval_ppl(&a.model, text)?;
-        let q = crate::eval_ppl(&dir.join(""), text)?;
-        eprintln!(
-            "perplexity: original {:.4}, pruned {:.4} ({:+.2}%)",
-            o.perplexity,
-            q.perplexity,
-            100.0 * (q.perplexity / o.perplexity - 1.0)
-        );
-        out["eval"] = json!({"text": a.eval, "original": o, "compressed": q});
+        out["eval"] = eval_against_original(a, &dir.join(""), text, "pruned")?;
     }
     write_json(&dir.join("report.json"), &out)?;
     std::fs::write(dir.join("recipe.toml"), recipe.to_toml()?)
@@ -1373,4 +1357,23 @@ fn write_pruned(
         );
     }
     Ok(())
+}
+
+/// `--eval`: perplexity of the original model and of the written one (`label` in the message),
+/// for report.json's `eval`.
+fn eval_against_original(
+    a: &CompressArgs,
+    written: &Path,
+    text: &str,
+    label: &str,
+) -> Result<serde_json::Value> {
+    let o = crate::eval_ppl(&a.model, text)?;
+    let q = crate::eval_ppl(written, text)?;
+    eprintln!(
+        "perplexity: original {:.4}, {label} {:.4} ({:+.2}%)",
+        o.perplexity,
+        q.perplexity,
+        100.0 * (q.perplexity / o.perplexity - 1.0)
+    );
+    Ok(json!({"text": a.eval, "original": o, "compressed": q}))
 }

@@ -325,7 +325,9 @@ fn agent_settings_are_checked_before_work() {
 /// held-in perplexity rose too much and writes nothing.
 #[test]
 fn rollbacks_and_the_guard_on_the_default_model() {
-    let Some(model) = fetched_model() else { return };
+    let Some(model) = fetched("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let calib = root().join("data/calib.txt");
@@ -404,19 +406,4 @@ fn rollbacks_and_the_guard_on_the_default_model() {
     run_ok(&a);
     let rep = report(&g);
     assert!(rep["guard"]["rise"].as_f64().unwrap() > 0.01);
-}
-
-fn fetched_model() -> Option<PathBuf> {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{} is missing under CI: .ci/run must run scripts/fetch first",
-            p.display()
-        );
-    }
-    eprintln!("SKIPPED: {} is absent (run scripts/fetch)", p.display());
-    None
 }

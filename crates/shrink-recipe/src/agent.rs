@@ -800,13 +800,14 @@ pub fn run(
 }
 
 /// The whole strategy on a model: one dense calibration pass over `layers` (input norms and
-/// OWL's statistics; `progress(done, total)` per layer), the dense model loaded, the held-in
+/// OWL's statistics at threshold `owl_m`; `progress(done, total)` per layer), the dense model loaded, the held-in
 /// slice taken from the first `holdin` calibration windows, then [`run`].
 #[allow(clippy::too_many_arguments)]
 pub fn allocate(
     src: &shrink_model::ModelSource,
     calib: &shrink_calib::CalibSet,
     layers: std::ops::Range<usize>,
+    owl_m: f64,
     holdin: usize,
     s: &AgentSettings,
     agent: Option<External>,
@@ -814,7 +815,7 @@ pub fn allocate(
     log: &mut dyn FnMut(&Step),
 ) -> Result<Outcome> {
     s.check()?;
-    let probe = AgentProbe::new(5.0)?;
+    let probe = AgentProbe::new(owl_m)?;
     shrink_pipeline::run(
         src,
         calib,
@@ -1030,7 +1031,6 @@ mod tests {
 
     #[test]
     fn external_agent_protocol() {
-        let s = settings();
         let layers = [view(0, 0.4, 0.0)];
         let r = req(1, &layers, &[]);
         let line = serde_json::to_string(&r).unwrap();
@@ -1059,6 +1059,5 @@ mod tests {
         let mut a = External::spawn("true", Duration::from_secs(10)).unwrap();
         let (_, fatal) = a.ask(&line).unwrap_err();
         assert!(fatal);
-        let _ = s;
     }
 }

@@ -7,6 +7,13 @@ use shrink_model::{arch, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../../../shrink-model/tests/common.rs"]
+#[allow(dead_code)]
+mod model_common;
+/// A fetched file under the repository root, or None (skip) outside CI.
+#[allow(unused_imports)]
+pub use model_common::fetched;
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
