@@ -143,6 +143,18 @@ fn opt_usize(v: &Value, key: &str, file: &str) -> Result<Option<usize>> {
         Some(_) => get_usize(v, key, file).map(Some),
     }
 }
+/// The shortest decimal that reads back as the same f32, as f64: a GGUF's f32 `1e-6` is written
+/// as `1e-6` in config.json, not `9.999999974752427e-7`. Values that are not f32 (an f64 from
+/// a config.json) come back unchanged whenever their f32 rounding prints the same.
+fn shortest_f32(x: f64) -> f64 {
+    let short: f64 = format!("{}", x as f32).parse().unwrap_or(x);
+    if short as f32 == x as f32 && (x as f32) as f64 == x {
+        short
+    } else {
+        x
+    }
+}
+
 fn opt_f64(v: &Value, key: &str, file: &str) -> Result<Option<f64>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -444,7 +456,7 @@ impl ModelConfig {
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
             "hidden_act": self.act.hf_name(),
-            "rms_norm_eps": self.rms_norm_eps,
+            "rms_norm_eps": shortest_f32(self.rms_norm_eps),
             "rope_theta": self.rope_theta,
             "rope_scaling": rope_scaling,
             "max_position_embeddings": self.max_position_embeddings,
@@ -499,10 +511,16 @@ impl ModelConfig {
         }
         if name == "gemma3_text" {
             o.insert("hidden_activation".into(), json!(self.act.hf_name()));
-            o.insert(
-                "query_pre_attn_scalar".into(),
-                json!(self.query_pre_attn_scalar),
-            );
+            // transformers' Gemma3TextConfig types this field as int (256 in the released
+            // configs) and refuses 256.0.
+            let scalar = self.query_pre_attn_scalar.map(|s| {
+                if s.fract() == 0.0 && s.abs() < 1e15 {
+                    json!(s as i64)
+                } else {
+                    json!(s)
+                }
+            });
+            o.insert("query_pre_attn_scalar".into(), json!(scalar));
             o.insert("rope_local_base_freq".into(), json!(self.rope_local_theta));
             o.insert("attn_logit_softcapping".into(), json!(self.attn_softcap));
             o.insert("final_logit_softcapping".into(), json!(self.final_softcap));
@@ -674,4 +692,19 @@ fn parse_rope_scaling(s: &Value, file: &str) -> Result<Option<RopeScaling>> {
         }),
         other => bail!("{file}: rope scaling type '{other}' is not supported (supported: default, linear, llama3)"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortest_f32;
+
+    #[test]
+    fn shortest_f32_prints_gguf_floats_as_written() {
+        assert_eq!(shortest_f32(1e-6f32 as f64), 1e-6);
+        assert_eq!(shortest_f32(1e-5f32 as f64), 1e-5);
+        // an f64 from a config.json is kept as it is
+        assert_eq!(shortest_f32(1e-6), 1e-6);
+        assert_eq!(shortest_f32(0.1), 0.1);
+        assert_eq!(shortest_f32(10000.0), 10000.0);
+    }
 }
