@@ -250,3 +250,99 @@ fn moe_exports_keep_every_expert_quantized() {
         "GGUF Q8_0 {p_g} vs compressed {p_q}"
     );
 }
+
+/// GPTQ codes on llama.cpp's Q4_0 grid (sym, groups of 32) are carried into the stacked expert
+/// tensors `ffn_*_exps` as they are into the other linears: no expert is re-rounded by the GGUF
+/// writer. transformers' tiny Mixtral fixture (expert d_in 64 and 32).
+#[test]
+fn stacked_expert_tensors_carry_gptq_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("hf");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny("mixtral").join(f), src.join(f)).unwrap();
+    }
+    std::fs::write(src.join("tokenizer.json"), tokenizer_json(128)).unwrap();
+    let calib = calib_text(tmp.path());
+    let out = tmp.path().join("q");
+    let (code, _, err) = shrink(&[
+        "compress",
+        "-q",
+        "--model",
+        s(&src),
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+        "--sym",
+        "--calib",
+        s(&calib),
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "32",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let gg = tmp.path().join("m.gguf");
+    let rep = tmp.path().join("export.json");
+    let (code, _, err) = shrink(&[
+        "export",
+        "-q",
+        "--model",
+        s(&out),
+        "--format",
+        "gguf",
+        "--type",
+        "Q4_0",
+        "--tokenizer-pre",
+        "gpt-2",
+        "--out",
+        s(&gg),
+        "--report",
+        s(&rep),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let exps: Vec<&serde_json::Value> = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().contains("_exps"))
+        .collect();
+    assert_eq!(exps.len(), 6, "2 layers x gate/up/down");
+    for t in &exps {
+        assert_eq!(t["ggml_type"], "Q4_0", "{t}");
+        assert_eq!(t["carried_codes"], true, "{t}");
+    }
+    // carried codes: every expert weight read back from the GGUF differs from the compressed
+    // model's only by the f16 rounding of its block scale (relative 2^-11); re-rounding onto
+    // llama.cpp's own Q4_0 scale (max / -8) would move weights by up to half a step.
+    let (q, g) = (
+        ModelSource::open(&out).unwrap(),
+        ModelSource::open(&gg).unwrap(),
+    );
+    let mut n = 0;
+    for (l, e, w) in
+        (0..2).flat_map(|l| (0..4).flat_map(move |e| ["w1", "w2", "w3"].map(|w| (l, e, w))))
+    {
+        let name = &format!("model.layers.{l}.block_sparse_moe.experts.{e}.{w}.weight");
+        let (a, b) = (
+            q.tensors.load(name).unwrap().data,
+            g.tensors.load(name).unwrap().data,
+        );
+        assert_eq!(a.len(), b.len(), "{name}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= x.abs() * 1e-3 + 1e-12,
+                "{name}: {x} vs {y}"
+            );
+        }
+        n += 1;
+    }
+    assert_eq!(n, 2 * 4 * 3, "every expert linear compared");
+}

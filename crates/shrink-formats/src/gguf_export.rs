@@ -689,23 +689,42 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
             _ => None,
         };
         let stacked = first.gguf.expert.is_some();
-        // Carry GPTQ codes over where the block type holds them exactly.
+        // Carry GPTQ codes over where the block type holds them exactly; a stacked expert
+        // tensor is carried when every expert's linear is.
         let mut carried = None;
-        if let (Some(q), Some((layer, k, true)), true, false) =
-            (e.quantized, lin, e.carry_codes, stacked)
-        {
-            let spec = &layouts[&layer].linears[k];
-            let base = crate::quantized::base_name(layer, &spec.path);
-            let s = q.settings_for(&base);
-            if q.has(&base) && s.group_size == Some(32) && carry_type(s.bits, s.sym) == Some(ty) {
-                let ql = q.load(&base, spec.shape)?;
-                if ql.g_idx_trivial(32) && ql.d_in % 32 == 0 {
-                    let ql = match &perm {
-                        Some(p) => ql.permute_rows(p),
-                        None => ql,
-                    };
-                    carried = Some(carry_blocks(&ql, ty)?);
+        if let (Some(q), Some((_, _, true)), true) = (e.quantized, lin, e.carry_codes) {
+            let mut blocks = Vec::new();
+            for part in entries {
+                let (Some(layer), TensorKind::LinearWeight(k)) = (part.layer, part.kind) else {
+                    blocks.clear();
+                    break;
+                };
+                let spec = &layouts
+                    .entry(layer)
+                    .or_insert_with(|| arch::layer_layout(cfg, layer))
+                    .linears[k];
+                let base = crate::quantized::base_name(layer, &spec.path);
+                let s = q.settings_for(&base);
+                if !(q.has(&base)
+                    && s.group_size == Some(32)
+                    && carry_type(s.bits, s.sym) == Some(ty))
+                {
+                    blocks.clear();
+                    break;
                 }
+                let ql = q.load(&base, spec.shape)?;
+                if !(ql.g_idx_trivial(32) && ql.d_in % 32 == 0) {
+                    blocks.clear();
+                    break;
+                }
+                let ql = match &perm {
+                    Some(p) => ql.permute_rows(p),
+                    None => ql,
+                };
+                blocks.push(carry_blocks(&ql, ty)?);
+            }
+            if blocks.len() == entries.len() {
+                carried = Some(blocks.concat());
             }
         }
         let imat = match (e.imatrix, lin, stacked) {

@@ -796,3 +796,30 @@ fn smollm2_q4_1_model() {
         }
     }
 }
+
+/// An empty metadata array is written with the element type llama.cpp expects for its key:
+/// llama.cpp refuses a vocabulary whose empty `tokenizer.ggml.merges` is typed u8 ("invalid gguf
+/// type for tokenizer.ggml.merges"), which is what a byte-level BPE without merges gives.
+#[test]
+fn empty_arrays_take_the_type_of_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.gguf");
+    let mut w = GgufWriter::new();
+    w.add_metadata("tokenizer.ggml.merges", GgufValue::Array(vec![]));
+    w.add_metadata("tokenizer.ggml.scores", GgufValue::Array(vec![]));
+    w.add_metadata("x.other", GgufValue::Array(vec![]));
+    w.write(&path).unwrap();
+    let b = std::fs::read(&path).unwrap();
+    // after each key: value type (u32 9 = array), element type (u32), length (u64 0)
+    let elem_type = |key: &str| {
+        let k = key.as_bytes();
+        let at = b.windows(k.len()).position(|w| w == k).unwrap() + k.len();
+        assert_eq!(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()), 9);
+        assert_eq!(u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap()), 0);
+        u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap())
+    };
+    assert_eq!(elem_type("tokenizer.ggml.merges"), 8, "string");
+    assert_eq!(elem_type("tokenizer.ggml.scores"), 6, "f32");
+    assert_eq!(elem_type("x.other"), 0, "u8");
+    assert!(GgufFile::open(&path).is_ok());
+}
