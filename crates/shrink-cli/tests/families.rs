@@ -283,3 +283,58 @@ fn family_bad_inputs_get_one_clear_error() {
         &["mx-6.gguf", "ffn_gate_inp", "[4, 32]", "[6, 32]"],
     );
 }
+
+/// Llama 3.1 rope scaling through GGUF and back: the export writes the `rope_freqs` tensor that
+/// llama.cpp's own converter wrote for the tiny Llama fixture (llama3 scaling, factor 8), the
+/// converter's GGUF loads, and `convert` turns it into a config.json (transformers' `longrope`
+/// with one set of factors) that gives the same model.
+#[test]
+fn llama3_rope_scaling_as_llama_cpp_rope_freqs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = text(tmp.path());
+    let hf = hf_dir(tmp.path()); // the tiny Llama fixture, llama3 rope scaling
+    let p_hf = ppl16(&hf, &text);
+    let gg = tmp.path().join("llama.gguf");
+    to_gguf(&hf, &gg);
+    let ours = GgufFile::open(&gg).unwrap();
+    let theirs = GgufFile::open(&tiny("llama").join("model.f32.gguf")).unwrap();
+    let (a, b) = (
+        ours.dequantize("rope_freqs.weight").unwrap(),
+        theirs.dequantize("rope_freqs.weight").unwrap(),
+    );
+    assert_eq!(a.len(), 8, "head_dim 16: 8 frequencies");
+    assert!(a.iter().any(|&f| f > 1.0), "the scaling is active: {a:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-6 * y.abs(),
+            "rope_freqs {a:?} vs converter {b:?}"
+        );
+    }
+    let p_gg = ppl16(&gg, &text);
+    assert!(
+        (p_gg - p_hf).abs() < 1e-4 * p_hf,
+        "GGUF {p_gg} vs HF {p_hf}"
+    );
+    // convert: the factors become a longrope config that reads back to the same model
+    let conv = tmp.path().join("conv");
+    let (code, _, err) = shrink(&["convert", "-q", s(&gg), "--out", s(&conv)]);
+    assert_eq!(code, 0, "convert: {err}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(conv.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["rope_scaling"]["rope_type"], "longrope", "{cfg}");
+    let p_conv = ppl16(&conv, &text);
+    assert!(
+        (p_conv - p_hf).abs() < 1e-4 * p_hf,
+        "converted {p_conv} vs {p_hf}"
+    );
+    // and back to GGUF: the same rope_freqs again
+    let gg2 = tmp.path().join("again.gguf");
+    to_gguf(&conv, &gg2);
+    assert_eq!(
+        GgufFile::open(&gg2)
+            .unwrap()
+            .dequantize("rope_freqs.weight")
+            .unwrap(),
+        a
+    );
+}

@@ -438,12 +438,19 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
         None => {}
         Some(shrink_model::RopeScaling::Linear { factor }) => {
             let a = cfg.arch.gguf_name();
-            w.add_metadata(format!("{a}.rope.scaling.type"), GgufValue::String("linear".into()));
-            w.add_metadata(format!("{a}.rope.scaling.factor"), GgufValue::F32(*factor as f32));
+            w.add_metadata(
+                format!("{a}.rope.scaling.type"),
+                GgufValue::String("linear".into()),
+            );
+            w.add_metadata(
+                format!("{a}.rope.scaling.factor"),
+                GgufValue::F32(*factor as f32),
+            );
         }
-        Some(other) => bail!(
-            "GGUF export of rope scaling {other:?} is not supported (llama.cpp stores Llama 3.1 scaling as a rope_freqs tensor, which shrink does not write)"
-        ),
+        // written as the rope_freqs tensor (see build_gguf)
+        Some(
+            shrink_model::RopeScaling::Llama3 { .. } | shrink_model::RopeScaling::Factors { .. },
+        ) => {}
     }
     let a = cfg.arch.gguf_name();
     let k = |s: &str| format!("{a}.{s}");
@@ -778,6 +785,25 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
             bytes: data.len() as u64,
         });
         w.add_tensor(gname.to_string(), dims, ty, data)?;
+    }
+    if let Some(f) = shrink_model::layer::rope_freq_factors(cfg) {
+        // llama.cpp's form of per-frequency rope scaling (Llama 3.1), F32 as its converter writes it
+        let data: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+        report.push(TensorReport {
+            name: "rope_freqs.weight".to_string(),
+            ggml_type: GgmlType::F32.name().to_string(),
+            requested: GgmlType::F32.name().to_string(),
+            carried_codes: false,
+            imatrix: false,
+            elements: f.len() as u64,
+            bytes: data.len() as u64,
+        });
+        w.add_tensor(
+            "rope_freqs.weight".to_string(),
+            vec![f.len() as u64],
+            GgmlType::F32,
+            data,
+        )?;
     }
     Ok((w, report))
 }

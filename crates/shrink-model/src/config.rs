@@ -16,6 +16,12 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Each rotary frequency `i` divided by `factors[i]` (`rotary_dim / 2` of them): the
+    /// `rope_freqs` tensor of llama.cpp (its converter's form of Llama 3.1 scaling; llama.cpp
+    /// computes `theta_i = pos * base^(-2i/d) / factors[i]`). In config.json this is transformers'
+    /// `longrope` with `short_factor == long_factor == factors` and `attention_factor` 1
+    /// (`inv_freq = 1 / (ext_factors * base^(2i/d))`), which is the same rotation.
+    Factors { factors: Vec<f64> },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -403,10 +409,23 @@ impl ModelConfig {
                 bail!("{file}: {} experts is implausibly many", m.num_experts);
             }
         }
-        match self.rope_scaling {
+        match &self.rope_scaling {
             None => {}
-            Some(RopeScaling::Linear { factor }) => positive("factor", factor)?,
-            Some(RopeScaling::Llama3 {
+            Some(RopeScaling::Factors { factors }) => {
+                if factors.len() != self.rotary_dim / 2 {
+                    bail!(
+                        "{file}: {} per-frequency rope factors for a rotary dimension of {} (expected {})",
+                        factors.len(),
+                        self.rotary_dim,
+                        self.rotary_dim / 2
+                    );
+                }
+                if let Some(bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+                    bail!("{file}: per-frequency rope factor {bad} is not a positive number");
+                }
+            }
+            Some(RopeScaling::Linear { factor }) => positive("factor", *factor)?,
+            &Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
@@ -443,6 +462,11 @@ impl ModelConfig {
                 "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                 "high_freq_factor": high_freq_factor,
                 "original_max_position_embeddings": *original_max_position_embeddings as u64,
+            }),
+            Some(RopeScaling::Factors { factors }) => json!({
+                "rope_type": "longrope", "short_factor": factors, "long_factor": factors,
+                "attention_factor": 1.0, "factor": 1.0,
+                "original_max_position_embeddings": self.max_position_embeddings,
             }),
         };
         let mut v = json!({
@@ -690,7 +714,33 @@ fn parse_rope_scaling(s: &Value, file: &str) -> Result<Option<RopeScaling>> {
             high_freq_factor: f("high_freq_factor")?,
             original_max_position_embeddings: f("original_max_position_embeddings")?,
         }),
-        other => bail!("{file}: rope scaling type '{other}' is not supported (supported: default, linear, llama3)"),
+        "longrope" => {
+            // Supported where it is one fixed set of per-frequency factors (as shrink writes
+            // llama.cpp's rope_freqs): Phi-3's switch between short and long factors at
+            // original_max_position_embeddings, and its attention scaling, are not.
+            let list = |k: &str| -> Result<Vec<f64>> {
+                s.get(k)
+                    .and_then(|x| x.as_array())
+                    .with_context(|| format!("{file}: rope scaling 'longrope' needs a list '{k}'"))?
+                    .iter()
+                    .map(|x| {
+                        x.as_f64().with_context(|| {
+                            format!("{file}: rope scaling 'longrope': '{k}' holds a non-number {x}")
+                        })
+                    })
+                    .collect()
+            };
+            let (short, long) = (list("short_factor")?, list("long_factor")?);
+            if short != long {
+                bail!("{file}: rope scaling 'longrope' with different short_factor and long_factor (Phi-3's long-context switch) is not supported; only one fixed set of factors is");
+            }
+            match s.get("attention_factor").and_then(|x| x.as_f64()) {
+                Some(a) if a == 1.0 => {}
+                a => bail!("{file}: rope scaling 'longrope' with attention_factor {} is not supported (only 1.0)", a.map_or("absent (derived from factor)".to_string(), |a| a.to_string())),
+            }
+            Some(RopeScaling::Factors { factors: short })
+        }
+        other => bail!("{file}: rope scaling type '{other}' is not supported (supported: default, linear, llama3, longrope with one set of factors)"),
     })
 }
 

@@ -1451,7 +1451,10 @@ fn put_string(h: &mut Vec<u8>, s: &str) {
 /// `Keys.Tokenizer`: string lists, f32 scores, i32 token types), u8 for any other key.
 fn empty_array_type(key: &str) -> u32 {
     match key {
-        "tokenizer.ggml.tokens" | "tokenizer.ggml.merges" | "general.tags" | "general.languages"
+        "tokenizer.ggml.tokens"
+        | "tokenizer.ggml.merges"
+        | "general.tags"
+        | "general.languages"
         | "general.datasets" => T_STRING,
         "tokenizer.ggml.scores" => T_F32,
         "tokenizer.ggml.token_type" => T_I32,
@@ -1479,7 +1482,9 @@ fn put_value(h: &mut Vec<u8>, v: &GgufValue, key: &str, depth: usize) -> Result<
             }
             // An empty array has no element to take the type from: use the type llama.cpp
             // expects for the key (it refuses e.g. an empty u8 `tokenizer.ggml.merges`).
-            let elem_ty = a.first().map_or_else(|| empty_array_type(key), GgufValue::type_id);
+            let elem_ty = a
+                .first()
+                .map_or_else(|| empty_array_type(key), GgufValue::type_id);
             if let Some(bad) = a.iter().find(|e| e.type_id() != elem_ty) {
                 bail!(
                     "GGUF writer: metadata key '{key}' mixes {} and {} in one array (GGUF arrays are homogeneous)",

@@ -657,6 +657,48 @@ pub struct RopeTable {
 
 /// Inverse frequencies `1 / theta^(2i/d)` of the global layers, scaled as in transformers'
 /// `ROPE_INIT_FUNCTIONS`.
+/// llama.cpp's `rope_freqs` tensor for this model, the divisor of each rotary frequency, where
+/// the scaling is one llama.cpp stores that way: the given factors, or Llama 3.1 scaling
+/// computed as llama.cpp's converter does (`LlamaModel.generate_extra_tensors` in
+/// convert_hf_to_gguf.py: 1 above the high-frequency wavelength, `factor` below the low one,
+/// `1 / ((1 - smooth) / factor + smooth)` between; f32 arithmetic).
+pub fn rope_freq_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    match &cfg.rope_scaling {
+        Some(RopeScaling::Factors { factors }) => Some(factors.iter().map(|&f| f as f32).collect()),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let (factor, lo, hi, old) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+                *original_max_position_embeddings as f32,
+            );
+            let (low_wl, high_wl) = (old / lo, old / hi);
+            Some(
+                inv_freq_of(cfg.rotary_dim, cfg.rope_theta, None)
+                    .iter()
+                    .map(|&f| {
+                        let wl = 2.0 * std::f32::consts::PI / f;
+                        if wl < high_wl {
+                            1.0
+                        } else if wl > low_wl {
+                            factor
+                        } else {
+                            let smooth = (old / wl - lo) / (hi - lo);
+                            1.0 / ((1.0 - smooth) / factor + smooth)
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
 pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     inv_freq_of(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling.as_ref())
 }
@@ -668,6 +710,11 @@ fn inv_freq_of(d: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> 
     match scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f32).collect(),
+        Some(RopeScaling::Factors { factors }) => base
+            .iter()
+            .zip(factors)
+            .map(|(f, k)| f / *k as f32)
+            .collect(),
         Some(RopeScaling::Llama3 {
             factor,
             low_freq_factor,

@@ -680,7 +680,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     } else {
         f.get_str_array("tokenizer.ggml.tokens")?.len()
     };
-    let rope_scaling = match f.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
+    let mut rope_scaling = match f.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
         None | Some("none") => None,
         Some("linear") => Some(RopeScaling::Linear {
             factor: f.get_f64(&k("rope.scaling.factor"))?,
@@ -689,10 +689,23 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             bail!("{file}: rope scaling type '{t}' is not supported (supported: none, linear)")
         }
     };
-    for t in ["rope_freqs.weight", "rope_factors_long.weight"] {
-        if f.tensor(t).is_some() {
-            bail!("{file}: has a '{t}' tensor (per-frequency rope scaling in GGUF form), which shrink does not read yet");
+    if f.tensor("rope_factors_long.weight").is_some() {
+        bail!("{file}: has a 'rope_factors_long.weight' tensor (Phi-3's long-context rope switch), which shrink does not support");
+    }
+    if f.tensor("rope_freqs.weight").is_some() {
+        // llama.cpp's converter writes Llama 3.1 scaling as per-frequency divisors
+        if rope_scaling.is_some() {
+            bail!(
+                "{file}: has both a 'rope_freqs.weight' tensor and '{}'",
+                k("rope.scaling.type")
+            );
         }
+        let factors = f
+            .dequantize("rope_freqs.weight")
+            .with_context(|| format!("{file}: tensor 'rope_freqs.weight'"))?;
+        rope_scaling = Some(RopeScaling::Factors {
+            factors: factors.iter().map(|&x| x as f64).collect(),
+        });
     }
     let num_layers = u("block_count")?;
     let tie = f.tensor("output.weight").is_none();

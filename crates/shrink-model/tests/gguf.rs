@@ -815,7 +815,10 @@ fn empty_arrays_take_the_type_of_their_key() {
         let k = key.as_bytes();
         let at = b.windows(k.len()).position(|w| w == k).unwrap() + k.len();
         assert_eq!(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()), 9);
-        assert_eq!(u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap()), 0);
+        assert_eq!(
+            u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap()),
+            0
+        );
         u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap())
     };
     assert_eq!(elem_type("tokenizer.ggml.merges"), 8, "string");
