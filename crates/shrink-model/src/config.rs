@@ -735,7 +735,7 @@ fn parse_rope_scaling(s: &Value, file: &str) -> Result<Option<RopeScaling>> {
                 bail!("{file}: rope scaling 'longrope' with different short_factor and long_factor (Phi-3's long-context switch) is not supported; only one fixed set of factors is");
             }
             match s.get("attention_factor").and_then(|x| x.as_f64()) {
-                Some(a) if a == 1.0 => {}
+                Some(1.0) => {}
                 a => bail!("{file}: rope scaling 'longrope' with attention_factor {} is not supported (only 1.0)", a.map_or("absent (derived from factor)".to_string(), |a| a.to_string())),
             }
             Some(RopeScaling::Factors { factors: short })
