@@ -77,8 +77,10 @@ CASES = [
     "qwen3_moe",
     "qwen3_moe_sparse",
     "mixtral",
+    "olmoe",
 ]
-BPE_PRE = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2", "qwen3_moe_sparse": "qwen2"}
+BPE_PRE = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2", "qwen3_moe_sparse": "qwen2",
+           "olmoe": "olmo"}
 SPM_CASES = ("gemma3", "gemma3_softcap", "phi3", "phi3_partial", "mixtral")
 MAX_GGUF_BYTES = 300_000
 

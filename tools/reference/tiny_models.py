@@ -68,6 +68,9 @@ max_position_embeddings 64, float32, eager attention, each config from the real 
     qwen3_moe_sparse    Qwen3MoeConfig with every layer MoE: 2 layers, head_dim 24 (q 96 wide), else
                         as qwen3_moe. Exists because llama.cpp's converter refuses qwen3_moe's dense
                         layer (tiny_gguf.py); this one has a GGUF.
+    olmoe               OlmoeConfig: 2 layers, 4 experts top-2, norm_topk_prob false, expert
+                        intermediate 32, 4 heads / 2 kv heads, q_norm (64 wide) and k_norm (32
+                        wide) over the whole projection, untied, rope_theta 1e4, eps 1e-5.
 
 For the family cases reference.safetensors also holds
 
@@ -178,10 +181,11 @@ def make_config(name):
 # The cases of the first fixture set: their files are committed and must not change (their seeds are
 # args.seed + 100 * index, so new cases are only ever appended to CASES).
 LEGACY_CASES = ["llama", "qwen2", "mistral", "llama_bf16_sharded"]
-FAMILY_CASES = ["qwen3", "gemma3", "gemma3_softcap", "phi3", "phi3_partial", "qwen3_moe", "mixtral", "qwen3_moe_sparse"]
+FAMILY_CASES = ["qwen3", "gemma3", "gemma3_softcap", "phi3", "phi3_partial", "qwen3_moe", "mixtral", "qwen3_moe_sparse",
+                "olmoe"]
 CASES = LEGACY_CASES + FAMILY_CASES
 GEMMA_CASES = ("gemma3", "gemma3_softcap")
-MOE_CASES = ("qwen3_moe", "mixtral", "qwen3_moe_sparse")
+MOE_CASES = ("qwen3_moe", "mixtral", "qwen3_moe_sparse", "olmoe")
 # Gemma 3 layer pattern: sliding window 8 < the 24-token sequences, so the window mask matters.
 GEMMA_LAYER_TYPES = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
 GEMMA_FINAL_SOFTCAP = 3.0  # pre-cap logits reach ~|4|, so tanh(x/3)*3 is far from linear there
@@ -271,6 +275,28 @@ def make_family_config(name):
             use_sliding_window=False,
             bos_token_id=1,
             eos_token_id=2,
+        )
+    if name == "olmoe":
+        from transformers import OlmoeConfig
+
+        # q_norm/k_norm over the whole projection (not per head), softmax top-k without
+        # renormalisation (norm_topk_prob false, as OLMoE-1B-7B), GQA to tell the k_norm width apart
+        return OlmoeConfig(
+            **common,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_theta=1e4,
+            rms_norm_eps=1e-5,
+            clip_qkv=None,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
         )
     if name == "mixtral":
         return MixtralConfig(

@@ -484,9 +484,10 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
                 GgufValue::U32(m.expert_intermediate as u32),
             );
         }
-        if !m.norm_topk_prob {
-            // llama.cpp's qwen3moe graph always renormalises; shrink reads this key back
-            w.add_metadata(k("expert_weights_norm"), GgufValue::Bool(false));
+        if m.norm_topk_prob != cfg.arch.gguf_renormalizes_topk {
+            // llama.cpp's graph for the architecture decides (qwen3moe always renormalises,
+            // olmoe never); shrink reads this key back
+            w.add_metadata(k("expert_weights_norm"), GgufValue::Bool(m.norm_topk_prob));
         }
     }
     if let Some(win) = cfg.sliding_window.filter(|_| a == "gemma3") {

@@ -155,6 +155,13 @@ pub struct Family {
     /// The config's `attn_logit_softcapping` caps attention scores (Gemma 2 does; transformers'
     /// Gemma 3 reads the key but never applies it, and neither does llama.cpp's gemma3 graph).
     pub attn_softcap: bool,
+    /// q_norm / k_norm normalise the whole projection (`num_heads * head_dim` values, OLMoE)
+    /// instead of each head.
+    pub qk_norm_whole: bool,
+    /// llama.cpp's graph for this GGUF architecture renormalises the top-k router weights
+    /// (qwen3moe, Mixtral's llama; not olmoe): the routing read from a GGUF without an
+    /// `expert_weights_norm` key.
+    pub gguf_renormalizes_topk: bool,
 }
 
 const LLAMA_NORMS: &[(NormSlot, &str, &str)] = &[
@@ -199,6 +206,8 @@ const LLAMA_LIKE: Family = Family {
     default_act: Activation::Silu,
     embed_scale: false,
     attn_softcap: false,
+    qk_norm_whole: false,
+    gguf_renormalizes_topk: true,
 };
 
 /// Every supported family. llama.cpp writes Mistral as `llama` and Mixtral as `llama` with
@@ -269,6 +278,27 @@ pub static FAMILIES: &[Family] = &[
             },
             Routing::SoftmaxTopK,
         )),
+        ..LLAMA_LIKE
+    },
+    Family {
+        name: "olmoe",
+        model_types: &["olmoe"],
+        hf_classes: &["OlmoeForCausalLM"],
+        gguf_arch: "olmoe",
+        gguf_permutes_qk: false,
+        norms: QK_NORMED,
+        qk_norm_whole: true,
+        moe: Some((
+            MoeNames {
+                block: "mlp",
+                router: "gate",
+                gate: "gate_proj",
+                up: "up_proj",
+                down: "down_proj",
+            },
+            Routing::SoftmaxTopK,
+        )),
+        gguf_renormalizes_topk: false,
         ..LLAMA_LIKE
     },
     Family {
@@ -652,6 +682,8 @@ pub fn layer_layout(cfg: &ModelConfig, layer: usize) -> Layout {
             path: path.to_string(),
             gguf,
             len: match slot {
+                NormSlot::Q if f.qk_norm_whole => cfg.num_heads * cfg.head_dim,
+                NormSlot::K if f.qk_norm_whole => cfg.num_kv_heads * cfg.head_dim,
                 NormSlot::Q | NormSlot::K => cfg.head_dim,
                 _ => h,
             },

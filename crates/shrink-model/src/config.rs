@@ -553,6 +553,12 @@ impl ModelConfig {
             o.insert("num_experts_per_tok".into(), json!(m.top_k));
             if name == "mixtral" {
                 o.insert("num_local_experts".into(), json!(m.num_experts));
+            } else if name == "olmoe" {
+                // each expert is intermediate_size wide
+                o.insert("num_experts".into(), json!(m.num_experts));
+                o.insert("intermediate_size".into(), json!(m.expert_intermediate));
+                o.insert("norm_topk_prob".into(), json!(m.norm_topk_prob));
+                o.insert("clip_qkv".into(), Value::Null);
             } else {
                 o.insert("num_experts".into(), json!(m.num_experts));
                 o.insert("moe_intermediate_size".into(), json!(m.expert_intermediate));
@@ -645,6 +651,8 @@ fn parse_moe(v: &Value, arch: Arch, num_layers: usize, file: &str) -> Result<Opt
     // Qwen3-MoE hub configs say num_experts; transformers 5 writes num_local_experts
     let (experts_key, ff_key) = match arch.name {
         "mixtral" => ("num_local_experts", "intermediate_size"),
+        // OLMoE: every layer MoE, each expert `intermediate_size` wide
+        "olmoe" => ("num_experts", "intermediate_size"),
         _ if v.get("num_experts").is_none() && v.get("num_local_experts").is_some() => {
             ("num_local_experts", "moe_intermediate_size")
         }
@@ -657,8 +665,11 @@ fn parse_moe(v: &Value, arch: Arch, num_layers: usize, file: &str) -> Result<Opt
             "{file}: num_experts_per_tok {top_k} must be between 1 and {experts_key} {num_experts}"
         );
     }
+    if let Some(c) = v.get("clip_qkv").filter(|x| !x.is_null()) {
+        bail!("{file}: clip_qkv {c} (clamping q/k/v) is not supported; only null");
+    }
     let mut dense_layers = vec![];
-    if arch.name != "mixtral" {
+    if !matches!(arch.name, "mixtral" | "olmoe") {
         if let Some(m) = v.get("mlp_only_layers").filter(|x| !x.is_null()) {
             let a = m.as_array().with_context(|| {
                 format!("{file}: field 'mlp_only_layers' must be a list of layer indices")

@@ -333,7 +333,8 @@ impl DecoderLayer {
         };
         for (slot, t) in [(NormSlot::Q, &mut q), (NormSlot::K, &mut k)] {
             if let Some(w) = self.norm(slot) {
-                // per head: rows of `hd` values
+                // per head (rows of `hd` values), or over the whole projection (OLMoE): the
+                // norm weight's length is the row
                 let src = t.clone();
                 rms_norm(&src, w, eps, t);
             }

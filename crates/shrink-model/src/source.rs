@@ -757,8 +757,8 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             top_k: used,
             expert_intermediate: ff,
             norm_topk_prob: match f.get(&k("expert_weights_norm")) {
-                Some(v) => v.as_bool().unwrap_or(true),
-                None => true,
+                Some(v) => v.as_bool().unwrap_or(arch.gguf_renormalizes_topk),
+                None => arch.gguf_renormalizes_topk,
             },
             dense_layers,
         })

@@ -4,6 +4,7 @@
 //! llama.cpp's own converter (tools/reference/tiny_gguf.py).
 mod common;
 use common::*;
+use shrink_model::arch::NormSlot;
 use shrink_model::gguf::GgufFile;
 use shrink_model::layer::{LayerHook, NoHook, Rope};
 use shrink_model::source::{config_from_gguf, GgufSource, SafetensorsSource};
@@ -139,6 +140,33 @@ fn mixtral_top2() {
     let (c, s) = hf("mixtral");
     check("mixtral", &c, &s);
     routing("mixtral", &c, &s);
+}
+
+/// OLMoE: q_norm / k_norm over the whole projection (64 and 32 wide), top-2 without
+/// renormalisation, each expert `intermediate_size` wide.
+#[test]
+fn olmoe_whole_projection_qk_norm_unnormalised_top2() {
+    let (c, s) = hf("olmoe");
+    let m = c.moe.as_ref().unwrap();
+    assert_eq!(
+        (
+            m.num_experts,
+            m.top_k,
+            m.norm_topk_prob,
+            m.expert_intermediate
+        ),
+        (4, 2, false, 32)
+    );
+    let lay = arch::layer_layout(&c, 0);
+    let len = |slot| lay.norms.iter().find(|n| n.slot == slot).unwrap().len;
+    assert_eq!((len(NormSlot::Q), len(NormSlot::K)), (64, 32));
+    check("olmoe", &c, &s);
+    routing("olmoe", &c, &s);
+    // llama.cpp's converter's GGUF: the same model (its olmoe graph does not renormalise)
+    let (gc, gs) = gguf("olmoe");
+    assert_eq!(gc.layer_layouts(), c.layer_layouts());
+    assert!(!gc.moe.as_ref().unwrap().norm_topk_prob);
+    check("olmoe", &gc, &gs);
 }
 
 /// The top-k experts of every token in every MoE layer equal transformers' (the fixture's seed
