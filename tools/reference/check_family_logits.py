@@ -120,11 +120,7 @@ def main():
         "transformers": __import__("transformers").__version__, "torch": torch.__version__,
     }
     out["ok"] = bool(same_ids and out["all"]["top1_agreement"] == 1.0 and out["all"]["max_abs"] < a.atol)
-    s = json.dumps(out, indent=1)
-    print(s)
-    if a.out:
-        with open(C.repo_path(a.out), "w") as f:
-            f.write(s + "\n")
+    C.write_result(out, a.out)
     sys.exit(0 if out["ok"] else 1)
 
 

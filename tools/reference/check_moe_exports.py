@@ -231,11 +231,7 @@ def main():
     out = {"versions": {"transformers": transformers.__version__, "compressed_tensors": compressed_tensors.__version__,
                         "gguf": getattr(gguf, "__version__", None), "torch": torch.__version__},
            "fixtures": results, "ok": all(r["ok"] for r in results)}
-    s = json.dumps(out, indent=1)
-    print(s)
-    if a.out:
-        with open(C.repo_path(a.out), "w") as f:
-            f.write(s + "\n")
+    C.write_result(out, a.out)
     sys.exit(0 if out["ok"] else 1)
 
 

@@ -701,35 +701,12 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
         // tensor is carried when every expert's linear is.
         let mut carried = None;
         if let (Some(q), Some((_, _, true)), true) = (e.quantized, lin, e.carry_codes) {
-            let mut blocks = Vec::new();
+            let mut blocks = Vec::with_capacity(entries.len());
             for part in entries {
-                let (Some(layer), TensorKind::LinearWeight(k)) = (part.layer, part.kind) else {
-                    blocks.clear();
-                    break;
-                };
-                let spec = &layouts
-                    .entry(layer)
-                    .or_insert_with(|| arch::layer_layout(cfg, layer))
-                    .linears[k];
-                let base = crate::quantized::base_name(layer, &spec.path);
-                let s = q.settings_for(&base);
-                if !(q.has(&base)
-                    && s.group_size == Some(32)
-                    && carry_type(s.bits, s.sym) == Some(ty))
-                {
-                    blocks.clear();
-                    break;
+                match carry_part(q, cfg, &mut layouts, part, ty, perm.as_deref())? {
+                    Some(b) => blocks.push(b),
+                    None => break,
                 }
-                let ql = q.load(&base, spec.shape)?;
-                if !(ql.g_idx_trivial(32) && ql.d_in % 32 == 0) {
-                    blocks.clear();
-                    break;
-                }
-                let ql = match &perm {
-                    Some(p) => ql.permute_rows(p),
-                    None => ql,
-                };
-                blocks.push(carry_blocks(&ql, ty)?);
             }
             if blocks.len() == entries.len() {
                 carried = Some(blocks.concat());
@@ -830,6 +807,40 @@ pub fn write_gguf(e: &GgufExport, out: &Path, force: bool) -> Result<(PathBuf, V
     let (w, report) = build_gguf(e)?;
     w.write(out)?;
     Ok((out.to_path_buf(), report))
+}
+
+/// The blocks of one linear's codes for a GGUF tensor of type `ty`, when its integer groups are
+/// exactly that type's blocks (groups of 32, sym/asym as `carry_type` says, no act-order
+/// permutation); `None` when they are not, and the writer re-quantizes instead.
+fn carry_part(
+    q: &QuantizedDir,
+    cfg: &ModelConfig,
+    layouts: &mut HashMap<usize, arch::Layout>,
+    part: &arch::TensorEntry,
+    ty: GgmlType,
+    perm: Option<&[usize]>,
+) -> Result<Option<Vec<u8>>> {
+    let (Some(layer), TensorKind::LinearWeight(k)) = (part.layer, part.kind) else {
+        return Ok(None);
+    };
+    let spec = &layouts
+        .entry(layer)
+        .or_insert_with(|| arch::layer_layout(cfg, layer))
+        .linears[k];
+    let base = crate::quantized::base_name(layer, &spec.path);
+    let s = q.settings_for(&base);
+    if !(q.has(&base) && s.group_size == Some(32) && carry_type(s.bits, s.sym) == Some(ty)) {
+        return Ok(None);
+    }
+    let ql = q.load(&base, spec.shape)?;
+    if !(ql.g_idx_trivial(32) && ql.d_in % 32 == 0) {
+        return Ok(None);
+    }
+    let ql = match perm {
+        Some(p) => ql.permute_rows(p),
+        None => ql,
+    };
+    carry_blocks(&ql, ty).map(Some)
 }
 
 /// The blocks of a whole linear from its codes (rows of `d_in / 32` groups of 32).

@@ -191,6 +191,15 @@ const GEMMA3_NORMS: &[(NormSlot, &str, &str)] = &[
     ),
 ];
 
+/// Expert names of Qwen3-MoE and OLMoE: `mlp.gate`, `mlp.experts.{e}.{gate,up,down}_proj`.
+const QWEN_MOE_NAMES: MoeNames = MoeNames {
+    block: "mlp",
+    router: "gate",
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+};
+
 const LLAMA_LIKE: Family = Family {
     name: "llama",
     model_types: &["llama"],
@@ -268,16 +277,7 @@ pub static FAMILIES: &[Family] = &[
         gguf_arch: "qwen3moe",
         gguf_permutes_qk: false,
         norms: QK_NORMED,
-        moe: Some((
-            MoeNames {
-                block: "mlp",
-                router: "gate",
-                gate: "gate_proj",
-                up: "up_proj",
-                down: "down_proj",
-            },
-            Routing::SoftmaxTopK,
-        )),
+        moe: Some((QWEN_MOE_NAMES, Routing::SoftmaxTopK)),
         ..LLAMA_LIKE
     },
     Family {
@@ -288,16 +288,7 @@ pub static FAMILIES: &[Family] = &[
         gguf_permutes_qk: false,
         norms: QK_NORMED,
         qk_norm_whole: true,
-        moe: Some((
-            MoeNames {
-                block: "mlp",
-                router: "gate",
-                gate: "gate_proj",
-                up: "up_proj",
-                down: "down_proj",
-            },
-            Routing::SoftmaxTopK,
-        )),
+        moe: Some((QWEN_MOE_NAMES, Routing::SoftmaxTopK)),
         gguf_renormalizes_topk: false,
         ..LLAMA_LIKE
     },

@@ -666,36 +666,16 @@ pub struct RopeTable {
 pub fn rope_freq_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
     match &cfg.rope_scaling {
         Some(RopeScaling::Factors { factors }) => Some(factors.iter().map(|&f| f as f32).collect()),
-        Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        }) => {
-            let (factor, lo, hi, old) = (
-                *factor as f32,
-                *low_freq_factor as f32,
-                *high_freq_factor as f32,
-                *original_max_position_embeddings as f32,
-            );
-            let (low_wl, high_wl) = (old / lo, old / hi);
-            Some(
-                inv_freq_of(cfg.rotary_dim, cfg.rope_theta, None)
-                    .iter()
-                    .map(|&f| {
-                        let wl = 2.0 * std::f32::consts::PI / f;
-                        if wl < high_wl {
-                            1.0
-                        } else if wl > low_wl {
-                            factor
-                        } else {
-                            let smooth = (old / wl - lo) / (hi - lo);
-                            1.0 / ((1.0 - smooth) / factor + smooth)
-                        }
-                    })
-                    .collect(),
-            )
-        }
+        Some(l @ RopeScaling::Llama3 { .. }) => Some(
+            inv_freq_of(cfg.rotary_dim, cfg.rope_theta, None)
+                .iter()
+                .map(|&f| match llama3_band(l, f) {
+                    Llama3Band::High => 1.0,
+                    Llama3Band::Low(factor) => factor,
+                    Llama3Band::Medium(factor, smooth) => 1.0 / ((1.0 - smooth) / factor + smooth),
+                })
+                .collect(),
+        ),
         _ => None,
     }
 }
@@ -716,35 +696,50 @@ fn inv_freq_of(d: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> 
             .zip(factors)
             .map(|(f, k)| f / *k as f32)
             .collect(),
-        Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        }) => {
-            let (factor, lo, hi, old) = (
-                *factor as f32,
-                *low_freq_factor as f32,
-                *high_freq_factor as f32,
-                *original_max_position_embeddings as f32,
-            );
-            let low_wl = old / lo;
-            let high_wl = old / hi;
-            base.iter()
-                .map(|&f| {
-                    let wl = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wl > low_wl { f / factor } else { f };
-                    let smooth = (old / wl - lo) / (hi - lo);
-                    let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
-                    let medium = wl >= high_wl && wl <= low_wl;
-                    if medium {
-                        smoothed
-                    } else {
-                        scaled
-                    }
-                })
-                .collect()
-        }
+        Some(l @ RopeScaling::Llama3 { .. }) => base
+            .iter()
+            .map(|&f| match llama3_band(l, f) {
+                Llama3Band::High => f,
+                Llama3Band::Low(factor) => f / factor,
+                Llama3Band::Medium(factor, smooth) => (1.0 - smooth) * f / factor + smooth * f,
+            })
+            .collect(),
+    }
+}
+
+/// Where a rotary frequency falls under Llama 3.1 scaling (transformers'
+/// `_compute_llama3_parameters`, llama.cpp's converter): wavelength below
+/// `original_max_position_embeddings / high_freq_factor` (kept), above `... / low_freq_factor`
+/// (divided by `factor`), or between, with the interpolation weight `smooth`.
+enum Llama3Band {
+    High,
+    Low(f32),
+    Medium(f32, f32),
+}
+
+fn llama3_band(scaling: &RopeScaling, f: f32) -> Llama3Band {
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    } = scaling
+    else {
+        unreachable!("llama3_band of {scaling:?}")
+    };
+    let (factor, lo, hi, old) = (
+        *factor as f32,
+        *low_freq_factor as f32,
+        *high_freq_factor as f32,
+        *original_max_position_embeddings as f32,
+    );
+    let wl = 2.0 * std::f32::consts::PI / f;
+    if wl < old / hi {
+        Llama3Band::High
+    } else if wl > old / lo {
+        Llama3Band::Low(factor)
+    } else {
+        Llama3Band::Medium(factor, (old / wl - lo) / (hi - lo))
     }
 }
 
