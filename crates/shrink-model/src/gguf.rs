@@ -864,14 +864,16 @@ impl GgufFile {
                 out.len()
             );
         }
-        quants::dequantize(info.dtype, &self.mmap[range], out).map_err(|e| {
+        let r = quants::dequantize(info.dtype, &self.mmap[range.clone()], out).map_err(|e| {
             anyhow!(
                 "{}: tensor '{}' ({}): {e}",
                 self.path.display(),
                 info.name,
                 info.dtype
             )
-        })
+        });
+        crate::resident::release(&self.mmap, range);
+        r
     }
 
     /// Dequantizes rows `rows` (row = `dims[0]` elements; for an embedding
@@ -901,7 +903,11 @@ impl GgufFile {
         let n = usize::try_from(n_rows * info.row_len()).map_err(|_| too_big())?;
         let data = full.get(start..end).ok_or_else(too_big)?;
         let mut out = vec![0f32; n];
-        quants::dequantize(info.dtype, data, &mut out).map_err(|e| {
+        let r = quants::dequantize(info.dtype, data, &mut out);
+        if let Some(base) = self.tensor_range(info) {
+            crate::resident::release(&self.mmap, base.start + start..base.start + end);
+        }
+        r.map_err(|e| {
             anyhow!(
                 "{}: tensor '{name}' ({}): {e}",
                 self.path.display(),

@@ -14,6 +14,7 @@ pub mod layer;
 pub mod model;
 pub mod packed;
 pub mod quants;
+pub mod resident;
 pub mod source;
 pub mod spm;
 pub mod tensor;

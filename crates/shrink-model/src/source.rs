@@ -384,6 +384,7 @@ impl TensorSource for SafetensorsSource {
                 f.path.display()
             ),
         };
+        crate::resident::release(&f.mmap, f.data_start + a..f.data_start + b);
         if data.len() != n {
             bail!(
                 "{}: tensor '{name}' has {} bytes for shape {:?}",
