@@ -1299,8 +1299,15 @@ fn holdin_perplexity(
     };
     let ppl =
         |cfg: &shrink_model::ModelConfig, t: &dyn shrink_model::TensorSource| -> Result<f64> {
-            let mut m = shrink_model::Model::load(cfg, t)?;
-            Ok(shrink_eval::perplexity(&mut m, ids, &opts, &mut |_, _| {})?.perplexity)
+            let m = shrink_model::stream::Streamed::new(cfg, t);
+            Ok(shrink_eval::perplexity_streamed(
+                &m,
+                ids,
+                &opts,
+                shrink_eval::STREAM_BUDGET_BYTES,
+                &mut |_, _| {},
+            )?
+            .perplexity)
         };
     let orig = ModelSource::open(original)?;
     let o = ppl(&orig.config, orig.tensors.as_ref())?;

@@ -6,8 +6,8 @@
 //! the next token: `n_ctx - n_ctx/2 - 1` tokens per chunk). The GPTQ-protocol number over the same
 //! chunks (every position scored) is reported next to it.
 use anyhow::{bail, Result};
+use shrink_model::stream::{windows_per_pass, Streamed};
 use shrink_model::tensor::log_sum_exp;
-use shrink_model::Model;
 
 #[derive(Debug, serde::Serialize)]
 pub struct LlamaPpl {
@@ -20,12 +20,17 @@ pub struct LlamaPpl {
     pub seconds: f64,
 }
 
+/// llama.cpp's perplexity over the first `max_chunks` chunks of `n_ctx` tokens, with one decoder
+/// layer in memory at a time: the chunks go through the model in passes of at most
+/// `budget_bytes` of hidden states, one chunk per forward (llama.cpp's batch of one sequence).
+/// `progress(done, total)` counts layers over all passes.
 pub fn perplexity_llama_cpp(
-    model: &mut Model,
+    model: &Streamed,
     ids: &[u32],
     n_ctx: usize,
     max_chunks: Option<usize>,
     bos: Option<u32>,
+    budget_bytes: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<LlamaPpl> {
     let t0 = std::time::Instant::now();
@@ -42,30 +47,41 @@ pub fn perplexity_llama_cpp(
     let first = n_ctx / 2;
     let (mut nll_half, mut nll_all) = (0f64, 0f64);
     let (mut n_half, mut n_all) = (0usize, 0usize);
-    let h = model.config.hidden_size;
-    for c in 0..n_chunk {
-        let mut toks = ids[c * n_ctx..(c + 1) * n_ctx].to_vec();
+    let cfg = model.config;
+    let h = cfg.hidden_size;
+    let per = windows_per_pass(cfg, n_ctx, budget_bytes).min(n_chunk);
+    let passes = n_chunk.div_ceil(per);
+    let layers = cfg.num_layers;
+    for p in 0..passes {
+        let (c0, c1) = (p * per, ((p + 1) * per).min(n_chunk));
+        let mut toks = ids[c0 * n_ctx..c1 * n_ctx].to_vec();
         if let Some(b) = bos {
-            toks[0] = b;
+            toks.iter_mut().step_by(n_ctx).for_each(|t| *t = b);
         }
-        let hidden = model.hidden_states(&toks, 1, n_ctx)?;
-        // logits 64 positions at a time (a [n_ctx, vocab] block is large for big vocabularies)
-        let vocab = model.config.vocab_size;
-        for r0 in (0..n_ctx - 1).step_by(64) {
-            let r1 = (r0 + 64).min(n_ctx - 1);
-            let logits = model.logits(&hidden[r0 * h..r1 * h], r1 - r0);
-            for j in r0..r1 {
-                let row = &logits[(j - r0) * vocab..(j - r0 + 1) * vocab];
-                let nll = log_sum_exp(row) - row[toks[j + 1] as usize] as f64;
-                nll_all += nll;
-                n_all += 1;
-                if j >= first {
-                    nll_half += nll;
-                    n_half += 1;
+        let hidden = model.hidden_states(&toks, c1 - c0, n_ctx, 1, &mut |d, _| {
+            progress(p * layers + d, passes * layers)
+        })?;
+        let head = model.head()?;
+        let vocab = head.vocab();
+        for c in 0..c1 - c0 {
+            let toks = &toks[c * n_ctx..(c + 1) * n_ctx];
+            let hidden = &hidden[c * n_ctx * h..(c + 1) * n_ctx * h];
+            // logits 64 positions at a time (a [n_ctx, vocab] block is large for big vocabularies)
+            for r0 in (0..n_ctx - 1).step_by(64) {
+                let r1 = (r0 + 64).min(n_ctx - 1);
+                let logits = head.logits(&hidden[r0 * h..r1 * h], r1 - r0);
+                for j in r0..r1 {
+                    let row = &logits[(j - r0) * vocab..(j - r0 + 1) * vocab];
+                    let nll = log_sum_exp(row) - row[toks[j + 1] as usize] as f64;
+                    nll_all += nll;
+                    n_all += 1;
+                    if j >= first {
+                        nll_half += nll;
+                        n_half += 1;
+                    }
                 }
             }
         }
-        progress(c + 1, n_chunk);
     }
     Ok(LlamaPpl {
         protocol: "llama.cpp",

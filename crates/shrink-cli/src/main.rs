@@ -11,7 +11,8 @@ mod search;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use shrink_eval::{peak_rss_mb, perplexity, PplOptions};
+use shrink_eval::{peak_rss_mb, perplexity_streamed, PplOptions, STREAM_BUDGET_BYTES};
+use shrink_model::stream::Streamed;
 use shrink_model::tokenizer::encode;
 use shrink_model::{ModelConfig, ModelSource};
 use std::path::{Path, PathBuf};
@@ -96,6 +97,11 @@ struct EvalArgs {
     /// Windows per forward batch (memory grows with it).
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// The model runs one decoder layer at a time over all windows (only that layer's weights
+    /// are in memory, dequantized); the windows' hidden states are kept, in passes of at most
+    /// this many MiB (a 1.5B model's 100 windows of 512 tokens: 300 MiB).
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    stream_mb: usize,
     /// Print one JSON object (perplexity, tokens, seqlen, seconds, tokens_per_second, peak_rss_mb, ...).
     #[arg(long)]
     json: bool,
@@ -186,7 +192,8 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         }
     };
     let ids = ids.with_context(|| format!("{}: tokenizing", a.text.display()))?;
-    let mut model = src.load_all()?;
+    let model = Streamed::new(&src.config, src.tensors.as_ref());
+    let budget = a.stream_mb << 20;
     let load_seconds = t0.elapsed().as_secs_f64();
     if let Some(path) = &a.logits_out {
         // the first window as evaluated (BOS first for a BOS model under the GPTQ protocol)
@@ -196,8 +203,8 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         };
         let ids = first;
         let t = ids.len().min(a.seqlen);
-        let hidden = model.hidden_states(&ids[..t], 1, t)?;
-        let logits = model.logits(&hidden, t);
+        let hidden = model.hidden_states(&ids[..t], 1, t, 1, &mut |_, _| {})?;
+        let logits = model.head()?.logits(&hidden, t);
         let vocab = logits.len() / t;
         shrink_formats::write_safetensors(
             path,
@@ -220,13 +227,14 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
     }
     if llama_cpp {
         let chunks = a.max_tokens.map(|m| m / a.seqlen.max(1));
-        let bar = progress::bar(0, "chunks", quiet || a.json);
+        let bar = progress::bar(0, "layers", quiet || a.json);
         let r = llama_ppl::perplexity_llama_cpp(
-            &mut model,
+            &model,
             &ids,
             a.seqlen,
             chunks,
             bos,
+            budget,
             &mut |d, t| {
                 bar.set_length(t as u64);
                 bar.set_position(d as u64)
@@ -252,10 +260,9 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         batch: a.batch,
         bos,
     };
-    let body = a.seqlen.max(2) - bos.is_some() as usize;
-    let total = opts.max_tokens.unwrap_or(ids.len()).min(ids.len()) / body;
-    let bar = progress::bar(total as u64, "windows", quiet || a.json);
-    let r = perplexity(&mut model, &ids, &opts, &mut |d, _| {
+    let bar = progress::bar(0, "layers", quiet || a.json);
+    let r = perplexity_streamed(&model, &ids, &opts, budget, &mut |d, t| {
+        bar.set_length(t as u64);
         bar.set_position(d as u64)
     })?;
     bar.finish_and_clear();
@@ -286,12 +293,12 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
 pub fn eval_ppl(model: &Path, text: &str) -> Result<shrink_eval::PplResult> {
     let src = ModelSource::open(model)?;
     let (ids, bos) = shrink_eval::eval_tokens(&src.tokenizer, text)?;
-    let mut m = src.load_all()?;
+    let m = Streamed::new(&src.config, src.tensors.as_ref());
     let opts = PplOptions {
         bos,
         ..PplOptions::default()
     };
-    perplexity(&mut m, &ids, &opts, &mut |_, _| {})
+    perplexity_streamed(&m, &ids, &opts, STREAM_BUDGET_BYTES, &mut |_, _| {})
 }
 
 fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {

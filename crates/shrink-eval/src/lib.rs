@@ -2,6 +2,7 @@
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use serde::Serialize;
+use shrink_model::stream::{windows_per_pass, Streamed};
 use shrink_model::tensor::log_sum_exp;
 use shrink_model::tokenizer::Tokenizer;
 use shrink_model::Model;
@@ -64,6 +65,31 @@ pub struct PplResult {
     pub tokens_per_second: f64,
 }
 
+/// The windows of the GPTQ protocol: `ids` (cut to `opts.max_tokens`) in non-overlapping windows
+/// of `seqlen` tokens, each BOS followed by `seqlen - 1` text tokens with `opts.bos`; a final
+/// partial window is dropped. Returns the windows' tokens, one after the other, and their count.
+pub fn gptq_windows(ids: &[u32], opts: &PplOptions) -> Result<(Vec<u32>, usize)> {
+    if opts.seqlen < 2 {
+        bail!("seqlen must be at least 2, got {}", opts.seqlen);
+    }
+    let ids = match opts.max_tokens {
+        Some(m) => &ids[..m.min(ids.len())],
+        None => ids,
+    };
+    // text tokens per window
+    let body = opts.seqlen - opts.bos.is_some() as usize;
+    let windows = ids.len() / body;
+    if windows == 0 {
+        bail!("the text has {} tokens, fewer than one window of {} (lower --seqlen or give more text)", ids.len(), body);
+    }
+    let mut all = Vec::with_capacity(windows * opts.seqlen);
+    for w in ids[..windows * body].chunks_exact(body) {
+        all.extend(opts.bos);
+        all.extend_from_slice(w);
+    }
+    Ok((all, windows))
+}
+
 /// Perplexity by the GPTQ protocol: the text was tokenized once into `ids`; it is cut into
 /// non-overlapping windows of `seqlen` tokens (a final partial window is dropped); every token but
 /// the first of each window is predicted from the ones before it; ppl = exp(sum NLL / count).
@@ -76,57 +102,95 @@ pub fn perplexity(
     opts: &PplOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PplResult> {
-    if opts.seqlen < 2 {
-        bail!("seqlen must be at least 2, got {}", opts.seqlen);
-    }
-    let text_tokens = ids.len();
-    let ids = match opts.max_tokens {
-        Some(m) => &ids[..m.min(ids.len())],
-        None => ids,
-    };
-    // text tokens per window
-    let body = opts.seqlen - opts.bos.is_some() as usize;
-    let windows = ids.len() / body;
-    if windows == 0 {
-        bail!("the text has {} tokens, fewer than one window of {} (lower --seqlen or give more text)", ids.len(), body);
-    }
+    let (all, windows) = gptq_windows(ids, opts)?;
     let start = Instant::now();
     let seq = opts.seqlen;
     let batch = opts.batch.max(1);
     let mut nll = 0f64;
     let mut done = 0;
-    let mut with_bos = Vec::new();
     while done < windows {
         let b = batch.min(windows - done);
-        let text = &ids[done * body..(done + b) * body];
-        let chunk = match opts.bos {
-            None => text,
-            Some(bos) => {
-                with_bos.clear();
-                for w in text.chunks_exact(body) {
-                    with_bos.push(bos);
-                    with_bos.extend_from_slice(w);
-                }
-                &with_bos[..]
-            }
-        };
+        let chunk = &all[done * seq..(done + b) * seq];
         let hidden = model.hidden_states(chunk, b, seq)?;
-        let w = window_nll(model, &hidden, chunk, b, seq);
-        if !w.is_finite() {
-            bail!(
-                "windows {}..{}: the negative log-likelihood is {w} (the logits overflow)",
-                done,
-                done + b
-            );
-        }
-        nll += w;
+        nll += checked_nll(window_nll(model, &hidden, chunk, b, seq), done, b)?;
         done += b;
         progress(done, windows);
     }
+    Ok(ppl_result(nll, windows, opts, ids.len(), start))
+}
+
+/// Default bound on the hidden states a streamed evaluation keeps (all windows of one pass).
+pub const STREAM_BUDGET_BYTES: usize = 512 << 20;
+
+/// [`perplexity`] with one decoder layer in memory at a time ([`Streamed`]): the windows go
+/// through the model in passes of at most `budget_bytes` of hidden states (a multiple of
+/// `opts.batch` windows, so every batch is the one [`perplexity`] runs and the result is the
+/// same). `progress(done, total)` counts layers over all passes.
+pub fn perplexity_streamed(
+    model: &Streamed,
+    ids: &[u32],
+    opts: &PplOptions,
+    budget_bytes: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PplResult> {
+    let (all, windows) = gptq_windows(ids, opts)?;
+    let start = Instant::now();
+    let (seq, batch, cfg) = (opts.seqlen, opts.batch.max(1), model.config);
+    let per = (windows_per_pass(cfg, seq, budget_bytes) / batch).max(1) * batch;
+    let passes = windows.div_ceil(per);
+    let layers = cfg.num_layers;
+    let mut nll = 0f64;
+    for p in 0..passes {
+        let (w0, w1) = (p * per, ((p + 1) * per).min(windows));
+        let toks = &all[w0 * seq..w1 * seq];
+        let hidden = model.hidden_states(toks, w1 - w0, seq, batch, &mut |d, _| {
+            progress(p * layers + d, passes * layers)
+        })?;
+        let head = model.head()?;
+        let h = cfg.hidden_size;
+        let mut done = w0;
+        while done < w1 {
+            let b = batch.min(w1 - done);
+            let rows = (done - w0) * seq..(done - w0 + b) * seq;
+            let w = window_nll_with(
+                &|x, r| head.logits(x, r),
+                head.vocab(),
+                h,
+                &hidden[rows.start * h..rows.end * h],
+                &toks[rows],
+                b,
+                seq,
+            );
+            nll += checked_nll(w, done, b)?;
+            done += b;
+        }
+    }
+    Ok(ppl_result(nll, windows, opts, ids.len(), start))
+}
+
+fn checked_nll(w: f64, done: usize, b: usize) -> Result<f64> {
+    if !w.is_finite() {
+        bail!(
+            "windows {}..{}: the negative log-likelihood is {w} (the logits overflow)",
+            done,
+            done + b
+        );
+    }
+    Ok(w)
+}
+
+fn ppl_result(
+    nll: f64,
+    windows: usize,
+    opts: &PplOptions,
+    text_tokens: usize,
+    start: Instant,
+) -> PplResult {
+    let seq = opts.seqlen;
     let seconds = start.elapsed().as_secs_f64();
     let predicted = windows * (seq - 1);
     let mean_nll = nll / predicted as f64;
-    Ok(PplResult {
+    PplResult {
         perplexity: mean_nll.exp(),
         mean_nll,
         tokens: windows * seq,
@@ -137,22 +201,42 @@ pub fn perplexity(
         text_tokens,
         seconds,
         tokens_per_second: (windows * seq) as f64 / seconds,
-    })
+    }
 }
 
 /// Sum of the NLL of tokens 1..seq of each window given normed hidden states `[b*seq, hidden]`.
 /// Logits are computed a slice of rows at a time to bound memory. The last position of each
 /// window predicts nothing inside it.
 pub fn window_nll(model: &Model, hidden: &[f32], ids: &[u32], b: usize, seq: usize) -> f64 {
-    let h = model.config.hidden_size;
-    let vocab = model.head().shape[0];
+    window_nll_with(
+        &|x, r| model.logits(x, r),
+        model.head().shape[0],
+        model.config.hidden_size,
+        hidden,
+        ids,
+        b,
+        seq,
+    )
+}
+
+/// [`window_nll`] with the head given as a function from normed hidden rows to logits.
+#[allow(clippy::too_many_arguments)]
+pub fn window_nll_with(
+    logits_of: &(dyn Fn(&[f32], usize) -> Vec<f32> + Sync),
+    vocab: usize,
+    h: usize,
+    hidden: &[f32],
+    ids: &[u32],
+    b: usize,
+    seq: usize,
+) -> f64 {
     const ROWS: usize = 256;
     let mut total = 0f64;
     let rows = b * seq;
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + ROWS).min(rows);
-        let logits = model.logits(&hidden[r0 * h..r1 * h], r1 - r0);
+        let logits = logits_of(&hidden[r0 * h..r1 * h], r1 - r0);
         total += logits
             .par_chunks_exact(vocab)
             .enumerate()

@@ -170,3 +170,56 @@ fn default_model_eval_split_perplexity_matches_transformers() {
         r.perplexity
     );
 }
+
+/// The streamed evaluation (one layer in memory, windows in passes) gives exactly the resident
+/// model's perplexity, for every tiny family (dense, sliding-window Gemma, fused Phi-3, MoE),
+/// with and without BOS, and whether the windows fit in one pass or need several.
+#[test]
+fn streamed_perplexity_equals_resident() {
+    use shrink_eval::perplexity_streamed;
+    use shrink_model::stream::Streamed;
+    for fam in ["llama", "qwen3", "gemma3", "phi3", "mixtral", "qwen3_moe"] {
+        let dir = fixture(&format!("tiny/{fam}"));
+        let cfg = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+        let src = SafetensorsSource::open(&dir).unwrap();
+        let mut m = Model::load(&cfg, &src).unwrap();
+        let v = cfg.vocab_size as u32;
+        let ids: Vec<u32> = (0..7 * 16 + 3).map(|i| (i * 7919 + 13) % v).collect();
+        for (bos, batch) in [(None, 2), (Some(1), 3)] {
+            let opts = PplOptions {
+                seqlen: 16,
+                max_tokens: None,
+                batch,
+                bos,
+            };
+            let want = perplexity(&mut m, &ids, &opts, &mut |_, _| {}).unwrap();
+            let s = Streamed::new(&cfg, &src);
+            // one window's hidden states: 16 x hidden x 4 bytes; budgets of 1 window (rounded
+            // up to one batch per pass) and of everything
+            let one = 16 * cfg.hidden_size * 4;
+            for budget in [one, 1 << 30] {
+                let mut calls = 0;
+                let got =
+                    perplexity_streamed(&s, &ids, &opts, budget, &mut |_, _| calls += 1).unwrap();
+                assert_eq!(got.windows, want.windows, "{fam}");
+                assert_eq!(
+                    got.perplexity.to_bits(),
+                    want.perplexity.to_bits(),
+                    "{fam} bos {bos:?} budget {budget}: streamed {} vs resident {}",
+                    got.perplexity,
+                    want.perplexity
+                );
+                let passes = if budget == one {
+                    want.windows.div_ceil(batch)
+                } else {
+                    1
+                };
+                assert_eq!(
+                    calls,
+                    passes * cfg.num_layers,
+                    "{fam}: progress per layer and pass"
+                );
+            }
+        }
+    }
+}

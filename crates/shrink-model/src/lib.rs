@@ -17,6 +17,7 @@ pub mod quants;
 pub mod resident;
 pub mod source;
 pub mod spm;
+pub mod stream;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -305,30 +305,41 @@ impl Model {
                 );
             }
         }
-        let mut out = vec![0f32; x.len()];
-        rms_norm(&x, &self.norm.data, cfg.rms_norm_eps as f32, &mut out);
-        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "the final norm ({}): its output has a non-finite value ({}) at token {} (the weights are finite; the activations overflow)",
-                arch::HF_NORM,
-                out[i],
-                i / cfg.hidden_size
-            );
-        }
-        Ok(out)
+        final_norm(&cfg, &self.norm, &x)
     }
 
     /// Logits `[rows, vocab]` for normed hidden states `[rows, hidden]`.
     pub fn logits(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
-        let head = self.head();
-        let mut y = vec![0f32; rows * head.shape[0]];
-        linear(hidden, rows, head, None, &mut y);
-        if let Some(c) = self.config.final_softcap {
-            let c = c as f32;
-            y.iter_mut().for_each(|z| *z = c * (*z / c).tanh());
-        }
-        y
+        head_logits(&self.config, self.head(), hidden, rows)
     }
+}
+
+/// The final norm (effective multiplier `norm`, see [`load_final_norm`]) of the last layer's
+/// output `x` `[rows, hidden]`; errors where it is not finite.
+pub fn final_norm(cfg: &ModelConfig, norm: &Tensor, x: &[f32]) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; x.len()];
+    rms_norm(x, &norm.data, cfg.rms_norm_eps as f32, &mut out);
+    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "the final norm ({}): its output has a non-finite value ({}) at token {} (the weights are finite; the activations overflow)",
+            arch::HF_NORM,
+            out[i],
+            i / cfg.hidden_size
+        );
+    }
+    Ok(out)
+}
+
+/// Logits `[rows, vocab]` of normed hidden states `[rows, hidden]` through `head` `[vocab,
+/// hidden]`, soft-capped where the family caps its final logits.
+pub fn head_logits(cfg: &ModelConfig, head: &Tensor, hidden: &[f32], rows: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * head.shape[0]];
+    linear(hidden, rows, head, None, &mut y);
+    if let Some(c) = cfg.final_softcap {
+        let c = c as f32;
+        y.iter_mut().for_each(|z| *z = c * (*z / c).tanh());
+    }
+    y
 }
 
 /// The final norm's effective multiplier (`1 + w` for [`arch::NormStyle::OnePlus`] families).
