@@ -2,6 +2,7 @@
 mod bench;
 mod checkpoint;
 mod compress;
+mod eval_kld;
 mod export;
 mod llama_ppl;
 mod profile;
@@ -81,13 +82,35 @@ enum Cmd {
 }
 
 #[derive(clap::Args)]
-struct EvalArgs {
+pub struct EvalArgs {
     /// A Hugging Face model directory or a .gguf file.
     #[arg(long, short)]
     model: PathBuf,
-    /// UTF-8 text file to evaluate on (e.g. data/eval.txt from scripts/fetch).
-    #[arg(long, short)]
-    text: PathBuf,
+    /// UTF-8 text file to evaluate on (e.g. data/eval.txt from scripts/fetch). Not needed with
+    /// --reference-logits, whose file holds the tokens.
+    #[arg(long, short, required_unless_present = "reference_logits")]
+    text: Option<PathBuf>,
+    /// Compare with this original model (directory or .gguf): KL divergence of the model's
+    /// next-token distribution from the reference's, its 99th percentile and maximum, top-1
+    /// agreement, Δp (RMS and max) and the perplexity ratio. Both models run in the same pass, one
+    /// layer at a time. With --protocol llama.cpp the figures are llama-perplexity
+    /// --kl-divergence's.
+    #[arg(long, value_name = "MODEL")]
+    reference: Option<PathBuf>,
+    /// Write the reference's log-probabilities (the --reference model's, else this model's) in
+    /// llama.cpp's --kl-divergence-base format, so later comparisons need not run it
+    /// (--protocol llama.cpp).
+    #[arg(long, value_name = "FILE")]
+    save_logits: Option<PathBuf>,
+    /// Compare with the log-probabilities saved in this file (by --save-logits or by
+    /// `llama-perplexity --kl-divergence-base`) instead of running a reference; its tokens and
+    /// context length are used (--protocol llama.cpp).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["reference", "save_logits"])]
+    reference_logits: Option<PathBuf>,
+    /// With --protocol llama.cpp: use at most N chunks of --seqlen tokens (llama-perplexity's
+    /// --chunks).
+    #[arg(long)]
+    chunks: Option<usize>,
     /// Window length in tokens.
     #[arg(long, default_value_t = 512)]
     seqlen: usize,
@@ -176,11 +199,15 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         shrink_formats::hf::OutputDir::refuse_existing(path, a.force)?;
     }
     let src = ModelSource::open(&a.model)?;
-    let text = read_text(&a.text)?;
     let llama_cpp = a.protocol == "llama.cpp";
     if !llama_cpp && a.protocol != "gptq" {
         bail!("unknown protocol '{}' (use gptq or llama.cpp)", a.protocol);
     }
+    if a.reference.is_some() || a.save_logits.is_some() || a.reference_logits.is_some() {
+        return eval_kld::run(&a, &src, quiet);
+    }
+    let text_path = a.text.as_deref().expect("clap requires --text");
+    let text = read_text(text_path)?;
     // llama.cpp's protocol tokenizes with the default special tokens and sets BOS per chunk
     // itself; the GPTQ protocol puts BOS before every window of a model that adds BOS.
     let (ids, bos) = if llama_cpp {
@@ -191,7 +218,7 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
             Err(e) => (Err(e), None),
         }
     };
-    let ids = ids.with_context(|| format!("{}: tokenizing", a.text.display()))?;
+    let ids = ids.with_context(|| format!("{}: tokenizing", text_path.display()))?;
     let model = Streamed::new(&src.config, src.tensors.as_ref());
     let budget = a.stream_mb << 20;
     let load_seconds = t0.elapsed().as_secs_f64();
@@ -226,7 +253,7 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         }
     }
     if llama_cpp {
-        let chunks = a.max_tokens.map(|m| m / a.seqlen.max(1));
+        let chunks = a.chunks.or(a.max_tokens.map(|m| m / a.seqlen.max(1)));
         let bar = progress::bar(0, "layers", quiet || a.json);
         let r = llama_ppl::perplexity_llama_cpp(
             &model,
