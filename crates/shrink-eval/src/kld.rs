@@ -599,7 +599,7 @@ mod tests {
         let mut q = p.clone();
         // move mass: the compressed model prefers another token
         let top = (0..v).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
-        q[(top + 1) % v] += 6.0;
+        q[(top + 1) % v] = p[top] + 3.0;
         let mut stored = vec![0u16; row_len(v)];
         quantize_log_probs(&p, 3, &mut stored);
         let a = compare_quantized(&q, &stored, 3);
