@@ -2,7 +2,7 @@
 use crate::{progress, read_text, EvalArgs};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use shrink_eval::kld::{kld_gptq, kld_llama_cpp, Base, KldReport};
+use shrink_eval::kld::{kld_gptq, kld_llama_cpp, llama_cpp_chunks, Base, KldReport};
 use shrink_eval::logits_file::{LogitsReader, LogitsWriter};
 use shrink_eval::{peak_rss_mb, PplOptions};
 use shrink_model::stream::Streamed;
@@ -132,10 +132,7 @@ pub fn run(a: &EvalArgs, src: &ModelSource, quiet: bool) -> Result<()> {
             .map(|c| c.max(1));
         let mut writer = match &a.save_logits {
             Some(p) => {
-                let n = (ids.len() / n_ctx).min(chunks.unwrap_or(usize::MAX));
-                if n == 0 {
-                    bail!("{} tokens: fewer than one chunk of {n_ctx}", ids.len());
-                }
+                let n = llama_cpp_chunks(ids.len(), n_ctx, chunks)?;
                 let vocab = match &rstream {
                     Some(r) => r.config.vocab_size,
                     None => src.config.vocab_size,

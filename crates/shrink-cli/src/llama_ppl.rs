@@ -5,7 +5,8 @@
 //! BOS, and only the second half of each chunk is scored (positions `n_ctx/2 .. n_ctx-2` predict
 //! the next token: `n_ctx - n_ctx/2 - 1` tokens per chunk). The GPTQ-protocol number over the same
 //! chunks (every position scored) is reported next to it.
-use anyhow::{bail, Result};
+use anyhow::Result;
+use shrink_eval::kld::{llama_cpp_chunk_tokens, llama_cpp_chunks};
 use shrink_model::stream::{windows_per_pass, Streamed};
 use shrink_model::tensor::log_sum_exp;
 
@@ -34,16 +35,7 @@ pub fn perplexity_llama_cpp(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<LlamaPpl> {
     let t0 = std::time::Instant::now();
-    if n_ctx < 4 {
-        bail!("context of {n_ctx} tokens is too short");
-    }
-    let mut n_chunk = ids.len() / n_ctx;
-    if let Some(m) = max_chunks {
-        n_chunk = n_chunk.min(m);
-    }
-    if n_chunk == 0 {
-        bail!("{} tokens: fewer than one chunk of {n_ctx}", ids.len());
-    }
+    let n_chunk = llama_cpp_chunks(ids.len(), n_ctx, max_chunks)?;
     let first = n_ctx / 2;
     let (mut nll_half, mut nll_all) = (0f64, 0f64);
     let (mut n_half, mut n_all) = (0usize, 0usize);
@@ -54,10 +46,7 @@ pub fn perplexity_llama_cpp(
     let layers = cfg.num_layers;
     for p in 0..passes {
         let (c0, c1) = (p * per, ((p + 1) * per).min(n_chunk));
-        let mut toks = ids[c0 * n_ctx..c1 * n_ctx].to_vec();
-        if let Some(b) = bos {
-            toks.iter_mut().step_by(n_ctx).for_each(|t| *t = b);
-        }
+        let toks = llama_cpp_chunk_tokens(ids, n_ctx, c0..c1, bos);
         let hidden = model.hidden_states(&toks, c1 - c0, n_ctx, 1, &mut |d, _| {
             progress(p * layers + d, passes * layers)
         })?;

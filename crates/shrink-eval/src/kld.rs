@@ -245,9 +245,6 @@ impl KldAccum {
     pub fn extend(&mut self, s: impl IntoIterator<Item = TokenStat>) {
         self.stats.extend(s);
     }
-    pub fn count(&self) -> usize {
-        self.stats.len()
-    }
 
     /// The report; `None` without any token.
     pub fn report(&self, protocol: &'static str) -> Option<KldReport> {
@@ -326,6 +323,34 @@ pub fn quantize_rows(logits: &[f32], next: &[u32], vocab: usize, out: &mut [u16]
         .collect()
 }
 
+/// The chunks llama.cpp's protocol scores: whole chunks of `n_ctx` tokens out of `n_tokens`, at
+/// most `max_chunks`; an error for a context under 4 tokens or a text shorter than one chunk.
+pub fn llama_cpp_chunks(n_tokens: usize, n_ctx: usize, max_chunks: Option<usize>) -> Result<usize> {
+    if n_ctx < 4 {
+        bail!("context of {n_ctx} tokens is too short");
+    }
+    let n_chunk = (n_tokens / n_ctx).min(max_chunks.unwrap_or(usize::MAX));
+    if n_chunk == 0 {
+        bail!("{n_tokens} tokens: fewer than one chunk of {n_ctx}");
+    }
+    Ok(n_chunk)
+}
+
+/// The tokens of chunks `chunks` as llama.cpp evaluates them: each chunk's first token replaced
+/// by `bos` where the tokenizer adds BOS.
+pub fn llama_cpp_chunk_tokens(
+    ids: &[u32],
+    n_ctx: usize,
+    chunks: std::ops::Range<usize>,
+    bos: Option<u32>,
+) -> Vec<u32> {
+    let mut toks = ids[chunks.start * n_ctx..chunks.end * n_ctx].to_vec();
+    if let Some(b) = bos {
+        toks.iter_mut().step_by(n_ctx).for_each(|t| *t = b);
+    }
+    toks
+}
+
 /// Where the reference distribution of [`kld_llama_cpp`] comes from.
 pub enum Base<'a, 'm> {
     /// The reference model, run in the same pass.
@@ -368,16 +393,7 @@ pub fn kld_llama_cpp(
         Base::File(f) => (f.tokens.clone(), f.n_ctx),
         Base::Model(_) => (ids.to_vec(), n_ctx),
     };
-    if n_ctx < 4 {
-        bail!("context of {n_ctx} tokens is too short");
-    }
-    let mut n_chunk = ids.len() / n_ctx;
-    if let Some(m) = max_chunks {
-        n_chunk = n_chunk.min(m);
-    }
-    if n_chunk == 0 {
-        bail!("{} tokens: fewer than one chunk of {n_ctx}", ids.len());
-    }
+    let n_chunk = llama_cpp_chunks(ids.len(), n_ctx, max_chunks)?;
     let cfgs: Vec<_> = model
         .iter()
         .map(|m| m.config)
@@ -413,10 +429,7 @@ pub fn kld_llama_cpp(
     let mut stored = Vec::new();
     for p in 0..passes {
         let (c0, c1) = (p * per, ((p + 1) * per).min(n_chunk));
-        let mut toks = ids[c0 * n_ctx..c1 * n_ctx].to_vec();
-        if let Some(b) = bos {
-            toks.iter_mut().step_by(n_ctx).for_each(|t| *t = b);
-        }
+        let toks = llama_cpp_chunk_tokens(&ids, n_ctx, c0..c1, bos);
         let mut done_layers = p * layers;
         let mut run = |m: &Streamed| -> Result<Vec<f32>> {
             let base_done = done_layers;
@@ -480,10 +493,11 @@ pub fn kld_llama_cpp(
         }
     }
     let kld = acc.report("llama.cpp");
-    let reference_perplexity = match (&kld, n_base) {
-        (_, n) if n > 0 => (nll_base / n as f64).exp(),
-        (Some(k), _) => k.perplexity_reference,
-        _ => f64::NAN,
+    // from the reference's own logits when it ran, else from its stored rows
+    let reference_perplexity = if n_base > 0 {
+        (nll_base / n_base as f64).exp()
+    } else {
+        kld.as_ref().map_or(f64::NAN, |k| k.perplexity_reference)
     };
     Ok(LlamaCppKld {
         chunks: n_chunk,
