@@ -2,7 +2,7 @@
 //! so a failed write leaves nothing behind and never replaces what the user had.
 pub mod compressed_tensors;
 pub mod gguf_export;
-pub mod gguf_quant;
+pub use shrink_model::ggml_quant as gguf_quant;
 pub mod gptq_format;
 pub mod hf;
 pub mod quantized;

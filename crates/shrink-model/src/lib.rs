@@ -2,6 +2,8 @@
 //! [`arch::FAMILIES`] (Llama, Mistral, Qwen2/3, Gemma 3, Phi-3, Qwen3-MoE, Mixtral).
 //!
 //! - [`ModelSource::open`] reads a Hugging Face directory or a GGUF file (memory-mapped).
+//! - [`ggml_quant`] writes llama.cpp's block types (a port of its reference quantizers) and exposes
+//!   each block's grid, so the methods can round onto it.
 //! - [`arch`] is the one table of families: tensor names, which linears share an input, norms,
 //!   activation, attention features.
 //! - [`DecoderLayer::forward`] runs one layer on a batch and exposes every linear's input to a
@@ -9,6 +11,7 @@
 pub mod arch;
 pub mod config;
 pub mod fastmath;
+pub mod ggml_quant;
 pub mod gguf;
 pub mod layer;
 pub mod model;

@@ -17,7 +17,7 @@
 use anyhow::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
-use shrink_model::gguf::GgmlType;
+use crate::gguf::GgmlType;
 
 const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -1006,10 +1006,257 @@ pub fn carry_type(bits: u32, sym: bool) -> Option<GgmlType> {
     }
 }
 
+/// Quantizes one block of `ty` (`x` has `ty.block_size()` values) as [`quantize`] does: with
+/// `qw` (the block's importance weights; ignored by Q8_0, as llama.cpp ignores it) the weighted
+/// `_impl` path, whose 32-blocks also take `sigma2`, the mean square of the whole row
+/// (`sum(x^2) / n_per_row` in llama.cpp). Panics on a type outside [`GRID_TYPES`].
+pub fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, sigma2: f32, y: &mut [u8]) {
+    use GgmlType::*;
+    let qw = if uses_imatrix(ty) { qw } else { None };
+    match (ty, qw) {
+        (Q8_0, _) => q8_0_ref(x, y),
+        (Q4_0, None) => q4_0_ref(x, y),
+        (Q4_1, None) => q4_1_ref(x, y),
+        (Q5_0, None) => q5_0_ref(x, y),
+        (Q5_1, None) => q5_1_ref(x, y),
+        (Q4_0, Some(w)) => q4_0_impl(x, y, w, sigma2),
+        (Q4_1, Some(w)) => q4_1_impl(x, y, w, sigma2),
+        (Q5_0, Some(w)) => q5_0_impl(x, y, w, sigma2),
+        (Q5_1, Some(w)) => q5_1_impl(x, y, w, sigma2),
+        (Q4K, w) => qk_45(x, y, w, 15),
+        (Q5K, w) => qk_45(x, y, w, 31),
+        (Q6K, w) => q6_k(x, y, w),
+        _ => unreachable!("{ty} is not a grid type"),
+    }
+}
+
+/// The `sigma2` of [`quantize_block`] for a row.
+pub fn row_mean_square(x: &[f32]) -> f32 {
+    row_sigma2(x)
+}
+
+// ------------------------------------------------------------------------- the grid of a block
+
+/// The grid of one sub-block of a ggml block: code `q` stands for `a * (q - zero) + b`.
+///
+/// Every type [`GRID_TYPES`] lists dequantizes this way, with `a` and `b` computed exactly as
+/// llama.cpp's `dequantize_row_*` computes them (`a = d * sc`, `b = -(dmin * m)` for the K-quants;
+/// `a = d`, `b = m` for Q4_1/Q5_1; `b = -0.0`, which adds nothing, where a type has no offset), so
+/// [`Affine::value`] equals llama.cpp's dequantized weight bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affine {
+    pub a: f32,
+    pub b: f32,
+    pub zero: i32,
+}
+
+impl Default for Affine {
+    fn default() -> Self {
+        Affine {
+            a: 0.0,
+            b: -0.0,
+            zero: 0,
+        }
+    }
+}
+
+impl Affine {
+    /// The value of code `q`.
+    #[inline]
+    pub fn value(&self, q: u32) -> f32 {
+        self.a * (q as i32 - self.zero) as f32 + self.b
+    }
+
+    /// The nearest code to `x` in `0..=max`: `clamp(round((x - b) / a) + zero)`, rounding half to
+    /// even as llama.cpp's `nearest_int` does (its K-quants choose their final codes exactly so,
+    /// from the stored f16 scales). `None` when `a` is 0 (every code has the same value).
+    #[inline]
+    pub fn code(&self, x: f32, max: u32) -> Option<u32> {
+        if self.a == 0.0 {
+            return None;
+        }
+        let q = ((x - self.b) / self.a).round_ties_even() + self.zero as f32;
+        // NaN falls through `clamp` and converts to 0.
+        Some(q.clamp(0.0, max as f32) as u32)
+    }
+}
+
+/// Types whose blocks [`decode_block`] and [`encode_codes`] handle: every type [`quantize`]
+/// writes except the float ones.
+pub const GRID_TYPES: [GgmlType; 8] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// `(columns per sub-block, largest code)` of a grid type: the sub-blocks sharing one [`Affine`].
+pub fn grid_shape(ty: GgmlType) -> Option<(usize, u32)> {
+    use GgmlType::*;
+    Some(match ty {
+        Q8_0 => (32, 255),
+        Q4_0 | Q4_1 => (32, 15),
+        Q5_0 | Q5_1 => (32, 31),
+        Q4K => (32, 15),
+        Q5K => (32, 31),
+        Q6K => (16, 63),
+        _ => return None,
+    })
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// The sub-block grids (`block_size / sub-block` of them) and the codes (`block_size`, in
+/// column order) of one block of `ty`. Codes are unsigned: `q + 8`/`q + 16`/`q + 128` for
+/// Q4_0/Q5_0/Q8_0 and `q + 32` for Q6_K, whose `zero` is that offset.
+pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut [u8]) {
+    use GgmlType::*;
+    let none = -0.0f32;
+    match ty {
+        Q8_0 => {
+            affines[0] = Affine { a: f16_at(y, 0), b: none, zero: 128 };
+            for j in 0..32 {
+                codes[j] = (y[2 + j] as i8 as i32 + 128) as u8;
+            }
+        }
+        Q4_0 | Q4_1 => {
+            let (b, zero, qs) = match ty {
+                Q4_0 => (none, 8, &y[2..18]),
+                _ => (f16_at(y, 2), 0, &y[4..20]),
+            };
+            affines[0] = Affine { a: f16_at(y, 0), b, zero };
+            for j in 0..16 {
+                codes[j] = qs[j] & 0xF;
+                codes[j + 16] = qs[j] >> 4;
+            }
+        }
+        Q5_0 | Q5_1 => {
+            let (b, zero, o) = match ty {
+                Q5_0 => (none, 16, 2),
+                _ => (f16_at(y, 2), 0, 4),
+            };
+            affines[0] = Affine { a: f16_at(y, 0), b, zero };
+            let qh = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
+            let qs = &y[o + 4..o + 20];
+            for j in 0..16 {
+                codes[j] = (qs[j] & 0xF) | ((((qh >> j) & 1) as u8) << 4);
+                codes[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+            }
+        }
+        Q4K | Q5K => {
+            let d = f16_at(y, 0);
+            let dmin = f16_at(y, 2);
+            for (j, aff) in affines.iter_mut().enumerate().take(8) {
+                let (sc, m) = get_scale_min_k4(j, &y[4..16]);
+                *aff = Affine { a: d * sc as f32, b: -(dmin * m as f32), zero: 0 };
+            }
+            let (qs, qh) = if ty == Q4K {
+                (&y[16..144], None)
+            } else {
+                (&y[48..176], Some(&y[16..48]))
+            };
+            for c in 0..4 {
+                for l in 0..32 {
+                    let q = qs[32 * c + l];
+                    let (mut lo, mut hi) = (q & 0xF, q >> 4);
+                    if let Some(qh) = qh {
+                        lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+                        hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                    }
+                    codes[64 * c + l] = lo;
+                    codes[64 * c + 32 + l] = hi;
+                }
+            }
+        }
+        Q6K => {
+            let d = f16_at(y, 208);
+            for (j, aff) in affines.iter_mut().enumerate().take(16) {
+                *aff = Affine { a: d * y[192 + j] as i8 as f32, b: none, zero: 32 };
+            }
+            for half in 0..2 {
+                let ql = &y[64 * half..64 * half + 64];
+                let qh = &y[128 + 32 * half..128 + 32 * half + 32];
+                let c = &mut codes[128 * half..128 * half + 128];
+                for l in 0..32 {
+                    c[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                    c[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                    c[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                    c[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                }
+            }
+        }
+        _ => unreachable!("{ty} is not a grid type"),
+    }
+}
+
+/// Writes `codes` (as [`decode_block`] gives them) into the code bits of the block `y` of `ty`,
+/// keeping its scales: the exact inverse of [`decode_block`]'s codes.
+pub fn encode_codes(ty: GgmlType, y: &mut [u8], codes: &[u8]) {
+    use GgmlType::*;
+    match ty {
+        Q8_0 => {
+            for j in 0..32 {
+                y[2 + j] = (codes[j] as i32 - 128) as i8 as u8;
+            }
+        }
+        Q4_0 | Q4_1 => {
+            let o = if ty == Q4_0 { 2 } else { 4 };
+            for j in 0..16 {
+                y[o + j] = codes[j] | (codes[j + 16] << 4);
+            }
+        }
+        Q5_0 | Q5_1 => {
+            let o = if ty == Q5_0 { 2 } else { 4 };
+            let (qh, qs) = y[o..o + 20].split_at_mut(4);
+            put_q5(qs, qh, codes);
+        }
+        Q4K | Q5K => {
+            let (qh, qs) = if ty == Q4K {
+                (None, &mut y[16..144])
+            } else {
+                let (qh, qs) = y[16..176].split_at_mut(32);
+                qh.fill(0);
+                (Some(qh), qs)
+            };
+            let mut qh = qh;
+            for c in 0..4 {
+                for l in 0..32 {
+                    let (lo, hi) = (codes[64 * c + l], codes[64 * c + 32 + l]);
+                    qs[32 * c + l] = (lo & 0xF) | ((hi & 0xF) << 4);
+                    if let Some(qh) = qh.as_deref_mut() {
+                        qh[l] |= ((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1));
+                    }
+                }
+            }
+        }
+        Q6K => {
+            for half in 0..2 {
+                let c = &codes[128 * half..128 * half + 128];
+                for l in 0..32 {
+                    y[64 * half + l] = (c[l] & 0xF) | ((c[l + 64] & 0xF) << 4);
+                    y[64 * half + l + 32] = (c[l + 32] & 0xF) | ((c[l + 96] & 0xF) << 4);
+                    y[128 + 32 * half + l] = (c[l] >> 4)
+                        | ((c[l + 32] >> 4) << 2)
+                        | ((c[l + 64] >> 4) << 4)
+                        | ((c[l + 96] >> 4) << 6);
+                }
+            }
+        }
+        _ => unreachable!("{ty} is not a grid type"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shrink_model::quants::dequantize;
+    use crate::quants::dequantize;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
         let mut s = shrink_calib_free_rng(seed);
@@ -1123,6 +1370,65 @@ mod tests {
         dequantize(GgmlType::Q4_0, &b, &mut y).unwrap();
         for (c, v) in codes.iter().zip(&y) {
             assert_eq!(*v, scale * (*c as f32 - 8.0));
+        }
+    }
+
+    /// For every grid type, with and without an importance matrix: the decoded grids give the
+    /// dequantized weights bit for bit, and re-encoding the decoded codes gives the same bytes.
+    #[test]
+    fn block_grids_decode_exactly_and_encode_back() {
+        let n = 512;
+        let x = data(n * 4, 7);
+        let w: Vec<f32> = (0..n).map(|i| 0.5 + (i % 5) as f32).collect();
+        for ty in GRID_TYPES {
+            let (sub, max) = grid_shape(ty).unwrap();
+            let bs = ty.block_size();
+            for imat in [None, Some(&w[..])] {
+                let q = quantize(ty, &x, n, imat).unwrap();
+                let mut y = vec![0f32; x.len()];
+                dequantize(ty, &q, &mut y).unwrap();
+                let mut aff = vec![Affine::default(); bs / sub];
+                let mut codes = vec![0u8; bs];
+                for (k, blk) in q.chunks_exact(ty.type_size()).enumerate() {
+                    decode_block(ty, blk, &mut aff, &mut codes);
+                    for (j, &c) in codes.iter().enumerate() {
+                        assert!(c as u32 <= max, "{ty}: code {c}");
+                        let v = aff[j / sub].value(c as u32);
+                        assert_eq!(v.to_bits(), y[k * bs + j].to_bits(), "{ty} block {k} col {j}");
+                        // re-rounding the value with the same grid gives the code back
+                        if aff[j / sub].a != 0.0 {
+                            assert_eq!(aff[j / sub].code(v, max), Some(c as u32), "{ty}");
+                        }
+                    }
+                    let mut b2 = blk.to_vec();
+                    encode_codes(ty, &mut b2, &vec![0u8; bs]);
+                    encode_codes(ty, &mut b2, &codes);
+                    assert_eq!(b2, blk, "{ty} block {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_by_block_equals_whole_rows() {
+        let n = 512;
+        let x = data(n * 3, 11);
+        let w: Vec<f32> = (0..n).map(|i| 1.0 + (i % 3) as f32).collect();
+        for ty in GRID_TYPES {
+            for imat in [None, Some(&w[..])] {
+                let q = quantize(ty, &x, n, imat).unwrap();
+                let (bs, ts) = (ty.block_size(), ty.type_size());
+                let mut y = vec![0u8; q.len()];
+                for (r, row) in x.chunks(n).enumerate() {
+                    let s2 = row_mean_square(row);
+                    for k in 0..n / bs {
+                        let o = (r * n / bs + k) * ts;
+                        let qw = imat.map(|w| &w[k * bs..(k + 1) * bs]);
+                        quantize_block(ty, &row[k * bs..(k + 1) * bs], qw, s2, &mut y[o..o + ts]);
+                    }
+                }
+                assert_eq!(y, q, "{ty} imatrix {}", imat.is_some());
+            }
         }
     }
 }
