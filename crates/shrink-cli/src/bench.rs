@@ -180,6 +180,7 @@ fn bench_compress(
         group_size: Some(64),
         sym: false,
         mse: false,
+        ggml: None,
     };
     let method = Gptq(GptqConfig {
         quant,

@@ -2,6 +2,8 @@
 //!
 //! - [`quant`]: the uniform integer grid (GPTQ reference `Quantizer`) and [`QuantizedWeight`],
 //!   the form the export formats pack.
+//! - [`grid`]: the grids RTN and the sweep round onto ([`grid::Grid`]): integer groups, and
+//!   llama.cpp's block types (legacy and K-quants) fitted as llama.cpp fits them.
 //! - [`rtn`]: round to nearest.
 //! - [`hessian`]: the running input statistics `H = (2/n) X^T X` of a linear layer.
 //! - [`sweep`]: the OBS column sweep shared by [`gptq`] (GPTQ, Frantar et al., ICLR 2023) and
@@ -15,6 +17,7 @@
 //! norms always; the Hessian when needed), then calls [`Method::compress`] per linear. Several
 //! stages ([`Chain`]) run on each linear in turn, a pruning stage's mask fixed for the next.
 pub mod gptq;
+pub mod grid;
 pub mod hessian;
 pub mod magnitude;
 pub mod obc;
@@ -151,7 +154,13 @@ impl Method for Rtn {
     ) -> Result<Compressed> {
         self.0.validate()?;
         let (d_out, d_in) = weight_dims(linear, weight)?;
-        let mut q = rtn(&weight.data, d_out, d_in, &self.0);
+        ensure!(
+            mask.is_none() || self.0.ggml.is_none(),
+            "{linear}: a pruned weight cannot be rounded onto a llama.cpp grid (0 is not on every \
+             block's grid); use integer groups"
+        );
+        let grid = grid::grid_for(&self.0, d_in).with_context(|| format!("{linear}"))?;
+        let mut q = grid::rtn_on(&*grid, &weight.data, d_out, d_in);
         if let Some(m) = mask {
             // 0 quantizes to the zero point exactly; make it explicit.
             for (r, row) in m.chunks(d_in.max(1)).enumerate() {

@@ -237,6 +237,10 @@ pub fn obc(
     }
     if let Some(q) = &cfg.quant {
         q.validate()?;
+        ensure!(
+            q.ggml.is_none(),
+            "OBC rounds onto integer groups; for a llama.cpp grid use GPTQ or RTN"
+        );
     }
     let n = d_in;
     let (hinv, dead) = damped_inverse(h, cfg.damp)?;
@@ -332,6 +336,7 @@ pub fn obc(
             scales,
             zeros,
             g_idx: (0..n).map(|c| (c / g) as u32).collect(),
+            ggml: None,
         };
         weight = q.dequantize();
         q

@@ -9,6 +9,8 @@
 //! Python reference bit for bit where the inputs are the same.
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use shrink_model::ggml_quant::{grid_shape, GRID_TYPES};
+use shrink_model::gguf::GgmlType;
 
 /// The quantization grid: bit width, grouping, symmetric or asymmetric, optional clipping search.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -22,6 +24,12 @@ pub struct QuantConfig {
     pub sym: bool,
     /// Search shrunk ranges for the lowest `sum |q(x) - x|^2.4` (GPTQ's `mse` option).
     pub mse: bool,
+    /// Round onto this llama.cpp block type's own grid instead of integer groups (scales fitted
+    /// per block as llama.cpp fits them, see [`crate::grid::GgmlGrid`]). `bits`, `group_size` and
+    /// `sym` then only describe it ([`QuantConfig::for_ggml`]); rows whose length the type's
+    /// blocks do not divide use llama-quantize's fallback type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ggml: Option<GgmlType>,
 }
 
 /// Norm of the clipping search error (GPTQ reference `norm`).
@@ -40,7 +48,35 @@ impl QuantConfig {
         if self.group_size == Some(0) {
             bail!("group_size must be at least 1 (or absent for per-channel), got 0");
         }
+        if let Some(t) = self.ggml {
+            if grid_shape(t).is_none() {
+                bail!(
+                    "cannot round onto the grid of {} (shrink rounds onto {})",
+                    t.name(),
+                    GRID_TYPES.map(|t| t.name()).join(", ")
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The grid of a llama.cpp block type: `bits` its code width, `group_size` its sub-block,
+    /// `sym` when it has no offset (Q4_0, Q5_0, Q8_0, Q6_K).
+    pub fn for_ggml(t: GgmlType) -> Result<QuantConfig> {
+        let Some((sub, max)) = grid_shape(t) else {
+            bail!(
+                "cannot round onto the grid of {} (shrink rounds onto {})",
+                t.name(),
+                GRID_TYPES.map(|t| t.name()).join(", ")
+            );
+        };
+        Ok(QuantConfig {
+            bits: 32 - max.leading_zeros(),
+            group_size: Some(sub),
+            sym: matches!(t, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q6K),
+            mse: false,
+            ggml: Some(t),
+        })
     }
 
     /// Largest code, `2^bits - 1`.
@@ -64,6 +100,9 @@ impl QuantConfig {
 
     /// A short label such as `w4 g128 asym` or `w3 perchannel sym mse`.
     pub fn label(&self) -> String {
+        if let Some(t) = self.ggml {
+            return format!("{} grid", t.name());
+        }
         let g = match self.group_size {
             Some(g) => format!("g{g}"),
             None => "perchannel".to_string(),
@@ -185,6 +224,11 @@ pub struct QuantizedWeight {
     /// `[d_in]`: the group of each input column (`i / group_size` unless GPTQ's dynamic act-order
     /// formed the groups in permuted order).
     pub g_idx: Vec<u32>,
+    /// On a llama.cpp grid: the type written and its blocks (`[d_out, d_in / block size]`
+    /// blocks, row-major), which hold these codes; the affines are then `scales`' sub-block
+    /// scales with offsets only the blocks hold, so [`QuantizedWeight::dequantize`] reads the
+    /// blocks.
+    pub ggml: Option<(GgmlType, Vec<u8>)>,
 }
 
 impl QuantizedWeight {
@@ -194,6 +238,12 @@ impl QuantizedWeight {
             .len()
             .checked_div(self.d_out)
             .unwrap_or_else(|| self.config.n_groups(self.d_in))
+    }
+
+    /// Whether the codes are integer groups (`scale * (q - zero)`), which every format packs, rather
+    /// than the blocks of a llama.cpp type, which only GGUF holds.
+    pub fn is_integer(&self) -> bool {
+        self.ggml.is_none()
     }
 
     /// Whether `g_idx` is the natural `i / group_size` (what formats without `g_idx` assume).
@@ -207,6 +257,12 @@ impl QuantizedWeight {
 
     /// The f32 weight `[d_out, d_in]` these codes stand for: `scale[r, g_idx[j]] * (q - zero)`.
     pub fn dequantize(&self) -> Vec<f32> {
+        if let Some((t, blocks)) = &self.ggml {
+            let mut out = vec![0.0f32; self.d_out * self.d_in];
+            shrink_model::quants::dequantize(*t, blocks, &mut out)
+                .expect("blocks of the weight's own shape");
+            return out;
+        }
         let ng = self.n_groups();
         let mut out = vec![0.0f32; self.d_out * self.d_in];
         for r in 0..self.d_out {

@@ -19,7 +19,8 @@
 //!   group (per row, on the updated weights) are pruned;
 //! * fixed: a mask given up front (e.g. Wanda's, for "prune then GPTQ on the kept weights").
 use crate::hessian::{all_finite, Hessian};
-use crate::quant::{dequantize_value, find_params, quantize_value, QuantConfig, QuantizedWeight};
+use crate::grid::{grid_for, Affine, Grid};
+use crate::quant::{QuantConfig, QuantizedWeight};
 use crate::sparsity::{nm_select_into, prune_count, Sparsity};
 use crate::ActOrder;
 use anyhow::{bail, ensure, Result};
@@ -236,10 +237,29 @@ pub fn sweep(
         });
     }
     let qc = cfg.quant.clone();
-    let (maxq, g, ng) = match &qc {
-        Some(qc) => (qc.maxq(), qc.group_len(n), qc.n_groups(n)),
-        None => (0, n, 1),
+    let grid: Option<Box<dyn Grid>> = qc.as_ref().map(|q| grid_for(q, n)).transpose()?;
+    if let Some(gr) = grid.as_ref().filter(|_| qc.as_ref().is_some_and(|q| q.ggml.is_some())) {
+        ensure!(
+            !pruning,
+            "pruning and rounding onto the {} grid cannot be joined: 0 is not on every block's \
+             grid (use integer groups with pruning)",
+            gr.label()
+        );
+        ensure!(
+            cfg.act_order != ActOrder::Dynamic || cfg.static_groups,
+            "dynamic act-order forms groups in processing order, but {} blocks are consecutive \
+             columns: use act-order static or none",
+            gr.label()
+        );
+    }
+    // Columns fitted together, columns per affine, largest code, stored bytes per block.
+    let (bl, sub, maxq, sb) = match &grid {
+        Some(gr) => (gr.block_len(), gr.sub_len(), gr.max_code(), gr.stored_bytes()),
+        None => (n, n, 0, 0),
     };
+    let n_blocks = n.div_ceil(bl);
+    let n_sub = n.div_ceil(sub);
+    let sstride = (n_blocks * sb).max(1);
 
     // 1. Dead inputs; a fixed mask's weights are 0 from the start.
     let mut hm = h.matrix().to_vec();
@@ -262,21 +282,37 @@ pub fn sweep(
         }
     }
 
-    // 2. Up-front quantization parameters.
+    // 2. Up-front quantization parameters. A grid that weights its fit by the importance of the
+    // columns gets the Hessian diagonal (llama.cpp's imatrix is the mean x^2, the same up to a
+    // factor); `sigma2` is each row's mean square, as llama.cpp's 32-blocks weight with it.
     let static_params = qc.as_ref().is_some_and(|qc| {
         qc.group_size.is_none() || cfg.static_groups || cfg.act_order == ActOrder::Static
     });
-    let mut scales = vec![0.0f32; d_out * ng];
-    let mut zeros = vec![0u32; d_out * ng];
-    if let (true, Some(qc)) = (static_params, &qc) {
-        scales
-            .par_chunks_mut(ng)
-            .zip(zeros.par_chunks_mut(ng))
-            .zip(w.par_chunks(n))
-            .for_each(|((s, z), row)| {
-                for k in 0..ng {
-                    let (a, b) = (k * g, ((k + 1) * g).min(n));
-                    (s[k], z[k]) = find_params(&row[a..b], qc);
+    let importance: Option<Vec<f32>> = grid
+        .as_ref()
+        .filter(|gr| gr.uses_importance())
+        .map(|_| (0..n).map(|j| hm[j * n + j] as f32).collect());
+    let sigma2: Vec<f32> = w
+        .chunks(n)
+        .map(shrink_model::ggml_quant::row_mean_square)
+        .collect();
+    let mut affines = vec![Affine::default(); d_out * n_sub];
+    let mut stored = vec![0u8; d_out * sstride];
+    // The fitter's own codes (natural column order), kept where a sub-block's scale is 0.
+    let fstride = if grid.is_some() { n } else { 1 };
+    let mut fit_codes = vec![0u8; d_out * fstride];
+    if let (true, Some(gr)) = (static_params, &grid) {
+        affines
+            .par_chunks_mut(n_sub)
+            .zip(stored.par_chunks_mut(sstride))
+            .zip(fit_codes.par_chunks_mut(n))
+            .zip(w.par_chunks(n).zip(&sigma2).collect::<Vec<_>>())
+            .for_each(|(((a, st), fc), (row, &s2))| {
+                for k in 0..n_blocks {
+                    let (lo, hi) = (k * bl, ((k + 1) * bl).min(n));
+                    let imp = importance.as_ref().map(|i| &i[lo..hi]);
+                    let st = if sb > 0 { &mut st[k * sb..(k + 1) * sb] } else { &mut st[..0] };
+                    gr.fit(&row[lo..hi], imp, s2, &mut a[lo / sub..hi.div_ceil(sub)], &mut fc[lo..hi], st);
                 }
             });
     }
@@ -287,8 +323,9 @@ pub fn sweep(
         perm.sort_by(|&a, &b| hm[b * n + b].total_cmp(&hm[a * n + a]));
     }
     let identity = perm.iter().enumerate().all(|(p, &j)| p == j);
-    let group_of_pos: Vec<usize> = (0..n)
-        .map(|p| if static_params { perm[p] / g } else { p / g })
+    // The sub-block (affine) of each processing position.
+    let sub_of_pos: Vec<usize> = (0..n)
+        .map(|p| if static_params { perm[p] / sub } else { p / sub })
         .collect();
     let permute = |v: Vec<f32>| -> Vec<f32> {
         if identity {
@@ -339,18 +376,23 @@ pub fn sweep(
         }
         let mut err = vec![0.0f32; d_out * count];
         let u = &u;
-        let group_of_pos = &group_of_pos;
-        let qc = &qc;
+        let sub_of_pos = &sub_of_pos;
+        let grid = &grid;
+        let importance = &importance;
+        let perm = &perm;
         let block_loss: f64 = wp
             .par_chunks_mut(n * rows_per_task)
             .zip(maskp.par_chunks_mut(n * rows_per_task))
             .zip(codes_p.par_chunks_mut(n * rows_per_task))
-            .zip(scales.par_chunks_mut(ng * rows_per_task))
-            .zip(zeros.par_chunks_mut(ng * rows_per_task))
+            .zip(affines.par_chunks_mut(n_sub * rows_per_task))
+            .zip(stored.par_chunks_mut(sstride * rows_per_task))
+            .zip(fit_codes.par_chunks_mut(fstride * rows_per_task))
             .zip(err.par_chunks_mut(count * rows_per_task))
-            .map(|(((((wrows, mrows), crows), srows), zrows), erows)| {
+            .zip(sigma2.par_chunks(rows_per_task))
+            .map(|(((((((wrows, mrows), crows), arows), strows), fcrows), erows), s2rows)| {
                 let mut buf = vec![0.0f32; count];
-                let mut gbuf: Vec<f32> = Vec::with_capacity(g.min(n));
+                let mut gbuf: Vec<f32> = Vec::with_capacity(bl.min(n));
+                let mut ibuf: Vec<f32> = Vec::with_capacity(bl.min(n));
                 let mut sc: Vec<f32> = Vec::new();
                 let mut l = 0.0f64;
                 let nr = wrows.len() / n;
@@ -362,12 +404,12 @@ pub fn sweep(
                     let mut nm_done = i1; // N:M masks chosen for positions < nm_done
                     for i in 0..count {
                         let p = i1 + i;
-                        let new_qgroup = qc.is_some() && !static_params && p % g == 0;
+                        let new_qgroup = grid.is_some() && !static_params && p % bl == 0;
                         if let Some((keep, m)) = nm {
                             // Choose the N:M masks up to the end of this M group, or of this
                             // quantization group when its grid is fitted now.
                             let upto = if new_qgroup {
-                                (p + g).div_ceil(m) * m
+                                (p + bl).div_ceil(m) * m
                             } else {
                                 p + 1
                             }
@@ -384,34 +426,46 @@ pub fn sweep(
                                 nm_done += m;
                             }
                         }
-                        if let (true, Some(qc)) = (new_qgroup, qc) {
+                        if let (true, Some(gr)) = (new_qgroup, grid) {
                             // Dynamic group: parameters from the weights as updated so far
                             // (columns past the block carry every earlier block's update), with
                             // chosen pruned weights counted as 0. The GPTQ reference reads the
                             // block-start W here, which lets in-block updates push the second
                             // group of a block off its grid.
-                            let end = (p + g).min(n);
+                            let end = (p + bl).min(n);
                             gbuf.clear();
                             for c in p..end {
                                 let v = if c < i2 { buf[c - i1] } else { wrow[c] };
                                 gbuf.push(if mrow[c] { 0.0 } else { v });
                             }
-                            let k = group_of_pos[p];
-                            (srows[r * ng + k], zrows[r * ng + k]) = find_params(&gbuf, qc);
+                            let imp = importance.as_ref().map(|imp| {
+                                ibuf.clear();
+                                ibuf.extend((p..end).map(|c| imp[perm[c]]));
+                                &ibuf[..]
+                            });
+                            let k = p / bl;
+                            let st = &mut strows[r * sstride..(r + 1) * sstride];
+                            let st = if sb > 0 { &mut st[k * sb..(k + 1) * sb] } else { &mut st[..0] };
+                            // Fitted codes go to the natural columns: the order is natural here
+                            // unless the grid is integer, whose scales are never 0, so its fitted
+                            // codes are never read.
+                            let fc = &mut fcrows[r * n + p..r * n + end];
+                            let a = &mut arows[r * n_sub..(r + 1) * n_sub];
+                            gr.fit(&gbuf, imp, s2rows[r], &mut a[p / sub..end.div_ceil(sub)], fc, st);
                         }
                         let x = buf[i];
                         let pruned = mrow[p];
-                        let fixed = match qc {
+                        let fixed = match grid {
                             Some(_) => {
-                                let k = group_of_pos[p];
-                                let (s, z) = (srows[r * ng + k], zrows[r * ng + k]);
+                                let aff = arows[r * n_sub + sub_of_pos[p]];
                                 let code = if pruned {
-                                    z
+                                    aff.zero as u32
                                 } else {
-                                    quantize_value(x, s, z, maxq)
+                                    aff.code(x, maxq)
+                                        .unwrap_or_else(|| fcrows[r * n + perm[p]] as u32)
                                 };
                                 crows[r * n + p] = code as u8;
-                                dequantize_value(code, s, z)
+                                aff.value(code)
                             }
                             None if pruned => 0.0,
                             None => x,
@@ -456,20 +510,15 @@ pub fn sweep(
     // 6. Undo the permutation.
     let weight = unpermute(wp, &perm, d_out, n);
     let mask = pruning.then(|| unpermute(maskp, &perm, d_out, n));
-    let quant = qc.map(|qc| {
+    let quant = grid.map(|gr| {
         let mut g_idx = vec![0u32; n];
         for p in 0..n {
-            g_idx[perm[p]] = group_of_pos[p] as u32;
+            g_idx[perm[p]] = sub_of_pos[p] as u32;
         }
-        QuantizedWeight {
-            d_out,
-            d_in,
-            config: qc,
-            codes: unpermute(codes_p, &perm, d_out, n),
-            scales,
-            zeros,
-            g_idx,
+        if sb == 0 {
+            stored.clear();
         }
+        gr.assemble(d_out, d_in, unpermute(codes_p, &perm, d_out, n), affines, stored, g_idx)
     });
     Ok(SweepResult {
         weight,

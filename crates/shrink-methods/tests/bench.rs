@@ -87,6 +87,7 @@ fn bench_gptq() {
                     group_size: Some(128),
                     sym: false,
                     mse: false,
+                    ggml: None,
                 },
                 ActOrder::None,
             ),
@@ -97,6 +98,7 @@ fn bench_gptq() {
                     group_size: None,
                     sym: true,
                     mse: false,
+                    ggml: None,
                 },
                 ActOrder::None,
             ),
@@ -107,6 +109,7 @@ fn bench_gptq() {
                     group_size: Some(128),
                     sym: false,
                     mse: false,
+                    ggml: None,
                 },
                 ActOrder::Dynamic,
             ),
@@ -117,6 +120,7 @@ fn bench_gptq() {
                     group_size: Some(128),
                     sym: false,
                     mse: false,
+                    ggml: None,
                 },
                 ActOrder::Static,
             ),
@@ -127,6 +131,7 @@ fn bench_gptq() {
                     group_size: Some(128),
                     sym: false,
                     mse: true,
+                    ggml: None,
                 },
                 ActOrder::None,
             ),
@@ -166,6 +171,7 @@ fn bench_find_params_mse() {
         group_size: Some(128),
         sym: false,
         mse: true,
+        ggml: None,
     };
     let t = Instant::now();
     let mut acc = 0.0f32;

@@ -9,6 +9,7 @@ fn qcfg(bits: u32, group_size: Option<usize>, sym: bool) -> QuantConfig {
         group_size,
         sym,
         mse: false,
+        ggml: None,
     }
 }
 
@@ -252,6 +253,7 @@ fn never_worse_than_rtn() {
                                 group_size: group,
                                 sym,
                                 mse,
+                                ggml: None,
                             };
                             let rl = layer_loss(
                                 &w,

@@ -11,6 +11,7 @@ fn qcfg(bits: u32, group_size: Option<usize>) -> QuantConfig {
         group_size,
         sym: false,
         mse: false,
+        ggml: None,
     }
 }
 

@@ -9,6 +9,7 @@ fn cfg(bits: u32, group_size: Option<usize>, sym: bool, mse: bool) -> QuantConfi
         group_size,
         sym,
         mse,
+        ggml: None,
     }
 }
 

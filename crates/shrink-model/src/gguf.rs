@@ -302,6 +302,21 @@ pub enum GgmlType {
     MXFP4,
 }
 
+/// Written and read by name (`"Q4_K"`), as llama.cpp spells it.
+impl serde::Serialize for GgmlType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GgmlType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        GgmlType::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown ggml type '{name}'")))
+    }
+}
+
 impl GgmlType {
     /// All known types, in id order.
     pub const ALL: [GgmlType; 32] = [

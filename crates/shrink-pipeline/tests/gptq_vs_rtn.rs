@@ -140,6 +140,7 @@ fn gptq_never_worse_than_rtn_on_real_layers_of_the_default_model() {
             group_size: Some(64),
             sym: false,
             mse: false,
+            ggml: None,
         },
         ActOrder::None,
     );
@@ -152,6 +153,7 @@ fn gptq_never_worse_than_rtn_on_real_layers_of_the_default_model() {
             group_size: None,
             sym: true,
             mse: false,
+            ggml: None,
         },
         ActOrder::Dynamic,
     );
@@ -164,6 +166,7 @@ fn gptq_never_worse_than_rtn_on_real_layers_of_the_default_model() {
             group_size: Some(128),
             sym: false,
             mse: false,
+            ggml: None,
         },
         ActOrder::Static,
     );
@@ -193,6 +196,7 @@ fn diagnostic_gptq_vs_rtn_per_linear() {
         group_size: Some(64),
         sym: false,
         mse: false,
+        ggml: None,
     };
     let losses = both_losses(&model, &calib, n, 512, layers, quant, ActOrder::None);
     for (name, g, r) in losses {

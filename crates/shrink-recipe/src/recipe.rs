@@ -229,6 +229,7 @@ fn stage_quant(s: &Stage) -> Result<Option<QuantConfig>> {
         group_size: s.group_size,
         sym: s.sym.unwrap_or(false),
         mse: s.mse.unwrap_or(false),
+        ggml: None,
     };
     quant.validate()?;
     Ok(Some(quant))

@@ -1,0 +1,277 @@
+//! Quantization grids: the values a row of a weight may take, and how their parameters are fitted.
+//!
+//! RTN and the GPTQ/SparseGPT column sweep round onto a [`Grid`]. A grid cuts each row into blocks
+//! of [`Grid::block_len`] columns whose parameters are fitted together ([`Grid::fit`]). A block is
+//! made of sub-blocks of [`Grid::sub_len`] columns that share one [`Affine`]: code `q` stands for
+//! `a * (q - zero) + b`. The sweep fits a block (up front from the original weights, or when it
+//! reaches the block, from the weights as updated so far), then chooses every code itself with
+//! [`Affine::code`] and propagates the rounding error; the grid finally packs the codes
+//! ([`Grid::assemble`]).
+//!
+//! - [`IntGrid`]: GPTQ's uniform integer groups (`find_params`: min-max or MSE-clipped scale and
+//!   integer zero per group of `group_size` columns; `b = 0`).
+//! - [`GgmlGrid`]: a llama.cpp block type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K). Its
+//!   scales (f16 block scales; for the K-quants 6-bit sub-block scales and mins under f16 super-block
+//!   scales) are fitted by a port of llama.cpp's own quantizer, weighted by the importance of each
+//!   column (the Hessian diagonal `2/n sum x^2`, proportional to llama-imatrix's mean `x^2`, which
+//!   llama-quantize weights with), and the block's bytes are kept so the codes go back into exactly
+//!   that block. Every value [`Affine::value`] gives equals llama.cpp's dequantization of the
+//!   written block bit for bit, so the error GPTQ propagates is the error of the file.
+//!
+//! Codebook grids (IQ4_NL's 16 levels, FP8/FP4) fit the same shape with a level table in place of
+//! the integers `q - zero`.
+use crate::quant::{find_params, quantize_value, QuantConfig, QuantizedWeight};
+use anyhow::{bail, Result};
+pub use shrink_model::ggml_quant::Affine;
+use shrink_model::ggml_quant::{
+    decode_block, encode_codes, fallback_type, grid_shape, quantize_block, GRID_TYPES,
+};
+use shrink_model::gguf::GgmlType;
+
+/// A quantization grid for the rows of one linear (of `d_in` columns).
+pub trait Grid: Send + Sync {
+    /// e.g. `w4 g64 asym` or `Q4_K`.
+    fn label(&self) -> String;
+    /// Columns whose parameters are fitted together (the last block of a row may be shorter).
+    fn block_len(&self) -> usize;
+    /// Columns sharing one [`Affine`]; divides [`Grid::block_len`].
+    fn sub_len(&self) -> usize;
+    /// Largest code.
+    fn max_code(&self) -> u32;
+    /// Bytes of stored state per block (the ggml block); 0 when the affines are all there is.
+    fn stored_bytes(&self) -> usize {
+        0
+    }
+    /// Whether [`Grid::fit`] uses importance weights.
+    fn uses_importance(&self) -> bool {
+        false
+    }
+    /// Fits one block of a row: `x` its values, `importance` one weight per column, `sigma2` the
+    /// mean square of the whole row. Writes one affine per sub-block, the fitted codes (the
+    /// nearest under the fitter's own rule, which the caller may replace), and the stored state.
+    fn fit(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        sigma2: f32,
+        affines: &mut [Affine],
+        codes: &mut [u8],
+        stored: &mut [u8],
+    );
+    /// The quantized weight from the final codes (`[d_out, d_in]`, natural column order), the
+    /// affines (`[d_out, subs per row]`), the stored state (`[d_out, blocks per row, bytes]`) and
+    /// the sub-block of every column (`g_idx`).
+    fn assemble(
+        &self,
+        d_out: usize,
+        d_in: usize,
+        codes: Vec<u8>,
+        affines: Vec<Affine>,
+        stored: Vec<u8>,
+        g_idx: Vec<u32>,
+    ) -> QuantizedWeight;
+}
+
+/// The grid a configuration describes for rows of `d_in` columns.
+pub fn grid_for(cfg: &QuantConfig, d_in: usize) -> Result<Box<dyn Grid>> {
+    cfg.validate()?;
+    Ok(match cfg.ggml {
+        None => Box::new(IntGrid::new(cfg.clone(), d_in)),
+        Some(t) => Box::new(GgmlGrid::new(cfg, t, d_in)?),
+    })
+}
+
+/// GPTQ's integer groups (see [`crate::quant`]).
+pub struct IntGrid {
+    cfg: QuantConfig,
+    g: usize,
+}
+
+impl IntGrid {
+    /// The integer groups of `cfg` (whose `ggml` is ignored) for rows of `d_in` columns.
+    pub fn new(cfg: QuantConfig, d_in: usize) -> Self {
+        let g = cfg.group_len(d_in);
+        IntGrid { cfg, g }
+    }
+}
+
+impl Grid for IntGrid {
+    fn label(&self) -> String {
+        self.cfg.label()
+    }
+    fn block_len(&self) -> usize {
+        self.g
+    }
+    fn sub_len(&self) -> usize {
+        self.g
+    }
+    fn max_code(&self) -> u32 {
+        self.cfg.maxq()
+    }
+    fn fit(
+        &self,
+        x: &[f32],
+        _importance: Option<&[f32]>,
+        _sigma2: f32,
+        affines: &mut [Affine],
+        codes: &mut [u8],
+        _stored: &mut [u8],
+    ) {
+        let (scale, zero) = find_params(x, &self.cfg);
+        let maxq = self.cfg.maxq();
+        for (c, &v) in codes.iter_mut().zip(x) {
+            *c = quantize_value(v, scale, zero, maxq) as u8;
+        }
+        affines[0] = Affine {
+            a: scale,
+            b: -0.0,
+            zero: zero as i32,
+        };
+    }
+    fn assemble(
+        &self,
+        d_out: usize,
+        d_in: usize,
+        codes: Vec<u8>,
+        affines: Vec<Affine>,
+        _stored: Vec<u8>,
+        g_idx: Vec<u32>,
+    ) -> QuantizedWeight {
+        QuantizedWeight {
+            d_out,
+            d_in,
+            config: self.cfg.clone(),
+            codes,
+            scales: affines.iter().map(|a| a.a).collect(),
+            zeros: affines.iter().map(|a| a.zero as u32).collect(),
+            g_idx,
+            ggml: None,
+        }
+    }
+}
+
+/// A llama.cpp block type's own grid (see the module documentation).
+pub struct GgmlGrid {
+    cfg: QuantConfig,
+    /// The type written: the requested one, or llama-quantize's fallback when its blocks do not
+    /// divide the row (Q4_K on 576 columns is Q5_0).
+    pub ty: GgmlType,
+    sub: usize,
+    max: u32,
+}
+
+impl GgmlGrid {
+    pub fn new(cfg: &QuantConfig, requested: GgmlType, d_in: usize) -> Result<Self> {
+        let ty = fallback_type(requested, d_in);
+        let Some((sub, max)) = grid_shape(ty) else {
+            bail!(
+                "rows of {d_in} columns hold no whole {} blocks, and llama-quantize's fallback for \
+                 them is {}, which is not a quantized grid shrink can round onto ({})",
+                requested.name(),
+                ty.name(),
+                GRID_TYPES.map(|t| t.name()).join(", ")
+            );
+        };
+        Ok(GgmlGrid {
+            cfg: cfg.clone(),
+            ty,
+            sub,
+            max,
+        })
+    }
+}
+
+impl Grid for GgmlGrid {
+    fn label(&self) -> String {
+        self.ty.name().to_string()
+    }
+    fn block_len(&self) -> usize {
+        self.ty.block_size()
+    }
+    fn sub_len(&self) -> usize {
+        self.sub
+    }
+    fn max_code(&self) -> u32 {
+        self.max
+    }
+    fn stored_bytes(&self) -> usize {
+        self.ty.type_size()
+    }
+    fn uses_importance(&self) -> bool {
+        shrink_model::ggml_quant::uses_imatrix(self.ty)
+    }
+    fn fit(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        sigma2: f32,
+        affines: &mut [Affine],
+        codes: &mut [u8],
+        stored: &mut [u8],
+    ) {
+        quantize_block(self.ty, x, importance, sigma2, stored);
+        decode_block(self.ty, stored, affines, codes);
+    }
+    fn assemble(
+        &self,
+        d_out: usize,
+        d_in: usize,
+        codes: Vec<u8>,
+        affines: Vec<Affine>,
+        mut stored: Vec<u8>,
+        g_idx: Vec<u32>,
+    ) -> QuantizedWeight {
+        let (bs, ts) = (self.ty.block_size(), self.ty.type_size());
+        for (row_codes, row_blocks) in codes.chunks(d_in).zip(stored.chunks_mut(d_in / bs * ts)) {
+            for (c, y) in row_codes.chunks(bs).zip(row_blocks.chunks_mut(ts)) {
+                encode_codes(self.ty, y, c);
+            }
+        }
+        QuantizedWeight {
+            d_out,
+            d_in,
+            config: self.cfg.clone(),
+            codes,
+            scales: affines.iter().map(|a| a.a).collect(),
+            zeros: affines.iter().map(|a| a.zero as u32).collect(),
+            g_idx,
+            ggml: Some((self.ty, stored)),
+        }
+    }
+}
+
+/// Round to nearest on `grid`: every block fitted from the weights alone (no importance), every
+/// weight given the fitter's own code. On a [`GgmlGrid`] these are llama.cpp's reference
+/// quantizer's blocks, byte for byte what `llama-quantize --pure` writes without an imatrix.
+pub fn rtn_on(grid: &dyn Grid, w: &[f32], d_out: usize, d_in: usize) -> QuantizedWeight {
+    use rayon::prelude::*;
+    assert_eq!(w.len(), d_out * d_in, "rtn_on: weight is not {d_out} x {d_in}");
+    let (bl, sub, sb) = (grid.block_len(), grid.sub_len(), grid.stored_bytes());
+    let n_blocks = d_in.div_ceil(bl.max(1));
+    let n_sub = d_in.div_ceil(sub.max(1));
+    let stride = (n_blocks * sb).max(1);
+    let mut codes = vec![0u8; d_out * d_in];
+    let mut affines = vec![Affine::default(); d_out * n_sub.max(1)];
+    let mut stored = vec![0u8; d_out * stride];
+    if d_in > 0 {
+        codes
+            .par_chunks_mut(d_in)
+            .zip(affines.par_chunks_mut(n_sub))
+            .zip(stored.par_chunks_mut(stride))
+            .zip(w.par_chunks(d_in))
+            .for_each(|(((c, a), s), row)| {
+                let s2 = shrink_model::ggml_quant::row_mean_square(row);
+                for k in 0..n_blocks {
+                    let (lo, hi) = (k * bl, ((k + 1) * bl).min(d_in));
+                    let sa = lo / sub;
+                    let st = if sb > 0 { &mut s[k * sb..(k + 1) * sb] } else { &mut s[..0] };
+                    grid.fit(&row[lo..hi], None, s2, &mut a[sa..hi.div_ceil(sub)], &mut c[lo..hi], st);
+                }
+            });
+    }
+    if sb == 0 {
+        stored.clear();
+    }
+    let g_idx = (0..d_in).map(|j| (j / sub.max(1)) as u32).collect();
+    grid.assemble(d_out, d_in, codes, affines, stored, g_idx)
+}
