@@ -141,6 +141,14 @@ pub struct CompressArgs {
     /// Search the clipping range per group to minimise the rounding error (GPTQ's MSE grid).
     #[arg(long)]
     mse: bool,
+    /// Round onto a llama.cpp block type's own grid instead of integer groups (rtn, gptq):
+    /// Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0. Its scales are fitted as llama-quantize
+    /// fits them (weighted by the Hessian diagonal, llama-imatrix's statistic up to a factor);
+    /// GPTQ then chooses the codes and propagates their error, and `shrink export --format gguf`
+    /// writes the blocks as they are. Rows the type's blocks do not divide get llama-quantize's
+    /// fallback type (Q4_K on 576 columns: Q5_0). Sets --bits, --group-size and --sym.
+    #[arg(long, value_name = "TYPE")]
+    gguf_type: Option<String>,
     /// GPTQ column order [default: static]: static (llm-compressor's default: natural groups
     /// fixed up front from the original weights, columns processed in descending Hessian-diagonal
     /// order), dynamic (the GPTQ paper's act-order: groups formed in that order, g_idx recorded)
@@ -325,6 +333,7 @@ fn merged(a: &CompressArgs) -> Result<Recipe> {
     c.seed = a.seed.or(c.seed).or(Some(DEFAULT_SEED));
     let flags = a.method.is_some()
         || a.bits.is_some()
+        || a.gguf_type.is_some()
         || a.group_size.is_some()
         || a.sparsity.is_some()
         || a.pattern.is_some()
@@ -355,6 +364,13 @@ fn merged(a: &CompressArgs) -> Result<Recipe> {
     s.static_groups = Some(a.static_groups || s.static_groups.unwrap_or(false));
     s.damp = a.damp.or(s.damp);
     s.block_size = a.block_size.or(s.block_size);
+    if a.gguf_type.is_some() {
+        // the type decides these (a recipe's were filled from its own type)
+        s.bits = a.bits;
+        s.group_size = a.group_size;
+    }
+    s.gguf_type = a.gguf_type.clone().or(s.gguf_type.take());
+    r.fill_grids()?;
     Ok(r)
 }
 
@@ -371,6 +387,23 @@ fn quant_entries(base: &str, q: &QuantizedWeight) -> Vec<(Entry, Vec<u8>)> {
         dtype,
         shape,
     };
+    if let Some((t, blocks)) = &q.ggml {
+        // On a llama.cpp grid the blocks are the quantized form (their offsets are nowhere else).
+        return vec![
+            (
+                e(
+                    "ggml",
+                    DType::U8,
+                    vec![q.d_out, blocks.len() / q.d_out.max(1)],
+                ),
+                blocks.clone(),
+            ),
+            (
+                e("gtype", DType::I32, vec![1]),
+                (t.to_u32() as i32).to_le_bytes().to_vec(),
+            ),
+        ];
+    }
     vec![
         (
             e("qcodes", DType::U8, vec![q.d_out, q.d_in]),
@@ -445,7 +478,7 @@ fn write_quantized(
 ) -> Result<usize> {
     let mut entries = Vec::new();
     for name in layers.names() {
-        if [".qcodes", ".scales", ".zeros", ".g_idx"]
+        if [".qcodes", ".scales", ".zeros", ".g_idx", ".ggml", ".gtype"]
             .iter()
             .any(|s| name.ends_with(s))
         {
@@ -515,6 +548,7 @@ fn check_drop_only(r: &Recipe, a: &CompressArgs) -> Result<()> {
     let s = &r.stage[0];
     let stray = [
         ("bits", s.bits.is_some()),
+        ("gguf_type", s.gguf_type.is_some()),
         ("sparsity", s.sparsity.is_some()),
         ("pattern", s.pattern.is_some()),
         ("group_size", s.group_size.is_some()),

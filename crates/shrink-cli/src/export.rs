@@ -109,6 +109,17 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs, quiet: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     let fmt = a.format.to_ascii_lowercase();
+    if !matches!(fmt.as_str(), "gguf") && QuantizedDir::present(&a.model) {
+        let n = QuantizedDir::open(&a.model)?.ggml_linears();
+        if n > 0 {
+            bail!(
+                "{}: {n} linears were rounded onto llama.cpp block grids (compress --gguf-type), \
+                 which only GGUF holds: export with --format gguf, or compress with integer \
+                 groups (--bits/--group-size) for {fmt}",
+                a.model.display()
+            );
+        }
+    }
     let (out, report) = match fmt.as_str() {
         "compressed-tensors" | "ct" => {
             let sd = ScaleDType::parse(a.scale_dtype.as_deref().unwrap_or("f32"))?;
@@ -191,6 +202,7 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
     let main = match &a.ty {
         Some(t) => parse_type(t)?,
         None => match &qdir {
+            Some(q) if q.settings.ggml.is_some() => q.settings.ggml.unwrap(),
             Some(q) if q.settings.group_size == Some(32) => {
                 shrink_formats::gguf_quant::carry_type(q.settings.bits, q.settings.sym)
                     .unwrap_or(shrink_model::gguf::GgmlType::Q8_0)

@@ -601,3 +601,104 @@ fn gguf_from_a_hugging_face_directory_matches_the_original_gguf() {
         );
     }
 }
+
+/// `compress --gguf-type`: GPTQ on llama.cpp's own grid; the GGUF export writes its blocks as
+/// they are, so the file's weights are the compressed model's weights bit for bit, and formats
+/// that cannot hold those blocks refuse the directory.
+#[test]
+fn gguf_grid_blocks_are_written_as_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let g = gguf_file(t);
+    let calib = calib_text(t);
+    let cfg = ModelConfig::from_hf_file(&tiny("mistral").join("config.json")).unwrap();
+    for (ty, written) in [("Q4_0", "Q4_0"), ("q4_k", "Q5_0"), ("Q5_1", "Q5_1")] {
+        let c = t.join(format!("c-{ty}"));
+        compress(&g, &calib, &c, &["--gguf-type", ty]);
+        let out = t.join(format!("{ty}.gguf"));
+        let rep = t.join("rep.json");
+        ok(&[
+            "export",
+            "--model",
+            &s(&c),
+            "--format",
+            "gguf",
+            "--out",
+            &s(&out),
+            "--report",
+            &s(&rep),
+            "-q",
+        ]);
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        assert_eq!(r["carried_tensors"], 14, "{ty}");
+        let f = GgufFile::open(&out).unwrap();
+        assert_eq!(
+            f.tensor("blk.0.ffn_down.weight").unwrap().dtype.name(),
+            written,
+            "{ty}"
+        );
+        drop(f);
+        let back = ModelSource::open(&out).unwrap();
+        let mine = SafetensorsSource::open(&c).unwrap();
+        for name in linear_names(&cfg) {
+            let (a, b) = (back.tensors.load(&name).unwrap(), mine.load(&name).unwrap());
+            assert!(
+                a.data
+                    .iter()
+                    .zip(&b.data)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{ty} {name}: the file's weights are not the compressed weights"
+            );
+        }
+        fails_with(
+            &[
+                "export",
+                "--model",
+                &s(&c),
+                "--format",
+                "compressed-tensors",
+                "--out",
+                &s(&t.join("ct")),
+                "-q",
+            ],
+            &["llama.cpp block grids", "--format gguf"],
+        );
+    }
+    fails_with(
+        &[
+            "compress",
+            "--model",
+            &s(&g),
+            "--method",
+            "gptq",
+            "--gguf-type",
+            "IQ2_XXS",
+            "--calib",
+            &s(&calib),
+            "--out",
+            &s(&t.join("x")),
+            "-q",
+        ],
+        &["IQ2_XXS"],
+    );
+    fails_with(
+        &[
+            "compress",
+            "--model",
+            &s(&g),
+            "--method",
+            "gptq",
+            "--gguf-type",
+            "Q4_0",
+            "--bits",
+            "3",
+            "--calib",
+            &s(&calib),
+            "--out",
+            &s(&t.join("x")),
+            "-q",
+        ],
+        &["4-bit codes", "bits = 3"],
+    );
+}

@@ -828,6 +828,23 @@ fn carry_part(
         .or_insert_with(|| arch::layer_layout(cfg, layer))
         .linears[k];
     let base = crate::quantized::base_name(layer, &spec.path);
+    if let Some((t, blocks)) = q.ggml(&base, spec.shape)? {
+        // Rounded onto this very type's grid by `compress --gguf-type`: the blocks as they are
+        // (Q/K rows reordered as llama.cpp's converter does; a block lies within one row).
+        if t != ty {
+            return Ok(None);
+        }
+        return Ok(Some(match perm {
+            Some(p) => {
+                let rb = blocks.len() / spec.shape[0].max(1);
+                p.iter()
+                    .flat_map(|&r| &blocks[r * rb..(r + 1) * rb])
+                    .copied()
+                    .collect()
+            }
+            None => blocks,
+        }));
+    }
     let s = q.settings_for(&base);
     if !(q.has(&base) && s.group_size == Some(32) && carry_type(s.bits, s.sym) == Some(ty)) {
         return Ok(None);

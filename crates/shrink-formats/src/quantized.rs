@@ -5,8 +5,13 @@
 //! `{base}.scales` F32 `[d_out, n_groups]`, `{base}.zeros` I32 `[d_out, n_groups]`,
 //! `{base}.g_idx` I32 `[d_in]`; the weight is `w[r, c] = scales[r, g] * (qcodes[r, c] - zeros[r, g])`
 //! with `g = g_idx[c]` (the GPTQ reference grid).
+//!
+//! A linear rounded onto a llama.cpp block type's grid (`compress --gguf-type`) has instead
+//! `{base}.ggml` U8 `[d_out, row bytes]`, its blocks as GGUF stores them, and `{base}.gtype` I32
+//! `[1]`, the ggml type id.
 use anyhow::{bail, Context, Result};
 use safetensors::Dtype;
+use shrink_model::gguf::GgmlType;
 use shrink_model::source::SafetensorsSource;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +27,8 @@ pub struct QuantSettings {
     pub act_order: String,
     /// The method label (e.g. "gptq w4 g64 asym").
     pub method: String,
+    /// The llama.cpp type whose grid the codes are on (`gguf_type`), if any.
+    pub ggml: Option<GgmlType>,
 }
 
 impl QuantSettings {
@@ -47,6 +54,12 @@ impl QuantSettings {
                 .unwrap_or("none")
                 .to_string(),
             method: method.to_string(),
+            ggml: match stage.get("gguf_type").and_then(|v| v.as_str()) {
+                Some(n) => Some(
+                    GgmlType::from_name(n).with_context(|| format!("unknown gguf_type '{n}'"))?,
+                ),
+                None => None,
+            },
         };
         if s.group_size == Some(0) {
             bail!("group_size 0");
@@ -175,6 +188,44 @@ impl QuantizedDir {
     /// Whether every quantized linear has the same settings.
     pub fn uniform(&self) -> bool {
         self.per_linear.values().all(|s| *s == self.settings)
+    }
+
+    /// The blocks of the linear `base` when it was rounded onto a llama.cpp grid: its type and
+    /// `[d_out, d_in]` weights' worth of blocks (checked against the shape).
+    pub fn ggml(&self, base: &str, shape: [usize; 2]) -> Result<Option<(GgmlType, Vec<u8>)>> {
+        let f = self.dir.join("quantized.safetensors");
+        let f = f.display();
+        let Some((dt, _, tb)) = self.file.raw(&format!("{base}.gtype")) else {
+            return Ok(None);
+        };
+        if dt != Dtype::I32 || tb.len() != 4 {
+            bail!("{f}: '{base}.gtype' is not one I32");
+        }
+        let id = i32::from_le_bytes([tb[0], tb[1], tb[2], tb[3]]);
+        let t = GgmlType::from_u32(id as u32)
+            .filter(|t| shrink_model::ggml_quant::grid_shape(*t).is_some())
+            .with_context(|| format!("{f}: '{base}.gtype' = {id} is not a ggml grid type"))?;
+        let (dt, s, bytes) = self
+            .file
+            .raw(&format!("{base}.ggml"))
+            .with_context(|| format!("{f}: tensor '{base}.ggml' is missing"))?;
+        let [d_out, d_in] = shape;
+        let want = (d_in % t.block_size() == 0)
+            .then(|| t.bytes_for((d_out * d_in) as u64))
+            .flatten();
+        if dt != Dtype::U8 || want != Some(bytes.len() as u64) || s.first() != Some(&d_out) {
+            bail!(
+                "{f}: '{base}.ggml' is {dt:?} {s:?} ({} bytes), not [{d_out}, {d_in}] weights of {}",
+                bytes.len(),
+                t.name()
+            );
+        }
+        Ok(Some((t, bytes.to_vec())))
+    }
+
+    /// How many linears were rounded onto llama.cpp grids (which only GGUF export writes).
+    pub fn ggml_linears(&self) -> usize {
+        self.file.names().filter(|n| n.ends_with(".gtype")).count()
     }
 
     /// Whether the linear `base` (`model.layers.3.mlp.experts.5.down_proj`) was quantized.

@@ -245,7 +245,11 @@ impl Grid for GgmlGrid {
 /// quantizer's blocks, byte for byte what `llama-quantize --pure` writes without an imatrix.
 pub fn rtn_on(grid: &dyn Grid, w: &[f32], d_out: usize, d_in: usize) -> QuantizedWeight {
     use rayon::prelude::*;
-    assert_eq!(w.len(), d_out * d_in, "rtn_on: weight is not {d_out} x {d_in}");
+    assert_eq!(
+        w.len(),
+        d_out * d_in,
+        "rtn_on: weight is not {d_out} x {d_in}"
+    );
     let (bl, sub, sb) = (grid.block_len(), grid.sub_len(), grid.stored_bytes());
     let n_blocks = d_in.div_ceil(bl.max(1));
     let n_sub = d_in.div_ceil(sub.max(1));
@@ -264,8 +268,19 @@ pub fn rtn_on(grid: &dyn Grid, w: &[f32], d_out: usize, d_in: usize) -> Quantize
                 for k in 0..n_blocks {
                     let (lo, hi) = (k * bl, ((k + 1) * bl).min(d_in));
                     let sa = lo / sub;
-                    let st = if sb > 0 { &mut s[k * sb..(k + 1) * sb] } else { &mut s[..0] };
-                    grid.fit(&row[lo..hi], None, s2, &mut a[sa..hi.div_ceil(sub)], &mut c[lo..hi], st);
+                    let st = if sb > 0 {
+                        &mut s[k * sb..(k + 1) * sb]
+                    } else {
+                        &mut s[..0]
+                    };
+                    grid.fit(
+                        &row[lo..hi],
+                        None,
+                        s2,
+                        &mut a[sa..hi.div_ceil(sub)],
+                        &mut c[lo..hi],
+                        st,
+                    );
                 }
             });
     }

@@ -73,7 +73,10 @@ impl QuantConfig {
         Ok(QuantConfig {
             bits: 32 - max.leading_zeros(),
             group_size: Some(sub),
-            sym: matches!(t, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q6K),
+            sym: matches!(
+                t,
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q6K
+            ),
             mse: false,
             ggml: Some(t),
         })

@@ -9,6 +9,12 @@ use crate::quant::{QuantConfig, QuantizedWeight};
 /// Groups are contiguous runs of `group_size` columns; the last one of a row is shorter when
 /// `group_size` does not divide `d_in`. `g_idx` is the natural `j / group_size`.
 pub fn rtn(w: &[f32], d_out: usize, d_in: usize, cfg: &QuantConfig) -> QuantizedWeight {
-    let grid = IntGrid::new(QuantConfig { ggml: None, ..cfg.clone() }, d_in);
+    let grid = IntGrid::new(
+        QuantConfig {
+            ggml: None,
+            ..cfg.clone()
+        },
+        d_in,
+    );
     rtn_on(&grid, w, d_out, d_in)
 }

@@ -18,8 +18,8 @@
 //! * N:M: at the first column of each group of `M`, the `M - N` lowest `w^2 / U_qq^2` of that
 //!   group (per row, on the updated weights) are pruned;
 //! * fixed: a mask given up front (e.g. Wanda's, for "prune then GPTQ on the kept weights").
-use crate::hessian::{all_finite, Hessian};
 use crate::grid::{grid_for, Affine, Grid};
+use crate::hessian::{all_finite, Hessian};
 use crate::quant::{QuantConfig, QuantizedWeight};
 use crate::sparsity::{nm_select_into, prune_count, Sparsity};
 use crate::ActOrder;
@@ -238,7 +238,10 @@ pub fn sweep(
     }
     let qc = cfg.quant.clone();
     let grid: Option<Box<dyn Grid>> = qc.as_ref().map(|q| grid_for(q, n)).transpose()?;
-    if let Some(gr) = grid.as_ref().filter(|_| qc.as_ref().is_some_and(|q| q.ggml.is_some())) {
+    if let Some(gr) = grid
+        .as_ref()
+        .filter(|_| qc.as_ref().is_some_and(|q| q.ggml.is_some()))
+    {
         ensure!(
             !pruning,
             "pruning and rounding onto the {} grid cannot be joined: 0 is not on every block's \
@@ -254,7 +257,12 @@ pub fn sweep(
     }
     // Columns fitted together, columns per affine, largest code, stored bytes per block.
     let (bl, sub, maxq, sb) = match &grid {
-        Some(gr) => (gr.block_len(), gr.sub_len(), gr.max_code(), gr.stored_bytes()),
+        Some(gr) => (
+            gr.block_len(),
+            gr.sub_len(),
+            gr.max_code(),
+            gr.stored_bytes(),
+        ),
         None => (n, n, 0, 0),
     };
     let n_blocks = n.div_ceil(bl);
@@ -311,8 +319,19 @@ pub fn sweep(
                 for k in 0..n_blocks {
                     let (lo, hi) = (k * bl, ((k + 1) * bl).min(n));
                     let imp = importance.as_ref().map(|i| &i[lo..hi]);
-                    let st = if sb > 0 { &mut st[k * sb..(k + 1) * sb] } else { &mut st[..0] };
-                    gr.fit(&row[lo..hi], imp, s2, &mut a[lo / sub..hi.div_ceil(sub)], &mut fc[lo..hi], st);
+                    let st = if sb > 0 {
+                        &mut st[k * sb..(k + 1) * sb]
+                    } else {
+                        &mut st[..0]
+                    };
+                    gr.fit(
+                        &row[lo..hi],
+                        imp,
+                        s2,
+                        &mut a[lo / sub..hi.div_ceil(sub)],
+                        &mut fc[lo..hi],
+                        st,
+                    );
                 }
             });
     }
@@ -325,7 +344,13 @@ pub fn sweep(
     let identity = perm.iter().enumerate().all(|(p, &j)| p == j);
     // The sub-block (affine) of each processing position.
     let sub_of_pos: Vec<usize> = (0..n)
-        .map(|p| if static_params { perm[p] / sub } else { p / sub })
+        .map(|p| {
+            if static_params {
+                perm[p] / sub
+            } else {
+                p / sub
+            }
+        })
         .collect();
     let permute = |v: Vec<f32>| -> Vec<f32> {
         if identity {
@@ -389,102 +414,115 @@ pub fn sweep(
             .zip(fit_codes.par_chunks_mut(fstride * rows_per_task))
             .zip(err.par_chunks_mut(count * rows_per_task))
             .zip(sigma2.par_chunks(rows_per_task))
-            .map(|(((((((wrows, mrows), crows), arows), strows), fcrows), erows), s2rows)| {
-                let mut buf = vec![0.0f32; count];
-                let mut gbuf: Vec<f32> = Vec::with_capacity(bl.min(n));
-                let mut ibuf: Vec<f32> = Vec::with_capacity(bl.min(n));
-                let mut sc: Vec<f32> = Vec::new();
-                let mut l = 0.0f64;
-                let nr = wrows.len() / n;
-                for r in 0..nr {
-                    let wrow = &mut wrows[r * n..(r + 1) * n];
-                    let mrow = &mut mrows[r * n..(r + 1) * n];
-                    let erow = &mut erows[r * count..(r + 1) * count];
-                    buf.copy_from_slice(&wrow[i1..i2]);
-                    let mut nm_done = i1; // N:M masks chosen for positions < nm_done
-                    for i in 0..count {
-                        let p = i1 + i;
-                        let new_qgroup = grid.is_some() && !static_params && p % bl == 0;
-                        if let Some((keep, m)) = nm {
-                            // Choose the N:M masks up to the end of this M group, or of this
-                            // quantization group when its grid is fitted now.
-                            let upto = if new_qgroup {
-                                (p + bl).div_ceil(m) * m
-                            } else {
-                                p + 1
-                            }
-                            .min(i2);
-                            while nm_done < upto {
-                                let a = nm_done;
-                                sc.clear();
-                                sc.extend((a..a + m).map(|c| {
-                                    let d = u[c * n + c];
-                                    let v = buf[c - i1];
-                                    v * v / (d * d)
-                                }));
-                                nm_select_into(&sc, keep, &mut mrow[a..a + m]);
-                                nm_done += m;
-                            }
-                        }
-                        if let (true, Some(gr)) = (new_qgroup, grid) {
-                            // Dynamic group: parameters from the weights as updated so far
-                            // (columns past the block carry every earlier block's update), with
-                            // chosen pruned weights counted as 0. The GPTQ reference reads the
-                            // block-start W here, which lets in-block updates push the second
-                            // group of a block off its grid.
-                            let end = (p + bl).min(n);
-                            gbuf.clear();
-                            for c in p..end {
-                                let v = if c < i2 { buf[c - i1] } else { wrow[c] };
-                                gbuf.push(if mrow[c] { 0.0 } else { v });
-                            }
-                            let imp = importance.as_ref().map(|imp| {
-                                ibuf.clear();
-                                ibuf.extend((p..end).map(|c| imp[perm[c]]));
-                                &ibuf[..]
-                            });
-                            let k = p / bl;
-                            let st = &mut strows[r * sstride..(r + 1) * sstride];
-                            let st = if sb > 0 { &mut st[k * sb..(k + 1) * sb] } else { &mut st[..0] };
-                            // Fitted codes go to the natural columns: the order is natural here
-                            // unless the grid is integer, whose scales are never 0, so its fitted
-                            // codes are never read.
-                            let fc = &mut fcrows[r * n + p..r * n + end];
-                            let a = &mut arows[r * n_sub..(r + 1) * n_sub];
-                            gr.fit(&gbuf, imp, s2rows[r], &mut a[p / sub..end.div_ceil(sub)], fc, st);
-                        }
-                        let x = buf[i];
-                        let pruned = mrow[p];
-                        let fixed = match grid {
-                            Some(_) => {
-                                let aff = arows[r * n_sub + sub_of_pos[p]];
-                                let code = if pruned {
-                                    aff.zero as u32
+            .map(
+                |(((((((wrows, mrows), crows), arows), strows), fcrows), erows), s2rows)| {
+                    let mut buf = vec![0.0f32; count];
+                    let mut gbuf: Vec<f32> = Vec::with_capacity(bl.min(n));
+                    let mut ibuf: Vec<f32> = Vec::with_capacity(bl.min(n));
+                    let mut sc: Vec<f32> = Vec::new();
+                    let mut l = 0.0f64;
+                    let nr = wrows.len() / n;
+                    for r in 0..nr {
+                        let wrow = &mut wrows[r * n..(r + 1) * n];
+                        let mrow = &mut mrows[r * n..(r + 1) * n];
+                        let erow = &mut erows[r * count..(r + 1) * count];
+                        buf.copy_from_slice(&wrow[i1..i2]);
+                        let mut nm_done = i1; // N:M masks chosen for positions < nm_done
+                        for i in 0..count {
+                            let p = i1 + i;
+                            let new_qgroup = grid.is_some() && !static_params && p % bl == 0;
+                            if let Some((keep, m)) = nm {
+                                // Choose the N:M masks up to the end of this M group, or of this
+                                // quantization group when its grid is fitted now.
+                                let upto = if new_qgroup {
+                                    (p + bl).div_ceil(m) * m
                                 } else {
-                                    aff.code(x, maxq)
-                                        .unwrap_or_else(|| fcrows[r * n + perm[p]] as u32)
+                                    p + 1
+                                }
+                                .min(i2);
+                                while nm_done < upto {
+                                    let a = nm_done;
+                                    sc.clear();
+                                    sc.extend((a..a + m).map(|c| {
+                                        let d = u[c * n + c];
+                                        let v = buf[c - i1];
+                                        v * v / (d * d)
+                                    }));
+                                    nm_select_into(&sc, keep, &mut mrow[a..a + m]);
+                                    nm_done += m;
+                                }
+                            }
+                            if let (true, Some(gr)) = (new_qgroup, grid) {
+                                // Dynamic group: parameters from the weights as updated so far
+                                // (columns past the block carry every earlier block's update), with
+                                // chosen pruned weights counted as 0. The GPTQ reference reads the
+                                // block-start W here, which lets in-block updates push the second
+                                // group of a block off its grid.
+                                let end = (p + bl).min(n);
+                                gbuf.clear();
+                                for c in p..end {
+                                    let v = if c < i2 { buf[c - i1] } else { wrow[c] };
+                                    gbuf.push(if mrow[c] { 0.0 } else { v });
+                                }
+                                let imp = importance.as_ref().map(|imp| {
+                                    ibuf.clear();
+                                    ibuf.extend((p..end).map(|c| imp[perm[c]]));
+                                    &ibuf[..]
+                                });
+                                let k = p / bl;
+                                let st = &mut strows[r * sstride..(r + 1) * sstride];
+                                let st = if sb > 0 {
+                                    &mut st[k * sb..(k + 1) * sb]
+                                } else {
+                                    &mut st[..0]
                                 };
-                                crows[r * n + p] = code as u8;
-                                aff.value(code)
+                                // Fitted codes go to the natural columns: the order is natural here
+                                // unless the grid is integer, whose scales are never 0, so its fitted
+                                // codes are never read.
+                                let fc = &mut fcrows[r * n + p..r * n + end];
+                                let a = &mut arows[r * n_sub..(r + 1) * n_sub];
+                                gr.fit(
+                                    &gbuf,
+                                    imp,
+                                    s2rows[r],
+                                    &mut a[p / sub..end.div_ceil(sub)],
+                                    fc,
+                                    st,
+                                );
                             }
-                            None if pruned => 0.0,
-                            None => x,
-                        };
-                        let d = u[p * n + p];
-                        let e = (x - fixed) / d;
-                        l += (e as f64).powi(2) / 2.0;
-                        if e != 0.0 {
-                            let urow = &u[p * n + p + 1..p * n + i2];
-                            for (bv, &uv) in buf[i + 1..].iter_mut().zip(urow) {
-                                *bv -= e * uv;
+                            let x = buf[i];
+                            let pruned = mrow[p];
+                            let fixed = match grid {
+                                Some(_) => {
+                                    let aff = arows[r * n_sub + sub_of_pos[p]];
+                                    let code = if pruned {
+                                        aff.zero as u32
+                                    } else {
+                                        aff.code(x, maxq)
+                                            .unwrap_or_else(|| fcrows[r * n + perm[p]] as u32)
+                                    };
+                                    crows[r * n + p] = code as u8;
+                                    aff.value(code)
+                                }
+                                None if pruned => 0.0,
+                                None => x,
+                            };
+                            let d = u[p * n + p];
+                            let e = (x - fixed) / d;
+                            l += (e as f64).powi(2) / 2.0;
+                            if e != 0.0 {
+                                let urow = &u[p * n + p + 1..p * n + i2];
+                                for (bv, &uv) in buf[i + 1..].iter_mut().zip(urow) {
+                                    *bv -= e * uv;
+                                }
                             }
+                            erow[i] = e;
+                            wrow[p] = fixed;
                         }
-                        erow[i] = e;
-                        wrow[p] = fixed;
                     }
-                }
-                l
-            })
+                    l
+                },
+            )
             .sum();
         loss += block_loss;
         if i2 < n {
@@ -518,7 +556,14 @@ pub fn sweep(
         if sb == 0 {
             stored.clear();
         }
-        gr.assemble(d_out, d_in, unpermute(codes_p, &perm, d_out, n), affines, stored, g_idx)
+        gr.assemble(
+            d_out,
+            d_in,
+            unpermute(codes_p, &perm, d_out, n),
+            affines,
+            stored,
+            g_idx,
+        )
     });
     Ok(SweepResult {
         weight,

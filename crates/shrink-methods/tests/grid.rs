@@ -27,11 +27,18 @@ fn gptq_on(ty: GgmlType, act_order: ActOrder) -> GptqConfig {
 fn check_consistent(ty: GgmlType, q: &QuantizedWeight, weight: &[f32]) {
     let (t, blocks) = q.ggml.as_ref().expect("ggml blocks");
     assert_eq!(*t, ty);
-    assert_eq!(blocks.len(), ty.bytes_for(weight.len() as u64).unwrap() as usize);
+    assert_eq!(
+        blocks.len(),
+        ty.bytes_for(weight.len() as u64).unwrap() as usize
+    );
     let mut y = vec![0f32; weight.len()];
     dequantize(ty, blocks, &mut y).unwrap();
     for (i, (a, b)) in y.iter().zip(weight).enumerate() {
-        assert_eq!(a.to_bits(), b.to_bits(), "{ty}: weight {i}: file {a} vs sweep {b}");
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "{ty}: weight {i}: file {a} vs sweep {b}"
+        );
     }
     let (sub, max) = grid_shape(ty).unwrap();
     let bs = ty.block_size();
@@ -55,7 +62,11 @@ fn rtn_on_a_ggml_grid_is_llama_cpps_quantizer() {
     for ty in GRID_TYPES {
         let grid = grid_for(&QuantConfig::for_ggml(ty).unwrap(), d_in).unwrap();
         let q = rtn_on(&*grid, &w, d_out, d_in);
-        assert_eq!(q.ggml.as_ref().unwrap().1, quantize(ty, &w, d_in, None).unwrap(), "{ty}");
+        assert_eq!(
+            q.ggml.as_ref().unwrap().1,
+            quantize(ty, &w, d_in, None).unwrap(),
+            "{ty}"
+        );
         check_consistent(ty, &q, &q.dequantize());
     }
 }
@@ -84,7 +95,11 @@ fn diagonal_hessian_gives_llama_cpps_imatrix_blocks() {
             // llama.cpp's 32-blocks round with the unrounded scale; the sweep rounds onto the
             // stored one. Same scales, and never a worse weighted error.
             let ts = ty.type_size();
-            let head = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) { 4 } else { 2 };
+            let head = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                4
+            } else {
+                2
+            };
             for (a, b) in ours.chunks(ts).zip(theirs.chunks(ts)) {
                 assert_eq!(a[..head], b[..head], "{ty}: block scales");
             }
@@ -137,19 +152,32 @@ fn bad_grid_settings_are_errors() {
     assert_eq!(g.label(), "Q5_0");
     assert!(QuantConfig::for_ggml(GgmlType::IQ2_XXS).is_err());
     // 100 columns: no quantized fallback (llama-quantize writes F16)
-    let e = grid_for(&QuantConfig::for_ggml(GgmlType::Q4K).unwrap(), 100).err().unwrap();
+    let e = grid_for(&QuantConfig::for_ggml(GgmlType::Q4K).unwrap(), 100)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("F16"), "{e}");
     let h = Hessian::from_matrix(
         64,
-        (0..64 * 64).map(|k| if k % 65 == 0 { 1.0 } else { 0.0 }).collect(),
+        (0..64 * 64)
+            .map(|k| if k % 65 == 0 { 1.0 } else { 0.0 })
+            .collect(),
         8,
     );
     let w = vec![0.1f32; 2 * 64];
-    let e = gptq(&w, 2, 64, &h, &gptq_on(GgmlType::Q4_0, ActOrder::Dynamic)).err().unwrap();
-    assert!(format!("{e:#}").contains("act-order"), "{e:#}");
-    let mask = vec![false; 2 * 64];
-    let e = gptq_masked(&w, 2, 64, &h, &gptq_on(GgmlType::Q4_0, ActOrder::None), Some(&mask))
+    let e = gptq(&w, 2, 64, &h, &gptq_on(GgmlType::Q4_0, ActOrder::Dynamic))
         .err()
         .unwrap();
+    assert!(format!("{e:#}").contains("act-order"), "{e:#}");
+    let mask = vec![false; 2 * 64];
+    let e = gptq_masked(
+        &w,
+        2,
+        64,
+        &h,
+        &gptq_on(GgmlType::Q4_0, ActOrder::None),
+        Some(&mask),
+    )
+    .err()
+    .unwrap();
     assert!(format!("{e:#}").contains("pruning"), "{e:#}");
 }

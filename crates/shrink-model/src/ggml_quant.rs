@@ -14,10 +14,10 @@
 // The loops keep the reference's index form, so they can be read against ggml-quants.c line by line.
 #![allow(clippy::needless_range_loop)]
 
+use crate::gguf::GgmlType;
 use anyhow::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
-use crate::gguf::GgmlType;
 
 const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -1121,7 +1121,11 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
     let none = -0.0f32;
     match ty {
         Q8_0 => {
-            affines[0] = Affine { a: f16_at(y, 0), b: none, zero: 128 };
+            affines[0] = Affine {
+                a: f16_at(y, 0),
+                b: none,
+                zero: 128,
+            };
             for j in 0..32 {
                 codes[j] = (y[2 + j] as i8 as i32 + 128) as u8;
             }
@@ -1131,7 +1135,11 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                 Q4_0 => (none, 8, &y[2..18]),
                 _ => (f16_at(y, 2), 0, &y[4..20]),
             };
-            affines[0] = Affine { a: f16_at(y, 0), b, zero };
+            affines[0] = Affine {
+                a: f16_at(y, 0),
+                b,
+                zero,
+            };
             for j in 0..16 {
                 codes[j] = qs[j] & 0xF;
                 codes[j + 16] = qs[j] >> 4;
@@ -1142,7 +1150,11 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                 Q5_0 => (none, 16, 2),
                 _ => (f16_at(y, 2), 0, 4),
             };
-            affines[0] = Affine { a: f16_at(y, 0), b, zero };
+            affines[0] = Affine {
+                a: f16_at(y, 0),
+                b,
+                zero,
+            };
             let qh = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
             let qs = &y[o + 4..o + 20];
             for j in 0..16 {
@@ -1155,7 +1167,11 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
             let dmin = f16_at(y, 2);
             for (j, aff) in affines.iter_mut().enumerate().take(8) {
                 let (sc, m) = get_scale_min_k4(j, &y[4..16]);
-                *aff = Affine { a: d * sc as f32, b: -(dmin * m as f32), zero: 0 };
+                *aff = Affine {
+                    a: d * sc as f32,
+                    b: -(dmin * m as f32),
+                    zero: 0,
+                };
             }
             let (qs, qh) = if ty == Q4K {
                 (&y[16..144], None)
@@ -1178,7 +1194,11 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
         Q6K => {
             let d = f16_at(y, 208);
             for (j, aff) in affines.iter_mut().enumerate().take(16) {
-                *aff = Affine { a: d * y[192 + j] as i8 as f32, b: none, zero: 32 };
+                *aff = Affine {
+                    a: d * y[192 + j] as i8 as f32,
+                    b: none,
+                    zero: 32,
+                };
             }
             for half in 0..2 {
                 let ql = &y[64 * half..64 * half + 64];
@@ -1394,7 +1414,11 @@ mod tests {
                     for (j, &c) in codes.iter().enumerate() {
                         assert!(c as u32 <= max, "{ty}: code {c}");
                         let v = aff[j / sub].value(c as u32);
-                        assert_eq!(v.to_bits(), y[k * bs + j].to_bits(), "{ty} block {k} col {j}");
+                        assert_eq!(
+                            v.to_bits(),
+                            y[k * bs + j].to_bits(),
+                            "{ty} block {k} col {j}"
+                        );
                         // re-rounding the value with the same grid gives the code back
                         if aff[j / sub].a != 0.0 {
                             assert_eq!(aff[j / sub].code(v, max), Some(c as u32), "{ty}");

@@ -64,6 +64,10 @@ pub struct Stage {
     pub static_groups: Option<bool>,
     pub damp: Option<f64>,
     pub block_size: Option<usize>,
+    /// Round onto this llama.cpp block type's grid (`Q4_K`, `Q5_0`, ...) instead of integer groups:
+    /// its scales fitted as llama.cpp fits them, the codes chosen by the method. `bits`,
+    /// `group_size` and `sym` follow from it ([`fill_grid`]).
+    pub gguf_type: Option<String>,
     /// Patterns of the linears this stage applies to (default: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
@@ -188,7 +192,9 @@ impl Recipe {
     }
 
     pub fn parse(text: &str) -> Result<Recipe> {
-        let r: Recipe = toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid recipe: {e}"))?;
+        let mut r: Recipe =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid recipe: {e}"))?;
+        r.fill_grids()?;
         for (i, o) in r.overrides.iter().enumerate() {
             match o.stage {
                 Some(s) if s > r.stage.len().max(1) => bail!(
@@ -210,10 +216,62 @@ impl Recipe {
         Ok(r)
     }
 
+    /// [`fill_grid`] on every stage and override.
+    pub fn fill_grids(&mut self) -> Result<()> {
+        for (i, s) in self.stage.iter_mut().enumerate() {
+            fill_grid(s).with_context(|| format!("stage {}", i + 1))?;
+        }
+        for o in &mut self.overrides {
+            fill_grid(&mut o.set).with_context(|| format!("override '{}'", o.pattern))?;
+        }
+        Ok(())
+    }
+
     /// The recipe as TOML (what `compress` writes to the output's `recipe.toml`).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).context("cannot write the recipe as TOML")
     }
+}
+
+/// Parses a llama.cpp type name for `gguf_type`.
+pub fn parse_grid_type(name: &str) -> Result<shrink_model::gguf::GgmlType> {
+    let t = shrink_model::gguf::GgmlType::from_name(name.trim()).with_context(|| {
+        format!("unknown ggml type '{name}' (e.g. Q4_K, Q5_K, Q6_K, Q5_0, Q8_0)")
+    })?;
+    QuantConfig::for_ggml(t)?;
+    Ok(t)
+}
+
+/// A stage with `gguf_type` gets that type's `bits`, `group_size` (its sub-block) and `sym`;
+/// a `bits` or `group_size` given beside it must agree, and `mse` does not apply.
+pub fn fill_grid(s: &mut Stage) -> Result<()> {
+    let Some(name) = &s.gguf_type else {
+        return Ok(());
+    };
+    let t = parse_grid_type(name)?;
+    let q = QuantConfig::for_ggml(t)?;
+    if let Some(b) = s.bits.filter(|&b| b != q.bits) {
+        bail!(
+            "gguf_type {} has {}-bit codes, but bits = {b} was given",
+            t.name(),
+            q.bits
+        );
+    }
+    if let Some(g) = s.group_size.filter(|&g| Some(g) != q.group_size) {
+        bail!(
+            "gguf_type {} has sub-blocks of {} columns, but group_size = {g} was given",
+            t.name(),
+            q.group_size.unwrap_or(0)
+        );
+    }
+    if s.mse == Some(true) {
+        bail!("mse (the clipping search of integer groups) does not apply to gguf_type {}: llama.cpp's fit chooses the scales", t.name());
+    }
+    s.gguf_type = Some(t.name().to_string());
+    s.bits = Some(q.bits);
+    s.group_size = q.group_size;
+    s.sym = Some(q.sym);
+    Ok(())
 }
 
 /// The grid a stage asks for (`None` without `bits`).
@@ -229,7 +287,7 @@ fn stage_quant(s: &Stage) -> Result<Option<QuantConfig>> {
         group_size: s.group_size,
         sym: s.sym.unwrap_or(false),
         mse: s.mse.unwrap_or(false),
-        ggml: None,
+        ggml: s.gguf_type.as_deref().map(parse_grid_type).transpose()?,
     };
     quant.validate()?;
     Ok(Some(quant))
