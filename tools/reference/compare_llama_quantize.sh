@@ -13,7 +13,7 @@ mkdir -p "$D" results/export
 [ -f $D/orig-f32.gguf ] || $S export --model "$M" --format gguf --type F32 --out $D/orig-f32.gguf -q
 res=results/export/llama_quantize_bytes.jsonl
 : > $res
-for T in Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K; do
+for T in Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS; do
   for mode in plain imatrix; do
     if [ $mode = imatrix ]; then
       [ -n "$IM" ] || continue

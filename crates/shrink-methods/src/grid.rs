@@ -126,6 +126,7 @@ impl Grid for IntGrid {
             a: scale,
             b: -0.0,
             zero: zero as i32,
+            table: None,
         };
     }
     fn assemble(

@@ -88,7 +88,10 @@ fn diagonal_hessian_gives_llama_cpps_imatrix_blocks() {
         check_consistent(ty, &r.q, &r.weight);
         let theirs = quantize(ty, &w, d_in, Some(&imat)).unwrap();
         let ours = &r.q.ggml.as_ref().unwrap().1;
-        if matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
+        if matches!(
+            ty,
+            GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
+        ) {
             // The K-quants choose their final codes on the stored f16 scales, as the sweep does.
             assert_eq!(ours, &theirs, "{ty}");
         } else {
@@ -126,7 +129,16 @@ fn gptq_on_ggml_grids_beats_weighted_rounding() {
     let h = hessian_of(&x, rows, d_in);
     let hm = h.matrix();
     let imat: Vec<f32> = (0..d_in).map(|j| hm[j * d_in + j] as f32).collect();
-    for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q4_0, GgmlType::Q5_1] {
+    for ty in [
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::Q3K,
+        GgmlType::Q2K,
+        GgmlType::IQ4_XS,
+        GgmlType::IQ4_NL,
+        GgmlType::Q4_0,
+        GgmlType::Q5_1,
+    ] {
         for act in [ActOrder::None, ActOrder::Static] {
             let r = gptq(&w, d_out, d_in, &h, &gptq_on(ty, act)).unwrap();
             check_consistent(ty, &r.q, &r.weight);

@@ -1,4 +1,5 @@
-//! ggml quantizers: F32/F16 -> Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+//! ggml quantizers: F32/F16 -> Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL,
+//! IQ4_XS.
 //!
 //! A line-by-line port of llama.cpp's reference quantizers in `ggml/src/ggml-quants.c`
 //! (the tree vendored in llama-cpp-python 0.3.36): without an importance matrix,
@@ -23,7 +24,7 @@ const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Types [`quantize`] can produce.
-pub const QUANT_TYPES: [GgmlType; 10] = [
+pub const QUANT_TYPES: [GgmlType; 14] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q8_0,
@@ -31,9 +32,13 @@ pub const QUANT_TYPES: [GgmlType; 10] = [
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 /// Whether [`quantize`] can write `ty`.
@@ -46,17 +51,21 @@ pub fn uses_imatrix(ty: GgmlType) -> bool {
     !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0)
 }
 
-/// llama-quantize's `tensor_type_fallback`: the type used instead of `ty` when a row of
-/// `n_per_row` values is not a whole number of `ty` blocks (e.g. Q4_K on 576 columns -> Q5_0).
+/// llama-quantize's `tensor_type_fallback` (llama-quant.cpp): the type used instead of `ty` when
+/// a row of `n_per_row` values is not a whole number of `ty` blocks (e.g. Q4_K on 576 columns ->
+/// Q5_0, Q3_K -> Q4_0, IQ4_XS -> IQ4_NL), F16 when that does not fit either.
 pub fn fallback_type(ty: GgmlType, n_per_row: usize) -> GgmlType {
     if n_per_row % ty.block_size() == 0 {
         return ty;
     }
+    use GgmlType::*;
     let f = match ty {
-        GgmlType::Q4K => GgmlType::Q5_0,
-        GgmlType::Q5K => GgmlType::Q5_1,
-        GgmlType::Q6K => GgmlType::Q8_0,
-        _ => GgmlType::F16,
+        IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ4_XS => IQ4_NL,
+        Q2K | Q3K | TQ1_0 | TQ2_0 => Q4_0,
+        Q4K => Q5_0,
+        Q5K => Q5_1,
+        Q6K => Q8_0,
+        _ => F16,
     };
     if n_per_row % f.block_size() == 0 {
         f
@@ -143,6 +152,21 @@ fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
             None => blocks(x, y, QK_K, 210, |x, y| q6_k(x, y, None)),
             Some(w) => blocks_w(x, y, w, QK_K, 210, |x, y, qw| q6_k(x, y, Some(qw))),
         },
+        Q2K => match qw {
+            None => blocks(x, y, QK_K, 84, |x, y| q2_k(x, y, None)),
+            Some(w) => blocks_w(x, y, w, QK_K, 84, |x, y, qw| q2_k(x, y, Some(qw))),
+        },
+        Q3K => match qw {
+            None => blocks(x, y, QK_K, 110, |x, y| q3_k(x, y, None)),
+            Some(w) => blocks_w(x, y, w, QK_K, 110, |x, y, qw| q3_k(x, y, Some(qw))),
+        },
+        IQ4_NL | IQ4_XS => {
+            let (bs, ts) = (ty.block_size(), ty.type_size());
+            match qw {
+                None => blocks(x, y, bs, ts, |x, y| iq4(x, y, None)),
+                Some(w) => blocks_w(x, y, w, bs, ts, |x, y, qw| iq4(x, y, Some(qw))),
+            }
+        }
         _ => unreachable!("filtered by can_quantize"),
     }
 }
@@ -465,6 +489,7 @@ fn make_qkx2_quants(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    mad: bool,
 ) -> (f32, f32) {
     let mut min = x[0];
     let mut max = x[0];
@@ -502,6 +527,7 @@ fn make_qkx2_quants(
         max,
         sum_w,
         sum_x,
+        mad,
     )
 }
 
@@ -545,7 +571,7 @@ fn make_qkx3_quants(
         return (0.0, -min);
     }
     qkx_search(
-        n, nmax, x, &wf, l_out, laux, rmin, rdelta, nstep, min, max, sum_w, sum_x,
+        n, nmax, x, &wf, l_out, laux, rmin, rdelta, nstep, min, max, sum_w, sum_x, false,
     )
 }
 
@@ -565,7 +591,10 @@ fn qkx_search(
     max: f32,
     sum_w: f32,
     sum_x: f32,
+    mad: bool,
 ) -> (f32, f32) {
+    // `use_mad`: the absolute error instead of the squared one (Q2_K's reference).
+    let err = |d: f32| if mad { d.abs() } else { d * d };
     let nmaxf = nmax as f32;
     let mut iscale = nmaxf / (max - min);
     let mut scale = 1.0 / iscale;
@@ -574,7 +603,7 @@ fn qkx_search(
         let l = nearest_int(iscale * (x[i] - min));
         l_out[i] = l.clamp(0, nmax) as u8;
         let diff = scale * l_out[i] as f32 + min - x[i];
-        best_error += wf(i) * (diff * diff);
+        best_error += wf(i) * err(diff);
     }
     if nstep < 1 {
         return (scale, -min);
@@ -602,7 +631,7 @@ fn qkx_search(
             let mut cur_error = 0f32;
             for i in 0..n {
                 let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += wf(i) * (diff * diff);
+                cur_error += wf(i) * err(diff);
             }
             if cur_error < best_error {
                 l_out[..n].copy_from_slice(&laux[..n]);
@@ -759,6 +788,7 @@ fn qk_45(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, nmax: i32) {
                     rmin,
                     0.1,
                     nstep,
+                    false,
                 );
                 scales[j] = s;
                 mins[j] = m;
@@ -935,6 +965,439 @@ fn q6_k(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     y[208..210].copy_from_slice(&d16);
 }
 
+// ------------------------------------------------------------------------------------ Q2_K, Q3_K
+
+/// `make_q3_quants` (the Q3_K reference's sub-block fit; `do_rmse` as the reference calls it).
+fn make_q3_quants(n: usize, nmax: i32, x: &[f32], l_out: &mut [i8], do_rmse: bool) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in &x[..n] {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    if do_rmse {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            l_out[i] = l as i8;
+            let w = x[i] * x[i];
+            sumlx += w * x[i] * l as f32;
+            suml2 += w * l as f32 * l as f32;
+        }
+        for _ in 0..5 {
+            let mut n_changed = 0;
+            for i in 0..n {
+                let w = x[i] * x[i];
+                let li = l_out[i] as f32;
+                let mut slx = sumlx - w * x[i] * li;
+                if slx > 0.0 {
+                    let mut sl2 = suml2 - w * li * li;
+                    let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                    if new_l != l_out[i] as i32 {
+                        slx += w * x[i] * new_l as f32;
+                        sl2 += w * new_l as f32 * new_l as f32;
+                        if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                            l_out[i] = new_l as i8;
+                            sumlx = slx;
+                            suml2 = sl2;
+                            n_changed += 1;
+                        }
+                    }
+                }
+            }
+            if n_changed == 0 {
+                break;
+            }
+        }
+        for v in &mut l_out[..n] {
+            *v += nmax as i8;
+        }
+        return if suml2 > 0.0 { sumlx / suml2 } else { 0.0 };
+    }
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = (l + nmax) as i8;
+    }
+    1.0 / iscale
+}
+
+/// The 2-bit codes of a Q2_K/Q3_K super-block into `qs` (64 bytes): for each half of 128,
+/// byte `l` holds columns `l`, `l + 32`, `l + 64`, `l + 96` in bit pairs 0-1 .. 6-7.
+fn put_2bit(qs: &mut [u8], l: &[u8]) {
+    for (h, j) in (0..QK_K).step_by(128).enumerate() {
+        for k in 0..32 {
+            qs[32 * h + k] = (l[j + k] & 3)
+                | ((l[j + k + 32] & 3) << 2)
+                | ((l[j + k + 64] & 3) << 4)
+                | ((l[j + k + 96] & 3) << 6);
+        }
+    }
+}
+
+/// Q2_K super-block: `quantize_row_q2_K_ref` without an importance matrix, `quantize_row_q2_K_impl`
+/// with one. Layout: `scales[16]` (low nibble scale, high nibble min), `qs[64]`, `d`, `dmin`.
+fn q2_k(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 16];
+    let mut weights = [0f32; 16];
+    let mut mins = [0f32; 16];
+    let mut scales = [0f32; 16];
+    let mut sc = [0u8; 16];
+    let (d_f, m_f);
+    match qw {
+        None => {
+            let q4scale = 15f32;
+            let (mut max_scale, mut max_min) = (0f32, 0f32);
+            for j in 0..16 {
+                let xs = &x[16 * j..16 * j + 16];
+                for (w, v) in weights.iter_mut().zip(xs) {
+                    *w = v.abs();
+                }
+                let (s, m) = make_qkx2_quants(
+                    16,
+                    3,
+                    xs,
+                    &weights,
+                    &mut l[16 * j..16 * j + 16],
+                    &mut laux,
+                    -0.5,
+                    0.1,
+                    15,
+                    true,
+                );
+                scales[j] = s;
+                mins[j] = m;
+                max_scale = max_scale.max(s);
+                max_min = max_min.max(m);
+            }
+            let mut d = [0u8; 2];
+            if max_scale > 0.0 {
+                let iscale = q4scale / max_scale;
+                for j in 0..16 {
+                    sc[j] = nearest_int(iscale * scales[j]) as u8;
+                }
+                d = fp16(max_scale / q4scale);
+            }
+            let mut dm = fp16(0.0);
+            if max_min > 0.0 {
+                let iscale = q4scale / max_min;
+                for j in 0..16 {
+                    sc[j] |= (nearest_int(iscale * mins[j]) as u8) << 4;
+                }
+                dm = fp16(max_min / q4scale);
+            }
+            y[80..82].copy_from_slice(&d);
+            y[82..84].copy_from_slice(&dm);
+            d_f = f16::from_le_bytes(d).to_f32();
+            m_f = f16::from_le_bytes(dm).to_f32();
+        }
+        Some(qw) => {
+            let mut sumx2 = 0f32;
+            for v in &x[..QK_K] {
+                sumx2 += v * v;
+            }
+            let sigma2 = sumx2 / QK_K as f32;
+            let mut sw = [0f32; 16];
+            for j in 0..16 {
+                let xs = &x[16 * j..16 * j + 16];
+                let q = &qw[16 * j..16 * j + 16];
+                for k in 0..16 {
+                    weights[k] = q[k] * (sigma2 + xs[k] * xs[k]).sqrt();
+                }
+                for w in &weights {
+                    sw[j] += w;
+                }
+                let (s, m) = make_qkx3_quants(
+                    16,
+                    3,
+                    xs,
+                    Some(&weights),
+                    &mut l[16 * j..16 * j + 16],
+                    &mut laux,
+                    -0.9,
+                    0.05,
+                    36,
+                );
+                scales[j] = s;
+                mins[j] = m;
+            }
+            let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
+            let dm = make_qp_quants(16, 15, &scales, &mut ls, &sw);
+            let mm = make_qp_quants(16, 15, &mins, &mut lm, &sw);
+            y[80..82].copy_from_slice(&fp16(dm));
+            y[82..84].copy_from_slice(&fp16(mm));
+            d_f = fp16_round(dm);
+            m_f = fp16_round(mm);
+            for j in 0..16 {
+                sc[j] = ls[j] | (lm[j] << 4);
+            }
+        }
+    }
+    for j in 0..16 {
+        let d = d_f * (sc[j] & 0xF) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = m_f * (sc[j] >> 4) as f32;
+        for ii in 0..16 {
+            l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3) as u8;
+        }
+    }
+    y[0..16].copy_from_slice(&sc);
+    put_2bit(&mut y[16..80], &l);
+}
+
+/// Packs the 6-bit scale `v` of Q3_K sub-block `j` into the 12-byte `scales` field.
+fn put_q3_scale(sc: &mut [u8; 12], j: usize, v: u8) {
+    if j < 8 {
+        sc[j] = v & 0xF;
+    } else {
+        sc[j - 8] |= (v & 0xF) << 4;
+    }
+    sc[j % 4 + 8] |= (v >> 4) << (2 * (j / 4));
+}
+
+/// Q3_K super-block: `quantize_row_q3_K_ref` / `quantize_row_q3_K_impl`. Layout: `hmask[32]`
+/// (the third bit of column `j` at bit `j / 32` of byte `j % 32`), `qs[64]`, `scales[12]` (sixteen
+/// 6-bit signed scales), `d`.
+fn q3_k(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let mut sc = [0u8; 12];
+    let d16;
+    match qw {
+        None => {
+            let (mut max_scale, mut amax) = (0f32, 0f32);
+            for j in 0..16 {
+                scales[j] = make_q3_quants(16, 4, &x[16 * j..16 * j + 16], &mut l[16 * j..], true);
+                if scales[j].abs() > amax {
+                    amax = scales[j].abs();
+                    max_scale = scales[j];
+                }
+            }
+            if max_scale != 0.0 {
+                let iscale = -32.0f32 / max_scale;
+                for j in 0..16 {
+                    let v = (nearest_int(iscale * scales[j]) as i8).clamp(-32, 31) + 32;
+                    put_q3_scale(&mut sc, j, v as u8);
+                }
+                d16 = fp16(1.0 / iscale);
+            } else {
+                d16 = fp16(0.0);
+            }
+        }
+        Some(qw) => {
+            let mut sumx2 = 0f32;
+            for v in &x[..QK_K] {
+                sumx2 += v * v;
+            }
+            let sigma2 = 2.0 * sumx2 / QK_K as f32;
+            let mut weight = [0f32; 16];
+            let mut sw = [0f32; 16];
+            for j in 0..16 {
+                let xs = &x[16 * j..16 * j + 16];
+                let q = &qw[16 * j..16 * j + 16];
+                for k in 0..16 {
+                    weight[k] = q[k] * (sigma2 + xs[k] * xs[k]).sqrt();
+                }
+                let mut sumw = 0f32;
+                for w in &weight {
+                    sumw += w;
+                }
+                sw[j] = sumw;
+                scales[j] = make_qx_quants(16, 4, xs, &mut l[16 * j..], 1, Some(&weight));
+            }
+            let mut ls = [0i8; 16];
+            let d_block = make_qx_quants(16, 32, &scales, &mut ls, 1, Some(&sw));
+            for j in 0..16 {
+                put_q3_scale(&mut sc, j, ls[j] as u8);
+            }
+            d16 = fp16(d_block);
+        }
+    }
+    let d_all = f16::from_le_bytes(d16).to_f32();
+    for j in 0..16 {
+        let low = if j < 8 { sc[j] & 0xF } else { sc[j - 8] >> 4 };
+        let s = (low | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+        let d = d_all * s as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    let (hm, rest) = y.split_at_mut(32);
+    hm.fill(0);
+    let mut lu = [0u8; QK_K];
+    for j in 0..QK_K {
+        let mut v = l[j] as u8;
+        if v > 3 {
+            hm[j % 32] |= 1 << (j / 32);
+            v -= 4;
+        }
+        lu[j] = v;
+    }
+    put_2bit(&mut rest[..64], &lu);
+    rest[64..76].copy_from_slice(&sc);
+    rest[76..78].copy_from_slice(&d16);
+}
+
+// ------------------------------------------------------------------------------- IQ4_NL, IQ4_XS
+
+use crate::quants::KVALUES_IQ4NL;
+
+/// `best_index_int8`: the index of the level nearest to `x` (ties to the upper one).
+fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
+    if x <= val[0] as f32 {
+        return 0;
+    }
+    if x >= val[15] as f32 {
+        return 15;
+    }
+    let (mut ml, mut mu) = (0usize, 15usize);
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < val[mav] as f32 {
+            mu = mav;
+        } else {
+            ml = mav;
+        }
+    }
+    if x - (val[mu - 1] as f32) < val[mu] as f32 - x {
+        mu - 1
+    } else {
+        mu
+    }
+}
+
+/// An IQ4_NL block (32 weights, 18 bytes) or an IQ4_XS super-block (256 weights, 136 bytes):
+/// `quantize_row_iq4_nl_impl` with `ntry = 7`, as `quantize_iq4_nl` / `quantize_iq4_xs` call it
+/// with and without an importance matrix (without one the weights are `x^2`).
+fn iq4(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    let values = &KVALUES_IQ4NL;
+    let sbs = x.len();
+    let nb = sbs / 32;
+    let ntry = 7i32;
+    let mut sigma2 = 0f32;
+    for v in x {
+        sigma2 += v * v;
+    }
+    sigma2 *= 2.0f32 / sbs as f32;
+    let mut l = [0u8; QK_K];
+    let mut scales = [0f32; 8];
+    let mut weight = [0f32; 32];
+    let (mut max_scale, mut amax_scale) = (0f32, 0f32);
+    for ib in 0..nb {
+        let xb = &x[32 * ib..32 * ib + 32];
+        match qw {
+            Some(q) => {
+                let q = &q[32 * ib..32 * ib + 32];
+                for j in 0..32 {
+                    weight[j] = q[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+                }
+            }
+            None => {
+                for j in 0..32 {
+                    weight[j] = xb[j] * xb[j];
+                }
+            }
+        }
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax < GROUP_MAX_EPS {
+            scales[ib] = 0.0;
+            continue;
+        }
+        let mut d = -max / values[0] as f32;
+        let mut id = 1.0 / d;
+        let (mut sumqx, mut sumq2) = (0f32, 0f32);
+        for j in 0..32 {
+            let li = best_index_int8(values, id * xb[j]);
+            l[32 * ib + j] = li as u8;
+            let q = values[li] as f32;
+            let w = weight[j];
+            sumqx += w * q * xb[j];
+            sumq2 += w * q * q;
+        }
+        d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+        let mut best = d * sumqx;
+        for itry in -ntry..=ntry {
+            id = (itry + values[0] as i32) as f32 / max;
+            sumqx = 0.0;
+            sumq2 = 0.0;
+            for j in 0..32 {
+                let q = values[best_index_int8(values, id * xb[j])] as f32;
+                let w = weight[j];
+                sumqx += w * q * xb[j];
+                sumq2 += w * q * q;
+            }
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        scales[ib] = d;
+        if d.abs() > amax_scale {
+            amax_scale = d.abs();
+            max_scale = d;
+        }
+    }
+    let q4_at;
+    if nb > 1 {
+        let (mut sh, mut sl) = (0u16, [0u8; 4]);
+        let d = -max_scale / 32.0;
+        y[0..2].copy_from_slice(&fp16(d));
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for ib in 0..nb {
+            let li = nearest_int(id * scales[ib]).clamp(-32, 31);
+            let dl = d * li as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            for j in 0..32 {
+                l[32 * ib + j] = best_index_int8(values, idl * x[32 * ib + j]) as u8;
+            }
+            let lu = (li + 32) as u8;
+            if ib % 2 == 0 {
+                sl[ib / 2] = lu & 0xF;
+            } else {
+                sl[ib / 2] |= (lu & 0xF) << 4;
+            }
+            sh |= ((lu >> 4) as u16) << (2 * (ib % 8));
+        }
+        y[2..4].copy_from_slice(&sh.to_le_bytes());
+        y[4..8].copy_from_slice(&sl);
+        q4_at = 8;
+    } else {
+        y[0..2].copy_from_slice(&fp16(scales[0]));
+        let id = if scales[0] != 0.0 {
+            1.0 / scales[0]
+        } else {
+            0.0
+        };
+        for j in 0..sbs {
+            l[j] = best_index_int8(values, id * x[j]) as u8;
+        }
+        q4_at = 2;
+    }
+    let q4 = &mut y[q4_at..q4_at + sbs / 2];
+    for i in 0..sbs / 32 {
+        for j in 0..16 {
+            q4[16 * i + j] = l[32 * i + j] | (l[32 * i + 16 + j] << 4);
+        }
+    }
+}
+
 // ------------------------------------------------------------------ carrying GPTQ codes over
 
 /// Packs integer codes of one 32-column group (already on a ggml grid) into a block of `ty`
@@ -1026,6 +1489,9 @@ pub fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, sigma2: f32, 
         (Q4K, w) => qk_45(x, y, w, 15),
         (Q5K, w) => qk_45(x, y, w, 31),
         (Q6K, w) => q6_k(x, y, w),
+        (Q2K, w) => q2_k(x, y, w),
+        (Q3K, w) => q3_k(x, y, w),
+        (IQ4_NL | IQ4_XS, w) => iq4(x, y, w),
         _ => unreachable!("{ty} is not a grid type"),
     }
 }
@@ -1048,7 +1514,20 @@ pub struct Affine {
     pub a: f32,
     pub b: f32,
     pub zero: i32,
+    /// A codebook: code `q` stands for `a * table[q] + b` instead (IQ4_NL, IQ4_XS).
+    pub table: Option<&'static [f32; 16]>,
 }
+
+/// [`KVALUES_IQ4NL`] as f32, the levels of the IQ4 grids.
+pub static IQ4_LEVELS: [f32; 16] = {
+    let mut t = [0f32; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = KVALUES_IQ4NL[i] as f32;
+        i += 1;
+    }
+    t
+};
 
 impl Default for Affine {
     fn default() -> Self {
@@ -1056,6 +1535,7 @@ impl Default for Affine {
             a: 0.0,
             b: -0.0,
             zero: 0,
+            table: None,
         }
     }
 }
@@ -1064,7 +1544,10 @@ impl Affine {
     /// The value of code `q`.
     #[inline]
     pub fn value(&self, q: u32) -> f32 {
-        self.a * (q as i32 - self.zero) as f32 + self.b
+        match self.table {
+            None => self.a * (q as i32 - self.zero) as f32 + self.b,
+            Some(t) => self.a * t[q as usize] + self.b,
+        }
     }
 
     /// The nearest code to `x` in `0..=max`: `clamp(round((x - b) / a) + zero)`, rounding half to
@@ -1075,6 +1558,12 @@ impl Affine {
         if self.a == 0.0 {
             return None;
         }
+        if let Some(t) = self.table {
+            // the nearest level, ties to the upper one (`best_index_int8`)
+            let v = (x - self.b) / self.a;
+            let i = t.partition_point(|&l| l <= v).clamp(1, t.len() - 1);
+            return Some(if v - t[i - 1] < t[i] - v { i - 1 } else { i } as u32);
+        }
         let q = ((x - self.b) / self.a).round_ties_even() + self.zero as f32;
         // NaN falls through `clamp` and converts to 0.
         Some(q.clamp(0.0, max as f32) as u32)
@@ -1083,15 +1572,19 @@ impl Affine {
 
 /// Types whose blocks [`decode_block`] and [`encode_codes`] handle: every type [`quantize`]
 /// writes except the float ones.
-pub const GRID_TYPES: [GgmlType; 8] = [
+pub const GRID_TYPES: [GgmlType; 12] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 /// `(columns per sub-block, largest code)` of a grid type: the sub-blocks sharing one [`Affine`].
@@ -1104,6 +1597,9 @@ pub fn grid_shape(ty: GgmlType) -> Option<(usize, u32)> {
         Q4K => (32, 15),
         Q5K => (32, 31),
         Q6K => (16, 63),
+        Q2K => (16, 3),
+        Q3K => (16, 7),
+        IQ4_NL | IQ4_XS => (32, 15),
         _ => return None,
     })
 }
@@ -1125,6 +1621,7 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                 a: f16_at(y, 0),
                 b: none,
                 zero: 128,
+                table: None,
             };
             for j in 0..32 {
                 codes[j] = (y[2 + j] as i8 as i32 + 128) as u8;
@@ -1139,6 +1636,7 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                 a: f16_at(y, 0),
                 b,
                 zero,
+                table: None,
             };
             for j in 0..16 {
                 codes[j] = qs[j] & 0xF;
@@ -1154,6 +1652,7 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                 a: f16_at(y, 0),
                 b,
                 zero,
+                table: None,
             };
             let qh = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
             let qs = &y[o + 4..o + 20];
@@ -1171,6 +1670,7 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                     a: d * sc as f32,
                     b: -(dmin * m as f32),
                     zero: 0,
+                    table: None,
                 };
             }
             let (qs, qh) = if ty == Q4K {
@@ -1198,6 +1698,7 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                     a: d * y[192 + j] as i8 as f32,
                     b: none,
                     zero: 32,
+                    table: None,
                 };
             }
             for half in 0..2 {
@@ -1209,6 +1710,68 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                     c[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
                     c[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
                     c[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                }
+            }
+        }
+        Q2K => {
+            let d = f16_at(y, 80);
+            let dmin = f16_at(y, 82);
+            for (j, aff) in affines.iter_mut().enumerate().take(16) {
+                let sc = y[j];
+                *aff = Affine {
+                    a: d * (sc & 0xF) as f32,
+                    b: -(dmin * (sc >> 4) as f32),
+                    zero: 0,
+                    table: None,
+                };
+            }
+            for c in 0..QK_K {
+                let (h, s, l) = (c / 128, (c % 128) / 32, c % 32);
+                codes[c] = (y[16 + 32 * h + l] >> (2 * s)) & 3;
+            }
+        }
+        Q3K => {
+            let sc = &y[96..108];
+            let d = f16_at(y, 108);
+            for (j, aff) in affines.iter_mut().enumerate().take(16) {
+                let low = if j < 8 { sc[j] & 0xF } else { sc[j - 8] >> 4 };
+                let s = (low | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+                *aff = Affine {
+                    a: d * s as f32,
+                    b: none,
+                    zero: 4,
+                    table: None,
+                };
+            }
+            for c in 0..QK_K {
+                let (h, s, l) = (c / 128, (c % 128) / 32, c % 32);
+                let low = (y[32 + 32 * h + l] >> (2 * s)) & 3;
+                let high = (y[c % 32] >> (c / 32)) & 1;
+                codes[c] = low | (high << 2);
+            }
+        }
+        IQ4_NL | IQ4_XS => {
+            let d = f16_at(y, 0);
+            let (nb, o) = if ty == IQ4_NL { (1, 2) } else { (8, 8) };
+            let sh = u16::from_le_bytes([y[2], y[3]]) as i32;
+            for (ib, aff) in affines.iter_mut().enumerate().take(nb) {
+                let a = if ty == IQ4_NL {
+                    d
+                } else {
+                    let ls = ((y[4 + ib / 2] as i32 >> (4 * (ib % 2))) & 0xF)
+                        | (((sh >> (2 * ib)) & 3) << 4);
+                    d * (ls - 32) as f32
+                };
+                *aff = Affine {
+                    a,
+                    b: none,
+                    zero: 0,
+                    table: Some(&IQ4_LEVELS),
+                };
+                for j in 0..16 {
+                    let q = y[o + 16 * ib + j];
+                    codes[32 * ib + j] = q & 0xF;
+                    codes[32 * ib + 16 + j] = q >> 4;
                 }
             }
         }
@@ -1266,6 +1829,25 @@ pub fn encode_codes(ty: GgmlType, y: &mut [u8], codes: &[u8]) {
                         | ((c[l + 32] >> 4) << 2)
                         | ((c[l + 64] >> 4) << 4)
                         | ((c[l + 96] >> 4) << 6);
+                }
+            }
+        }
+        Q2K => {
+            put_2bit(&mut y[16..80], codes);
+        }
+        Q3K => {
+            let (hm, rest) = y.split_at_mut(32);
+            hm.fill(0);
+            for (c, &q) in codes.iter().enumerate().take(QK_K) {
+                hm[c % 32] |= (q >> 2) << (c / 32);
+            }
+            put_2bit(&mut rest[..64], codes);
+        }
+        IQ4_NL | IQ4_XS => {
+            let o = if ty == IQ4_NL { 2 } else { 8 };
+            for (ib, c) in codes.chunks(32).enumerate() {
+                for j in 0..16 {
+                    y[o + 16 * ib + j] = c[j] | (c[16 + j] << 4);
                 }
             }
         }
@@ -1333,6 +1915,8 @@ mod tests {
                     GgmlType::F16 => 11.0,
                     GgmlType::Q8_0 => 7.0,
                     GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K => 3.0,
+                    GgmlType::IQ4_NL | GgmlType::IQ4_XS => 3.0,
+                    GgmlType::Q2K | GgmlType::Q3K => 2.0,
                     GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 4.0,
                     _ => 5.0,
                 };
@@ -1359,7 +1943,7 @@ mod tests {
         assert!(quantize(GgmlType::Q4K, &[0.0; 576], 576, None).is_err());
         assert!(quantize(GgmlType::Q4_0, &[0.0; 64], 32, Some(&[1.0; 16])).is_err());
         assert!(quantize(GgmlType::Q4_0, &[f32::NAN; 32], 32, None).is_err());
-        assert!(quantize(GgmlType::Q2K, &[0.0; 256], 256, None).is_err());
+        assert!(quantize(GgmlType::IQ2_XXS, &[0.0; 256], 256, None).is_err());
         assert_eq!(fallback_type(GgmlType::Q4K, 576), GgmlType::Q5_0);
         assert_eq!(fallback_type(GgmlType::Q6K, 576), GgmlType::Q8_0);
         assert_eq!(fallback_type(GgmlType::Q4K, 1536), GgmlType::Q4K);

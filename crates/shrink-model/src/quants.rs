@@ -50,6 +50,8 @@ pub fn is_supported(ty: GgmlType) -> bool {
             | Q5K
             | Q6K
             | Q8K
+            | IQ4_NL
+            | IQ4_XS
     )
 }
 
@@ -125,6 +127,8 @@ fn dequantize_blocks(ty: GgmlType, data: &[u8], out: &mut [f32]) {
         Q5K => for_blocks::<176, QK_K>(data, out, dequant_q5_k),
         Q6K => for_blocks::<210, QK_K>(data, out, dequant_q6_k),
         Q8K => for_blocks::<292, QK_K>(data, out, dequant_q8_k),
+        IQ4_NL => for_blocks::<18, 32>(data, out, dequant_iq4_nl),
+        IQ4_XS => for_blocks::<136, QK_K>(data, out, dequant_iq4_xs),
         // Filtered out by `is_supported`.
         _ => out.fill(f32::NAN),
     }
@@ -168,6 +172,39 @@ fn dequant_q4_0(b: &[u8; 18], y: &mut [f32; 32]) {
         let x1 = (qs[j] >> 4) as i32 - 8;
         y[j] = x0 as f32 * d;
         y[j + 16] = x1 as f32 * d;
+    }
+}
+
+/// The 16 levels of IQ4_NL and IQ4_XS (`kvalues_iq4nl` in ggml-common.h).
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// `block_iq4_nl` (18 bytes, 32 weights): `d: f16` (0..2), `qs: [u8; 16]` (2..18), nibbles as in
+/// Q4_0; `y = d * kvalues_iq4nl[q]`.
+fn dequant_iq4_nl(b: &[u8; 18], y: &mut [f32; 32]) {
+    let d = f16_le(b, 0);
+    for j in 0..16 {
+        y[j] = d * KVALUES_IQ4NL[(b[2 + j] & 0xF) as usize] as f32;
+        y[j + 16] = d * KVALUES_IQ4NL[(b[2 + j] >> 4) as usize] as f32;
+    }
+}
+
+/// `block_iq4_xs` (136 bytes, 256 weights in 8 groups of 32): `d: f16` (0..2), `scales_h: u16`
+/// (2..4, the high 2 bits of group `ib` at bits `2 ib`), `scales_l: [u8; 4]` (4..8, the low 4
+/// bits, two groups per byte), `qs: [u8; 128]` (8..136, 16 bytes per group, nibbles as in Q4_0);
+/// `y = (d * (ls - 32)) * kvalues_iq4nl[q]`.
+fn dequant_iq4_xs(b: &[u8; 136], y: &mut [f32; QK_K]) {
+    let d = f16_le(b, 0);
+    let sh = u16::from_le_bytes([b[2], b[3]]) as i32;
+    for ib in 0..8 {
+        let ls = ((b[4 + ib / 2] as i32 >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4);
+        let dl = d * (ls - 32) as f32;
+        let qs = &b[8 + 16 * ib..8 + 16 * ib + 16];
+        for j in 0..16 {
+            y[32 * ib + j] = dl * KVALUES_IQ4NL[(qs[j] & 0xF) as usize] as f32;
+            y[32 * ib + j + 16] = dl * KVALUES_IQ4NL[(qs[j] >> 4) as usize] as f32;
+        }
     }
 }
 
