@@ -147,8 +147,17 @@ pub struct CompressArgs {
     /// GPTQ then chooses the codes and propagates their error, and `shrink export --format gguf`
     /// writes the blocks as they are. Rows the type's blocks do not divide get llama-quantize's
     /// fallback type (Q4_K on 576 columns: Q5_0). Sets --bits, --group-size and --sym.
+    ///
+    /// A llama-quantize file type (Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q3_K_L, Q5_K_M, Q5_K_S, Q2_K_S)
+    /// gives each linear the type llama-quantize's rules pick for it (attn_v and ffn_down get more
+    /// bits in some layers); the recipe written beside the output lists them as overrides, and
+    /// `shrink export --format gguf` writes the same mix.
     #[arg(long, value_name = "TYPE")]
     gguf_type: Option<String>,
+    /// Take a plain --gguf-type (Q2_K, Q4_0, IQ4_XS, ...) as llama-quantize's file type of that
+    /// name, with its per-tensor rules (export it with `--type TYPE --mix`).
+    #[arg(long, requires = "gguf_type")]
+    gguf_mix: bool,
     /// GPTQ column order [default: static]: static (llm-compressor's default: natural groups
     /// fixed up front from the original weights, columns processed in descending Hessian-diagonal
     /// order), dynamic (the GPTQ paper's act-order: groups formed in that order, g_idx recorded)
@@ -616,6 +625,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         Checkpoint::require(&a.out)?;
     }
     let src = ModelSource::open(&a.model)?;
+    // a llama-quantize mix: each linear's type by llama.cpp's rules, as overrides
+    let calibrated = recipe.stage.iter().any(|s| s.method.as_deref() != Some("rtn"));
+    shrink_recipe::mix::expand_mixes(&mut recipe, &src.config, calibrated, a.gguf_mix)
+        .with_context(|| format!("for {}", a.model.display()))?;
     let total_layers = src.config.num_layers;
     let recipe_label = match &a.recipe {
         Some(p) => format!("{}: drop_layers", p.display()),

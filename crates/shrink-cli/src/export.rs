@@ -11,6 +11,7 @@ use shrink_formats::gguf_export::{
 };
 use shrink_formats::gptq_format::{write_gptq, GptqFormat, GptqOptions};
 use shrink_formats::quantized::QuantizedDir;
+use shrink_model::ggml_mix::{Mix, MixFlags};
 use shrink_model::ModelSource;
 use std::path::{Path, PathBuf};
 
@@ -44,8 +45,17 @@ pub struct ExportArgs {
     /// F32). Rows that are not whole blocks fall back as in llama-quantize (Q4_K -> Q5_0,
     /// Q5_K -> Q5_1, Q6_K -> Q8_0). Default: the type the codes fit (from a compress directory
     /// with groups of 32), else Q8_0.
+    ///
+    /// A llama-quantize file type (Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q3_K_L, Q5_K_M, Q5_K_S, Q2_K_S)
+    /// picks each tensor's type by llama-quantize's own rules (attn_v / ffn_down get more bits in
+    /// some layers; the token embedding and head their own type), as `llama-quantize` without
+    /// `--pure` does. A plain type name is the same type everywhere (`--pure`), unless `--mix`.
     #[arg(long = "type")]
     ty: Option<String>,
+    /// GGUF: take a plain --type (Q4_0, Q2_K, IQ4_XS, Q6_K, Q4_K = Q4_K_M, ...) as llama-quantize's
+    /// file type of that name, with its per-tensor rules, instead of that type everywhere.
+    #[arg(long, requires = "ty")]
+    mix: bool,
     /// GGUF: type of token_embd.weight [default: Q8_0, or the --type when it is F16/F32].
     #[arg(long)]
     token_embedding_type: Option<String>,
@@ -199,9 +209,22 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
     } else {
         None
     };
-    let main = match &a.ty {
-        Some(t) => parse_type(t)?,
-        None => match &qdir {
+    // A mix (llama-quantize's file type: Q4_K_M, or --mix with a type name) or one main type.
+    let mix: Option<Mix> = match &a.ty {
+        Some(t) => match Mix::parse(t, a.mix) {
+            Some(m) => Some(m),
+            None if a.mix => bail!(
+                "--mix: '{t}' is not a file type shrink writes ({})",
+                shrink_model::ggml_mix::MIXES.map(|m| m.name()).join(", ")
+            ),
+            None => None,
+        },
+        None => qdir.as_ref().and_then(|q| q.settings.mix),
+    };
+    let main = match (&a.ty, mix) {
+        (_, Some(m)) => m.default_type(),
+        (Some(t), None) => parse_type(t)?,
+        (None, None) => match &qdir {
             Some(q) if q.settings.ggml.is_some() => q.settings.ggml.unwrap(),
             Some(q) if q.settings.group_size == Some(32) => {
                 shrink_formats::gguf_quant::carry_type(q.settings.bits, q.settings.sym)
@@ -210,14 +233,9 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
             _ => shrink_model::gguf::GgmlType::Q8_0,
         },
     };
-    let mut plan = TypePlan::for_type(main);
-    if let Some(t) = &a.token_embedding_type {
-        plan.embedding = parse_type(t)?;
-        plan.output = plan.embedding;
-    }
-    if let Some(t) = &a.output_tensor_type {
-        plan.output = parse_type(t)?;
-    }
+    let token_embedding = a.token_embedding_type.as_deref().map(parse_type).transpose()?;
+    let output_type = a.output_tensor_type.as_deref().map(parse_type).transpose()?;
+    let mut overrides = Vec::new();
     for tt in &a.tensor_type {
         let (p, t) = tt
             .split_once('=')
@@ -225,7 +243,7 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
         if p.is_empty() {
             bail!("--tensor-type '{tt}': empty pattern");
         }
-        plan.overrides.push((p.to_string(), parse_type(t)?));
+        overrides.push((p.to_string(), parse_type(t)?));
     }
     let meta_from: Option<PathBuf> = match &a.gguf_metadata {
         Some(p) => Some(p.clone()),
@@ -276,6 +294,30 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
         im.write_gguf(&src.config, p)?;
         eprintln!("wrote importance matrix {}", p.display());
     }
+    let mut plan = match mix {
+        Some(m) => TypePlan::for_mix(
+            &src.config,
+            m,
+            imatrix.is_some() || qdir.as_ref().is_some_and(|q| q.settings.ggml.is_some()),
+            &MixFlags {
+                token_embedding,
+                output: output_type,
+                pure: false,
+            },
+        )?,
+        None => {
+            let mut p = TypePlan::for_type(main);
+            if let Some(t) = token_embedding {
+                p.embedding = t;
+                p.output = t;
+            }
+            if let Some(t) = output_type {
+                p.output = t;
+            }
+            p
+        }
+    };
+    plan.overrides = overrides;
     let e = GgufExport {
         src: &src,
         quantized: qdir.as_ref(),
@@ -284,6 +326,7 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
         plan,
         imatrix: imatrix.as_ref(),
         carry_codes: !a.no_carry,
+        keep_grid_types: a.ty.is_none(),
         layers_before_drop: layers_before_drop(&a.model),
     };
     let (out, rep) = write_gguf(&e, &a.out, a.force)?;

@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use shrink_model::arch::{self, NormStyle, Role, TensorKind};
 use shrink_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use shrink_model::{ModelConfig, ModelSource};
-use std::collections::HashMap;
+use shrink_model::ggml_mix::{Mix, MixFlags};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Mean squared activation of every input column of every linear group (llama.cpp's imatrix:
@@ -172,6 +173,9 @@ pub struct TypePlan {
     pub output: GgmlType,
     /// `(substring of the GGUF name, type)`, the first match wins over the class default.
     pub overrides: Vec<(String, GgmlType)>,
+    /// llama-quantize's mix (file type) and the type it gives each tensor
+    /// ([`shrink_model::ggml_mix::model_mix_types`]); below `overrides`, above the class defaults.
+    pub mix: Option<(Mix, BTreeMap<String, GgmlType>)>,
 }
 
 impl TypePlan {
@@ -186,6 +190,30 @@ impl TypePlan {
             embedding: side,
             output: side,
             overrides: vec![],
+            mix: None,
+        }
+    }
+
+    /// llama-quantize's choice for `mix` on this model (`flags`: its `--token-embedding-type`,
+    /// `--output-tensor-type`).
+    pub fn for_mix(cfg: &ModelConfig, mix: Mix, has_imatrix: bool, flags: &MixFlags) -> Result<Self> {
+        let types = shrink_model::ggml_mix::model_mix_types(cfg, mix, has_imatrix, flags)?;
+        let mut p = TypePlan::for_type(mix.default_type());
+        if let Some(t) = types.get("token_embd.weight") {
+            p.embedding = *t;
+        }
+        if let Some(t) = types.get("output.weight") {
+            p.output = *t;
+        }
+        p.mix = Some((mix, types));
+        Ok(p)
+    }
+
+    /// `general.file_type`.
+    pub fn file_type(&self) -> u32 {
+        match &self.mix {
+            Some((m, _)) => m.file_type(),
+            None => file_type(self.linear),
         }
     }
 
@@ -196,6 +224,9 @@ impl TypePlan {
             .iter()
             .find(|(p, _)| gguf_name.contains(p.as_str()))
         {
+            return *t;
+        }
+        if let Some(t) = self.mix.as_ref().and_then(|(_, m)| m.get(gguf_name)) {
             return *t;
         }
         if gguf_name == "token_embd.weight" {
@@ -239,6 +270,9 @@ pub struct GgufExport<'a> {
     pub imatrix: Option<&'a Imatrix>,
     /// Carry shrink's codes over where they fit (otherwise re-quantize the dequantized weights).
     pub carry_codes: bool,
+    /// A linear rounded onto a llama.cpp grid (`compress --gguf-type`) keeps that type, whatever
+    /// the plan says (no `--type` given: the file holds the types the codes were chosen for).
+    pub keep_grid_types: bool,
     /// Without `metadata_from`: build tokenizer.ggml.* from the model's tokenizer.json (byte-level
     /// BPE) with this llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`, e.g. "smollm",
     /// "llama-bpe", "qwen2", "gpt2"; llama.cpp's converter picks it by hashing test tokenizations,
@@ -617,7 +651,7 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
     arch_metadata(&mut w, cfg)?;
     w.add_metadata(
         "general.file_type",
-        GgufValue::U32(file_type(e.plan.linear)),
+        GgufValue::U32(e.plan.file_type()),
     );
     w.add_metadata("general.quantization_version", GgufValue::U32(2));
     if let Some(im) = e.imatrix {
@@ -669,11 +703,16 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
             _ => bail!("tensor '{}' has shape {shape:?}", first.hf),
         };
         let requested = e.plan.requested(gname);
-        let ty = if shape.len() == 1 {
+        let mut ty = if shape.len() == 1 {
             GgmlType::F32
         } else {
             fallback_type(requested, cols)
         };
+        if let (Some(q), true, true) = (e.quantized, e.keep_grid_types, e.carry_codes) {
+            if let Some(t) = part_grid_type(q, cfg, &mut layouts, first)? {
+                ty = t;
+            }
+        }
         // the linear this tensor belongs to: (layer, index in the layout, weight or bias)
         let lin = match (first.layer, first.kind) {
             (Some(l), TensorKind::LinearWeight(k)) => Some((l, k, true)),
@@ -812,6 +851,23 @@ pub fn write_gguf(e: &GgufExport, out: &Path, force: bool) -> Result<(PathBuf, V
 /// The blocks of one linear's codes for a GGUF tensor of type `ty`, when its integer groups are
 /// exactly that type's blocks (groups of 32, sym/asym as `carry_type` says, no act-order
 /// permutation); `None` when they are not, and the writer re-quantizes instead.
+/// The llama.cpp type a linear's weight was rounded onto by `compress --gguf-type`, if any.
+fn part_grid_type(
+    q: &QuantizedDir,
+    cfg: &ModelConfig,
+    layouts: &mut HashMap<usize, arch::Layout>,
+    part: &arch::TensorEntry,
+) -> Result<Option<GgmlType>> {
+    let (Some(layer), TensorKind::LinearWeight(k)) = (part.layer, part.kind) else {
+        return Ok(None);
+    };
+    let spec = &layouts
+        .entry(layer)
+        .or_insert_with(|| arch::layer_layout(cfg, layer))
+        .linears[k];
+    q.ggml_type(&crate::quantized::base_name(layer, &spec.path))
+}
+
 fn carry_part(
     q: &QuantizedDir,
     cfg: &ModelConfig,

@@ -27,8 +27,10 @@ pub struct QuantSettings {
     pub act_order: String,
     /// The method label (e.g. "gptq w4 g64 asym").
     pub method: String,
-    /// The llama.cpp type whose grid the codes are on (`gguf_type`), if any.
+    /// The llama.cpp type whose grid the codes are on (`gguf_type`), if any (a mix's main type).
     pub ggml: Option<GgmlType>,
+    /// The llama-quantize mix `gguf_type` named (`Q4_K_M`), if it named one.
+    pub mix: Option<shrink_model::ggml_mix::Mix>,
 }
 
 impl QuantSettings {
@@ -55,11 +57,17 @@ impl QuantSettings {
                 .to_string(),
             method: method.to_string(),
             ggml: match stage.get("gguf_type").and_then(|v| v.as_str()) {
-                Some(n) => Some(
-                    GgmlType::from_name(n).with_context(|| format!("unknown gguf_type '{n}'"))?,
-                ),
+                Some(n) => Some(match shrink_model::ggml_mix::Mix::parse(n, false) {
+                    Some(m) => m.default_type(),
+                    None => GgmlType::from_name(n)
+                        .with_context(|| format!("unknown gguf_type '{n}'"))?,
+                }),
                 None => None,
             },
+            mix: stage
+                .get("gguf_type")
+                .and_then(|v| v.as_str())
+                .and_then(|n| shrink_model::ggml_mix::Mix::parse(n, false)),
         };
         if s.group_size == Some(0) {
             bail!("group_size 0");
@@ -195,16 +203,9 @@ impl QuantizedDir {
     pub fn ggml(&self, base: &str, shape: [usize; 2]) -> Result<Option<(GgmlType, Vec<u8>)>> {
         let f = self.dir.join("quantized.safetensors");
         let f = f.display();
-        let Some((dt, _, tb)) = self.file.raw(&format!("{base}.gtype")) else {
+        let Some(t) = self.ggml_type(base)? else {
             return Ok(None);
         };
-        if dt != Dtype::I32 || tb.len() != 4 {
-            bail!("{f}: '{base}.gtype' is not one I32");
-        }
-        let id = i32::from_le_bytes([tb[0], tb[1], tb[2], tb[3]]);
-        let t = GgmlType::from_u32(id as u32)
-            .filter(|t| shrink_model::ggml_quant::grid_shape(*t).is_some())
-            .with_context(|| format!("{f}: '{base}.gtype' = {id} is not a ggml grid type"))?;
         let (dt, s, bytes) = self
             .file
             .raw(&format!("{base}.ggml"))
@@ -221,6 +222,23 @@ impl QuantizedDir {
             );
         }
         Ok(Some((t, bytes.to_vec())))
+    }
+
+    /// The llama.cpp type the linear `base` was rounded onto, if any (`{base}.gtype`).
+    pub fn ggml_type(&self, base: &str) -> Result<Option<GgmlType>> {
+        let f = self.dir.join("quantized.safetensors");
+        let f = f.display();
+        let Some((dt, _, tb)) = self.file.raw(&format!("{base}.gtype")) else {
+            return Ok(None);
+        };
+        if dt != Dtype::I32 || tb.len() != 4 {
+            bail!("{f}: '{base}.gtype' is not one I32");
+        }
+        let id = i32::from_le_bytes([tb[0], tb[1], tb[2], tb[3]]);
+        let t = GgmlType::from_u32(id as u32)
+            .filter(|t| shrink_model::ggml_quant::grid_shape(*t).is_some())
+            .with_context(|| format!("{f}: '{base}.gtype' = {id} is not a ggml grid type"))?;
+        Ok(Some(t))
     }
 
     /// How many linears were rounded onto llama.cpp grids (which only GGUF export writes).

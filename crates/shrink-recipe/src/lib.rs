@@ -18,6 +18,7 @@ pub mod agent;
 pub mod alloc;
 pub mod budget;
 pub mod layers;
+pub mod mix;
 pub mod plan;
 pub mod profile;
 pub mod recipe;

@@ -222,6 +222,14 @@ impl Recipe {
             fill_grid(s).with_context(|| format!("stage {}", i + 1))?;
         }
         for o in &mut self.overrides {
+            if let Some(m) = o.set.gguf_type.as_deref().and_then(|n| shrink_model::ggml_mix::Mix::parse(n, false)) {
+                bail!(
+                    "override '{}': gguf_type {} is a llama-quantize mix, which names a type for \
+                     every linear: put it in a [[stage]]; an override names one type (e.g. Q6_K)",
+                    o.pattern,
+                    m.name()
+                );
+            }
             fill_grid(&mut o.set).with_context(|| format!("override '{}'", o.pattern))?;
         }
         Ok(())
@@ -233,10 +241,17 @@ impl Recipe {
     }
 }
 
-/// Parses a llama.cpp type name for `gguf_type`.
+/// Parses a llama.cpp type name for `gguf_type` (a llama-quantize mix such as `Q4_K_M` gives its
+/// main type; [`crate::mix::expand_mixes`] gives the other linears theirs).
 pub fn parse_grid_type(name: &str) -> Result<shrink_model::gguf::GgmlType> {
+    if let Some(m) = shrink_model::ggml_mix::Mix::parse(name, false) {
+        return Ok(m.default_type());
+    }
     let t = shrink_model::gguf::GgmlType::from_name(name.trim()).with_context(|| {
-        format!("unknown ggml type '{name}' (e.g. Q4_K, Q5_K, Q6_K, Q5_0, Q8_0)")
+        format!(
+            "unknown ggml type '{name}' (a type: Q4_K, Q5_K, Q6_K, Q5_0, Q8_0, IQ4_XS, ...; or a \
+             llama-quantize mix: Q4_K_M, Q3_K_M, Q5_K_M, Q4_K_S, ...)"
+        )
     })?;
     QuantConfig::for_ggml(t)?;
     Ok(t)
@@ -267,7 +282,10 @@ pub fn fill_grid(s: &mut Stage) -> Result<()> {
     if s.mse == Some(true) {
         bail!("mse (the clipping search of integer groups) does not apply to gguf_type {}: llama.cpp's fit chooses the scales", t.name());
     }
-    s.gguf_type = Some(t.name().to_string());
+    s.gguf_type = Some(match shrink_model::ggml_mix::Mix::parse(name, false) {
+        Some(m) => m.name().to_string(),
+        None => t.name().to_string(),
+    });
     s.bits = Some(q.bits);
     s.group_size = q.group_size;
     s.sym = Some(q.sym);
