@@ -626,7 +626,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     }
     let src = ModelSource::open(&a.model)?;
     // a llama-quantize mix: each linear's type by llama.cpp's rules, as overrides
-    let calibrated = recipe.stage.iter().any(|s| s.method.as_deref() != Some("rtn"));
+    let calibrated = recipe
+        .stage
+        .iter()
+        .any(|s| s.method.as_deref() != Some("rtn"));
     shrink_recipe::mix::expand_mixes(&mut recipe, &src.config, calibrated, a.gguf_mix)
         .with_context(|| format!("for {}", a.model.display()))?;
     let total_layers = src.config.num_layers;

@@ -233,8 +233,16 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
             _ => shrink_model::gguf::GgmlType::Q8_0,
         },
     };
-    let token_embedding = a.token_embedding_type.as_deref().map(parse_type).transpose()?;
-    let output_type = a.output_tensor_type.as_deref().map(parse_type).transpose()?;
+    let token_embedding = a
+        .token_embedding_type
+        .as_deref()
+        .map(parse_type)
+        .transpose()?;
+    let output_type = a
+        .output_tensor_type
+        .as_deref()
+        .map(parse_type)
+        .transpose()?;
     let mut overrides = Vec::new();
     for tt in &a.tensor_type {
         let (p, t) = tt

@@ -702,3 +702,90 @@ fn gguf_grid_blocks_are_written_as_they_are() {
         &["4-bit codes", "bits = 3"],
     );
 }
+
+/// `compress --gguf-type Q3_K_M`: each linear on the grid llama-quantize's Q3_K_M rules pick for
+/// it, the recipe written as per-linear overrides (running it again changes nothing), and export
+/// writes that mix with its file type.
+#[test]
+fn gguf_mix_types_follow_llama_quantize_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let g = gguf_file(t);
+    let calib = calib_text(t);
+    let c = t.join("c");
+    compress(&g, &calib, &c, &["--gguf-type", "Q3_K_M"]);
+    let recipe = std::fs::read_to_string(c.join("recipe.toml")).unwrap();
+    assert!(recipe.contains("gguf_type = \"Q3_K_M\""), "{recipe}");
+    assert!(recipe.contains("[[override]]"), "{recipe}");
+    let out = t.join("m.gguf");
+    let rep = t.join("rep.json");
+    ok(&[
+        "export",
+        "--model",
+        &s(&c),
+        "--format",
+        "gguf",
+        "--out",
+        &s(&out),
+        "--report",
+        &s(&rep),
+        "-q",
+    ]);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["carried_tensors"], 14);
+    let f = GgufFile::open(&out).unwrap();
+    let ty = |n: &str| f.tensor(n).unwrap().dtype.name().to_string();
+    // 64 columns: every K-type falls back (Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1)
+    for l in 0..2 {
+        assert_eq!(
+            ty(&format!("blk.{l}.attn_v.weight")),
+            "Q5_1",
+            "attn_v {l}: Q5_K (i < 2)"
+        );
+        assert_eq!(ty(&format!("blk.{l}.attn_output.weight")), "Q5_0");
+        assert_eq!(ty(&format!("blk.{l}.ffn_down.weight")), "Q5_0");
+        assert_eq!(ty(&format!("blk.{l}.attn_q.weight")), "Q4_0");
+        assert_eq!(ty(&format!("blk.{l}.ffn_up.weight")), "Q4_0");
+    }
+    assert_eq!(ty("output.weight"), "Q8_0");
+    assert_eq!(ty("token_embd.weight"), "Q4_0");
+    assert_eq!(
+        f.get("general.file_type").and_then(|v| v.as_u64()),
+        Some(12)
+    );
+    drop(f);
+    // the written recipe reproduces the run
+    let c2 = t.join("c2");
+    compress(&g, &calib, &c2, &["--recipe", &s(&c.join("recipe.toml"))]);
+    assert_eq!(
+        std::fs::read_to_string(c2.join("recipe.toml")).unwrap(),
+        recipe
+    );
+    assert_eq!(
+        std::fs::read(c2.join("quantized.safetensors")).unwrap(),
+        std::fs::read(c.join("quantized.safetensors")).unwrap()
+    );
+    // a mix is a stage's, not an override's
+    let bad = t.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[stage]]\nmethod = \"gptq\"\ngguf_type = \"Q4_K\"\n[[override]]\nmatch = 'down_proj'\ngguf_type = \"Q4_K_M\"\n",
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "compress",
+            "--model",
+            &s(&g),
+            "--recipe",
+            &s(&bad),
+            "--calib",
+            &s(&calib),
+            "--out",
+            &s(&t.join("x")),
+            "-q",
+        ],
+        &["Q4_K_M", "mix", "[[stage]]"],
+    );
+}

@@ -11,9 +11,9 @@ use crate::gguf_quant::{self, carry_type, fallback_type, pack_codes_block};
 use crate::quantized::{QLinear, QuantizedDir};
 use anyhow::{bail, Context, Result};
 use shrink_model::arch::{self, NormStyle, Role, TensorKind};
+use shrink_model::ggml_mix::{Mix, MixFlags};
 use shrink_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use shrink_model::{ModelConfig, ModelSource};
-use shrink_model::ggml_mix::{Mix, MixFlags};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -196,7 +196,12 @@ impl TypePlan {
 
     /// llama-quantize's choice for `mix` on this model (`flags`: its `--token-embedding-type`,
     /// `--output-tensor-type`).
-    pub fn for_mix(cfg: &ModelConfig, mix: Mix, has_imatrix: bool, flags: &MixFlags) -> Result<Self> {
+    pub fn for_mix(
+        cfg: &ModelConfig,
+        mix: Mix,
+        has_imatrix: bool,
+        flags: &MixFlags,
+    ) -> Result<Self> {
         let types = shrink_model::ggml_mix::model_mix_types(cfg, mix, has_imatrix, flags)?;
         let mut p = TypePlan::for_type(mix.default_type());
         if let Some(t) = types.get("token_embd.weight") {
@@ -649,10 +654,7 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
         },
     }
     arch_metadata(&mut w, cfg)?;
-    w.add_metadata(
-        "general.file_type",
-        GgufValue::U32(e.plan.file_type()),
-    );
+    w.add_metadata("general.file_type", GgufValue::U32(e.plan.file_type()));
     w.add_metadata("general.quantization_version", GgufValue::U32(2));
     if let Some(im) = e.imatrix {
         w.add_metadata(

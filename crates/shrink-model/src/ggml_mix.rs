@@ -283,9 +283,7 @@ impl State<'_> {
                 .strip_prefix("blk.")
                 .and_then(|r| r.split('.').next())
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("failed to determine the layer of tensor {name}")
-                })?;
+                .ok_or_else(|| anyhow::anyhow!("failed to determine the layer of tensor {name}"))?;
             if l < 0 || l >= n {
                 bail!("bad layer {l} for tensor {name}: must be in [0, {n})");
             }
@@ -314,7 +312,13 @@ impl State<'_> {
             match mix {
                 F::Q2_K => t = if gqa >= 4 { G::Q4K } else { G::Q3K },
                 F::Q2_K_S if gqa >= 4 => t = G::Q4K,
-                F::Q3_K_M => t = if self.i_attention_wv < 2 { G::Q5K } else { G::Q4K },
+                F::Q3_K_M => {
+                    t = if self.i_attention_wv < 2 {
+                        G::Q5K
+                    } else {
+                        G::Q4K
+                    }
+                }
                 F::Q3_K_L => t = G::Q5K,
                 F::IQ4_NL | F::IQ4_XS if gqa >= 4 => t = G::Q5K,
                 F::Q4_K_M | F::Q5_K_M
@@ -365,13 +369,7 @@ impl State<'_> {
             if n_expert == 8 {
                 if matches!(
                     mix,
-                    F::Q2_K
-                        | F::Q3_K_S
-                        | F::Q3_K_M
-                        | F::IQ4_NL
-                        | F::Q4_K_S
-                        | F::Q4_K_M
-                        | F::IQ4_XS
+                    F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M | F::IQ4_XS
                 ) {
                     t = G::Q5K;
                 }
@@ -439,7 +437,9 @@ pub fn mix_types(
             (Category::TokenEmbd, Some(t), _) => t,
             (Category::Output, _, Some(t)) => t,
             // a tied embedding is quantized as the head would be (`output_tensor_type` included)
-            (Category::TokenEmbd, None, Some(t)) if st.tied && !flags.pure => fallback_type(t, x.row),
+            (Category::TokenEmbd, None, Some(t)) if st.tied && !flags.pure => {
+                fallback_type(t, x.row)
+            }
             _ => {
                 let mut t = mix.default_type();
                 if !flags.pure {

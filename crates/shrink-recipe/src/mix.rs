@@ -51,9 +51,16 @@ pub fn linear_types(
 /// the method is calibrated, as llama-quantize with `--imatrix` — its rules differ for a few
 /// mixes; `plain`: see [`stage_mix`]). Idempotent: a recipe already expanded (a `recipe.toml`
 /// shrink wrote) is unchanged.
-pub fn expand_mixes(r: &mut Recipe, cfg: &ModelConfig, has_imatrix: bool, plain: bool) -> Result<()> {
+pub fn expand_mixes(
+    r: &mut Recipe,
+    cfg: &ModelConfig,
+    has_imatrix: bool,
+    plain: bool,
+) -> Result<()> {
     for (i, s) in r.stage.iter().enumerate() {
-        let Some(mix) = stage_mix(s, plain) else { continue };
+        let Some(mix) = stage_mix(s, plain) else {
+            continue;
+        };
         if !r.drop_layers.is_empty() {
             bail!(
                 "gguf_type {}: a llama-quantize mix with dropped layers is not supported (its \

@@ -222,7 +222,12 @@ impl Recipe {
             fill_grid(s).with_context(|| format!("stage {}", i + 1))?;
         }
         for o in &mut self.overrides {
-            if let Some(m) = o.set.gguf_type.as_deref().and_then(|n| shrink_model::ggml_mix::Mix::parse(n, false)) {
+            if let Some(m) = o
+                .set
+                .gguf_type
+                .as_deref()
+                .and_then(|n| shrink_model::ggml_mix::Mix::parse(n, false))
+            {
                 bail!(
                     "override '{}': gguf_type {} is a llama-quantize mix, which names a type for \
                      every linear: put it in a [[stage]]; an override names one type (e.g. Q6_K)",
