@@ -21,6 +21,10 @@
 //! (The two-element `weight_shape` tensor, 128 bits per linear, and the safetensors header are
 //! metadata, not counted.)
 //!
+//! A linear rounded onto a llama.cpp block type (`gguf_type`) costs what GGUF stores for it
+//! instead: `8 d_out · row bytes` of the type its row falls back to (Q4_K: 144 bytes per 256
+//! columns, 4.5 bpw; Q6_K: 6.5625; Q5_0: 5.5; ...).
+//!
 //! The **model's bpw** is the sum of those bits over the *compressed* linears divided by their
 //! weights: linears a recipe leaves as they are (`ignore`, a stage's `targets`), the embeddings,
 //! norms and `lm_head` are outside the budget (as for a global sparsity), and are reported apart.
@@ -40,6 +44,10 @@ pub struct Grid {
     pub sym: bool,
     /// Whether the file stores `g_idx` (act-order `dynamic`).
     pub g_idx: bool,
+    /// A llama.cpp block type (`gguf_type`): the linear costs its blocks in the GGUF file
+    /// (the type's shape fallback applied), not the compressed-tensors packing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ggml: Option<shrink_model::gguf::GgmlType>,
 }
 
 impl Grid {
@@ -51,6 +59,10 @@ impl Grid {
             sym: s.sym.unwrap_or(false),
             g_idx: s.act_order.as_deref() == Some("dynamic")
                 || s.act_order.as_deref() == Some("true"),
+            ggml: s
+                .gguf_type
+                .as_deref()
+                .and_then(|n| crate::recipe::parse_grid_type(n).ok()),
         })
     }
 }
@@ -58,6 +70,12 @@ impl Grid {
 /// The file bits of one `[d_out, d_in]` linear under `grid` with `scale_bits`-bit scales (see the
 /// module doc for the formula).
 pub fn linear_bits(d_out: usize, d_in: usize, grid: &Grid, scale_bits: u32) -> u64 {
+    if let Some(t) = grid.ggml {
+        let t = shrink_model::ggml_quant::fallback_type(t, d_in);
+        if let Some(bytes) = t.bytes_for(d_in as u64) {
+            return 8 * d_out as u64 * bytes;
+        }
+    }
     let (d_out, d_in, b) = (d_out as u64, d_in as u64, grid.bits as u64);
     let groups = match grid.group_size {
         Some(g) => d_in.div_ceil(g.max(1) as u64),
@@ -135,6 +153,7 @@ mod tests {
             group_size: gs,
             sym,
             g_idx,
+            ggml: None,
         }
     }
 
@@ -170,6 +189,16 @@ mod tests {
             linear_bits(7, 10, &g(3, None, false, false), 16),
             7 * 32 + 7 * 16 + 32
         );
+        // A llama.cpp type costs its blocks: Q4_K on 1536 columns is 6 super-blocks of 144
+        // bytes a row (4.5 bpw); on 576 columns it falls back to Q5_0, 18 blocks of 22 bytes
+        // (5.5 bpw).
+        let q4k = Grid {
+            ggml: Some(shrink_model::gguf::GgmlType::Q4K),
+            ..g(4, Some(32), false, false)
+        };
+        assert_eq!(linear_bits(576, 1536, &q4k, 16), 8 * 576 * 6 * 144);
+        assert_eq!(linear_bpw(576, 1536, &q4k, 16), 4.5);
+        assert_eq!(linear_bpw(576, 576, &q4k, 16), 5.5);
     }
 
     #[test]

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The type llama-quantize gives every tensor of a model for each file type ("mix": Q4_K_M, Q3_K_M,
+# ...), without and with an importance matrix, into tests/fixtures/gguf_quant/mix_types_NAME.json,
+# so that CI (no llama.cpp there) checks shrink's port of llama_tensor_get_type tensor by tensor
+# (crates/shrink-formats/tests/llama_quantize_mix.rs).
+#   tools/reference/mix_types_fixture.sh MODEL.gguf NAME
+# Needs tools/reference/build_llamacpp.sh (LLAMACPP_BIN), target/release/shrink, .venv-ref (gguf).
+set -euo pipefail
+M=${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+NAME=${2:-smollm2}
+S=${SHRINK:-target/release/shrink}
+B=${LLAMACPP_BIN:-out/export/llamacpp/build/bin}
+D=out/mix/$NAME
+mkdir -p "$D"
+[ -f $D/f32.gguf ] || $S export --model "$M" --format gguf --type F32 --out $D/f32.gguf -q
+# the importance matrix only has to exist (it changes which rules apply, not the types' values)
+[ -f $D/imatrix.gguf ] || $S export --model "$M" --format gguf --type Q8_0 --out $D/im-q8.gguf --force -q \
+  --imatrix-calib data/calib.txt --imatrix-nsamples 4 --imatrix-seqlen 128 --imatrix-out $D/imatrix.gguf
+MIXES="Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS"
+for T in $MIXES; do
+  nice "$B/llama-quantize" $D/f32.gguf $D/lq-$T-plain.gguf $T 2 > $D/lq-$T-plain.log 2>&1
+  nice "$B/llama-quantize" --imatrix $D/imatrix.gguf $D/f32.gguf $D/lq-$T-imatrix.gguf $T 2 > $D/lq-$T-imatrix.log 2>&1
+done
+.venv-ref/bin/python - "$D" "$NAME" "$M" $MIXES <<'PY'
+import json, os, sys
+import gguf
+d, name, model, mixes = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+out = {"model": model, "source": "llama-quantize (llama.cpp vendored in llama-cpp-python 0.3.36), no --pure; imatrix from shrink export --imatrix-out", "mixes": {}}
+for m in mixes:
+    out["mixes"][m] = {}
+    for mode in ["plain", "imatrix"]:
+        r = gguf.GGUFReader(os.path.join(d, f"lq-{m}-{mode}.gguf"))
+        ft = int(r.fields["general.file_type"].parts[-1][0])
+        out["mixes"][m][mode] = {"file_type": ft, "types": {t.name: t.tensor_type.name for t in r.tensors}}
+p = os.path.join("tests", "fixtures", "gguf_quant", f"mix_types_{name}.json")
+with open(p, "w") as f:
+    json.dump(out, f, indent=0, sort_keys=True)
+print("wrote", p)
+PY
+rm -f $D/lq-*.gguf
