@@ -13,6 +13,7 @@ pub mod config;
 pub mod fastmath;
 pub mod ggml_quant;
 pub mod gguf;
+pub mod iq_tables;
 pub mod layer;
 pub mod model;
 pub mod packed;
