@@ -460,6 +460,11 @@ fn malformed_tensor_infos() {
         "unknown ggml type",
     );
     expect_err(
+        "unknown_type_nvfp4",
+        &one("w", &[64], 40, 0, 36),
+        "unknown ggml type id 40",
+    );
+    expect_err(
         "unknown_type_big",
         &one("w", &[4], 1000, 0, 16),
         "unknown ggml type",
@@ -567,7 +572,33 @@ fn corrupted_bytes_never_panic() {
 }
 
 #[test]
-fn unsupported_dequantization_is_an_error() {
+fn every_known_type_dequantizes_and_sizes_are_checked() {
+    // Every type id the reader accepts dequantizes (ids it does not know, e.g. NVFP4 = 40, are
+    // refused when the file is opened: see `malformed_tensor_infos`).
+    for ty in GgmlType::ALL {
+        assert!(ty.can_dequantize(), "{ty}");
+        let (bs, ts) = (ty.block_size(), ty.type_size());
+        let mut out = vec![f32::NAN; 2 * bs];
+        quants::dequantize(ty, &vec![0; 2 * ts], &mut out).unwrap();
+        // All-zero blocks: a zero scale (and for MXFP4 the code 0), so every value is +-0
+        // (integer and float types give +0).
+        assert!(out.iter().all(|&v| v == 0.0), "{ty}: {out:?}");
+        // Length mismatches in the raw API are errors, not panics.
+        assert!(
+            quants::dequantize(ty, &vec![0; 2 * ts + 1], &mut out).is_err(),
+            "{ty}"
+        );
+        assert!(
+            quants::dequantize(ty, &vec![0; 2 * ts - 1], &mut out).is_err(),
+            "{ty}"
+        );
+        if bs > 1 {
+            let mut out = vec![0f32; 2 * bs - 1];
+            let e = quants::dequantize(ty, &vec![0; 2 * ts], &mut out).unwrap_err();
+            assert!(e.to_string().contains("block size"), "{ty}: {e}");
+        }
+    }
+    // A GGUF file holding an i-quant opens, names its type and dequantizes.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("iq.gguf");
     let mut w = GgufWriter::new();
@@ -576,13 +607,7 @@ fn unsupported_dequantization_is_an_error() {
     w.write(&path).unwrap();
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.tensor("iq").unwrap().dtype.name(), "IQ2_XXS");
-    let e = format!("{:#}", g.dequantize("iq").unwrap_err());
-    assert!(e.contains("iq.gguf") && e.contains("not supported"), "{e}");
-    // Length mismatches in the raw API.
-    let mut out = vec![0f32; 32];
-    assert!(quants::dequantize(GgmlType::Q8_0, &[0; 33], &mut out).is_err());
-    let mut out = vec![0f32; 31];
-    assert!(quants::dequantize(GgmlType::Q8_0, &[0; 34], &mut out).is_err());
+    assert_eq!(g.dequantize("iq").unwrap(), vec![0.0; 256]);
 }
 
 #[test]
@@ -608,6 +633,18 @@ fn type_table() {
         (GgmlType::I64, 27, "I64", 1, 8),
         (GgmlType::F64, 28, "F64", 1, 8),
         (GgmlType::BF16, 30, "BF16", 1, 2),
+        (GgmlType::IQ2_XXS, 16, "IQ2_XXS", 256, 66),
+        (GgmlType::IQ2_XS, 17, "IQ2_XS", 256, 74),
+        (GgmlType::IQ3_XXS, 18, "IQ3_XXS", 256, 98),
+        (GgmlType::IQ1_S, 19, "IQ1_S", 256, 50),
+        (GgmlType::IQ4_NL, 20, "IQ4_NL", 32, 18),
+        (GgmlType::IQ3_S, 21, "IQ3_S", 256, 110),
+        (GgmlType::IQ2_S, 22, "IQ2_S", 256, 82),
+        (GgmlType::IQ4_XS, 23, "IQ4_XS", 256, 136),
+        (GgmlType::IQ1_M, 29, "IQ1_M", 256, 56),
+        (GgmlType::TQ1_0, 34, "TQ1_0", 256, 54),
+        (GgmlType::TQ2_0, 35, "TQ2_0", 256, 66),
+        (GgmlType::MXFP4, 39, "MXFP4", 32, 17),
     ] {
         assert_eq!(ty.to_u32(), id);
         assert_eq!(GgmlType::from_u32(id), Some(ty));
@@ -638,7 +675,7 @@ fn reference_cases() -> Vec<Case> {
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 12, "fixture set changed");
+    assert_eq!(cases.len(), 24, "fixture set changed");
     cases
         .iter()
         .map(|c| {
@@ -672,7 +709,8 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
     let names: Vec<&str> = cases.iter().map(|c| c.ty.name()).collect();
     for required in [
         "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16",
-        "BF16",
+        "BF16", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S",
+        "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4",
     ] {
         assert!(names.contains(&required), "missing fixture for {required}");
     }
@@ -681,6 +719,57 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
         quants::dequantize(c.ty, &c.raw, &mut out).unwrap();
         assert_bits_eq(c.ty, &out, &c.expected);
     }
+}
+
+/// One case of the gguf-py fixture, every value compared bit for bit.
+fn check_reference_case(ty: GgmlType) {
+    let cases = reference_cases();
+    let c = cases
+        .iter()
+        .find(|c| c.ty == ty)
+        .unwrap_or_else(|| panic!("no fixture for {ty}"));
+    assert_eq!(
+        c.raw.len(),
+        c.expected.len() / ty.block_size() * ty.type_size()
+    );
+    let mut out = vec![f32::NAN; c.expected.len()];
+    quants::dequantize(ty, &c.raw, &mut out).unwrap();
+    assert_bits_eq(ty, &out, &c.expected);
+    // The fixture is not degenerate: both signs, and more distinct values than blocks.
+    assert!(c.expected.iter().any(|&v| v > 0.0) && c.expected.iter().any(|&v| v < 0.0));
+    let mut distinct: Vec<u32> = c.expected.iter().map(|v| v.to_bits()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let n_blocks = c.expected.len() / ty.block_size();
+    assert!(
+        distinct.len() > n_blocks,
+        "{ty}: {} distinct values",
+        distinct.len()
+    );
+}
+
+macro_rules! gguf_py_case {
+    ($($name:ident => $ty:ident,)*) => {$(
+        #[test]
+        fn $name() {
+            check_reference_case(GgmlType::$ty);
+        }
+    )*};
+}
+
+gguf_py_case! {
+    iq4_nl_matches_gguf_py => IQ4_NL,
+    iq4_xs_matches_gguf_py => IQ4_XS,
+    iq2_xxs_matches_gguf_py => IQ2_XXS,
+    iq2_xs_matches_gguf_py => IQ2_XS,
+    iq2_s_matches_gguf_py => IQ2_S,
+    iq3_xxs_matches_gguf_py => IQ3_XXS,
+    iq3_s_matches_gguf_py => IQ3_S,
+    iq1_s_matches_gguf_py => IQ1_S,
+    iq1_m_matches_gguf_py => IQ1_M,
+    tq1_0_matches_gguf_py => TQ1_0,
+    tq2_0_matches_gguf_py => TQ2_0,
+    mxfp4_matches_gguf_py => MXFP4,
 }
 
 #[test]
