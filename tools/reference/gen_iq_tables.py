@@ -5,6 +5,10 @@ Run from anywhere (rewrites the file; `cargo fmt` leaves it as written):
 
     /work/main/.venv-ref/bin/python tools/reference/gen_iq_tables.py
 
+With `--check PATH/TO/ggml-common.h` it also compares every table with that header
+(e.g. `git show HEAD:src/ggml-common.h` of github.com/ggml-org/ggml) and fails on a
+difference.
+
 The tables are ggml format data (ggml/src/ggml-common.h: iq2xxs_grid, iq2xs_grid,
 iq2s_grid, iq3xxs_grid, iq3s_grid, iq1s_grid, ksigns_iq2xs, kvalues_mxfp4).
 gguf-py (gguf/quants.py, MIT licence, part of llama.cpp) holds the same tables
@@ -16,7 +20,9 @@ point), so the Rust file can be compared with ggml-common.h line by line.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +67,18 @@ def rust_array(name: str, ty: str, doc: str, values: list[int], width: int, per_
     return "\n".join(lines) + "\n"
 
 
+def header_table(text: str, name: str) -> list[int]:
+    """The values of `GGML_TABLE_BEGIN(type, name, size) ... GGML_TABLE_END()` in ggml-common.h."""
+    m = re.search(r"GGML_TABLE_BEGIN\(\s*\w+\s*,\s*" + name + r"\s*,[^)]*\)(.*?)GGML_TABLE_END\(\)", text, re.S)
+    assert m, f"{name} not found in the header"
+    return [int(v, 0) for v in re.findall(r"-?(?:0x[0-9a-fA-F]+|\d+)", re.sub(r"//[^\n]*", "", m.group(1)))]
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", type=Path, help="ggml-common.h to compare the tables with")
+    args = ap.parse_args()
+    tables: dict[str, list[int]] = {}
     version = importlib.metadata.version("gguf")
     parts = [
         "//! Lattice tables of the ggml i-quants and MXFP4 (format data, generated; do not edit).\n"
@@ -87,7 +104,8 @@ def main() -> None:
     for name, cls, ty, width, doc in grids:
         points = grid_points(cls)
         assert points.shape[0] == cls.grid_shape[0] and points.shape[1] * 8 == (64 if ty == "u64" else 32)
-        parts.append(rust_array(name, ty, doc, packed(points), width, 4 if ty == "u64" else 8))
+        tables[name] = packed(points)
+        parts.append(rust_array(name, ty, doc, tables[name], width, 4 if ty == "u64" else 8))
     ksigns = list(quants.IQ2_XXS.ksigns)
     assert len(ksigns) == 128
     # ggml: ksigns_iq2xs[i] = i | (parity(i) << 7), i.e. 8 sign bits with an even count of ones.
@@ -102,7 +120,9 @@ def main() -> None:
             16,
         )
     )
+    tables["KSIGNS_IQ2XS"] = ksigns
     kvalues = list(quants.MXFP4.kvalues)
+    tables["KVALUES_MXFP4"] = kvalues
     assert len(kvalues) == 16
     parts.append(
         rust_array(
@@ -116,6 +136,19 @@ def main() -> None:
     )
     OUT.write_text("\n".join(parts))
     print(f"wrote {OUT}")
+    if args.check:
+        text = args.check.read_text()
+        for name, values in tables.items():
+            # kvalues_mxfp4 is a #define of kvalues_fp4 in newer headers
+            c_name = name.lower()
+            if name == "KVALUES_MXFP4" and "kvalues_mxfp4, 16)" not in text:
+                c_name = "kvalues_fp4"
+            want = header_table(text, c_name)
+            if name == "KVALUES_MXFP4":
+                values = [v & 0xFF for v in values]
+                want = [v & 0xFF for v in want]
+            assert want == values, f"{name} differs from {c_name} in {args.check}"
+            print(f"{name}: {len(values)} values = {c_name} in {args.check}")
 
 
 if __name__ == "__main__":
