@@ -87,7 +87,9 @@ def main() -> None:
         f"//! package {version} (gguf/quants.py, MIT licence), which holds the same tables.\n"
         "//! Regenerate with:\n"
         "//!\n"
-        "//!     /work/main/.venv-ref/bin/python tools/reference/gen_iq_tables.py\n"
+        "//! ```text\n"
+        "//! /work/main/.venv-ref/bin/python tools/reference/gen_iq_tables.py [--check ggml-common.h]\n"
+        "//! ```\n"
         "//!\n"
         "//! The layout is ggml-common.h's: an 8-value grid point is one `u64` whose byte `j`\n"
         "//! is value `j` (`int8_t` for IQ1), a 4-value point one `u32` with byte `j` = value `j`.\n",

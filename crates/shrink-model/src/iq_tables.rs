@@ -4,7 +4,9 @@
 //! package 0.19.0 (gguf/quants.py, MIT licence), which holds the same tables.
 //! Regenerate with:
 //!
-//!     /work/main/.venv-ref/bin/python tools/reference/gen_iq_tables.py
+//! ```text
+//! /work/main/.venv-ref/bin/python tools/reference/gen_iq_tables.py [--check ggml-common.h]
+//! ```
 //!
 //! The layout is ggml-common.h's: an 8-value grid point is one `u64` whose byte `j`
 //! is value `j` (`int8_t` for IQ1), a 4-value point one `u32` with byte `j` = value `j`.
