@@ -699,7 +699,8 @@ fn dequant_tq2_0(b: &[u8; 66], y: &mut [f32; QK_K]) {
 }
 
 /// Half the value of an e8m0 exponent byte, `2^(e - 128)`, exactly (`ggml_e8m0_to_fp32_half`):
-/// `e = 0, 1` give the f32 subnormals `2^-128`, `2^-127`.
+/// `e = 0, 1` give the f32 subnormals `2^-128`, `2^-127`. `e = 255` gives `2^127`, not the NaN
+/// of the OCP MX spec, as in ggml and gguf-py.
 #[inline(always)]
 fn e8m0_to_fp32_half(e: u8) -> f32 {
     let bits = if e < 2 {
