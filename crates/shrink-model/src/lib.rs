@@ -14,6 +14,7 @@ pub mod fastmath;
 pub mod ggml_mix;
 pub mod ggml_quant;
 pub mod gguf;
+pub mod iq_tables;
 pub mod layer;
 pub mod model;
 pub mod packed;

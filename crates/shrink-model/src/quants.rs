@@ -19,6 +19,10 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::gguf::GgmlType;
+use crate::iq_tables::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
+    KVALUES_MXFP4,
+};
 
 /// Number of weights in a "super-block" of the k-quants (`QK_K` in ggml).
 pub const QK_K: usize = 256;
@@ -26,7 +30,8 @@ pub const QK_K: usize = 256;
 /// Elements handled per rayon task.
 const CHUNK_ELEMENTS: usize = 1 << 15;
 
-/// True when [`dequantize`] supports `ty`.
+/// True when [`dequantize`] supports `ty`: every type [`GgmlType`] knows (the match in
+/// `dequantize_blocks` is exhaustive, so a new variant needs its dequantizer).
 pub fn is_supported(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
@@ -52,6 +57,16 @@ pub fn is_supported(ty: GgmlType) -> bool {
             | Q8K
             | IQ4_NL
             | IQ4_XS
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
+            | IQ1_S
+            | IQ1_M
+            | TQ1_0
+            | TQ2_0
+            | MXFP4
     )
 }
 
@@ -129,8 +144,16 @@ fn dequantize_blocks(ty: GgmlType, data: &[u8], out: &mut [f32]) {
         Q8K => for_blocks::<292, QK_K>(data, out, dequant_q8_k),
         IQ4_NL => for_blocks::<18, 32>(data, out, dequant_iq4_nl),
         IQ4_XS => for_blocks::<136, QK_K>(data, out, dequant_iq4_xs),
-        // Filtered out by `is_supported`.
-        _ => out.fill(f32::NAN),
+        IQ2_XXS => for_blocks::<66, QK_K>(data, out, dequant_iq2_xxs),
+        IQ2_XS => for_blocks::<74, QK_K>(data, out, dequant_iq2_xs),
+        IQ2_S => for_blocks::<82, QK_K>(data, out, dequant_iq2_s),
+        IQ3_XXS => for_blocks::<98, QK_K>(data, out, dequant_iq3_xxs),
+        IQ3_S => for_blocks::<110, QK_K>(data, out, dequant_iq3_s),
+        IQ1_S => for_blocks::<50, QK_K>(data, out, dequant_iq1_s),
+        IQ1_M => for_blocks::<56, QK_K>(data, out, dequant_iq1_m),
+        TQ1_0 => for_blocks::<54, QK_K>(data, out, dequant_tq1_0),
+        TQ2_0 => for_blocks::<66, QK_K>(data, out, dequant_tq2_0),
+        MXFP4 => for_blocks::<17, 32>(data, out, dequant_mxfp4),
     }
 }
 
@@ -453,5 +476,248 @@ fn dequant_q8_k(b: &[u8; 292], y: &mut [f32; QK_K]) {
     let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     for (yj, &q) in y.iter_mut().zip(&b[4..260]) {
         *yj = d * q as i8 as f32;
+    }
+}
+
+/// `1.0`, or `-1.0` when bit `j` of `signs` is set (ggml: `signs & kmask_iq2xs[j] ? -1.f : 1.f`).
+#[inline(always)]
+fn sign(signs: u8, j: usize) -> f32 {
+    if (signs >> j) & 1 != 0 {
+        -1.0
+    } else {
+        1.0
+    }
+}
+
+/// The 4-bit sub-scale of IQ2_XXS/IQ2_XS/IQ2_S as ggml and gguf-py form it:
+/// `d * (0.5 + ls) * 0.25`, two roundings in that order.
+#[inline(always)]
+fn iq2_scale(d: f32, ls: u32) -> f32 {
+    d * (0.5 + ls as f32) * 0.25
+}
+
+/// `block_iq2_xxs` (66 bytes, 256 weights in 8 groups of 32): `d: f16` (0..2), `qs: [u16; 32]`
+/// (2..66) read as 8 pairs of `u32` `(aux0, aux1)`, one pair per group. Byte `l` of `aux0`
+/// indexes [`IQ2XXS_GRID`] for weights `8l..8l+8`; bits `7l..7l+7` of `aux1` index
+/// [`KSIGNS_IQ2XS`] for their signs; `aux1 >> 28` is the group's scale `ls`.
+/// `y = (d * (0.5 + ls) * 0.25) * grid[j] * sign`.
+fn dequant_iq2_xxs(b: &[u8; 66], y: &mut [f32; QK_K]) {
+    let d = f16_le(b, 0);
+    for ib in 0..8 {
+        let q = &b[2 + 8 * ib..2 + 8 * ib + 8];
+        let aux1 = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
+        let db = iq2_scale(d, aux1 >> 28);
+        for l in 0..4 {
+            let grid = IQ2XXS_GRID[q[l] as usize].to_le_bytes();
+            let signs = KSIGNS_IQ2XS[((aux1 >> (7 * l)) & 127) as usize];
+            for j in 0..8 {
+                y[32 * ib + 8 * l + j] = db * grid[j] as f32 * sign(signs, j);
+            }
+        }
+    }
+}
+
+/// `block_iq2_xs` (74 bytes, 256 weights in 16 groups of 16): `d: f16` (0..2), `qs: [u16; 32]`
+/// (2..66: bits 0..9 index [`IQ2XS_GRID`] for 8 weights, bits 9..16 index [`KSIGNS_IQ2XS`]),
+/// `scales: [u8; 8]` (66..74, two 4-bit `ls` per byte, low nibble first).
+/// `y = (d * (0.5 + ls) * 0.25) * grid[j] * sign`.
+fn dequant_iq2_xs(b: &[u8; 74], y: &mut [f32; QK_K]) {
+    let d = f16_le(b, 0);
+    for ib in 0..8 {
+        let sc = b[66 + ib] as u32;
+        let db = [iq2_scale(d, sc & 0xF), iq2_scale(d, sc >> 4)];
+        for l in 0..4 {
+            let k = 4 * ib + l;
+            let q = u16::from_le_bytes([b[2 + 2 * k], b[3 + 2 * k]]);
+            let grid = IQ2XS_GRID[(q & 511) as usize].to_le_bytes();
+            let signs = KSIGNS_IQ2XS[(q >> 9) as usize];
+            for j in 0..8 {
+                y[8 * k + j] = db[l / 2] * grid[j] as f32 * sign(signs, j);
+            }
+        }
+    }
+}
+
+/// `block_iq2_s` (82 bytes, 256 weights in 16 groups of 16): `d: f16` (0..2), `qs: [u8; 32]`
+/// (2..34, low 8 bits of the [`IQ2S_GRID`] index of weights `8k..8k+8`), `signs: [u8; 32]`
+/// (34..66, one sign bit per weight), `qh: [u8; 8]` (66..74, the index's high 2 bits, four
+/// per byte, low first), `scales: [u8; 8]` (74..82, as IQ2_XS).
+/// `y = (d * (0.5 + ls) * 0.25) * grid[j] * sign`.
+fn dequant_iq2_s(b: &[u8; 82], y: &mut [f32; QK_K]) {
+    let d = f16_le(b, 0);
+    for ib in 0..8 {
+        let sc = b[74 + ib] as u32;
+        let db = [iq2_scale(d, sc & 0xF), iq2_scale(d, sc >> 4)];
+        for l in 0..4 {
+            let k = 4 * ib + l;
+            let idx = b[2 + k] as usize | (((b[66 + ib] >> (2 * l)) & 3) as usize) << 8;
+            let grid = IQ2S_GRID[idx].to_le_bytes();
+            let signs = b[34 + k];
+            for j in 0..8 {
+                y[8 * k + j] = db[l / 2] * grid[j] as f32 * sign(signs, j);
+            }
+        }
+    }
+}
+
+/// `block_iq3_xxs` (98 bytes, 256 weights in 8 groups of 32): `d: f16` (0..2), `qs: [u8; 64]`
+/// (2..66, one [`IQ3XXS_GRID`] index per 4 weights), `scales_and_signs: [u32; 8]` (66..98, one
+/// per group: bits `7l..7l+7` index [`KSIGNS_IQ2XS`] for weights `8l..8l+8`, bits 28..32 are
+/// `ls`). `y = (d * (0.5 + ls) * 0.5) * grid[j] * sign`.
+fn dequant_iq3_xxs(b: &[u8; 98], y: &mut [f32; QK_K]) {
+    let d = f16_le(b, 0);
+    for ib in 0..8 {
+        let o = 66 + 4 * ib;
+        let aux = u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let db = d * (0.5 + (aux >> 28) as f32) * 0.5;
+        for l in 0..4 {
+            let signs = KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize];
+            let g1 = IQ3XXS_GRID[b[2 + 8 * ib + 2 * l] as usize].to_le_bytes();
+            let g2 = IQ3XXS_GRID[b[3 + 8 * ib + 2 * l] as usize].to_le_bytes();
+            let out = &mut y[32 * ib + 8 * l..32 * ib + 8 * l + 8];
+            for j in 0..4 {
+                out[j] = db * g1[j] as f32 * sign(signs, j);
+                out[j + 4] = db * g2[j] as f32 * sign(signs, j + 4);
+            }
+        }
+    }
+}
+
+/// `block_iq3_s` (110 bytes, 256 weights in 8 groups of 32): `d: f16` (0..2), `qs: [u8; 64]`
+/// (2..66, low 8 bits of the [`IQ3S_GRID`] index of weights `4k..4k+4`), `qh: [u8; 8]`
+/// (66..74, bit `k % 8` of byte `k / 8` is the index's 9th bit), `signs: [u8; 32]` (74..106,
+/// one bit per weight), `scales: [u8; 4]` (106..110, 4-bit `ls` per group, low nibble first).
+/// `y = (d * (1 + 2 ls)) * grid[j] * sign`.
+fn dequant_iq3_s(b: &[u8; 110], y: &mut [f32; QK_K]) {
+    let d = f16_le(b, 0);
+    for ib in 0..8 {
+        let ls = (b[106 + ib / 2] >> (4 * (ib % 2))) & 0xF;
+        let db = d * (1 + 2 * ls as u32) as f32;
+        for l in 0..8 {
+            let k = 8 * ib + l;
+            let idx = b[2 + k] as usize | (((b[66 + k / 8] >> (k % 8)) & 1) as usize) << 8;
+            let grid = IQ3S_GRID[idx].to_le_bytes();
+            let signs = b[74 + k / 2];
+            for j in 0..4 {
+                y[4 * k + j] = db * grid[j] as f32 * sign(signs, 4 * (k % 2) + j);
+            }
+        }
+    }
+}
+
+/// `IQ1S_DELTA` in ggml: the shift of the IQ1 grid values `{-1, 0, 1}`.
+const IQ1S_DELTA: f32 = 0.125;
+
+/// `block_iq1_s` (50 bytes, 256 weights in 8 groups of 32): `d: f16` (0..2), `qs: [u8; 32]`
+/// (2..34, low 8 bits of the [`IQ1S_GRID`] index of weights `8k..8k+8`), `qh: [u16; 8]`
+/// (34..50, one per group: bits `3l..3l+3` are the high 3 index bits of its `l`-th index,
+/// bits 12..15 the scale `ls`, bit 15 the sign of the delta).
+/// `y = (d * (2 ls + 1)) * (grid[j] + delta)`.
+fn dequant_iq1_s(b: &[u8; 50], y: &mut [f32; QK_K]) {
+    let d = f16_le(b, 0);
+    for ib in 0..8 {
+        let qh = u16::from_le_bytes([b[34 + 2 * ib], b[35 + 2 * ib]]);
+        let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
+        let delta = if qh & 0x8000 != 0 {
+            -IQ1S_DELTA
+        } else {
+            IQ1S_DELTA
+        };
+        for l in 0..4 {
+            let idx = b[2 + 4 * ib + l] as usize | (((qh >> (3 * l)) & 7) as usize) << 8;
+            let grid = IQ1S_GRID[idx].to_le_bytes();
+            for j in 0..8 {
+                y[32 * ib + 8 * l + j] = dl * (grid[j] as i8 as f32 + delta);
+            }
+        }
+    }
+}
+
+/// `block_iq1_m` (56 bytes, 256 weights in 16 groups of 16): `qs: [u8; 32]` (0..32, low 8
+/// bits of the [`IQ1S_GRID`] index of weights `8k..8k+8`), `qh: [u8; 16]` (32..48, one nibble
+/// per index, low first: bits 0..3 the high index bits, bit 3 the sign of the delta),
+/// `scales: [u16; 4]` (48..56: bits `3s..3s+3` of word `g / 4` are the 3-bit scale `ls` of group
+/// `g`, `s = g % 4`; the top nibbles of the four words, first word lowest, form the `f16` `d`).
+/// `y = (d * (2 ls + 1)) * (grid[j] + delta)`.
+fn dequant_iq1_m(b: &[u8; 56], y: &mut [f32; QK_K]) {
+    let sc: [u16; 4] = std::array::from_fn(|k| u16::from_le_bytes([b[48 + 2 * k], b[49 + 2 * k]]));
+    let d_bits =
+        (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000);
+    let d = f16::from_bits(d_bits).to_f32();
+    for ib in 0..8 {
+        let s = sc[ib / 2] >> (6 * (ib % 2));
+        let dl = [
+            d * (2 * (s & 7) + 1) as f32,
+            d * (2 * ((s >> 3) & 7) + 1) as f32,
+        ];
+        for l in 0..4 {
+            let k = 4 * ib + l;
+            let qh = b[32 + k / 2] >> (4 * (k % 2));
+            let idx = b[k] as usize | ((qh & 7) as usize) << 8;
+            let delta = if qh & 8 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+            let grid = IQ1S_GRID[idx].to_le_bytes();
+            for j in 0..8 {
+                y[8 * k + j] = dl[l / 2] * (grid[j] as i8 as f32 + delta);
+            }
+        }
+    }
+}
+
+/// `block_tq1_0` (54 bytes, 256 ternary weights): `qs: [u8; 48]` (0..48), `qh: [u8; 4]`
+/// (48..52), `d: f16` (52..54). Each byte holds 5 (`qs`) or 4 (`qh`) base-3 digits as a
+/// fixed-point fraction: digit `n` of byte `q` is `((q * 3^n mod 256) * 3) >> 8`. Weights
+/// run digit-major: bytes 0..32 give weights `32n + m`, bytes 32..48 weights `160 + 16n + m`,
+/// `qh` weights `240 + 4n + m`. `y = (digit - 1) * d`.
+fn dequant_tq1_0(b: &[u8; 54], y: &mut [f32; QK_K]) {
+    const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+    let d = f16_le(b, 52);
+    let mut o = 0;
+    for (bytes, digits) in [(&b[0..32], 5), (&b[32..48], 5), (&b[48..52], 4)] {
+        for &p in &POW3[..digits] {
+            for &q in bytes {
+                let t = ((q.wrapping_mul(p) as u16 * 3) >> 8) as i32 - 1;
+                y[o] = t as f32 * d;
+                o += 1;
+            }
+        }
+    }
+}
+
+/// `block_tq2_0` (66 bytes, 256 ternary weights): `qs: [u8; 64]` (0..64), `d: f16` (64..66).
+/// Each 128-weight half uses 32 bytes; weight `32 s + m` of a half is bits `2s..2s+2` of byte
+/// `m`. `y = (q - 1) * d`.
+fn dequant_tq2_0(b: &[u8; 66], y: &mut [f32; QK_K]) {
+    let d = f16_le(b, 64);
+    for half in 0..2 {
+        for s in 0..4 {
+            for m in 0..32 {
+                let q = ((b[32 * half + m] >> (2 * s)) & 3) as i32 - 1;
+                y[128 * half + 32 * s + m] = q as f32 * d;
+            }
+        }
+    }
+}
+
+/// Half the value of an e8m0 exponent byte, `2^(e - 128)`, exactly (`ggml_e8m0_to_fp32_half`):
+/// `e = 0, 1` give the f32 subnormals `2^-128`, `2^-127`. `e = 255` gives `2^127`, not the NaN
+/// of the OCP MX spec, as in ggml and gguf-py.
+#[inline(always)]
+fn e8m0_to_fp32_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        (e as u32 - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
+/// `block_mxfp4` (17 bytes, 32 weights): `e: u8` (0, e8m0 shared exponent), `qs: [u8; 16]`
+/// (1..17, nibbles as in Q4_0, each an E2M1 code). `y = kvalues_mxfp4[q] * 2^(e - 128)`
+/// (the table holds doubled values, the scale is halved).
+fn dequant_mxfp4(b: &[u8; 17], y: &mut [f32; 32]) {
+    let d = e8m0_to_fp32_half(b[0]);
+    for j in 0..16 {
+        y[j] = KVALUES_MXFP4[(b[1 + j] & 0xF) as usize] as f32 * d;
+        y[j + 16] = KVALUES_MXFP4[(b[1 + j] >> 4) as usize] as f32 * d;
     }
 }

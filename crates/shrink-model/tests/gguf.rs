@@ -460,6 +460,11 @@ fn malformed_tensor_infos() {
         "unknown ggml type",
     );
     expect_err(
+        "unknown_type_nvfp4",
+        &one("w", &[64], 40, 0, 36),
+        "unknown ggml type id 40",
+    );
+    expect_err(
         "unknown_type_big",
         &one("w", &[4], 1000, 0, 16),
         "unknown ggml type",
@@ -567,7 +572,33 @@ fn corrupted_bytes_never_panic() {
 }
 
 #[test]
-fn unsupported_dequantization_is_an_error() {
+fn every_known_type_dequantizes_and_sizes_are_checked() {
+    // Every type id the reader accepts dequantizes (ids it does not know, e.g. NVFP4 = 40, are
+    // refused when the file is opened: see `malformed_tensor_infos`).
+    for ty in GgmlType::ALL {
+        assert!(ty.can_dequantize(), "{ty}");
+        let (bs, ts) = (ty.block_size(), ty.type_size());
+        let mut out = vec![f32::NAN; 2 * bs];
+        quants::dequantize(ty, &vec![0; 2 * ts], &mut out).unwrap();
+        // All-zero blocks: a zero scale (and for MXFP4 the code 0), so every value is +-0
+        // (integer and float types give +0).
+        assert!(out.iter().all(|&v| v == 0.0), "{ty}: {out:?}");
+        // Length mismatches in the raw API are errors, not panics.
+        assert!(
+            quants::dequantize(ty, &vec![0; 2 * ts + 1], &mut out).is_err(),
+            "{ty}"
+        );
+        assert!(
+            quants::dequantize(ty, &vec![0; 2 * ts - 1], &mut out).is_err(),
+            "{ty}"
+        );
+        if bs > 1 {
+            let mut out = vec![0f32; 2 * bs - 1];
+            let e = quants::dequantize(ty, &vec![0; 2 * ts], &mut out).unwrap_err();
+            assert!(e.to_string().contains("block size"), "{ty}: {e}");
+        }
+    }
+    // A GGUF file holding an i-quant opens, names its type and dequantizes.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("iq.gguf");
     let mut w = GgufWriter::new();
@@ -576,13 +607,7 @@ fn unsupported_dequantization_is_an_error() {
     w.write(&path).unwrap();
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.tensor("iq").unwrap().dtype.name(), "IQ2_XXS");
-    let e = format!("{:#}", g.dequantize("iq").unwrap_err());
-    assert!(e.contains("iq.gguf") && e.contains("not supported"), "{e}");
-    // Length mismatches in the raw API.
-    let mut out = vec![0f32; 32];
-    assert!(quants::dequantize(GgmlType::Q8_0, &[0; 33], &mut out).is_err());
-    let mut out = vec![0f32; 31];
-    assert!(quants::dequantize(GgmlType::Q8_0, &[0; 34], &mut out).is_err());
+    assert_eq!(g.dequantize("iq").unwrap(), vec![0.0; 256]);
 }
 
 #[test]
@@ -608,6 +633,18 @@ fn type_table() {
         (GgmlType::I64, 27, "I64", 1, 8),
         (GgmlType::F64, 28, "F64", 1, 8),
         (GgmlType::BF16, 30, "BF16", 1, 2),
+        (GgmlType::IQ2_XXS, 16, "IQ2_XXS", 256, 66),
+        (GgmlType::IQ2_XS, 17, "IQ2_XS", 256, 74),
+        (GgmlType::IQ3_XXS, 18, "IQ3_XXS", 256, 98),
+        (GgmlType::IQ1_S, 19, "IQ1_S", 256, 50),
+        (GgmlType::IQ4_NL, 20, "IQ4_NL", 32, 18),
+        (GgmlType::IQ3_S, 21, "IQ3_S", 256, 110),
+        (GgmlType::IQ2_S, 22, "IQ2_S", 256, 82),
+        (GgmlType::IQ4_XS, 23, "IQ4_XS", 256, 136),
+        (GgmlType::IQ1_M, 29, "IQ1_M", 256, 56),
+        (GgmlType::TQ1_0, 34, "TQ1_0", 256, 54),
+        (GgmlType::TQ2_0, 35, "TQ2_0", 256, 66),
+        (GgmlType::MXFP4, 39, "MXFP4", 32, 17),
     ] {
         assert_eq!(ty.to_u32(), id);
         assert_eq!(GgmlType::from_u32(id), Some(ty));
@@ -638,7 +675,7 @@ fn reference_cases() -> Vec<Case> {
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 12, "fixture set changed");
+    assert_eq!(cases.len(), 24, "fixture set changed");
     cases
         .iter()
         .map(|c| {
@@ -672,7 +709,8 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
     let names: Vec<&str> = cases.iter().map(|c| c.ty.name()).collect();
     for required in [
         "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16",
-        "BF16",
+        "BF16", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S",
+        "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4",
     ] {
         assert!(names.contains(&required), "missing fixture for {required}");
     }
@@ -681,6 +719,57 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
         quants::dequantize(c.ty, &c.raw, &mut out).unwrap();
         assert_bits_eq(c.ty, &out, &c.expected);
     }
+}
+
+/// One case of the gguf-py fixture, every value compared bit for bit.
+fn check_reference_case(ty: GgmlType) {
+    let cases = reference_cases();
+    let c = cases
+        .iter()
+        .find(|c| c.ty == ty)
+        .unwrap_or_else(|| panic!("no fixture for {ty}"));
+    assert_eq!(
+        c.raw.len(),
+        c.expected.len() / ty.block_size() * ty.type_size()
+    );
+    let mut out = vec![f32::NAN; c.expected.len()];
+    quants::dequantize(ty, &c.raw, &mut out).unwrap();
+    assert_bits_eq(ty, &out, &c.expected);
+    // The fixture is not degenerate: both signs, and more distinct values than blocks.
+    assert!(c.expected.iter().any(|&v| v > 0.0) && c.expected.iter().any(|&v| v < 0.0));
+    let mut distinct: Vec<u32> = c.expected.iter().map(|v| v.to_bits()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let n_blocks = c.expected.len() / ty.block_size();
+    assert!(
+        distinct.len() > n_blocks,
+        "{ty}: {} distinct values",
+        distinct.len()
+    );
+}
+
+macro_rules! gguf_py_case {
+    ($($name:ident => $ty:ident,)*) => {$(
+        #[test]
+        fn $name() {
+            check_reference_case(GgmlType::$ty);
+        }
+    )*};
+}
+
+gguf_py_case! {
+    iq4_nl_matches_gguf_py => IQ4_NL,
+    iq4_xs_matches_gguf_py => IQ4_XS,
+    iq2_xxs_matches_gguf_py => IQ2_XXS,
+    iq2_xs_matches_gguf_py => IQ2_XS,
+    iq2_s_matches_gguf_py => IQ2_S,
+    iq3_xxs_matches_gguf_py => IQ3_XXS,
+    iq3_s_matches_gguf_py => IQ3_S,
+    iq1_s_matches_gguf_py => IQ1_S,
+    iq1_m_matches_gguf_py => IQ1_M,
+    tq1_0_matches_gguf_py => TQ1_0,
+    tq2_0_matches_gguf_py => TQ2_0,
+    mxfp4_matches_gguf_py => MXFP4,
 }
 
 #[test]
@@ -825,4 +914,170 @@ fn empty_arrays_take_the_type_of_their_key() {
     assert_eq!(elem_type("tokenizer.ggml.scores"), 6, "f32");
     assert_eq!(elem_type("x.other"), 0, "u8");
     assert!(GgufFile::open(&path).is_ok());
+}
+
+// ---------------------------------------------------------------------------
+// A model whose linears are i-quants, ternary and MXFP4
+
+/// Seeded random blocks of `ty` whose scale is small and finite, so a forward pass stays finite:
+/// the f16 `d` of every block is 2^-10 (IQ1_M's is split over four nibbles), MXFP4's e8m0
+/// exponent gives 2^-10 as well; every other byte is random.
+fn small_scale_blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let ts = ty.type_size();
+    let mut raw: Vec<u8> = (0..n_blocks * ts)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect();
+    let d = f16::from_f32(1.0 / 1024.0).to_bits();
+    for b in raw.chunks_exact_mut(ts) {
+        match ty {
+            GgmlType::IQ1_M => {
+                for k in 0..4 {
+                    let nib = ((d >> (4 * k)) & 0xF) as u8;
+                    b[49 + 2 * k] = (b[49 + 2 * k] & 0x0F) | (nib << 4);
+                }
+            }
+            GgmlType::MXFP4 => b[0] = 118, // 2^(118 - 128)
+            GgmlType::TQ1_0 => b[52..54].copy_from_slice(&d.to_le_bytes()),
+            GgmlType::TQ2_0 => b[64..66].copy_from_slice(&d.to_le_bytes()),
+            _ => b[0..2].copy_from_slice(&d.to_le_bytes()),
+        }
+    }
+    raw
+}
+
+/// The tiny Llama fixture widened to 256 (hidden and FFN size, 16 heads, 8 KV heads of 16), its
+/// 15 matrices stored as IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0,
+/// MXFP4, IQ4_NL, IQ4_XS in turn: the file opens as a model, every tensor loads as the
+/// dequantized blocks (q/k as a row permutation of them), and the forward pass is finite.
+#[test]
+fn llama_with_every_new_type_loads_and_runs() {
+    use shrink_model::ModelSource;
+    let types = [
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+    ];
+    let tiny =
+        GgufFile::open(&workspace_root().join("tests/fixtures/tiny/llama/model.f32.gguf")).unwrap();
+    let (h, kv, vocab) = (256u64, 128u64, 128u64);
+    let mut w = GgufWriter::new();
+    for (k, v) in tiny.metadata() {
+        w.add_metadata(k.clone(), v.clone());
+    }
+    w.add_metadata("llama.embedding_length", GgufValue::U32(h as u32));
+    w.add_metadata("llama.feed_forward_length", GgufValue::U32(h as u32));
+    w.add_metadata("llama.attention.head_count", GgufValue::U32(16));
+    w.add_metadata("llama.attention.head_count_kv", GgufValue::U32(8));
+    let rope = tiny.tensor("rope_freqs.weight").unwrap();
+    w.add_tensor(
+        "rope_freqs.weight",
+        rope.dims.clone(),
+        GgmlType::F32,
+        tiny.tensor_data(rope).to_vec(),
+    )
+    .unwrap();
+    let ones = f32_bytes(&vec![1.0; h as usize]);
+    w.add_tensor("output_norm.weight", vec![h], GgmlType::F32, ones.clone())
+        .unwrap();
+    let mut mats: Vec<(String, u64)> = vec![("token_embd.weight".into(), vocab)];
+    for l in 0..2 {
+        for norm in ["attn_norm", "ffn_norm"] {
+            w.add_tensor(
+                format!("blk.{l}.{norm}.weight"),
+                vec![h],
+                GgmlType::F32,
+                ones.clone(),
+            )
+            .unwrap();
+        }
+        for (m, rows) in [
+            ("attn_q", h),
+            ("attn_k", kv),
+            ("attn_v", kv),
+            ("attn_output", h),
+            ("ffn_gate", h),
+            ("ffn_up", h),
+            ("ffn_down", h),
+        ] {
+            mats.push((format!("blk.{l}.{m}.weight"), rows));
+        }
+    }
+    // name -> (type, rows, dequantized values in ggml order = row-major [rows, 256])
+    let mut want = std::collections::HashMap::new();
+    for (i, (name, rows)) in mats.iter().enumerate() {
+        let ty = types[i % types.len()];
+        let n = (h * rows) as usize;
+        let raw = small_scale_blocks(ty, n / ty.block_size(), i as u64 + 1);
+        let mut values = vec![0f32; n];
+        quants::dequantize(ty, &raw, &mut values).unwrap();
+        assert!(
+            values.iter().all(|v| v.is_finite() && v.abs() < 8.0),
+            "{ty}"
+        );
+        w.add_tensor(name.clone(), vec![h, *rows], ty, raw).unwrap();
+        want.insert(name.clone(), (ty, *rows, values));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iq_llama.gguf");
+    w.write(&path).unwrap();
+
+    let g = GgufFile::open(&path).unwrap();
+    let mut seen: Vec<GgmlType> = g.tensors().iter().map(|t| t.dtype).collect();
+    seen.sort_by_key(|t| t.to_u32());
+    seen.dedup();
+    assert_eq!(seen.len(), 1 + types.len(), "{seen:?}");
+
+    let src = ModelSource::open(&path).unwrap();
+    assert!(src.is_gguf);
+    let cfg = &src.config;
+    assert_eq!((cfg.hidden_size, cfg.intermediate_size), (256, 256));
+    assert_eq!((cfg.num_heads, cfg.num_kv_heads), (16, 8));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for e in shrink_model::arch::tensor_table(cfg) {
+        let Some((ty, rows, values)) = want.get(&e.gguf.name) else {
+            continue;
+        };
+        let t = src.tensors.load(&e.hf).unwrap();
+        assert_eq!(t.shape, vec![*rows as usize, h as usize], "{}", e.hf);
+        if e.gguf.name.contains("attn_q") || e.gguf.name.contains("attn_k") {
+            // llama.cpp's q/k row permutation is undone on load: same values, other row order.
+            let (mut a, mut b) = (bits(&t.data), bits(values));
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b, "{ty} {}", e.hf);
+            assert_ne!(
+                bits(&t.data),
+                bits(values),
+                "{ty} {}: rows not permuted",
+                e.hf
+            );
+        } else {
+            assert_eq!(bits(&t.data), bits(values), "{ty} {}", e.hf);
+        }
+        want.remove(&e.gguf.name);
+    }
+    assert!(want.is_empty(), "not loaded: {:?}", want.keys());
+
+    let mut model = src.load_all().unwrap();
+    let ids: Vec<u32> = vec![1, 40, 41, 42, 7, 99];
+    let hidden = model.hidden_states(&ids, 1, ids.len()).unwrap();
+    let logits = model.logits(&hidden, ids.len());
+    assert_eq!(logits.len(), ids.len() * vocab as usize);
+    assert!(logits.iter().all(|v| v.is_finite()));
+    assert!(logits.iter().any(|&v| v != logits[0]));
 }
