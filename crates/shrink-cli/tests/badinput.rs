@@ -1050,14 +1050,6 @@ fn all_cases(t: &Path) -> Cases {
         },
     );
     c.gguf_tensor(
-        "type shrink cannot dequantize (IQ4_NL)",
-        &["output.weight", "IQ4_NL"],
-        |o| {
-            o.2 = GgmlType::IQ4_NL;
-            o.3 = vec![0; 128 * 2 * 18];
-        },
-    );
-    c.gguf_tensor(
         "NaN in a weight",
         &["output_norm.weight", "non-finite"],
         |o| {
