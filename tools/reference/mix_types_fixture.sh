@@ -18,7 +18,9 @@ mkdir -p "$D"
   --imatrix-calib data/calib.txt --imatrix-nsamples 4 --imatrix-seqlen 128 --imatrix-out $D/imatrix.gguf
 MIXES="Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS"
 for T in $MIXES; do
-  nice "$B/llama-quantize" $D/f32.gguf $D/lq-$T-plain.gguf $T 2 > $D/lq-$T-plain.log 2>&1
+  # Q2_K_S needs an importance matrix: llama-quantize refuses it without one
+  nice "$B/llama-quantize" $D/f32.gguf $D/lq-$T-plain.gguf $T 2 > $D/lq-$T-plain.log 2>&1 \
+    || { echo "llama-quantize $T without an imatrix refused: $(grep -m1 -i 'imatrix\|error' $D/lq-$T-plain.log)"; rm -f $D/lq-$T-plain.gguf; }
   nice "$B/llama-quantize" --imatrix $D/imatrix.gguf $D/f32.gguf $D/lq-$T-imatrix.gguf $T 2 > $D/lq-$T-imatrix.log 2>&1
 done
 .venv-ref/bin/python - "$D" "$NAME" "$M" $MIXES <<'PY'
@@ -29,6 +31,8 @@ out = {"model": model, "source": "llama-quantize (llama.cpp vendored in llama-cp
 for m in mixes:
     out["mixes"][m] = {}
     for mode in ["plain", "imatrix"]:
+        if not os.path.exists(os.path.join(d, f"lq-{m}-{mode}.gguf")):
+            continue
         r = gguf.GGUFReader(os.path.join(d, f"lq-{m}-{mode}.gguf"))
         ft = int(r.fields["general.file_type"].parts[-1][0])
         out["mixes"][m][mode] = {"file_type": ft, "types": {t.name: t.tensor_type.name for t in r.tensors}}
