@@ -26,7 +26,8 @@ fn quantizers_match_llama_quantize_byte_for_byte() {
     let cols = shape[1];
     let mut checked = 0;
     for name in [
-        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
+        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+        "IQ4_XS",
     ] {
         let ty = GgmlType::from_name(name).unwrap();
         for mode in ["plain", "imatrix"] {
@@ -43,9 +44,9 @@ fn quantizers_match_llama_quantize_byte_for_byte() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 16);
+    assert_eq!(checked, 24);
     // The importance matrix changes the result for every type but Q8_0 (llama.cpp ignores it there).
-    for name in ["Q4_0", "Q4_K", "Q6_K"] {
+    for name in ["Q4_0", "Q2_K", "Q3_K", "Q4_K", "Q6_K", "IQ4_NL", "IQ4_XS"] {
         let a = st.tensor(&format!("{name}.plain")).unwrap();
         let b = st.tensor(&format!("{name}.imatrix")).unwrap();
         assert_ne!(a.data(), b.data(), "{name}");
