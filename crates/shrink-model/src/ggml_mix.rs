@@ -228,11 +228,7 @@ impl MixModel {
     pub fn of(cfg: &ModelConfig, has_imatrix: bool) -> MixModel {
         MixModel {
             n_layer: cfg.num_layers,
-            n_gqa: if cfg.num_kv_heads == 0 {
-                0
-            } else {
-                cfg.num_heads / cfg.num_kv_heads
-            },
+            n_gqa: cfg.num_heads.checked_div(cfg.num_kv_heads).unwrap_or(0),
             n_expert: cfg.moe.as_ref().map_or(0, |m| m.num_experts),
             has_imatrix,
         }
@@ -344,18 +340,12 @@ impl State<'_> {
             let (i, n) = self.layer_info(self.i_ffn_down, &x.name)?;
             match mix {
                 F::Q2_K => t = G::Q3K,
-                F::Q2_K_S => {
-                    if i < n / 8 {
-                        t = G::Q4K
-                    }
-                }
+                F::Q2_K_S if i < n / 8 => t = G::Q4K,
+                F::Q2_K_S => {}
                 F::Q3_K_M => t = if i < n / 16 { G::Q5K } else { G::Q4K },
                 F::Q3_K_L => t = G::Q5K,
-                F::Q4_K_M => {
-                    if use_more_bits(i, n) {
-                        t = G::Q6K
-                    }
-                }
+                F::Q4_K_M if use_more_bits(i, n) => t = G::Q6K,
+                F::Q4_K_M => {}
                 F::IQ4_NL | F::IQ4_XS if i < n / 8 && !self.m.has_imatrix => t = G::Q5K,
                 F::Q5_K_M if use_more_bits(i, n) => t = G::Q6K,
                 F::Q4_K_S if i < n / 8 => t = G::Q5K,
