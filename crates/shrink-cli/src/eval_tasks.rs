@@ -56,7 +56,7 @@ pub struct EvalTasksArgs {
     cache: Option<PathBuf>,
     /// Padded tokens per pass through the model (each pass dequantizes every layer once and
     /// keeps its rows' hidden states; the cache is written after each).
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 8192)]
     pass_tokens: usize,
     /// Padded tokens per forward batch within a pass (rows of about one length, sorted, each
     /// batch padded to its longest row).
@@ -206,7 +206,11 @@ pub fn run(a: EvalTasksArgs, quiet: bool) -> Result<()> {
             padded += n * seq;
             groups.push((ids, n, seq));
         }
-        let hidden = batched_hidden_states(cfg, src.tensors.as_ref(), &groups).with_context(|| {
+        // the bar moves with the layers of a pass, by that pass's share of the requests
+        let (done, share) = (bar.position(), per_pass[p].len() as u64);
+        let mut layer_done = |d: usize, t: usize| bar.set_position(done + share * d as u64 / (t as u64 + 1));
+        let hidden = batched_hidden_states(cfg, src.tensors.as_ref(), &groups, &mut layer_done)
+            .with_context(|| {
             format!(
                 "pass {} of {} ({} rows)",
                 p + 1,
@@ -278,7 +282,7 @@ pub fn run(a: EvalTasksArgs, quiet: bool) -> Result<()> {
         if let Some(w) = writer.as_mut() {
             w.append(&lines)?;
         }
-        bar.inc(lines.len() as u64);
+        bar.set_position(done + lines.len() as u64);
     }
     bar.finish_and_clear();
     let seconds = t_score.elapsed().as_secs_f64();
@@ -335,11 +339,12 @@ pub fn run(a: EvalTasksArgs, quiet: bool) -> Result<()> {
 /// The final normed hidden states of groups of rows, group `g` holding `n` rows of `seq` tokens
 /// (`ids.len() == n * seq`), run as one forward batch each. As [`Streamed::hidden_states`], one
 /// decoder layer is loaded (dequantized) at a time, but once for all groups, so rows of
-/// different lengths need no common padding.
+/// different lengths need no common padding. `progress(layers_done, layers)` after each layer.
 fn batched_hidden_states(
     cfg: &ModelConfig,
     tensors: &dyn TensorSource,
     groups: &[(Vec<u32>, usize, usize)],
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f32>>> {
     let h = cfg.hidden_size;
     let mut xs: Vec<Vec<f32>> = {
@@ -368,6 +373,7 @@ fn batched_hidden_states(
                 );
             }
         }
+        progress(i + 1, cfg.num_layers);
     }
     let norm = load_final_norm(cfg, tensors)?;
     xs.iter().map(|x| final_norm(cfg, &norm, x)).collect()

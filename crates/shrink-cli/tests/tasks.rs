@@ -221,3 +221,54 @@ fn eval_tasks_bad_input_gets_clear_errors() {
         &["plain/rc_0shot/requests.jsonl.gz: line 1", "gzip"],
     );
 }
+
+/// The reference's scores (tools/reference/tasks_ref.py: every request alone, unpadded, from
+/// an independent forward pass and lm-eval's own _encode_pair) against `shrink eval-tasks` on
+/// the default model, when the opt-in task data (scripts/fetch --tasks) is there.
+#[test]
+fn eval_tasks_matches_the_reference_fixture() {
+    let root = common::root();
+    let data = root.join("data/oe_eval_tasks");
+    if !data.is_dir() {
+        eprintln!("SKIPPED: {} is absent (scripts/fetch --tasks)", data.display());
+        return;
+    }
+    let Some(model) = common::fetched("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tests/fixtures/reference/tasks_smollm2.json")).unwrap(),
+    )
+    .unwrap();
+    let tasks: Vec<&str> = fx["tasks"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let limit = fx["tasks"][tasks[0]]["limit"].as_u64().unwrap().to_string();
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache.jsonl");
+    let names = tasks.join(",");
+    let (code, out, err) = shrink(&[
+        "eval-tasks", "--model", s(&model), "--tasks", &names, "--limit", &limit, "--data", s(&data),
+        "--json", "--cache", s(&cache),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let got = cache_scores(&cache);
+    let want = fx["requests"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0f64;
+    for w in want {
+        let g = got
+            .iter()
+            .find(|g| ["task", "variant", "doc_id", "idx"].iter().all(|k| g[k] == w[k]))
+            .unwrap_or_else(|| panic!("{w} not scored"));
+        assert_eq!(g["tokens"], w["tokens"], "{w}: the continuation's tokens differ");
+        let (a, b) = (g["logprob"].as_f64().unwrap(), w["logprob"].as_f64().unwrap());
+        worst = worst.max((a - b).abs());
+        assert!((a - b).abs() < 0.02 + 1e-3 * b.abs(), "{w}: shrink {a} vs reference {b}");
+    }
+    eprintln!("largest |logprob - reference| over {} requests: {worst:.2e}", want.len());
+    for name in &tasks {
+        for k in ["acc", "acc_per_char", "docs"] {
+            assert_eq!(v["tasks"][name][k], fx["metrics"][name][k], "{name} {k}");
+        }
+    }
+}
