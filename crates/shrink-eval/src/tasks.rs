@@ -590,7 +590,7 @@ impl CacheWriter {
     }
 }
 
-/// Per-task results for `--json`: `{"tasks": {name: metrics}}` in the order given.
+/// Per-task results for `--json`: `{"tasks": {name: metrics}}` (names sorted).
 pub fn tasks_json(results: &[(String, TaskMetrics)]) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for (name, r) in results {
