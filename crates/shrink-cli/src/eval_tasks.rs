@@ -130,14 +130,7 @@ pub fn run(a: EvalTasksArgs, quiet: bool) -> Result<()> {
                 from_cache += 1;
                 continue;
             }
-            let what = || {
-                format!(
-                    "{} document {} choice {}",
-                    spec.name(),
-                    r.doc_id,
-                    r.idx
-                )
-            };
+            let what = || format!("{} document {} choice {}", spec.name(), r.doc_id, r.idx);
             let (ctx, cont) =
                 encode_pair(&encode, &r.context, &r.continuation, prefix).with_context(what)?;
             let row = request_row(&ctx, &cont, max_len).with_context(what)?;
@@ -165,7 +158,8 @@ pub fn run(a: EvalTasksArgs, quiet: bool) -> Result<()> {
     let mut slot = vec![(usize::MAX, 0usize, 0usize); jobs.len()];
     let mut batches: Vec<Vec<Vec<usize>>> = Vec::with_capacity(passes.len());
     for (p, rows) in passes.iter().enumerate() {
-        let lens: Vec<(usize, usize)> = rows.iter().map(|&r| (r, jobs[r].row.input.len())).collect();
+        let lens: Vec<(usize, usize)> =
+            rows.iter().map(|&r| (r, jobs[r].row.input.len())).collect();
         let b = plan_passes(&lens, a.batch_tokens.max(1));
         for (bi, rows) in b.iter().enumerate() {
             for (k, &r) in rows.iter().enumerate() {
@@ -208,16 +202,17 @@ pub fn run(a: EvalTasksArgs, quiet: bool) -> Result<()> {
         }
         // the bar moves with the layers of a pass, by that pass's share of the requests
         let (done, share) = (bar.position(), per_pass[p].len() as u64);
-        let mut layer_done = |d: usize, t: usize| bar.set_position(done + share * d as u64 / (t as u64 + 1));
+        let mut layer_done =
+            |d: usize, t: usize| bar.set_position(done + share * d as u64 / (t as u64 + 1));
         let hidden = batched_hidden_states(cfg, src.tensors.as_ref(), &groups, &mut layer_done)
             .with_context(|| {
-            format!(
-                "pass {} of {} ({} rows)",
-                p + 1,
-                passes.len(),
-                passes[p].len()
-            )
-        })?;
+                format!(
+                    "pass {} of {} ({} rows)",
+                    p + 1,
+                    passes.len(),
+                    passes[p].len()
+                )
+            })?;
         let head = head.as_ref().unwrap();
         let vocab = head.vocab();
         // The head on the positions that predict continuation tokens, some rows at a time.

@@ -23,7 +23,12 @@ fn docs() -> Vec<(u64, usize, String, Vec<&'static str>)> {
     vec![
         (0, 1, "Q: sky?\nA:".into(), vec![" green", " blue", " b"]),
         // trailing space on the context: it moves to the continuation
-        (1, 0, "The cat sat on the ".into(), vec!["mat.", "moon.", "m"]),
+        (
+            1,
+            0,
+            "The cat sat on the ".into(),
+            vec!["mat.", "moon.", "m"],
+        ),
         // one-character continuations of one context: one forward serves all
         (2, 2, "Pick:".into(), vec![" a", " b", " c", " d"]),
         // longer than the model's 64 positions: the last 65 tokens, as lm-eval keeps them
@@ -95,8 +100,18 @@ fn eval_tasks_scores_match_direct_log_likelihoods() {
     // small passes and batches: several of each
     let run = |extra: &[&str]| -> Value {
         let mut args = vec![
-            "eval-tasks", "--model", s(&model), "--tasks", "toy,toy:rc_5shot", "--data", s(&data),
-            "--json", "--pass-tokens", "60", "--batch-tokens", "24",
+            "eval-tasks",
+            "--model",
+            s(&model),
+            "--tasks",
+            "toy,toy:rc_5shot",
+            "--data",
+            s(&data),
+            "--json",
+            "--pass-tokens",
+            "60",
+            "--batch-tokens",
+            "24",
         ];
         args.extend_from_slice(extra);
         let (code, out, err) = shrink(&args);
@@ -110,7 +125,10 @@ fn eval_tasks_scores_match_direct_log_likelihoods() {
     assert!(v["passes"].as_u64().unwrap() > 1, "{v}");
     // rc_0shot and rc_5shot are the same requests: one forward row serves both, and the
     // one-character choices of doc 2 share their context's row
-    assert!(v["forward_rows"].as_u64().unwrap() < n_req as u64 - 2, "{v}");
+    assert!(
+        v["forward_rows"].as_u64().unwrap() < n_req as u64 - 2,
+        "{v}"
+    );
 
     let mut m = ModelSource::open(&model).unwrap().load_all().unwrap();
     let lines = cache_scores(&cache);
@@ -127,7 +145,10 @@ fn eval_tasks_scores_match_direct_log_likelihoods() {
                     .find(|l| l["doc_id"] == doc && l["idx"] == i && l["variant"] == variant)
                     .unwrap_or_else(|| panic!("doc {doc} choice {i} {variant} not cached"));
                 let g = got["logprob"].as_f64().unwrap();
-                assert!((g - want).abs() < 1e-3 * want.abs().max(1.0), "doc {doc} choice {i}: {g} vs {want}");
+                assert!(
+                    (g - want).abs() < 1e-3 * want.abs().max(1.0),
+                    "doc {doc} choice {i}: {g} vs {want}"
+                );
                 assert_eq!(got["task"], "toy");
             }
             sums.push(want);
@@ -144,8 +165,14 @@ fn eval_tasks_scores_match_direct_log_likelihoods() {
     for name in ["toy", "toy:rc_5shot"] {
         let r = &v["tasks"][name];
         assert_eq!(r["docs"], 5, "{v}");
-        assert!((r["acc"].as_f64().unwrap() - want_acc as f64 / 5.0).abs() < 1e-12, "{v}");
-        assert!((r["acc_per_char"].as_f64().unwrap() - want_pc as f64 / 5.0).abs() < 1e-12, "{v}");
+        assert!(
+            (r["acc"].as_f64().unwrap() - want_acc as f64 / 5.0).abs() < 1e-12,
+            "{v}"
+        );
+        assert!(
+            (r["acc_per_char"].as_f64().unwrap() - want_pc as f64 / 5.0).abs() < 1e-12,
+            "{v}"
+        );
         let p = r["acc"].as_f64().unwrap();
         assert!((r["acc_stderr"].as_f64().unwrap() - (p * (1.0 - p) / 4.0).sqrt()).abs() < 1e-12);
     }
@@ -170,7 +197,17 @@ fn eval_tasks_scores_match_direct_log_likelihoods() {
     assert_eq!(lim["requests"], 12);
     // the cache belongs to one model
     fails_with(
-        &["eval-tasks", "--model", s(&t.path().join("hf/.")), "--tasks", "toy", "--data", s(&data), "--cache", s(&cache)],
+        &[
+            "eval-tasks",
+            "--model",
+            s(&t.path().join("hf/.")),
+            "--tasks",
+            "toy",
+            "--data",
+            s(&data),
+            "--cache",
+            s(&cache),
+        ],
         &["cache.jsonl: line 1: a score of model"],
     );
 }
@@ -182,21 +219,56 @@ fn eval_tasks_bad_input_gets_clear_errors() {
     let data = t.path().join("oe_eval_tasks");
     let m = s(&model);
     fails_with(
-        &["eval-tasks", "--model", m, "--tasks", "piqa", "--data", s(&data)],
+        &[
+            "eval-tasks",
+            "--model",
+            m,
+            "--tasks",
+            "piqa",
+            "--data",
+            s(&data),
+        ],
         &["oe_eval_tasks: no task data", "scripts/fetch --tasks"],
     );
     write_task(&data, "toy", "rc_0shot", &gz(&requests_text()));
     write_task(&data, "piqa", "mc_5shot", &gz(&requests_text()));
     fails_with(
-        &["eval-tasks", "--model", m, "--tasks", "toy,hellaswag", "--data", s(&data)],
+        &[
+            "eval-tasks",
+            "--model",
+            m,
+            "--tasks",
+            "toy,hellaswag",
+            "--data",
+            s(&data),
+        ],
         &["unknown task 'hellaswag'", "known tasks: piqa, toy"],
     );
     fails_with(
-        &["eval-tasks", "--model", m, "--tasks", "piqa", "--data", s(&data)],
-        &["task 'piqa' has no variant 'rc_0shot'", "its variants: mc_5shot"],
+        &[
+            "eval-tasks",
+            "--model",
+            m,
+            "--tasks",
+            "piqa",
+            "--data",
+            s(&data),
+        ],
+        &[
+            "task 'piqa' has no variant 'rc_0shot'",
+            "its variants: mc_5shot",
+        ],
     );
     fails_with(
-        &["eval-tasks", "--model", m, "--tasks", "toy:../piqa", "--data", s(&data)],
+        &[
+            "eval-tasks",
+            "--model",
+            m,
+            "--tasks",
+            "toy:../piqa",
+            "--data",
+            s(&data),
+        ],
         &["is not a task name"],
     );
     // a corrupt JSON line on line 3
@@ -204,20 +276,44 @@ fn eval_tasks_bad_input_gets_clear_errors() {
     text[2] = text[2].replacen('{', "{,", 1);
     write_task(&data, "bad", "rc_0shot", &gz(&(text.join("\n") + "\n")));
     fails_with(
-        &["eval-tasks", "--model", m, "--tasks", "bad", "--data", s(&data)],
+        &[
+            "eval-tasks",
+            "--model",
+            m,
+            "--tasks",
+            "bad",
+            "--data",
+            s(&data),
+        ],
         &["bad/rc_0shot/requests.jsonl.gz: line 3: not a request line"],
     );
     // a truncated gzip stream
     let z = gz(&requests_text().repeat(20));
     write_task(&data, "cut", "rc_0shot", &z[..z.len() / 2]);
     fails_with(
-        &["eval-tasks", "--model", m, "--tasks", "cut", "--data", s(&data)],
+        &[
+            "eval-tasks",
+            "--model",
+            m,
+            "--tasks",
+            "cut",
+            "--data",
+            s(&data),
+        ],
         &["cut/rc_0shot/requests.jsonl.gz: line ", "gzip"],
     );
     // not gzip
     write_task(&data, "plain", "rc_0shot", requests_text().as_bytes());
     fails_with(
-        &["eval-tasks", "--model", m, "--tasks", "plain", "--data", s(&data)],
+        &[
+            "eval-tasks",
+            "--model",
+            m,
+            "--tasks",
+            "plain",
+            "--data",
+            s(&data),
+        ],
         &["plain/rc_0shot/requests.jsonl.gz: line 1", "gzip"],
     );
 }
@@ -230,7 +326,10 @@ fn eval_tasks_matches_the_reference_fixture() {
     let root = common::root();
     let data = root.join("data/oe_eval_tasks");
     if !data.is_dir() {
-        eprintln!("SKIPPED: {} is absent (scripts/fetch --tasks)", data.display());
+        eprintln!(
+            "SKIPPED: {} is absent (scripts/fetch --tasks)",
+            data.display()
+        );
         return;
     }
     let Some(model) = common::fetched("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
@@ -240,14 +339,29 @@ fn eval_tasks_matches_the_reference_fixture() {
         &std::fs::read_to_string(root.join("tests/fixtures/reference/tasks_smollm2.json")).unwrap(),
     )
     .unwrap();
-    let tasks: Vec<&str> = fx["tasks"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let tasks: Vec<&str> = fx["tasks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     let limit = fx["tasks"][tasks[0]]["limit"].as_u64().unwrap().to_string();
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache.jsonl");
     let names = tasks.join(",");
     let (code, out, err) = shrink(&[
-        "eval-tasks", "--model", s(&model), "--tasks", &names, "--limit", &limit, "--data", s(&data),
-        "--json", "--cache", s(&cache),
+        "eval-tasks",
+        "--model",
+        s(&model),
+        "--tasks",
+        &names,
+        "--limit",
+        &limit,
+        "--data",
+        s(&data),
+        "--json",
+        "--cache",
+        s(&cache),
     ]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap();
@@ -258,14 +372,27 @@ fn eval_tasks_matches_the_reference_fixture() {
     for w in want {
         let g = got
             .iter()
-            .find(|g| ["task", "variant", "doc_id", "idx"].iter().all(|k| g[k] == w[k]))
+            .find(|g| {
+                ["task", "variant", "doc_id", "idx"]
+                    .iter()
+                    .all(|k| g[k] == w[k])
+            })
             .unwrap_or_else(|| panic!("{w} not scored"));
-        assert_eq!(g["tokens"], w["tokens"], "{w}: the continuation's tokens differ");
-        let (a, b) = (g["logprob"].as_f64().unwrap(), w["logprob"].as_f64().unwrap());
+        assert_eq!(
+            g["tokens"], w["tokens"],
+            "{w}: the continuation's tokens differ"
+        );
+        let (a, b) = (
+            g["logprob"].as_f64().unwrap(),
+            w["logprob"].as_f64().unwrap(),
+        );
         worst = worst.max((a - b).abs());
         assert!((a - b).abs() < 5e-3, "{w}: shrink {a} vs reference {b}");
     }
-    eprintln!("largest |logprob - reference| over {} requests: {worst:.2e}", want.len());
+    eprintln!(
+        "largest |logprob - reference| over {} requests: {worst:.2e}",
+        want.len()
+    );
     for name in &tasks {
         for k in ["acc", "acc_per_char", "docs"] {
             assert_eq!(v["tasks"][name][k], fx["metrics"][name][k], "{name} {k}");

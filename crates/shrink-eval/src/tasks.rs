@@ -211,7 +211,10 @@ pub fn parse_requests(r: impl BufRead, name: &str, limit: Option<usize>) -> Resu
         let reqs: Vec<&Request> = choices.iter().map(|&i| &out[i]).collect();
         let idx: Vec<usize> = reqs.iter().map(|r| r.idx).collect();
         if idx != (0..idx.len()).collect::<Vec<_>>() {
-            bail!("{name}: document {doc}: its choices are {idx:?}, expected 0..{} once each", idx.len());
+            bail!(
+                "{name}: document {doc}: its choices are {idx:?}, expected 0..{} once each",
+                idx.len()
+            );
         }
         let label = reqs[0].label;
         if reqs.iter().any(|r| r.label != label) || label >= idx.len() {
@@ -234,7 +237,8 @@ fn truncate(s: &str, n: usize) -> String {
 
 /// The requests of a `.jsonl.gz` file (see [`parse_requests`]); errors name the file and line.
 pub fn load_requests(path: &Path, limit: Option<usize>) -> Result<Vec<Request>> {
-    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let gz = flate2::read::GzDecoder::new(f);
     parse_requests(
         BufReader::new(GzReadNote(gz)),
@@ -404,7 +408,10 @@ pub fn continuation_logprob(logits: &[f32], vocab: usize, targets: &[u32]) -> (f
         let top = row
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
             .0;
         greedy &= top == t as usize;
     }
@@ -568,8 +575,9 @@ impl CacheWriter {
             .open(path)
             .with_context(|| format!("{}: cannot open the cache for writing", path.display()))?;
         if let Some(n) = keep {
-            file.set_len(n as u64)
-                .with_context(|| format!("{}: cannot cut its unfinished last line", path.display()))?;
+            file.set_len(n as u64).with_context(|| {
+                format!("{}: cannot cut its unfinished last line", path.display())
+            })?;
         }
         Ok(CacheWriter {
             file,
@@ -640,7 +648,10 @@ mod tests {
         assert_eq!((p.task.as_str(), p.variant.as_str()), ("piqa", "rc_0shot"));
         assert_eq!(p.name(), "piqa");
         let a = TaskSpec::parse("arc_easy:rc_5shot").unwrap();
-        assert_eq!((a.task.as_str(), a.variant.as_str()), ("arc_easy", "rc_5shot"));
+        assert_eq!(
+            (a.task.as_str(), a.variant.as_str()),
+            ("arc_easy", "rc_5shot")
+        );
         assert_eq!(a.name(), "arc_easy:rc_5shot");
         for bad in ["", ":rc_0shot", "piqa:", "../etc", "a/b", "piqa:../x"] {
             assert!(TaskSpec::parse(bad).is_err(), "{bad}");
@@ -672,37 +683,66 @@ mod tests {
         let text = toy().replacen("\"doc_id\":1,", "\"doc_id\":1,,", 1);
         std::fs::write(&p, gz(&text)).unwrap();
         let e = format!("{:#}", load_requests(&p, None).unwrap_err());
-        assert!(e.contains("requests.jsonl.gz: line 3: not a request line"), "{e}");
+        assert!(
+            e.contains("requests.jsonl.gz: line 3: not a request line"),
+            "{e}"
+        );
         // not gzip at all
         std::fs::write(&p, toy()).unwrap();
         let e = format!("{:#}", load_requests(&p, None).unwrap_err());
-        assert!(e.contains("requests.jsonl.gz: line 1") && e.contains("gzip"), "{e}");
+        assert!(
+            e.contains("requests.jsonl.gz: line 1") && e.contains("gzip"),
+            "{e}"
+        );
         // truncated gzip: the lines before the cut are read, then the error
         let z = gz(&toy().repeat(50));
         std::fs::write(&p, &z[..z.len() / 2]).unwrap();
         let e = format!("{:#}", load_requests(&p, None).unwrap_err());
-        assert!(e.contains("requests.jsonl.gz: line ") && e.contains("gzip"), "{e}");
+        assert!(
+            e.contains("requests.jsonl.gz: line ") && e.contains("gzip"),
+            "{e}"
+        );
         // a missing field
-        let e = parse_requests(Cursor::new("{\"request_type\":\"loglikelihood\"}\n"), "f", None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("f: line 1: not a request line") && e.contains("missing field"), "{e}");
+        let e = parse_requests(
+            Cursor::new("{\"request_type\":\"loglikelihood\"}\n"),
+            "f",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("f: line 1: not a request line") && e.contains("missing field"),
+            "{e}"
+        );
         // a bits-per-byte variant: the label is the answer text
         let l = toy().replace("\"label\":1", "\"label\":\"yy\"");
-        let e = parse_requests(Cursor::new(l), "f", None).unwrap_err().to_string();
-        assert!(e.contains("line 1: label \"yy\" is not a choice index"), "{e}");
+        let e = parse_requests(Cursor::new(l), "f", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1: label \"yy\" is not a choice index"),
+            "{e}"
+        );
         // generation requests
         let l = line(0, 0, 0, "c", "x").replace("\"loglikelihood\"", "\"generate_until\"");
-        let e = parse_requests(Cursor::new(l), "f", None).unwrap_err().to_string();
+        let e = parse_requests(Cursor::new(l), "f", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("request_type 'generate_until'"), "{e}");
         // a gold label outside the choices, a choice missing
         let l = [line(0, 0, 2, "c", " x"), line(0, 1, 2, "c", " y")].join("\n");
-        let e = parse_requests(Cursor::new(l), "f", None).unwrap_err().to_string();
+        let e = parse_requests(Cursor::new(l), "f", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("document 0: gold label 2"), "{e}");
         let l = [line(0, 0, 0, "c", " x"), line(0, 2, 0, "c", " y")].join("\n");
-        let e = parse_requests(Cursor::new(l), "f", None).unwrap_err().to_string();
+        let e = parse_requests(Cursor::new(l), "f", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("document 0: its choices are [0, 2]"), "{e}");
-        let e = parse_requests(Cursor::new("\n"), "f", None).unwrap_err().to_string();
+        let e = parse_requests(Cursor::new("\n"), "f", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no multiple-choice requests"), "{e}");
     }
 
@@ -710,9 +750,15 @@ mod tests {
     fn task_folder_errors_say_what_is_there() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("oe_eval_tasks");
-        let e = requests_path(&root, &TaskSpec::parse("piqa").unwrap()).unwrap_err().to_string();
+        let e = requests_path(&root, &TaskSpec::parse("piqa").unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("run scripts/fetch --tasks"), "{e}");
-        for (t, v) in [("piqa", "rc_0shot"), ("piqa", "mc_5shot"), ("arc_easy", "rc_5shot")] {
+        for (t, v) in [
+            ("piqa", "rc_0shot"),
+            ("piqa", "mc_5shot"),
+            ("arc_easy", "rc_5shot"),
+        ] {
             std::fs::create_dir_all(root.join(t).join(v)).unwrap();
             std::fs::write(root.join(t).join(v).join(REQUESTS_FILE), gz(&toy())).unwrap();
         }
@@ -720,10 +766,20 @@ mod tests {
         assert_eq!(known_tasks(&root), ["arc_easy", "piqa"]);
         let p = requests_path(&root, &TaskSpec::parse("piqa").unwrap()).unwrap();
         assert!(p.ends_with("piqa/rc_0shot/requests.jsonl.gz"));
-        let e = requests_path(&root, &TaskSpec::parse("piqaa").unwrap()).unwrap_err().to_string();
-        assert!(e.contains("unknown task 'piqaa'") && e.contains("known tasks: arc_easy, piqa"), "{e}");
-        let e = requests_path(&root, &TaskSpec::parse("arc_easy").unwrap()).unwrap_err().to_string();
-        assert!(e.contains("no variant 'rc_0shot'") && e.contains("its variants: rc_5shot"), "{e}");
+        let e = requests_path(&root, &TaskSpec::parse("piqaa").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown task 'piqaa'") && e.contains("known tasks: arc_easy, piqa"),
+            "{e}"
+        );
+        let e = requests_path(&root, &TaskSpec::parse("arc_easy").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no variant 'rc_0shot'") && e.contains("its variants: rc_5shot"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -765,17 +821,37 @@ mod tests {
     #[test]
     fn rows_follow_lm_eval_truncation() {
         let r = request_row(&[1, 2, 3], &[4, 5], 100).unwrap();
-        assert_eq!(r, Row { input: vec![1, 2, 3, 4], first: 2, targets: vec![4, 5] });
+        assert_eq!(
+            r,
+            Row {
+                input: vec![1, 2, 3, 4],
+                first: 2,
+                targets: vec![4, 5]
+            }
+        );
         // the last max_len + 1 tokens, the last dropped
         let r = request_row(&[1, 2, 3, 4, 5], &[6, 7], 4).unwrap();
-        assert_eq!(r, Row { input: vec![3, 4, 5, 6], first: 2, targets: vec![6, 7] });
+        assert_eq!(
+            r,
+            Row {
+                input: vec![3, 4, 5, 6],
+                first: 2,
+                targets: vec![6, 7]
+            }
+        );
         assert!(request_row(&[1], &[], 4).is_err());
         assert!(request_row(&[1], &[1, 2, 3, 4, 5], 4).is_err());
     }
 
     #[test]
     fn prefixes_share_a_host_and_passes_pad_little() {
-        let rows: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![1, 2], vec![1, 2, 4], vec![1, 2, 3], vec![5]];
+        let rows: Vec<Vec<u32>> = vec![
+            vec![1, 2, 3],
+            vec![1, 2],
+            vec![1, 2, 4],
+            vec![1, 2, 3],
+            vec![5],
+        ];
         let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
         let host = share_prefixes(&refs);
         // [1,2] is a prefix of [1,2,3] (and of [1,2,4]); the two [1,2,3] share one row
@@ -873,9 +949,14 @@ mod tests {
     /// the document counts OLMES's configs give.
     #[test]
     fn fetched_task_data_parses() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(DEFAULT_DATA_DIR);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(DEFAULT_DATA_DIR);
         if !root.is_dir() {
-            eprintln!("skipping: {} is absent (scripts/fetch --tasks)", root.display());
+            eprintln!(
+                "skipping: {} is absent (scripts/fetch --tasks)",
+                root.display()
+            );
             return;
         }
         for (task, docs) in [("arc_easy", 570), ("piqa", 1838), ("hellaswag", 10042)] {
