@@ -23,7 +23,7 @@ which crates/shrink-cli/tests/tasks.rs compares with `shrink eval-tasks --cache`
 and the task data are present.
 
 Run (numpy needs numpy, gguf, tokenizers; e.g. a venv with `pip install numpy gguf tokenizers`):
-    python tools/reference/tasks_ref.py --tasks arc_easy,hellaswag,piqa --limit 8
+    python tools/reference/tasks_ref.py --limit 8   (arc_easy, hellaswag, piqa, arc_easy:rc_5shot, arc_easy:mc_5shot)
     .venv-ref/bin/python tools/reference/tasks_ref.py --backend transformers --limit 8
 """
 
@@ -224,7 +224,7 @@ def metrics(reqs, lps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=C.DEFAULT_GGUF)
-    ap.add_argument("--tasks", default="arc_easy,hellaswag,piqa")
+    ap.add_argument("--tasks", default="arc_easy,hellaswag,piqa,arc_easy:rc_5shot,arc_easy:mc_5shot")
     ap.add_argument("--limit", type=int, default=8)
     ap.add_argument("--data", default="data/oe_eval_tasks")
     ap.add_argument("--backend", choices=["auto", "transformers", "numpy"], default="auto")
