@@ -3,6 +3,7 @@ mod bench;
 mod checkpoint;
 mod compress;
 mod eval_kld;
+mod eval_tasks;
 mod export;
 mod llama_ppl;
 mod profile;
@@ -57,6 +58,17 @@ enum Cmd {
     /// --seqlen - 1 text tokens in every window, and those text tokens are scored. This is token
     /// perplexity, not the word perplexity some harnesses report.
     Eval(EvalArgs),
+    /// Multiple-choice task accuracy (lm-evaluation-harness's log-likelihood protocol) on
+    /// OLMES's requests: piqa, arc_easy, hellaswag, ... (scripts/fetch --tasks).
+    ///
+    /// Each choice is scored as the sum of the log-probabilities of its continuation's tokens
+    /// given its context (context and continuation tokenized together and split after the
+    /// context's own tokens, lm-eval's _encode_pair; BOS first when the tokenizer adds one). A
+    /// document is right (acc) when its gold choice has the highest sum, and for acc_per_char
+    /// when it has the highest sum per character of continuation. Standard errors are
+    /// sqrt(p(1-p)/(n-1)), as lm-eval reports them. OLMES's unconditional copies (doc_id >=
+    /// 1000000) are skipped.
+    EvalTasks(Box<eval_tasks::EvalTasksArgs>),
     /// Convert a GGUF file into a Hugging Face directory (f32 safetensors, config.json,
     /// tokenizer.json, tokenizer_config.json) that transformers loads unchanged.
     ///
@@ -181,6 +193,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Compress(a) => compress::run(*a, quiet),
         Cmd::Eval(a) => cmd_eval(a, quiet),
+        Cmd::EvalTasks(a) => eval_tasks::run(*a, quiet),
         Cmd::Convert(a) => cmd_convert(a, quiet),
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Export(a) => export::run(*a, quiet),

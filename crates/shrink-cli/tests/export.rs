@@ -540,8 +540,7 @@ fn gguf_quantizes_carries_codes_and_uses_an_importance_matrix() {
     no_leftovers(t);
 }
 
-#[path = "../../shrink-model/tests/common.rs"]
-mod common;
+use cli_common as common;
 
 /// The default model through a Hugging Face directory: `shrink convert` then GGUF export with the
 /// tokenizer rebuilt from tokenizer.json gives the original file's vocabulary, merges, token types

@@ -159,7 +159,7 @@ impl Method for Rtn {
             "{linear}: a pruned weight cannot be rounded onto a llama.cpp grid (0 is not on every \
              block's grid); use integer groups"
         );
-        let grid = grid::grid_for(&self.0, d_in).with_context(|| format!("{linear}"))?;
+        let grid = grid::grid_for(&self.0, d_in).with_context(|| linear.to_string())?;
         let mut q = grid::rtn_on(&*grid, &weight.data, d_out, d_in);
         if let Some(m) = mask {
             // 0 quantizes to the zero point exactly; make it explicit.

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[path = "../../../shrink-model/tests/common.rs"]
-#[allow(dead_code)]
 mod model_common;
 /// A fetched file under the repository root, or None (skip) outside CI.
 #[allow(unused_imports)]
