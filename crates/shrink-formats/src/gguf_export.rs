@@ -850,9 +850,23 @@ pub fn write_gguf(e: &GgufExport, out: &Path, force: bool) -> Result<(PathBuf, V
     Ok((out.to_path_buf(), report))
 }
 
-/// The blocks of one linear's codes for a GGUF tensor of type `ty`, when its integer groups are
-/// exactly that type's blocks (groups of 32, sym/asym as `carry_type` says, no act-order
-/// permutation); `None` when they are not, and the writer re-quantizes instead.
+/// The linear a tensor entry is the weight of: its `quantized.safetensors` base name and
+/// `[d_out, d_in]` (`None` for other tensors).
+fn part_linear(
+    cfg: &ModelConfig,
+    layouts: &mut HashMap<usize, arch::Layout>,
+    part: &arch::TensorEntry,
+) -> Option<(String, [usize; 2])> {
+    let (Some(layer), TensorKind::LinearWeight(k)) = (part.layer, part.kind) else {
+        return None;
+    };
+    let spec = &layouts
+        .entry(layer)
+        .or_insert_with(|| arch::layer_layout(cfg, layer))
+        .linears[k];
+    Some((crate::quantized::base_name(layer, &spec.path), spec.shape))
+}
+
 /// The llama.cpp type a linear's weight was rounded onto by `compress --gguf-type`, if any.
 fn part_grid_type(
     q: &QuantizedDir,
@@ -860,16 +874,15 @@ fn part_grid_type(
     layouts: &mut HashMap<usize, arch::Layout>,
     part: &arch::TensorEntry,
 ) -> Result<Option<GgmlType>> {
-    let (Some(layer), TensorKind::LinearWeight(k)) = (part.layer, part.kind) else {
-        return Ok(None);
-    };
-    let spec = &layouts
-        .entry(layer)
-        .or_insert_with(|| arch::layer_layout(cfg, layer))
-        .linears[k];
-    q.ggml_type(&crate::quantized::base_name(layer, &spec.path))
+    match part_linear(cfg, layouts, part) {
+        Some((base, _)) => q.ggml_type(&base),
+        None => Ok(None),
+    }
 }
 
+/// The blocks of one linear's codes for a GGUF tensor of type `ty`, when its integer groups are
+/// exactly that type's blocks (groups of 32, sym/asym as `carry_type` says, no act-order
+/// permutation); `None` when they are not, and the writer re-quantizes instead.
 fn carry_part(
     q: &QuantizedDir,
     cfg: &ModelConfig,
@@ -878,15 +891,10 @@ fn carry_part(
     ty: GgmlType,
     perm: Option<&[usize]>,
 ) -> Result<Option<Vec<u8>>> {
-    let (Some(layer), TensorKind::LinearWeight(k)) = (part.layer, part.kind) else {
+    let Some((base, shape)) = part_linear(cfg, layouts, part) else {
         return Ok(None);
     };
-    let spec = &layouts
-        .entry(layer)
-        .or_insert_with(|| arch::layer_layout(cfg, layer))
-        .linears[k];
-    let base = crate::quantized::base_name(layer, &spec.path);
-    if let Some((t, blocks)) = q.ggml(&base, spec.shape)? {
+    if let Some((t, blocks)) = q.ggml(&base, shape)? {
         // Rounded onto this very type's grid by `compress --gguf-type`: the blocks as they are
         // (Q/K rows reordered as llama.cpp's converter does; a block lies within one row).
         if t != ty {
@@ -894,7 +902,7 @@ fn carry_part(
         }
         return Ok(Some(match perm {
             Some(p) => {
-                let rb = blocks.len() / spec.shape[0].max(1);
+                let rb = blocks.len() / shape[0].max(1);
                 p.iter()
                     .flat_map(|&r| &blocks[r * rb..(r + 1) * rb])
                     .copied()
@@ -907,7 +915,7 @@ fn carry_part(
     if !(q.has(&base) && s.group_size == Some(32) && carry_type(s.bits, s.sym) == Some(ty)) {
         return Ok(None);
     }
-    let ql = q.load(&base, spec.shape)?;
+    let ql = q.load(&base, shape)?;
     if !(ql.g_idx_trivial(32) && ql.d_in % 32 == 0) {
         return Ok(None);
     }

@@ -216,11 +216,23 @@ fn blocks_w(
 
 /// `sum(x^2) / n_per_row` over the whole row (the `sigma2` of the 32-block `_impl` quantizers).
 fn row_sigma2(x: &[f32]) -> f32 {
+    sum_sq(x) / x.len() as f32
+}
+
+/// `sum x^2`, accumulated in order (as llama.cpp's loops do, for identical rounding).
+fn sum_sq(x: &[f32]) -> f32 {
     let mut s = 0f32;
     for v in x {
         s += v * v;
     }
-    s / x.len() as f32
+    s
+}
+
+/// llama.cpp's importance weights of a sub-block: `qw[j] * sqrt(sigma2 + x[j]^2)`.
+fn imatrix_weights(x: &[f32], qw: &[f32], sigma2: f32, w: &mut [f32]) {
+    for j in 0..w.len() {
+        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
+    }
 }
 
 /// `nearest_int`: round half to even via the 1.5 * 2^23 trick (valid for |x| <= 4194303).
@@ -355,9 +367,7 @@ fn q5_1_ref(x: &[f32], y: &mut [u8]) {
 
 fn impl_weights(x: &[f32], qw: &[f32], sigma2: f32) -> [f32; 32] {
     let mut w = [0f32; 32];
-    for j in 0..32 {
-        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
-    }
+    imatrix_weights(x, qw, sigma2, &mut w);
     w
 }
 
@@ -770,11 +780,7 @@ fn qk_45(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, nmax: i32) {
             };
             for j in 0..8 {
                 let xs = &x[32 * j..32 * j + 32];
-                let mut sum_x2 = 0f32;
-                for v in xs {
-                    sum_x2 += v * v;
-                }
-                let av_x = (sum_x2 / 32.0).sqrt();
+                let av_x = (sum_sq(xs) / 32.0).sqrt();
                 for (w, v) in weights.iter_mut().zip(xs) {
                     *w = av_x + v.abs();
                 }
@@ -814,18 +820,12 @@ fn qk_45(x: &[f32], y: &mut [u8], qw: Option<&[f32]>, nmax: i32) {
             m_val = max_min / 63.0;
         }
         Some(qw) => {
-            let mut sum_x2 = 0f32;
-            for v in &x[..QK_K] {
-                sum_x2 += v * v;
-            }
-            let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+            let sigma2 = 2.0 * sum_sq(&x[..QK_K]) / QK_K as f32;
             let mut sw = [0f32; 8];
             for j in 0..8 {
                 let xs = &x[32 * j..32 * j + 32];
                 let q = &qw[32 * j..32 * j + 32];
-                for l2 in 0..32 {
-                    weights[l2] = q[l2] * (sigma2 + xs[l2] * xs[l2]).sqrt();
-                }
+                imatrix_weights(xs, q, sigma2, &mut weights);
                 let mut sumw = 0f32;
                 for w in &weights {
                     sumw += w;
@@ -1098,18 +1098,12 @@ fn q2_k(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
             m_f = f16::from_le_bytes(dm).to_f32();
         }
         Some(qw) => {
-            let mut sumx2 = 0f32;
-            for v in &x[..QK_K] {
-                sumx2 += v * v;
-            }
-            let sigma2 = sumx2 / QK_K as f32;
+            let sigma2 = sum_sq(&x[..QK_K]) / QK_K as f32;
             let mut sw = [0f32; 16];
             for j in 0..16 {
                 let xs = &x[16 * j..16 * j + 16];
                 let q = &qw[16 * j..16 * j + 16];
-                for k in 0..16 {
-                    weights[k] = q[k] * (sigma2 + xs[k] * xs[k]).sqrt();
-                }
+                imatrix_weights(xs, q, sigma2, &mut weights);
                 for w in &weights {
                     sw[j] += w;
                 }
@@ -1193,19 +1187,13 @@ fn q3_k(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
             }
         }
         Some(qw) => {
-            let mut sumx2 = 0f32;
-            for v in &x[..QK_K] {
-                sumx2 += v * v;
-            }
-            let sigma2 = 2.0 * sumx2 / QK_K as f32;
+            let sigma2 = 2.0 * sum_sq(&x[..QK_K]) / QK_K as f32;
             let mut weight = [0f32; 16];
             let mut sw = [0f32; 16];
             for j in 0..16 {
                 let xs = &x[16 * j..16 * j + 16];
                 let q = &qw[16 * j..16 * j + 16];
-                for k in 0..16 {
-                    weight[k] = q[k] * (sigma2 + xs[k] * xs[k]).sqrt();
-                }
+                imatrix_weights(xs, q, sigma2, &mut weight);
                 let mut sumw = 0f32;
                 for w in &weight {
                     sumw += w;
@@ -1299,9 +1287,7 @@ fn iq4(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
         match qw {
             Some(q) => {
                 let q = &q[32 * ib..32 * ib + 32];
-                for j in 0..32 {
-                    weight[j] = q[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-                }
+                imatrix_weights(xb, q, sigma2, &mut weight);
             }
             None => {
                 for j in 0..32 {
