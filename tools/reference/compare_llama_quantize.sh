@@ -13,7 +13,7 @@ mkdir -p "$D" results/export
 [ -f $D/orig-f32.gguf ] || $S export --model "$M" --format gguf --type F32 --out $D/orig-f32.gguf -q
 res=results/export/llama_quantize_bytes.jsonl
 : > $res
-for T in Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS; do
+for T in Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS MXFP4; do
   for mode in plain imatrix; do
     if [ $mode = imatrix ]; then
       [ -n "$IM" ] || continue
@@ -21,7 +21,8 @@ for T in Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS; do
     else
       lqa=(); sha=()
     fi
-    nice "$B/llama-quantize" --pure --token-embedding-type q8_0 "${lqa[@]}" $D/orig-f32.gguf $D/lq-$T-$mode.gguf $T 2 > $D/lq-$T-$mode.log 2>&1
+    # llama-quantize names MXFP4's file type MXFP4_MOE (with --pure: MXFP4 everywhere)
+    nice "$B/llama-quantize" --pure --token-embedding-type q8_0 "${lqa[@]}" $D/orig-f32.gguf $D/lq-$T-$mode.gguf ${T/MXFP4/MXFP4_MOE} 2 > $D/lq-$T-$mode.log 2>&1
     nice "$S" export --model "$M" --format gguf --type $T --token-embedding-type Q8_0 "${sha[@]}" --out $D/sh-$T-$mode.gguf --force -q
     .venv-ref/bin/python tools/reference/compare_gguf_bytes.py $D/sh-$T-$mode.gguf $D/lq-$T-$mode.gguf --label "$T $mode" \
       | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >> $res

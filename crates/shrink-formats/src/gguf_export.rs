@@ -442,6 +442,11 @@ fn file_type(t: GgmlType) -> u32 {
         GgmlType::Q4K => 14, // Q4_K_S
         GgmlType::Q5K => 16, // Q5_K_S
         GgmlType::Q6K => 18,
+        GgmlType::Q2K => 10,
+        GgmlType::Q3K => 12, // llama-quantize's Q3_K (= Q3_K_M)
+        GgmlType::IQ4_NL => 25,
+        GgmlType::IQ4_XS => 30,
+        GgmlType::MXFP4 => 38, // MXFP4_MOE
         _ => 0,
     }
 }

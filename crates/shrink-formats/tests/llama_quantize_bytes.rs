@@ -27,7 +27,7 @@ fn quantizers_match_llama_quantize_byte_for_byte() {
     let mut checked = 0;
     for name in [
         "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
-        "IQ4_XS",
+        "IQ4_XS", "MXFP4",
     ] {
         let ty = GgmlType::from_name(name).unwrap();
         for mode in ["plain", "imatrix"] {
@@ -44,7 +44,7 @@ fn quantizers_match_llama_quantize_byte_for_byte() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 24);
+    assert_eq!(checked, 26);
     // The importance matrix changes the result for every type but Q8_0 (llama.cpp ignores it there).
     for name in ["Q4_0", "Q2_K", "Q3_K", "Q4_K", "Q6_K", "IQ4_NL", "IQ4_XS"] {
         let a = st.tensor(&format!("{name}.plain")).unwrap();

@@ -138,6 +138,7 @@ fn gptq_on_ggml_grids_beats_weighted_rounding() {
         GgmlType::IQ4_NL,
         GgmlType::Q4_0,
         GgmlType::Q5_1,
+        GgmlType::MXFP4,
     ] {
         for act in [ActOrder::None, ActOrder::Static] {
             let r = gptq(&w, d_out, d_in, &h, &gptq_on(ty, act)).unwrap();

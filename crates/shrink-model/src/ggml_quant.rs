@@ -24,7 +24,7 @@ const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Types [`quantize`] can produce.
-pub const QUANT_TYPES: [GgmlType; 14] = [
+pub const QUANT_TYPES: [GgmlType; 15] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q8_0,
@@ -39,6 +39,7 @@ pub const QUANT_TYPES: [GgmlType; 14] = [
     GgmlType::Q6K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 /// Whether [`quantize`] can write `ty`.
@@ -48,7 +49,10 @@ pub fn can_quantize(ty: GgmlType) -> bool {
 
 /// Whether an importance matrix changes how `ty` is quantized (llama.cpp ignores it for Q8_0).
 pub fn uses_imatrix(ty: GgmlType) -> bool {
-    !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0)
+    !matches!(
+        ty,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0 | GgmlType::MXFP4
+    )
 }
 
 /// llama-quantize's `tensor_type_fallback` (llama-quant.cpp): the type used instead of `ty` when
@@ -167,6 +171,8 @@ fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
                 Some(w) => blocks_w(x, y, w, bs, ts, |x, y, qw| iq4(x, y, Some(qw))),
             }
         }
+        // llama.cpp's quantize_mxfp4 ignores the importance matrix
+        MXFP4 => blocks(x, y, 32, 17, mxfp4),
         _ => unreachable!("filtered by can_quantize"),
     }
 }
@@ -1478,7 +1484,58 @@ pub fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, sigma2: f32, 
         (Q2K, w) => q2_k(x, y, w),
         (Q3K, w) => q3_k(x, y, w),
         (IQ4_NL | IQ4_XS, w) => iq4(x, y, w),
+        (MXFP4, _) => mxfp4(x, y),
         _ => unreachable!("{ty} is not a grid type"),
+    }
+}
+
+// ------------------------------------------------------------------------------------- MXFP4
+
+/// The 16 E2M1 values of MXFP4, doubled (`kvalues_mxfp4` as f32; the scale is halved).
+pub static MXFP4_LEVELS: [f32; 16] = {
+    let mut t = [0f32; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = crate::iq_tables::KVALUES_MXFP4[i] as f32;
+        i += 1;
+    }
+    t
+};
+
+use crate::quants::e8m0_to_fp32_half as e8m0_half;
+
+/// `best_index_mxfp4`: the first level nearest to `x` at scale `d` (`|kvalues[i] * d - x|`).
+fn mxfp4_index(x: f32, d: f32) -> u8 {
+    let mut best = 0;
+    let mut best_err = (MXFP4_LEVELS[0] * d - x).abs();
+    for (i, &k) in MXFP4_LEVELS.iter().enumerate().skip(1) {
+        let err = (k * d - x).abs();
+        if err < best_err {
+            best = i;
+            best_err = err;
+        }
+    }
+    best as u8
+}
+
+/// `quantize_row_mxfp4_ref` (one block of 32): the shared exponent from the block's largest
+/// magnitude, `e = floor(log2(amax)) - 2 + 127`, then each weight's nearest E2M1 level.
+fn mxfp4(x: &[f32], y: &mut [u8]) {
+    let mut amax = 0f32;
+    for v in &x[..32] {
+        if amax < v.abs() {
+            amax = v.abs();
+        }
+    }
+    let e = if amax > 0.0 {
+        (amax.log2().floor() - 2.0 + 127.0) as u8
+    } else {
+        0
+    };
+    let d = e8m0_half(e);
+    y[0] = e;
+    for j in 0..16 {
+        y[1 + j] = mxfp4_index(x[j], d) | (mxfp4_index(x[16 + j], d) << 4);
     }
 }
 
@@ -1545,6 +1602,10 @@ impl Affine {
             return None;
         }
         if let Some(t) = self.table {
+            if std::ptr::eq(t, &MXFP4_LEVELS) {
+                // an unsorted table: llama.cpp's scan (`best_index_mxfp4`), first of equals
+                return Some(mxfp4_index(x, self.a) as u32);
+            }
             // the nearest level, ties to the upper one (`best_index_int8`)
             let v = (x - self.b) / self.a;
             let i = t.partition_point(|&l| l <= v).clamp(1, t.len() - 1);
@@ -1558,7 +1619,7 @@ impl Affine {
 
 /// Types whose blocks [`decode_block`] and [`encode_codes`] handle: every type [`quantize`]
 /// writes except the float ones.
-pub const GRID_TYPES: [GgmlType; 12] = [
+pub const GRID_TYPES: [GgmlType; 13] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -1571,6 +1632,7 @@ pub const GRID_TYPES: [GgmlType; 12] = [
     GgmlType::Q6K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 /// `(columns per sub-block, largest code)` of a grid type: the sub-blocks sharing one [`Affine`].
@@ -1585,7 +1647,7 @@ pub fn grid_shape(ty: GgmlType) -> Option<(usize, u32)> {
         Q6K => (16, 63),
         Q2K => (16, 3),
         Q3K => (16, 7),
-        IQ4_NL | IQ4_XS => (32, 15),
+        IQ4_NL | IQ4_XS | MXFP4 => (32, 15),
         _ => return None,
     })
 }
@@ -1736,6 +1798,18 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                 codes[c] = low | (high << 2);
             }
         }
+        MXFP4 => {
+            affines[0] = Affine {
+                a: e8m0_half(y[0]),
+                b: none,
+                zero: 0,
+                table: Some(&MXFP4_LEVELS),
+            };
+            for j in 0..16 {
+                codes[j] = y[1 + j] & 0xF;
+                codes[16 + j] = y[1 + j] >> 4;
+            }
+        }
         IQ4_NL | IQ4_XS => {
             let d = f16_at(y, 0);
             let (nb, o) = if ty == IQ4_NL { (1, 2) } else { (8, 8) };
@@ -1829,6 +1903,11 @@ pub fn encode_codes(ty: GgmlType, y: &mut [u8], codes: &[u8]) {
             }
             put_2bit(&mut rest[..64], codes);
         }
+        MXFP4 => {
+            for j in 0..16 {
+                y[1 + j] = codes[j] | (codes[16 + j] << 4);
+            }
+        }
         IQ4_NL | IQ4_XS => {
             let o = if ty == IQ4_NL { 2 } else { 8 };
             for (ib, c) in codes.chunks(32).enumerate() {
@@ -1903,6 +1982,8 @@ mod tests {
                     GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K => 3.0,
                     GgmlType::IQ4_NL | GgmlType::IQ4_XS => 3.0,
                     GgmlType::Q2K | GgmlType::Q3K => 2.0,
+                    // E2M1 under a power-of-two scale: the largest weights clip to 1.5 * 2^k
+                    GgmlType::MXFP4 => 2.0,
                     GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 4.0,
                     _ => 5.0,
                 };

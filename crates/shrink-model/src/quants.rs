@@ -702,7 +702,7 @@ fn dequant_tq2_0(b: &[u8; 66], y: &mut [f32; QK_K]) {
 /// `e = 0, 1` give the f32 subnormals `2^-128`, `2^-127`. `e = 255` gives `2^127`, not the NaN
 /// of the OCP MX spec, as in ggml and gguf-py.
 #[inline(always)]
-fn e8m0_to_fp32_half(e: u8) -> f32 {
+pub(crate) fn e8m0_to_fp32_half(e: u8) -> f32 {
     let bits = if e < 2 {
         0x0020_0000u32 << e
     } else {
