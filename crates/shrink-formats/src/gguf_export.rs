@@ -1060,7 +1060,8 @@ mod tests {
         assert_eq!(p.requested("blk.0.attn_norm.weight"), GgmlType::F32);
         assert_eq!(parse_type("q4_k").unwrap(), GgmlType::Q4K);
         assert_eq!(parse_type("Q8_0").unwrap(), GgmlType::Q8_0);
-        assert!(parse_type("Q2_K").is_err());
+        assert_eq!(parse_type("Q2_K").unwrap(), GgmlType::Q2K);
+        assert!(parse_type("IQ2_XXS").is_err());
         assert!(parse_type("Q9").is_err());
     }
 }
