@@ -23,24 +23,17 @@ use rayon::prelude::*;
 const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Types [`quantize`] can produce.
-pub const QUANT_TYPES: [GgmlType; 15] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::IQ4_NL,
-    GgmlType::IQ4_XS,
-    GgmlType::MXFP4,
-];
+/// Types [`quantize`] can produce: F32, F16 and every [`GRID_TYPES`] type.
+pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + 2] = {
+    let mut t = [GgmlType::F32; GRID_TYPES.len() + 2];
+    t[1] = GgmlType::F16;
+    let mut i = 0;
+    while i < GRID_TYPES.len() {
+        t[i + 2] = GRID_TYPES[i];
+        i += 1;
+    }
+    t
+};
 
 /// Whether [`quantize`] can write `ty`.
 pub fn can_quantize(ty: GgmlType) -> bool {
