@@ -31,6 +31,18 @@ fn export_gguf(model: &Path, ty: &str, out: &Path, extra: &[&str]) -> String {
     ok(&a)
 }
 
+/// `shrink export --model MODEL --format gguf EXTRA... --out OUT --report R -q`, which must
+/// succeed; the report it writes.
+fn export_gguf_report(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let rep = out.with_extension("report.json");
+    let (m, o, r) = (s(model), s(out), s(&rep));
+    let mut a = vec!["export", "--model", &m, "--format", "gguf"];
+    a.extend_from_slice(extra);
+    a.extend(["--out", &o, "--report", &r, "-q"]);
+    ok(&a);
+    serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap()
+}
+
 /// No temporary file or directory left next to the outputs.
 fn no_leftovers(dir: &Path) {
     let left: Vec<String> = std::fs::read_dir(dir)
@@ -399,21 +411,7 @@ fn gguf_quantizes_carries_codes_and_uses_an_importance_matrix() {
     let c = t.join("c");
     compress(&g, &calib, &c, &["--bits", "4", "--group-size", "32"]);
     let q41 = t.join("q41.gguf");
-    let rep = t.join("rep.json");
-    ok(&[
-        "export",
-        "--model",
-        &s(&c),
-        "--format",
-        "gguf",
-        "--out",
-        &s(&q41),
-        "--report",
-        &s(&rep),
-        "-q",
-    ]);
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = export_gguf_report(&c, &q41, &[]);
     assert_eq!(r["type"], "Q4_1");
     assert_eq!(r["carried_tensors"], 14);
     let back = ModelSource::open(&q41).unwrap();
@@ -439,23 +437,7 @@ fn gguf_quantizes_carries_codes_and_uses_an_importance_matrix() {
     }
     // --no-carry re-quantizes instead (reference Q4_1 rounding of the dequantized weights).
     let q41b = t.join("q41b.gguf");
-    ok(&[
-        "export",
-        "--model",
-        &s(&c),
-        "--format",
-        "gguf",
-        "--no-carry",
-        "--type",
-        "Q4_1",
-        "--out",
-        &s(&q41b),
-        "--report",
-        &s(&rep),
-        "-q",
-    ]);
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = export_gguf_report(&c, &q41b, &["--no-carry", "--type", "Q4_1"]);
     assert_eq!(r["carried_tensors"], 0);
 
     // Importance matrix: computed from calibration text, saved, reloaded -> identical file.
@@ -615,21 +597,7 @@ fn gguf_grid_blocks_are_written_as_they_are() {
         let c = t.join(format!("c-{ty}"));
         compress(&g, &calib, &c, &["--gguf-type", ty]);
         let out = t.join(format!("{ty}.gguf"));
-        let rep = t.join("rep.json");
-        ok(&[
-            "export",
-            "--model",
-            &s(&c),
-            "--format",
-            "gguf",
-            "--out",
-            &s(&out),
-            "--report",
-            &s(&rep),
-            "-q",
-        ]);
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        let r = export_gguf_report(&c, &out, &[]);
         assert_eq!(r["carried_tensors"], 14, "{ty}");
         let f = GgufFile::open(&out).unwrap();
         assert_eq!(
@@ -717,21 +685,7 @@ fn gguf_mix_types_follow_llama_quantize_rules() {
     assert!(recipe.contains("gguf_type = \"Q3_K_M\""), "{recipe}");
     assert!(recipe.contains("[[override]]"), "{recipe}");
     let out = t.join("m.gguf");
-    let rep = t.join("rep.json");
-    ok(&[
-        "export",
-        "--model",
-        &s(&c),
-        "--format",
-        "gguf",
-        "--out",
-        &s(&out),
-        "--report",
-        &s(&rep),
-        "-q",
-    ]);
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let r = export_gguf_report(&c, &out, &[]);
     assert_eq!(r["carried_tensors"], 14);
     let f = GgufFile::open(&out).unwrap();
     let ty = |n: &str| f.tensor(n).unwrap().dtype.name().to_string();
