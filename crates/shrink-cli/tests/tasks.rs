@@ -218,102 +218,55 @@ fn eval_tasks_bad_input_gets_clear_errors() {
     let model = hf_dir(t.path());
     let data = t.path().join("oe_eval_tasks");
     let m = s(&model);
-    fails_with(
-        &[
-            "eval-tasks",
-            "--model",
-            m,
-            "--tasks",
-            "piqa",
-            "--data",
-            s(&data),
-        ],
+    // `eval-tasks --model M --tasks TASKS --data DATA` must fail naming each of `expect`
+    let fails = |tasks: &str, expect: &[&str]| {
+        fails_with(
+            &[
+                "eval-tasks",
+                "--model",
+                m,
+                "--tasks",
+                tasks,
+                "--data",
+                s(&data),
+            ],
+            expect,
+        )
+    };
+    fails(
+        "piqa",
         &["oe_eval_tasks: no task data", "scripts/fetch --tasks"],
     );
     write_task(&data, "toy", "rc_0shot", &gz(&requests_text()));
     write_task(&data, "piqa", "mc_5shot", &gz(&requests_text()));
-    fails_with(
-        &[
-            "eval-tasks",
-            "--model",
-            m,
-            "--tasks",
-            "toy,hellaswag",
-            "--data",
-            s(&data),
-        ],
+    fails(
+        "toy,hellaswag",
         &["unknown task 'hellaswag'", "known tasks: piqa, toy"],
     );
-    fails_with(
-        &[
-            "eval-tasks",
-            "--model",
-            m,
-            "--tasks",
-            "piqa",
-            "--data",
-            s(&data),
-        ],
+    fails(
+        "piqa",
         &[
             "task 'piqa' has no variant 'rc_0shot'",
             "its variants: mc_5shot",
         ],
     );
-    fails_with(
-        &[
-            "eval-tasks",
-            "--model",
-            m,
-            "--tasks",
-            "toy:../piqa",
-            "--data",
-            s(&data),
-        ],
-        &["is not a task name"],
-    );
+    fails("toy:../piqa", &["is not a task name"]);
     // a corrupt JSON line on line 3
     let mut text: Vec<String> = requests_text().lines().map(String::from).collect();
     text[2] = text[2].replacen('{', "{,", 1);
     write_task(&data, "bad", "rc_0shot", &gz(&(text.join("\n") + "\n")));
-    fails_with(
-        &[
-            "eval-tasks",
-            "--model",
-            m,
-            "--tasks",
-            "bad",
-            "--data",
-            s(&data),
-        ],
+    fails(
+        "bad",
         &["bad/rc_0shot/requests.jsonl.gz: line 3: not a request line"],
     );
     // a truncated gzip stream
     let z = gz(&requests_text().repeat(20));
     write_task(&data, "cut", "rc_0shot", &z[..z.len() / 2]);
-    fails_with(
-        &[
-            "eval-tasks",
-            "--model",
-            m,
-            "--tasks",
-            "cut",
-            "--data",
-            s(&data),
-        ],
-        &["cut/rc_0shot/requests.jsonl.gz: line ", "gzip"],
-    );
+    fails("cut", &["cut/rc_0shot/requests.jsonl.gz: line ", "gzip"]);
     // not gzip
     write_task(&data, "plain", "rc_0shot", requests_text().as_bytes());
-    fails_with(
-        &[
-            "eval-tasks",
-            "--model",
-            m,
-            "--tasks",
-            "plain",
-            "--data",
-            s(&data),
-        ],
+    fails(
+        "plain",
         &["plain/rc_0shot/requests.jsonl.gz: line 1", "gzip"],
     );
 }
