@@ -263,7 +263,6 @@ struct State<'a> {
     m: &'a MixModel,
     n_attention_wv: i64,
     i_attention_wv: i64,
-    n_ffn_down: i64,
     i_ffn_down: i64,
     i_ffn_gate: i64,
     i_ffn_up: i64,
@@ -378,7 +377,6 @@ impl State<'_> {
             self.layer_info(self.i_ffn_up, &x.name)?;
             self.i_ffn_up += 1;
         }
-        let _ = self.n_ffn_down;
         Ok(t)
     }
 }
@@ -411,7 +409,6 @@ pub fn mix_types(
             .filter(|t| matches!(category(&t.name), Category::AttnV | Category::AttnQkv))
             .count() as i64,
         i_attention_wv: 0,
-        n_ffn_down: m.n_layer as i64,
         i_ffn_down: 0,
         i_ffn_gate: 0,
         i_ffn_up: 0,

@@ -57,6 +57,9 @@ pub fn expand_mixes(
     has_imatrix: bool,
     plain: bool,
 ) -> Result<()> {
+    let shapes: BTreeMap<String, [usize; 2]> = crate::compressible_shapes(cfg, 0..cfg.num_layers)
+        .into_iter()
+        .collect();
     for (i, s) in r.stage.iter().enumerate() {
         let Some(mix) = stage_mix(s, plain) else {
             continue;
@@ -70,10 +73,6 @@ pub fn expand_mixes(
         }
         let main = mix.default_type();
         let mut by_type: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-        let shapes: BTreeMap<String, [usize; 2]> =
-            crate::compressible_shapes(cfg, 0..cfg.num_layers)
-                .into_iter()
-                .collect();
         for (module, t) in linear_types(cfg, mix, has_imatrix)? {
             let d_in = shapes.get(&module).map_or(0, |s| s[1]);
             // the stage's own type falls back by shape by itself (GgmlGrid)
