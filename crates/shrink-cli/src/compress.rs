@@ -295,6 +295,13 @@ pub struct CompressArgs {
     /// Candidate bit widths of --target-bpw.
     #[arg(long, value_name = "LIST", default_value = "2,3,4,8")]
     search_bits: String,
+    /// Mixed llama.cpp types instead of bit widths: each linear gets one of these types (e.g.
+    /// Q4_0,Q5_0,Q8_0,Q3_K,Q4_K,Q6_K; a type whose blocks do not fit a row falls back as
+    /// llama-quantize's does), GPTQ/RTN rounding onto its grid. --target-size then counts the
+    /// GGUF file `shrink export --format gguf` writes (needs a GGUF model), --target-bpw the
+    /// linears' blocks. Replaces --search-bits.
+    #[arg(long, value_name = "LIST", conflicts_with = "gguf_type")]
+    search_types: Option<String>,
     /// Candidate group sizes of --target-bpw / --target-size, combined with every bit width of
     /// --search-bits (each linear then gets a bit width and a group size) [default: the run's
     /// --group-size only].
@@ -728,16 +735,33 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                     )
                 }
             };
+            let types = match &a.search_types {
+                Some(t) => crate::profile::list::<String>(t, "--search-types")?
+                    .iter()
+                    .map(|n| {
+                        if shrink_model::ggml_mix::Mix::parse(n, false).is_some() {
+                            bail!("--search-types: '{n}' is a llama-quantize mix, not a tensor type (give types such as Q4_K, Q5_0, Q8_0)");
+                        }
+                        shrink_recipe::recipe::parse_grid_type(n)
+                            .with_context(|| format!("--search-types '{n}'"))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                None => vec![],
+            };
+            if !types.is_empty() && a.target_bpw.is_none() && target_size.is_none() {
+                bail!("--search-types needs a budget: --target-size SIZE (the GGUF file) or --target-bpw BPW");
+            }
             let (r, s) = crate::search::prepare(
                 &recipe,
                 budget,
                 &list,
                 &shapes,
-                &src.config,
+                &src,
                 &match &a.search_group_sizes {
                     Some(g) => crate::profile::list::<usize>(g, "--search-group-sizes")?,
                     None => vec![],
                 },
+                &types,
             )
             .with_context(plan_context)?;
             recipe = r;

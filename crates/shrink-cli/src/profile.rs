@@ -111,6 +111,7 @@ pub fn run(a: ProfileArgs, quiet: bool) -> Result<()> {
         candidates.push(Candidate {
             label: m.name(),
             method: m,
+            ggml: None,
         });
     }
     for b in list::<u32>(&a.bits, "--bits")? {
@@ -124,6 +125,7 @@ pub fn run(a: ProfileArgs, quiet: bool) -> Result<()> {
         candidates.push(Candidate {
             label: m.name(),
             method: m,
+            ggml: None,
         });
     }
     if candidates.is_empty() {

@@ -6,12 +6,15 @@ use crate::progress;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use shrink_calib::CalibSet;
+use shrink_formats::gguf_export::{predict_gguf_bytes, GgufExport, TypePlan};
+use shrink_model::ggml_quant::fallback_type;
+use shrink_model::gguf::GgmlType;
 use shrink_model::ModelSource;
 use shrink_recipe::budget::{linear_bits, Grid, Total, SCALE_BITS};
 use shrink_recipe::profile::{Candidate, Profiler};
 use shrink_recipe::search::{fractional_fill, greedy, with_linear_settings, Opt};
 use shrink_recipe::{build_method, Plan, Recipe, Slot, Stage};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What is allocated.
 #[derive(Clone, Debug)]
@@ -68,9 +71,41 @@ pub struct Search {
     linears: Vec<(String, [usize; 2])>,
     /// For --target-size: the bytes asked for and the bits outside the compressed linears.
     size: Option<(u64, u64)>,
+    /// With --search-types: each candidate's llama.cpp type (parallel to `stages`); the costs
+    /// are the GGUF export's padded bytes and --target-size counts that GGUF file.
+    types: Vec<Option<GgmlType>>,
+    /// With --search-types: the GGUF file's data alignment, and (for the report) the model
+    /// source's path the prediction was made from.
+    gguf_alignment: Option<u64>,
 }
 
-fn fmt_value(b: &Budget, v: f64) -> String {
+/// The GGUF `shrink export --format gguf` writes from a `shrink compress` output of `src` whose
+/// linears carry llama.cpp types, with `main` for what they do not name (linears left as they
+/// are; the embeddings and head get Q8_0, as the export's default).
+fn gguf_export_of<'a>(src: &'a ModelSource, main: GgmlType) -> Result<GgufExport<'a>> {
+    if !src.is_gguf {
+        bail!(
+            "{}: --search-types with --target-size counts the GGUF file the export writes,              whose metadata comes from the GGUF the model was read from; give a GGUF model              (or use --target-bpw)",
+            src.path.display()
+        );
+    }
+    Ok(GgufExport {
+        src,
+        quantized: None,
+        metadata_from: Some(&src.path),
+        plan: TypePlan::for_type(main),
+        imatrix: None,
+        carry_codes: true,
+        keep_grid_types: true,
+        tokenizer_pre: None,
+        layers_before_drop: None,
+    })
+}
+
+fn fmt_value(b: &Budget, v: f64, t: Option<GgmlType>) -> String {
+    if let Some(t) = t {
+        return t.name().to_string();
+    }
     match b {
         Budget::Bpw(_) | Budget::Size(_) => format!("w{v}"),
         Budget::Sparsity(_) => format!("s{v}"),
@@ -125,10 +160,29 @@ pub fn prepare(
     budget: Budget,
     candidates: &[f64],
     shapes: &[(String, [usize; 2])],
-    cfg: &shrink_model::ModelConfig,
+    src: &ModelSource,
     group_sizes: &[usize],
+    types: &[GgmlType],
 ) -> Result<(Recipe, Search)> {
+    let cfg = &src.config;
     let stage = the_stage(recipe, &budget)?;
+    if !types.is_empty() {
+        if matches!(budget, Budget::Sparsity(_)) {
+            bail!("--search-types applies to --target-bpw / --target-size, not --sparsity");
+        }
+        if !group_sizes.is_empty() {
+            bail!("--search-types and --search-group-sizes do not combine: a llama.cpp type fixes its own blocks");
+        }
+        if cfg.moe.is_some() {
+            bail!(
+                "--search-types: {} has experts, which llama.cpp stores stacked in one tensor                  of one type; a type per expert linear cannot be written",
+                src.path.display()
+            );
+        }
+        if recipe.overrides.iter().any(|o| o.set.gguf_type.is_some()) {
+            bail!("--search-types chooses each linear's gguf_type; the recipe already sets one in an override");
+        }
+    }
     let key = match budget {
         Budget::Bpw(_) | Budget::Size(_) => "bits",
         Budget::Sparsity(_) => "sparsity",
@@ -162,8 +216,25 @@ pub fn prepare(
     } else {
         vec![base.group_size]
     };
-    let (mut stages, mut vals, mut groups) = (Vec::new(), Vec::new(), Vec::new());
-    for &v in &values {
+    let (mut stages, mut vals, mut groups, mut tys) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for &t in types {
+        let mut s = Stage {
+            bits: None,
+            group_size: None,
+            sym: None,
+            gguf_type: Some(t.name().to_string()),
+            ..base.clone()
+        };
+        shrink_recipe::recipe::fill_grid(&mut s)
+            .with_context(|| format!("--search-types {}", t.name()))?;
+        build_method(&s).with_context(|| format!("--allocate search candidate {}", t.name()))?;
+        vals.push(s.bits.unwrap_or(0) as f64);
+        groups.push(s.group_size);
+        tys.push(Some(t));
+        stages.push(s);
+    }
+    for &v in values.iter().filter(|_| types.is_empty()) {
         for &g in &gs {
             let mut s = base.clone();
             match budget {
@@ -180,11 +251,13 @@ pub fn prepare(
             stages.push(s);
             vals.push(v);
             groups.push(g);
+            tys.push(None);
         }
     }
     // The plan is validated with the stage at the first candidate.
     let mut r = recipe.clone();
     match budget {
+        _ if !types.is_empty() => r.stage[stage] = stages[0].clone(),
         Budget::Bpw(_) | Budget::Size(_) => r.stage[stage].bits = Some(values[0] as u32),
         Budget::Sparsity(_) => r.stage[stage].sparsity = Some(values[0]),
     }
@@ -201,10 +274,31 @@ pub fn prepare(
         bail!("--allocate search: the recipe compresses no linear");
     }
     let mut size = None;
+    let mut gguf_alignment = None;
     let budget = match budget {
         Budget::Size(bytes) => {
             let names: Vec<String> = linears.iter().map(|(n, _)| n.clone()).collect();
-            let over = size_overhead_bits(cfg, &names);
+            let over = if types.is_empty() {
+                size_overhead_bits(cfg, &names)
+            } else {
+                // The GGUF file's bytes besides the searched linears' blocks, at its largest
+                // over the candidates as the main type (that of linears the recipe leaves).
+                let searched: std::collections::HashSet<String> =
+                    names.iter().map(|n| format!("{n}.weight")).collect();
+                let mut over = 0u64;
+                for &t in types {
+                    let sizes = predict_gguf_bytes(&gguf_export_of(src, t)?, &HashMap::new())?;
+                    let theirs: u64 = sizes
+                        .tensors
+                        .iter()
+                        .filter(|x| x.parts.iter().any(|p| searched.contains(p)))
+                        .map(|x| x.padded_bytes)
+                        .sum();
+                    over = over.max(8 * (sizes.total - theirs));
+                    gguf_alignment = Some(sizes.alignment);
+                }
+                over
+            };
             let w: u64 = linears.iter().map(|(_, [o, i])| (o * i) as u64).sum();
             let bpw = (8 * bytes) as f64 - over as f64;
             if bpw <= 0.0 {
@@ -229,6 +323,8 @@ pub fn prepare(
         stages,
         linears,
         size,
+        types: tys,
+        gguf_alignment,
     };
     let (lo, hi) = s.range();
     let (target, what) = match (&s.budget, s.size) {
@@ -242,7 +338,10 @@ pub fn prepare(
         Budget::Size(_) => unreachable!(),
     };
     if !(t.is_finite() && t >= lo - 1e-12 && t <= hi + 1e-12) {
-        let (a, b) = (s.values[0], s.values[s.values.len() - 1]);
+        let cands = match (s.types.first(), s.types.last()) {
+            (Some(Some(a)), Some(Some(b))) => format!("types {}..{}", a.name(), b.name()),
+            _ => format!("{key} {}..{}", s.values[0], s.values[s.values.len() - 1]),
+        };
         let size_note = match s.size {
             Some((_, over)) => format!(
                 " (a file of {target} bytes leaves {t:.4} bits per weight for them; the rest \
@@ -252,10 +351,11 @@ pub fn prepare(
             None => String::new(),
         };
         bail!(
-            "{what} {target} cannot be met: with the candidates {key} {a}..{b} the compressed \
+            "{what} {target} cannot be met: with the candidates {cands} the compressed \
              linears reach {lo:.4}..{hi:.4}{}{size_note}",
             match s.budget {
                 Budget::Sparsity(_) => "; change --search-sparsities or the target",
+                _ if !types.is_empty() => " bits per weight (llama.cpp blocks as the GGUF export stores them); change --search-types or the target",
                 _ => " bits per weight (codes, f16 scales, zero points and g_idx as the compressed-tensors export stores them); change --search-bits or the target",
             }
         );
@@ -274,7 +374,12 @@ impl Search {
         match self.budget {
             Budget::Bpw(_) | Budget::Size(_) => {
                 let g = Grid::of_stage(&self.stages[j]).expect("a bits candidate");
-                linear_bits(o, i, &g, SCALE_BITS) as f64
+                let bits = linear_bits(o, i, &g, SCALE_BITS);
+                match (self.gguf_alignment, g.ggml) {
+                    // the GGUF tensor's data, padded to the file's alignment
+                    (Some(a), Some(_)) => (8 * (bits / 8).next_multiple_of(a)) as f64,
+                    _ => bits as f64,
+                }
             }
             Budget::Sparsity(_) => (o * i) as f64 * (1.0 - self.values[j]),
         }
@@ -320,14 +425,15 @@ impl Search {
         let candidates = self
             .stages
             .iter()
-            .zip(self.values.iter().zip(&self.groups))
-            .map(|(s, (v, g))| {
+            .zip(self.values.iter().zip(self.groups.iter().zip(&self.types)))
+            .map(|(s, (v, (g, t)))| {
                 Ok(Candidate {
                     label: match (self.group_search, g) {
-                        (true, Some(g)) => format!("{}g{g}", fmt_value(&self.budget, *v)),
-                        _ => fmt_value(&self.budget, *v),
+                        (true, Some(g)) => format!("{}g{g}", fmt_value(&self.budget, *v, *t)),
+                        _ => fmt_value(&self.budget, *v, *t),
                     },
                     method: build_method(s)?,
+                    ggml: *t,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -389,31 +495,65 @@ impl Search {
             let (ea, eb) = (items[p.item][c.choice[p.item]].err, items[p.item][p.to].err);
             pred_err[p.item] = ea + p.t * (eb - ea);
         }
+        // Each linear's llama.cpp type (--search-types), after the shape fallback: what the
+        // GGUF holds, and what the override names.
+        let chosen_t: Vec<Option<GgmlType>> = c
+            .choice
+            .iter()
+            .zip(&self.linears)
+            .map(|(&j, (_, [_, d_in]))| self.types[j].map(|t| fallback_type(t, *d_in)))
+            .collect();
         // The base setting: the most common choice; overrides for the others.
-        let mut counts: BTreeMap<(u64, Option<usize>), usize> = BTreeMap::new();
-        for (v, g) in chosen.iter().zip(&chosen_g) {
-            *counts.entry((v.to_bits(), *g)).or_default() += 1;
+        let mut counts: BTreeMap<(u64, Option<usize>, Option<&str>), usize> = BTreeMap::new();
+        for ((v, g), t) in chosen.iter().zip(&chosen_g).zip(&chosen_t) {
+            *counts
+                .entry((v.to_bits(), *g, t.map(|t| t.name())))
+                .or_default() += 1;
         }
-        let (cv, cg) = *counts.iter().max_by_key(|(_, n)| **n).unwrap().0;
-        let common = (f64::from_bits(cv), cg);
-        let set = |(v, g): (f64, Option<usize>)| match self.budget {
-            Budget::Bpw(_) | Budget::Size(_) => Stage {
-                bits: Some(v as u32),
-                group_size: if self.group_search { g } else { None },
-                ..Stage::default()
-            },
-            Budget::Sparsity(_) => Stage {
-                sparsity: Some(v),
-                ..Stage::default()
-            },
+        let (cv, cg, ct) = *counts.iter().max_by_key(|(_, n)| **n).unwrap().0;
+        let ct = ct.and_then(GgmlType::from_name);
+        let common = (f64::from_bits(cv), cg, ct);
+        let set = |(v, g, t): (f64, Option<usize>, Option<GgmlType>)| -> Result<Stage> {
+            Ok(match (self.budget.clone(), t) {
+                (_, Some(t)) => {
+                    let mut s = Stage {
+                        gguf_type: Some(t.name().to_string()),
+                        ..Stage::default()
+                    };
+                    shrink_recipe::recipe::fill_grid(&mut s)?;
+                    s
+                }
+                (Budget::Bpw(_) | Budget::Size(_), None) => Stage {
+                    bits: Some(v as u32),
+                    group_size: if self.group_search { g } else { None },
+                    ..Stage::default()
+                },
+                (Budget::Sparsity(_), None) => Stage {
+                    sparsity: Some(v),
+                    ..Stage::default()
+                },
+            })
         };
         let per: Vec<(String, Stage)> = self
             .linears
             .iter()
-            .zip(chosen.iter().zip(&chosen_g))
-            .map(|((n, _), (v, g))| (n.clone(), set((*v, *g))))
-            .collect();
-        let out = with_linear_settings(recipe, self.stage, &set(common), &per);
+            .zip(chosen.iter().zip(chosen_g.iter().zip(&chosen_t)))
+            .map(|((n, _), (v, (g, t)))| Ok((n.clone(), set((*v, *g, *t))?)))
+            .collect::<Result<_>>()?;
+        let out = with_linear_settings(recipe, self.stage, &set(common)?, &per);
+        // With --search-types and --target-size: the GGUF file's exact size, predicted.
+        let predicted_gguf = match (self.size, ct) {
+            (Some(_), Some(main)) if self.gguf_alignment.is_some() => {
+                let map: HashMap<String, GgmlType> = self
+                    .linears
+                    .iter()
+                    .zip(&chosen_t)
+                    .filter_map(|((n, _), t)| Some((format!("{n}.weight"), (*t)?)))
+                    .collect();
+                Some(predict_gguf_bytes(&gguf_export_of(src, main)?, &map)?.total)
+            }
+            _ => None,
+        };
 
         // What it reaches, by the accountant (bpw) or by count (zeros).
         let n = self.weights() as f64;
@@ -429,6 +569,7 @@ impl Search {
                     let g = Grid::of_stage(&Stage {
                         bits: Some(*v as u32),
                         group_size: chosen_g[k],
+                        gguf_type: chosen_t[k].map(|t| t.name().to_string()),
                         ..self.base.clone()
                     })
                     .unwrap();
@@ -447,6 +588,7 @@ impl Search {
             rows.push(json!({
                 "linear": name, "layer": layer, "d_out": o, "d_in": i,
                 "bits": matches!(self.budget, Budget::Bpw(_)).then_some(*v as u32),
+                "gguf_type": chosen_t[k].map(|t| t.name()),
                 "group_size": matches!(self.budget, Budget::Bpw(_)).then_some(chosen_g[k]),
                 "sparsity": matches!(self.budget, Budget::Sparsity(_)).then_some(*v),
                 "bpw": matches!(self.budget, Budget::Bpw(_)).then_some(value),
@@ -482,13 +624,15 @@ impl Search {
             "reached": reached,
             "reachable": self.range(),
             "accounting": match self.budget {
+                _ if self.types.iter().any(|t| t.is_some()) => "llama.cpp blocks as the GGUF export stores them (each type after its shape fallback; with --target-size each tensor's data padded to the file's alignment); over the compressed linears only",
                 Budget::Bpw(_) | Budget::Size(_) => "compressed-tensors pack-quantized file bits per weight: int32-packed codes, f16 scales, int32-packed zero points (asymmetric), int32 g_idx (act-order dynamic); over the compressed linears only",
                 Budget::Sparsity(_) => "zeros over all weights of the compressed linears (as set in the recipe; the report's totals.sparsity is the count in the output)",
             },
             "target_size": self.size.map(|(bytes, over)| json!({
                 "bytes": bytes,
                 "other_tensors_and_header_bits": over,
-                "predicted_file_bytes": (total.bits + over).div_ceil(8),
+                "file": if predicted_gguf.is_some() { "gguf (shrink export --format gguf)" } else { "model.safetensors (shrink export --format compressed-tensors --scale-dtype f16)" },
+                "predicted_file_bytes": predicted_gguf.unwrap_or((total.bits + over).div_ceil(8)),
             })),
             "compressed_linears": self.linears.len(),
             "compressed_weights": self.weights(),

@@ -765,3 +765,151 @@ fn target_bpw_search() {
         assert!(!o.exists());
     }
 }
+
+/// `--search-types` with `--target-size`: each linear gets one of the llama.cpp types, GPTQ
+/// rounds onto its grid, and the GGUF file `export` then writes is exactly the size the search
+/// predicted, at most the target, with more than one type in it; the recipe reproduces it.
+/// Bad combinations are refused before any work.
+#[test]
+fn target_size_gguf_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = gguf_file(t);
+    let calib = calib_text(t);
+    let export = |m: &Path, out: &Path, extra: &[&str]| -> u64 {
+        let mut args = vec![
+            "export",
+            "--model",
+            s(m),
+            "--format",
+            "gguf",
+            "--out",
+            s(out),
+            "-q",
+        ];
+        args.extend(extra);
+        let (code, _, err) = shrink(&args);
+        assert_eq!(code, 0, "{err}");
+        std::fs::metadata(out).unwrap().len()
+    };
+    // The range: every linear at Q4_0, or at Q8_0 (embeddings and head at Q8_0 in both).
+    let lo = export(&model, &t.join("q4.gguf"), &["--type", "Q4_0"]);
+    let hi = export(&model, &t.join("q8.gguf"), &["--type", "Q8_0"]);
+    assert!(hi > lo + 4096, "{lo} {hi}");
+    let target = (lo + hi) / 2;
+    let compress_to = |target: u64, extra: &[&str], out: &Path| -> (i32, String) {
+        let target_s = target.to_string();
+        let mut args = vec![
+            "compress",
+            "--model",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--nsamples",
+            "8",
+            "--seqlen",
+            "32",
+            "--method",
+            "gptq",
+            "--target-size",
+            &target_s,
+            "--out",
+            s(out),
+            "-q",
+        ];
+        args.extend(extra);
+        let (code, _, err) = shrink(&args);
+        (code, err)
+    };
+    let compress = |extra: &[&str], out: &Path| compress_to(target, extra, out);
+    let out = t.join("types");
+    let (code, err) = compress(&["--search-types", "Q4_0,Q5_0,Q8_0,Q4_K"], &out);
+    assert_eq!(code, 0, "{err}");
+    let rep = report(&out);
+    let al = &rep["allocation"];
+    assert_eq!(
+        al["candidates"],
+        serde_json::json!(["Q4_0", "Q5_0", "Q8_0", "Q4_K"])
+    );
+    let predicted = al["target_size"]["predicted_file_bytes"].as_u64().unwrap();
+    let mut types = std::collections::BTreeSet::new();
+    for l in al["linears"].as_array().unwrap() {
+        // Q4_K falls back to Q5_0 on rows of 64 or 160 columns, as llama-quantize's does
+        let ty = l["gguf_type"].as_str().unwrap().to_string();
+        assert!(["Q4_0", "Q5_0", "Q8_0"].contains(&ty.as_str()), "{l}");
+        types.insert(ty);
+    }
+    assert!(types.len() > 1, "a mixed allocation expected: {types:?}");
+    let file = t.join("types.gguf");
+    let actual = export(&out, &file, &[]);
+    assert_eq!(predicted, actual);
+    assert!(actual <= target, "{actual} > {target}");
+    // Each tensor holds the type the allocation gave its linear.
+    let g = shrink_model::gguf::GgufFile::open(&file).unwrap();
+    let cfg = shrink_model::ModelSource::open(&file).unwrap().config;
+    for l in al["linears"].as_array().unwrap() {
+        let name = format!("{}.weight", l["linear"].as_str().unwrap());
+        let gname = shrink_model::arch::hf_to_gguf(&cfg, &name).unwrap().name;
+        assert_eq!(
+            g.tensor(&gname).unwrap().dtype.name(),
+            l["gguf_type"].as_str().unwrap()
+        );
+    }
+    // recipe.toml reproduces the codes.
+    let again = t.join("types-again");
+    let (code, _, err) = shrink(&[
+        "compress",
+        "--model",
+        s(&model),
+        "--recipe",
+        s(&out.join("recipe.toml")),
+        "--out",
+        s(&again),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(out.join("quantized.safetensors")).unwrap(),
+        std::fs::read(again.join("quantized.safetensors")).unwrap()
+    );
+    // Refused before any work.
+    for (extra, needle) in [
+        (vec!["--search-types", "Q4_K_M"], "is a llama-quantize mix"),
+        (
+            vec!["--search-types", "Q4_0,Q9_9"],
+            "unknown ggml type 'Q9_9'",
+        ),
+        (
+            vec!["--search-types", "Q4_0", "--search-group-sizes", "32"],
+            "do not combine",
+        ),
+    ] {
+        let (code, err) = compress(&extra, &t.join("bad"));
+        assert_ne!(code, 0);
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!t.join("bad").exists());
+    }
+    let (code, err) = compress_to(lo - 1000, &["--search-types", "Q4_0,Q8_0"], &t.join("bad"));
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot be met"), "{err}");
+    // An HF directory has no GGUF metadata to size the file with.
+    let hf = hf_dir(t);
+    fails_with(
+        &[
+            "compress",
+            "--model",
+            s(&hf),
+            "--calib",
+            s(&calib),
+            "--method",
+            "gptq",
+            "--target-size",
+            "100KB",
+            "--search-types",
+            "Q4_0,Q8_0",
+            "--out",
+            s(&t.join("bad")),
+        ],
+        &["--search-types with --target-size counts the GGUF file"],
+    );
+}

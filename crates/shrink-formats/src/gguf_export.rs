@@ -634,7 +634,8 @@ fn copy_metadata(
 }
 
 /// Builds the GGUF in memory; returns the writer and a per-tensor report.
-pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
+/// The writer with the metadata of the file `e` describes (no tensors yet).
+fn gguf_metadata(e: &GgufExport) -> Result<GgufWriter> {
     let cfg = &e.src.config;
     let mut w = GgufWriter::new();
     w.pad_end();
@@ -684,31 +685,148 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
             GgufValue::U32(im.chunks as u32),
         );
     }
-    let permute = cfg.arch.gguf_permutes_qk();
-    let one_plus = cfg.arch.norm_style == NormStyle::OnePlus;
-    let mut report = Vec::new();
-    // GGUF tensors in order of first appearance; an expert's linears stack into one tensor
-    // `[n_experts, d_out, d_in]` (llama.cpp's `ffn_*_exps`), experts in order.
-    let table = arch::tensor_table(cfg);
+    Ok(w)
+}
+
+/// GGUF tensors in order of first appearance, each with its parts: an expert's linears stack
+/// into one tensor `[n_experts, d_out, d_in]` (llama.cpp's `ffn_*_exps`), experts in order.
+fn gguf_tensor_parts(table: &[arch::TensorEntry]) -> Vec<(&str, Vec<&arch::TensorEntry>)> {
     let mut order: Vec<&str> = Vec::new();
     let mut parts: HashMap<&str, Vec<&arch::TensorEntry>> = HashMap::new();
-    for t in &table {
+    for t in table {
         let v = parts.entry(t.gguf.name.as_str()).or_default();
         if v.is_empty() {
             order.push(&t.gguf.name);
         }
         v.push(t);
     }
+    order
+        .into_iter()
+        .map(|g| (g, parts.remove(g).unwrap_or_default()))
+        .collect()
+}
+
+/// `(rows, cols)` of a tensor entry's shape (a 1-D tensor is one row).
+fn rows_cols(t: &arch::TensorEntry) -> Result<(usize, usize)> {
+    match t.shape.as_slice() {
+        [r, c] => Ok((*r, *c)),
+        [c] => Ok((1, *c)),
+        s => bail!("tensor '{}' has shape {s:?}", t.hf),
+    }
+}
+
+/// GGUF dims (ggml order) of a tensor of `parts` parts of `rows x cols` (1-D when `one_d`).
+fn gguf_dims(one_d: bool, rows: usize, cols: usize, parts: usize, stacked: bool) -> Vec<u64> {
+    match (one_d, stacked) {
+        (true, _) => vec![cols as u64],
+        (false, false) => vec![cols as u64, rows as u64],
+        (false, true) => vec![cols as u64, rows as u64, parts as u64],
+    }
+}
+
+/// The exact length of the file [`write_gguf`] writes for `e` when the linear weights named in
+/// `linear_types` (Hugging Face weight names, `model.layers.0.self_attn.q_proj.weight`) have
+/// those types (before llama.cpp's shape fallback, which is applied) and every other tensor the
+/// type `e.plan` gives it: the header (the metadata and tensor infos [`build_gguf`] writes) and
+/// each tensor's blocks, padded. Only the metadata is built; no tensor is loaded. For budgets
+/// stated as a file size (`compress --allocate search --target-size` with `--search-types`).
+/// A stacked expert tensor takes the type of its first expert's linear, as the export does.
+pub fn predict_gguf_bytes(
+    e: &GgufExport,
+    linear_types: &HashMap<String, GgmlType>,
+) -> Result<GgufSizes> {
+    let cfg = &e.src.config;
+    let w = gguf_metadata(e)?;
+    let table = arch::tensor_table(cfg);
+    let mut tensors = Vec::new();
+    let mut hf: Vec<Vec<String>> = Vec::new();
+    for (gname, entries) in gguf_tensor_parts(&table) {
+        let first = entries[0];
+        let (rows, cols) = rows_cols(first)?;
+        let one_d = first.shape.len() == 1;
+        let ty = if one_d {
+            GgmlType::F32
+        } else {
+            fallback_type(
+                linear_types
+                    .get(&first.hf)
+                    .copied()
+                    .unwrap_or_else(|| e.plan.requested(gname)),
+                cols,
+            )
+        };
+        let dims = gguf_dims(
+            one_d,
+            rows,
+            cols,
+            entries.len(),
+            first.gguf.expert.is_some(),
+        );
+        tensors.push((gname.to_string(), dims, ty));
+        hf.push(entries.iter().map(|t| t.hf.clone()).collect());
+    }
+    if let Some(f) = shrink_model::layer::rope_freq_factors(cfg) {
+        tensors.push((
+            "rope_freqs.weight".to_string(),
+            vec![f.len() as u64],
+            GgmlType::F32,
+        ));
+        hf.push(vec![]);
+    }
+    let alignment = w.alignment()?;
+    let total = w.predicted_len(&tensors)?;
+    let mut out = Vec::with_capacity(tensors.len());
+    for ((name, dims, ty), parts) in tensors.into_iter().zip(hf) {
+        let n = GgmlType::bytes_for(&ty, dims.iter().product())
+            .with_context(|| format!("GGUF size: tensor '{name}' does not fit {ty} blocks"))?;
+        out.push(GgufTensorSize {
+            name,
+            parts,
+            ty,
+            padded_bytes: n.next_multiple_of(alignment),
+        });
+    }
+    Ok(GgufSizes {
+        total,
+        alignment,
+        tensors: out,
+    })
+}
+
+/// What [`predict_gguf_bytes`] finds.
+#[derive(Clone, Debug)]
+pub struct GgufSizes {
+    /// Bytes of the whole file.
+    pub total: u64,
+    /// The file's data alignment.
+    pub alignment: u64,
+    pub tensors: Vec<GgufTensorSize>,
+}
+
+/// One GGUF tensor's type and data bytes (padded to the alignment).
+#[derive(Clone, Debug)]
+pub struct GgufTensorSize {
+    pub name: String,
+    /// The Hugging Face tensors it holds (several for stacked experts).
+    pub parts: Vec<String>,
+    pub ty: GgmlType,
+    pub padded_bytes: u64,
+}
+
+/// Builds the GGUF file `e` describes in memory, with a report line per tensor.
+pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
+    let cfg = &e.src.config;
+    let mut w = gguf_metadata(e)?;
+    let permute = cfg.arch.gguf_permutes_qk();
+    let one_plus = cfg.arch.norm_style == NormStyle::OnePlus;
+    let mut report = Vec::new();
+    let table = arch::tensor_table(cfg);
     let mut layouts: HashMap<usize, arch::Layout> = HashMap::new();
-    for gname in order {
-        let entries = &parts[gname];
+    for (gname, entries) in gguf_tensor_parts(&table) {
+        let entries = &entries;
         let first = entries[0];
         let shape = &first.shape;
-        let (rows, cols) = match shape.as_slice() {
-            [r, c] => (*r, *c),
-            [c] => (1, *c),
-            _ => bail!("tensor '{}' has shape {shape:?}", first.hf),
-        };
+        let (rows, cols) = rows_cols(first)?;
         let requested = e.plan.requested(gname);
         let mut ty = if shape.len() == 1 {
             GgmlType::F32
@@ -794,11 +912,7 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
                 (d, im.is_some(), false)
             }
         };
-        let dims: Vec<u64> = match (shape.len(), stacked) {
-            (1, _) => vec![cols as u64],
-            (_, false) => vec![cols as u64, rows as u64],
-            (_, true) => vec![cols as u64, rows as u64, entries.len() as u64],
-        };
+        let dims = gguf_dims(shape.len() == 1, rows, cols, entries.len(), stacked);
         report.push(TensorReport {
             name: gname.to_string(),
             ggml_type: ty.name().to_string(),

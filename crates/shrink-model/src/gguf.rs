@@ -1365,7 +1365,8 @@ impl GgufWriter {
         Ok(self)
     }
 
-    fn alignment(&self) -> Result<u64> {
+    /// The data alignment its metadata sets (32 by default).
+    pub fn alignment(&self) -> Result<u64> {
         match self.metadata.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
             None => Ok(DEFAULT_ALIGNMENT),
             Some((_, v)) => match v.as_u64() {
@@ -1405,6 +1406,45 @@ impl GgufWriter {
         let padded = (h.len() as u64).div_ceil(alignment) * alignment;
         h.resize(padded as usize, 0);
         Ok((h, offsets))
+    }
+
+    /// The length of the file [`write`](Self::write) would write if, instead of the tensors
+    /// added so far, it held `tensors` (name, dims in ggml order, type), in that order: the
+    /// header (this writer's metadata and the tensor infos, padded to the alignment) and each
+    /// tensor's data padded to the alignment (the last one too with [`pad_end`](Self::pad_end)).
+    /// Nothing is serialized but the metadata; for sizing a file before its data exists.
+    pub fn predicted_len(&self, tensors: &[(String, Vec<u64>, GgmlType)]) -> Result<u64> {
+        let alignment = self.alignment()?;
+        let mut h = Vec::new();
+        for (k, v) in &self.metadata {
+            put_string(&mut h, k);
+            h.extend_from_slice(&v.type_id().to_le_bytes());
+            put_value(&mut h, v, k, 0)?;
+        }
+        // magic, version, tensor count, metadata count
+        let mut header = 4 + 4 + 8 + 8 + h.len() as u64;
+        let mut data = 0u64;
+        for (i, (name, dims, ty)) in tensors.iter().enumerate() {
+            // name (u64 length + bytes), n_dims u32, dims u64 each, type u32, offset u64
+            header += 8 + name.len() as u64 + 4 + 8 * dims.len() as u64 + 4 + 8;
+            let info = GgufTensorInfo {
+                name: name.clone(),
+                dims: dims.clone(),
+                dtype: *ty,
+                offset: 0,
+            };
+            let n = info.checked_n_bytes().ok_or_else(|| {
+                anyhow!(
+                    "GGUF size: tensor '{name}' dims {dims:?} do not fit {ty} blocks (or overflow)"
+                )
+            })?;
+            data += if i + 1 < tensors.len() || self.pad_end {
+                n.next_multiple_of(alignment)
+            } else {
+                n
+            };
+        }
+        Ok(header.next_multiple_of(alignment) + data)
     }
 
     /// Serializes the whole file to memory.

@@ -1081,3 +1081,41 @@ fn llama_with_every_new_type_loads_and_runs() {
     assert!(logits.iter().all(|v| v.is_finite()));
     assert!(logits.iter().any(|&v| v != logits[0]));
 }
+
+/// `predicted_len` is the length `to_bytes` gives, for every metadata type, odd tensor sizes
+/// (padding), quantized blocks, and with or without the last tensor padded.
+#[test]
+fn predicted_len_equals_the_written_length() {
+    for pad_end in [false, true] {
+        let mut w = GgufWriter::new();
+        if pad_end {
+            w.pad_end();
+        }
+        for (k, v) in every_value_type() {
+            w.add_metadata(k, v);
+        }
+        let tensors: Vec<(String, Vec<u64>, GgmlType)> = vec![
+            ("a".into(), vec![3], GgmlType::F32),
+            ("blk.0.attn_q.weight".into(), vec![64, 5], GgmlType::Q8_0),
+            ("c".into(), vec![256, 2, 3], GgmlType::Q4K),
+            ("d".into(), vec![7], GgmlType::F16),
+        ];
+        for (n, d, t) in &tensors {
+            let info_bytes = GgmlType::bytes_for(t, d.iter().product()).unwrap();
+            w.add_tensor(n.clone(), d.clone(), *t, vec![0u8; info_bytes as usize])
+                .unwrap();
+        }
+        let written = w.to_bytes().unwrap().len() as u64;
+        assert_eq!(
+            w.predicted_len(&tensors).unwrap(),
+            written,
+            "pad_end {pad_end}"
+        );
+        // a different type changes the prediction by the data alone
+        let mut other = tensors.clone();
+        other[1].2 = GgmlType::Q4_0;
+        let d = w.predicted_len(&tensors).unwrap() - w.predicted_len(&other).unwrap();
+        // Q8_0: 5 rows x 68 bytes = 340, padded to 352; Q4_0: 5 x 36 = 180, padded to 192
+        assert_eq!(d, 352 - 192);
+    }
+}

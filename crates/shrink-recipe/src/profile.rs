@@ -25,6 +25,10 @@ use std::time::Instant;
 pub struct Candidate {
     pub label: String,
     pub method: Box<dyn Method>,
+    /// The llama.cpp type the candidate rounds onto, if any: two such candidates whose types
+    /// fall back to the same type on a linear's rows (Q4_K and Q5_0 on 576 columns) give the
+    /// same result there, which is then solved once.
+    pub ggml: Option<shrink_model::gguf::GgmlType>,
 }
 
 /// The measured errors of one linear.
@@ -83,7 +87,15 @@ impl Method for Profiler {
             .hessian
             .map(|h| h.matrix().iter().map(|&v| v as f32).collect());
         let mut errs = BTreeMap::new();
+        let mut by_type: BTreeMap<&'static str, f64> = BTreeMap::new();
         for c in &self.candidates {
+            let resolved = c
+                .ggml
+                .map(|t| shrink_model::ggml_quant::fallback_type(t, d_in).name());
+            if let Some(e) = resolved.and_then(|r| by_type.get(r)) {
+                errs.insert(c.label.clone(), *e);
+                continue;
+            }
             let t = Instant::now();
             let out = c.method.compress(linear, weight, stats, None)?;
             let (e, _) = shrink_pipeline::rel_output_error(
@@ -102,6 +114,9 @@ impl Method for Profiler {
                 .entry(c.label.clone())
                 .or_default() += t.elapsed().as_secs_f64();
             errs.insert(c.label.clone(), e);
+            if let Some(r) = resolved {
+                by_type.insert(r, e);
+            }
         }
         self.linears.lock().unwrap().push(LinearProfile {
             name: linear.trim_end_matches(".weight").to_string(),

@@ -181,10 +181,15 @@ pub fn with_linear_settings(
     if base.group_size.is_some() {
         st.group_size = base.group_size;
     }
+    if base.gguf_type.is_some() {
+        st.gguf_type = base.gguf_type.clone();
+        st.sym = base.sym;
+    }
     for (m, set) in per_linear {
         let differs = (set.bits.is_some() && set.bits != base.bits)
             || (set.sparsity.is_some() && set.sparsity != base.sparsity)
-            || (set.group_size.is_some() && set.group_size != base.group_size);
+            || (set.group_size.is_some() && set.group_size != base.group_size)
+            || (set.gguf_type.is_some() && set.gguf_type != base.gguf_type);
         if differs {
             r.overrides.push(Override {
                 pattern: exact_pattern(m),
