@@ -216,6 +216,21 @@ impl CalibSet {
         })
     }
 
+    /// No calibration data: the set of a data-free run (methods that need no activations, RTN and
+    /// magnitude, compressing each layer's weights as they are read; nothing runs forward).
+    pub fn empty() -> Self {
+        CalibSet {
+            nsamples: 0,
+            seqlen: 0,
+            seed: 0,
+            source: "none (data-free)".into(),
+            text_tokens: 0,
+            ids: vec![],
+            starts: vec![],
+            bos: None,
+        }
+    }
+
     /// Reads calibration ids saved by [`CalibSet::save`] (or any safetensors file with an I64 or
     /// I32 tensor `input_ids` of shape `[nsamples, seqlen]`), e.g. to reuse another tool's tokens.
     pub fn load(path: &Path, vocab_size: usize) -> Result<Self> {

@@ -178,6 +178,8 @@ pub struct CompressArgs {
     #[arg(long)]
     block_size: Option<usize>,
     /// Calibration text: a UTF-8 file, a .jsonl file (see --calib-field) or a directory of .txt files.
+    /// Methods that need no activations (rtn, magnitude) run data-free without it: each layer is
+    /// compressed as it is read, no forward pass, no errors in the report.
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Use these calibration token ids instead of drawing windows: a safetensors file with an
@@ -602,9 +604,11 @@ fn load_calib(
     a: &CompressArgs,
     c: &shrink_recipe::CalibSection,
     src: &ModelSource,
+    data_free: bool,
 ) -> Result<CalibSet> {
     match &a.calib_ids {
         Some(p) => CalibSet::load(p, src.config.vocab_size),
+        None if data_free && c.file.is_none() => Ok(CalibSet::empty()),
         None => {
             let calib_path = c.file.clone().context(
                 "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
@@ -828,8 +832,18 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     // A fresh run's calibration set (a resumed run reads its own from the checkpoint): needed
     // for compressing and for the angular / bi scores.
     let needs_calib = !drop_only || drop_req.is_some_and(|r| r.score.needs_data());
+    // Data-free: every method needs no activations (RTN, magnitude) and nothing else asks for
+    // calibration data; without calibration text each layer is compressed as it is read, with no
+    // forward pass (and no errors in the report: give --calib to have them measured).
+    let data_free = allocate == "uniform"
+        && a.max_ppl_rise.is_none()
+        && !drop_req.is_some_and(|r| r.score.needs_data())
+        && recipe.stage.iter().all(|s| {
+            shrink_recipe::build_method(s)
+                .is_ok_and(|m| m.needs() == shrink_methods::Needs::Nothing)
+        });
     let mut calib = if needs_calib && !a.resume {
-        Some(load_calib(&a, &recipe.calibration, &src)?)
+        Some(load_calib(&a, &recipe.calibration, &src, data_free)?)
     } else {
         None
     };
@@ -995,7 +1009,15 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         );
     }
     let layers_dir = ckpt.layers_dir();
-    if !quiet {
+    if !quiet && nsamples == 0 {
+        eprintln!(
+            "compressing {} with {} ({} layers), data-free: no calibration text, each layer's \
+             weights compressed as they are read (no forward pass)",
+            a.model.display(),
+            plan.name(),
+            n_layers,
+        );
+    } else if !quiet {
         eprintln!(
             "compressing {} with {} ({} layers), calibration {} x {} tokens from {} (seed {seed})",
             a.model.display(),
@@ -1341,14 +1363,18 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     ckpt.remove();
     if !quiet {
         eprintln!(
-            "wrote {} in {:.1} s (pipeline {:.1} s: forward {:.1}, hessian {:.1}, solve {:.1}); mean relative output error {:.3e}; peak RSS {:.0} MB",
+            "wrote {} in {:.1} s (pipeline {:.1} s: forward {:.1}, hessian {:.1}, solve {:.1}); {}; peak RSS {:.0} MB",
             path.display(),
             report.seconds + write_s,
             report.seconds,
             report.phases.forward,
             report.phases.hessian,
             report.phases.solve,
-            mean_err,
+            if calib.nsamples == 0 {
+                "data-free: errors not measured (give --calib to measure them)".to_string()
+            } else {
+                format!("mean relative output error {mean_err:.3e}")
+            },
             peak_compress.unwrap_or(f64::NAN)
         );
     }

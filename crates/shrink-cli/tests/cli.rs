@@ -840,3 +840,70 @@ fn compress_bad_pruning_settings() {
         assert!(!out.exists(), "output left behind for {a:?}");
     }
 }
+
+/// Data-free compression: RTN and magnitude without calibration text write the same files as
+/// with it (their result does not depend on activations), run no forward pass, and report no
+/// errors; a method that needs activations still asks for the text.
+#[test]
+fn rtn_and_magnitude_run_data_free() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for (name, flags) in [
+        (
+            "rtn",
+            vec!["--method", "rtn", "--bits", "4", "--group-size", "16"],
+        ),
+        ("mag", vec!["--method", "magnitude", "--sparsity", "0.5"]),
+    ] {
+        let with = compress_tiny(t, &format!("{name}-calib"), &flags);
+        let model = t.join("hf");
+        let free = t.join(format!("{name}-free"));
+        let mut args = vec!["compress", "--model", s(&model), "--out", s(&free)];
+        args.extend_from_slice(&flags);
+        let (code, _, err) = shrink(&args);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("data-free"), "{err}");
+        for f in ["model.safetensors", "quantized.safetensors"] {
+            if with.join(f).exists() || free.join(f).exists() {
+                assert_eq!(
+                    std::fs::read(with.join(f)).unwrap(),
+                    std::fs::read(free.join(f)).unwrap(),
+                    "{name}: {f}"
+                );
+            }
+        }
+        let rep = report(&free);
+        assert_eq!(rep["calibration"]["nsamples"], 0);
+        assert_eq!(
+            rep["totals"]["phases"]["forward"].as_f64().unwrap() < 0.05,
+            true
+        );
+        for l in rep["layers"][0]["linears"].as_array().unwrap() {
+            assert!(l["rel_error"].is_null(), "{l}");
+            assert_eq!(l["tokens"], 0);
+        }
+        // with calibration text the errors are measured
+        let rep = report(&with);
+        assert!(
+            rep["layers"][0]["linears"][0]["rel_error"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
+    let model = t.join("hf");
+    fails_with(
+        &[
+            "compress",
+            "--model",
+            s(&model),
+            "--method",
+            "gptq",
+            "--bits",
+            "4",
+            "--out",
+            s(&t.join("g")),
+        ],
+        &["no calibration text given"],
+    );
+}
