@@ -291,6 +291,36 @@ impl DecoderLayer {
         seq: usize,
         hook: &mut dyn LayerHook,
     ) -> Result<()> {
+        self.forward_impl(cfg, rope, x, batch, seq, hook, None)
+    }
+
+    /// Incremental decoding: runs the layer on `n` new tokens `x` = `[n, hidden]` of one sequence
+    /// whose earlier tokens' keys and values are in `cache` (positions `cache.len..cache.len + n`),
+    /// and appends the new tokens' keys and values to it. The same blocks as
+    /// [`forward`](Self::forward); only the attention reads the cached keys
+    /// ([`attention_cached`]).
+    pub fn forward_cached(
+        &mut self,
+        cfg: &ModelConfig,
+        rope: &Rope,
+        x: &mut [f32],
+        n: usize,
+        cache: &mut LayerCache,
+    ) -> Result<()> {
+        self.forward_impl(cfg, rope, x, 1, n, &mut NoHook, Some(cache))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_impl(
+        &mut self,
+        cfg: &ModelConfig,
+        rope: &Rope,
+        x: &mut [f32],
+        batch: usize,
+        seq: usize,
+        hook: &mut dyn LayerHook,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<()> {
         let (hd, nh, nkv, h) = (
             cfg.head_dim,
             cfg.num_heads,
@@ -341,25 +371,35 @@ impl DecoderLayer {
         }
         let sliding = cfg.is_sliding(self.index);
         let table = rope.table(sliding);
-        table.apply(&mut q, seq, nh, hd);
-        table.apply(&mut k, seq, nkv, hd);
-        let attn = attention(
-            &q,
-            &k,
-            &v,
-            Heads {
-                batch,
-                seq,
-                nh,
-                nkv,
-                hd,
-            },
-            AttnOpts {
-                scale: cfg.attn_scale(),
-                window: if sliding { cfg.sliding_window } else { None },
-                softcap: cfg.attn_softcap.map(|c| c as f32),
-            },
-        );
+        let heads = Heads {
+            batch,
+            seq,
+            nh,
+            nkv,
+            hd,
+        };
+        let opts = AttnOpts {
+            scale: cfg.attn_scale(),
+            window: if sliding { cfg.sliding_window } else { None },
+            softcap: cfg.attn_softcap.map(|c| c as f32),
+        };
+        let attn = match cache {
+            None => {
+                table.apply(&mut q, seq, nh, hd);
+                table.apply(&mut k, seq, nkv, hd);
+                attention(&q, &k, &v, heads, opts)
+            }
+            Some(c) => {
+                assert_eq!(batch, 1, "a KV cache holds one sequence");
+                let pos0 = c.len;
+                table.apply_from(&mut q, pos0, nh, hd);
+                table.apply_from(&mut k, pos0, nkv, hd);
+                c.k.extend_from_slice(&k);
+                c.v.extend_from_slice(&v);
+                c.len += seq;
+                attention_cached(&q, &c.k, &c.v, pos0, heads, opts)
+            }
+        };
         drop((q, k, v));
 
         let io = self.role_index(Role::O);
@@ -640,6 +680,81 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], sh: Heads, opt: AttnOpts) -> Vec<f
     y
 }
 
+/// The keys and values (after rope, before any head expansion) of the tokens one layer has seen
+/// of one sequence: `[len, num_kv_heads * head_dim]` each.
+#[derive(Clone, Debug, Default)]
+pub struct LayerCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub len: usize,
+}
+
+/// Causal grouped-query attention of `n` new queries at positions `pos0..pos0 + n` (`q`
+/// `[n, nh*hd]`) over the cached keys and values of positions `0..pos0 + n` (`k`/`v`
+/// `[pos0 + n, nkv*hd]`): query `i` sees the keys `j <= pos0 + i` (within the sliding window
+/// where there is one). The same scores, soft-cap and softmax as [`attention`], as dot products
+/// (decoding feeds one token at a time). One task per head.
+fn attention_cached(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos0: usize,
+    sh: Heads,
+    opt: AttnOpts,
+) -> Vec<f32> {
+    let Heads {
+        seq: n,
+        nh,
+        nkv,
+        hd,
+        ..
+    } = sh;
+    let group = nh / nkv;
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let heads: Vec<Vec<f32>> = (0..nh)
+        .into_par_iter()
+        .map(|hq| {
+            let hk = hq / group;
+            let mut out = vec![0f32; n * hd];
+            let mut s = Vec::with_capacity(pos0 + n);
+            for i in 0..n {
+                let last = pos0 + i;
+                let first = match opt.window {
+                    Some(w) => (last + 1).saturating_sub(w),
+                    None => 0,
+                };
+                let qi = &q[i * qw + hq * hd..i * qw + (hq + 1) * hd];
+                s.clear();
+                for j in first..=last {
+                    let kj = &k[j * kw + hk * hd..j * kw + (hk + 1) * hd];
+                    let d: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                    let mut x = opt.scale * d;
+                    if let Some(c) = opt.softcap {
+                        x = c * (x / c).tanh();
+                    }
+                    s.push(x);
+                }
+                crate::fastmath::softmax_in_place(&mut s);
+                let o = &mut out[i * hd..(i + 1) * hd];
+                for (p, j) in s.iter().zip(first..=last) {
+                    let vj = &v[j * kw + hk * hd..j * kw + (hk + 1) * hd];
+                    for (a, b) in o.iter_mut().zip(vj) {
+                        *a += p * b;
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    let mut y = vec![0f32; n * qw];
+    for (hq, out) in heads.iter().enumerate() {
+        for i in 0..n {
+            y[i * qw + hq * hd..i * qw + (hq + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
+        }
+    }
+    y
+}
+
 /// Rotary position embeddings as Hugging Face applies them (`rotate_half`: the first and second
 /// halves of each head form the pairs), with the config's frequency scaling; a second table with
 /// the local base for the sliding-window layers of families that have one (Gemma 3).
@@ -787,6 +902,37 @@ impl RopeTable {
         }
     }
 
+    /// Rotates `x` = `[n, heads * hd]`, one sequence's tokens at positions `pos0..pos0 + n`, in
+    /// place (as [`apply`](Self::apply) does for positions from 0).
+    pub fn apply_from(&self, x: &mut [f32], pos0: usize, heads: usize, hd: usize) {
+        let n = x.len() / (heads * hd).max(1);
+        assert!(
+            pos0 + n <= self.max_seq,
+            "position {} exceeds the rotary table ({})",
+            pos0 + n,
+            self.max_seq
+        );
+        assert!(2 * self.half <= hd);
+        x.par_chunks_exact_mut(heads * hd)
+            .enumerate()
+            .for_each(|(r, row)| self.rotate_row(row, pos0 + r, hd));
+    }
+
+    fn rotate_row(&self, row: &mut [f32], p: usize, hd: usize) {
+        let (c, s) = (
+            &self.cos[p * self.half..(p + 1) * self.half],
+            &self.sin[p * self.half..(p + 1) * self.half],
+        );
+        for head in row.chunks_exact_mut(hd) {
+            let (a, b) = head[..2 * self.half].split_at_mut(self.half);
+            for i in 0..self.half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * c[i] - x2 * s[i];
+                b[i] = x2 * c[i] + x1 * s[i];
+            }
+        }
+    }
+
     /// Rotates `x` = `[batch * seq, heads * hd]` in place (position = index within its
     /// sequence): the first `2 * half` values of each head, the rest unchanged (partial rotary).
     pub fn apply(&self, x: &mut [f32], seq: usize, heads: usize, hd: usize) {
@@ -796,21 +942,8 @@ impl RopeTable {
             self.max_seq
         );
         assert!(2 * self.half <= hd);
-        let w = heads * hd;
-        x.par_chunks_exact_mut(w).enumerate().for_each(|(r, row)| {
-            let p = r % seq;
-            let (c, s) = (
-                &self.cos[p * self.half..(p + 1) * self.half],
-                &self.sin[p * self.half..(p + 1) * self.half],
-            );
-            for head in row.chunks_exact_mut(hd) {
-                let (a, b) = head[..2 * self.half].split_at_mut(self.half);
-                for i in 0..self.half {
-                    let (x1, x2) = (a[i], b[i]);
-                    a[i] = x1 * c[i] - x2 * s[i];
-                    b[i] = x2 * c[i] + x1 * s[i];
-                }
-            }
-        });
+        x.par_chunks_exact_mut(heads * hd)
+            .enumerate()
+            .for_each(|(r, row)| self.rotate_row(row, r % seq, hd));
     }
 }

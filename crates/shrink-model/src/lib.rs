@@ -11,6 +11,7 @@
 pub mod arch;
 pub mod config;
 pub mod fastmath;
+pub mod generate;
 pub mod ggml_mix;
 pub mod ggml_quant;
 pub mod gguf;
@@ -28,7 +29,7 @@ pub mod tokenizer;
 
 pub use arch::{Arch, Family, Layout, LinearSpec, Role};
 pub use config::{ModelConfig, MoeConfig, RopeScaling};
-pub use layer::{DecoderLayer, LayerHook, LinearWeights, NoHook, Rope};
+pub use layer::{DecoderLayer, LayerCache, LayerHook, LinearWeights, NoHook, Rope};
 pub use model::{Model, ModelSource};
 pub use source::TensorSource;
 pub use tensor::Tensor;

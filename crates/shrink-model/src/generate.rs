@@ -1,0 +1,241 @@
+//! Text generation: a KV-cached forward pass over a resident [`Model`] and the samplers of
+//! Hugging Face's `generate` (greedy, and seeded sampling with temperature, top-k and top-p).
+//!
+//! The prompt is run once through every layer ([`DecoderLayer::forward_cached`] appends each
+//! layer's keys and values to its [`LayerCache`]); each new token then runs alone against the
+//! cache. Logits are those of [`Model::hidden_states`] and [`Model::logits`] for the same tokens,
+//! up to float summation order (checked in the tests against the uncached pass).
+use crate::layer::{LayerCache, Rope};
+use crate::model::{final_norm, head_logits, Model};
+use anyhow::{bail, Result};
+
+/// A model with one KV cache per layer, fed tokens of one sequence.
+pub struct Generator<'a> {
+    model: &'a mut Model,
+    rope: Rope,
+    caches: Vec<LayerCache>,
+    max_len: usize,
+}
+
+impl<'a> Generator<'a> {
+    /// A generator for sequences of at most `max_len` tokens (prompt and generated).
+    pub fn new(model: &'a mut Model, max_len: usize) -> Self {
+        let rope = Rope::new(&model.config, max_len);
+        let caches = vec![LayerCache::default(); model.layers.len()];
+        Generator {
+            model,
+            rope,
+            caches,
+            max_len,
+        }
+    }
+
+    /// Tokens fed so far.
+    pub fn len(&self) -> usize {
+        self.caches.first().map_or(0, |c| c.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `ids` (the next tokens of the sequence) and returns the logits `[vocab]` of the last.
+    pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            bail!("no tokens to feed");
+        }
+        if self.len() + ids.len() > self.max_len {
+            bail!(
+                "{} tokens exceed the generator's {} (prompt and new tokens)",
+                self.len() + ids.len(),
+                self.max_len
+            );
+        }
+        let cfg = self.model.config.clone();
+        let mut x = self.model.embed(ids)?;
+        for (layer, cache) in self.model.layers.iter_mut().zip(&mut self.caches) {
+            layer.forward_cached(&cfg, &self.rope, &mut x, ids.len(), cache)?;
+        }
+        let h = cfg.hidden_size;
+        let last = &x[(ids.len() - 1) * h..];
+        let normed = final_norm(&cfg, &self.model.norm, last)?;
+        Ok(head_logits(&cfg, self.model.head(), &normed, 1))
+    }
+}
+
+/// How the next token is chosen from the logits, in Hugging Face's order: temperature, then
+/// top-k, then top-p (nucleus), then a draw; `temperature == 0` is greedy (the first maximum).
+#[derive(Clone, Debug)]
+pub struct Sampling {
+    pub temperature: f64,
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1: all).
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Sampling {
+    pub fn greedy() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!(
+                "--temperature must be >= 0 (0: greedy), got {}",
+                self.temperature
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        Ok(())
+    }
+}
+
+/// A seeded sampler (SplitMix64: a fixed, documented stream, so a seed gives the same text on
+/// every machine).
+pub struct Sampler {
+    pub sampling: Sampling,
+    state: u64,
+}
+
+/// The index of the first maximum.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Sampler {
+    pub fn new(sampling: Sampling) -> Self {
+        let state = sampling.seed;
+        Sampler { sampling, state }
+    }
+
+    /// A uniform draw in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The next token from `logits`.
+    pub fn next(&mut self, logits: &[f32]) -> u32 {
+        let s = &self.sampling;
+        if s.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let t = s.temperature;
+        // candidates by descending logit (ties to the lower id)
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if s.top_k > 0 {
+            idx.truncate(s.top_k);
+        }
+        let m = logits[idx[0]] as f64 / t;
+        let mut p: Vec<f64> = idx
+            .iter()
+            .map(|&i| (logits[i] as f64 / t - m).exp())
+            .collect();
+        let z: f64 = p.iter().sum();
+        p.iter_mut().for_each(|x| *x /= z);
+        if s.top_p < 1.0 {
+            // the smallest prefix whose mass reaches top_p (at least one token)
+            let mut acc = 0.0;
+            let mut keep = p.len();
+            for (j, x) in p.iter().enumerate() {
+                acc += x;
+                if acc >= s.top_p {
+                    keep = j + 1;
+                    break;
+                }
+            }
+            p.truncate(keep);
+            idx.truncate(keep);
+            let z: f64 = p.iter().sum();
+            p.iter_mut().for_each(|x| *x /= z);
+        }
+        let u = self.uniform();
+        let mut acc = 0.0;
+        for (j, x) in p.iter().enumerate() {
+            acc += x;
+            if u < acc {
+                return idx[j] as u32;
+            }
+        }
+        idx[p.len() - 1] as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_and_filters() {
+        let logits = [0.0f32, 3.0, 1.0, 3.0, -1.0];
+        assert_eq!(argmax(&logits), 1, "the first maximum");
+        let mut g = Sampler::new(Sampling::greedy());
+        assert_eq!(g.next(&logits), 1);
+        // top-k 1 is greedy whatever the temperature
+        let mut k1 = Sampler::new(Sampling {
+            temperature: 5.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 3,
+        });
+        for _ in 0..20 {
+            assert_eq!(k1.next(&logits), 1);
+        }
+        // top-k 2 draws only the two maxima (ids 1 and 3), about evenly
+        let mut k2 = Sampler::new(Sampling {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            seed: 7,
+        });
+        let draws: Vec<u32> = (0..2000).map(|_| k2.next(&logits)).collect();
+        assert!(draws.iter().all(|&d| d == 1 || d == 3));
+        let ones = draws.iter().filter(|&&d| d == 1).count();
+        assert!((900..1100).contains(&ones), "{ones}");
+        // top-p: mass of {1, 3} is 2e^3/(2e^3+e^1+1+e^-1) = 0.88; p = 0.8 keeps only them
+        let mut tp = Sampler::new(Sampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.8,
+            seed: 1,
+        });
+        assert!((0..500).all(|_| matches!(tp.next(&logits), 1 | 3)));
+        // the same seed gives the same draws; the full distribution reaches every token
+        let s = Sampling {
+            temperature: 2.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 11,
+        };
+        let a: Vec<u32> = {
+            let mut x = Sampler::new(s.clone());
+            (0..300).map(|_| x.next(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut x = Sampler::new(s.clone());
+            (0..300).map(|_| x.next(&logits)).collect()
+        };
+        assert_eq!(a, b);
+        assert!((0..5).all(|t| a.contains(&t)), "{a:?}");
+    }
+}
