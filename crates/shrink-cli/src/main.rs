@@ -5,6 +5,7 @@ mod compress;
 mod eval_kld;
 mod eval_tasks;
 mod export;
+mod generate;
 mod llama_ppl;
 mod profile;
 mod progress;
@@ -69,6 +70,10 @@ enum Cmd {
     /// sqrt(p(1-p)/(n-1)), as lm-eval reports them. OLMES's unconditional copies (doc_id >=
     /// 1000000) are skipped.
     EvalTasks(Box<eval_tasks::EvalTasksArgs>),
+    /// Generate text: a prompt continued, or a chat message answered through the model's chat
+    /// template, with a KV cache; greedy by default, or seeded sampling (temperature, top-k,
+    /// top-p); stops at the model's EOS. Streams the text (--json: token ids and timings).
+    Generate(Box<generate::GenerateArgs>),
     /// Convert a GGUF file into a Hugging Face directory (f32 safetensors, config.json,
     /// tokenizer.json, tokenizer_config.json) that transformers loads unchanged.
     ///
@@ -194,6 +199,7 @@ fn main() {
         Cmd::Compress(a) => compress::run(*a, quiet),
         Cmd::Eval(a) => cmd_eval(a, quiet),
         Cmd::EvalTasks(a) => eval_tasks::run(*a, quiet),
+        Cmd::Generate(a) => generate::run(*a, quiet),
         Cmd::Convert(a) => cmd_convert(a, quiet),
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Export(a) => export::run(*a, quiet),
