@@ -21,10 +21,9 @@ use shrink_eval::tasks::{
     requests_path, share_prefixes, task_metrics, tasks_json, CacheLine, CacheWriter, Request, Row,
     TaskMetrics, TaskSpec, DEFAULT_DATA_DIR,
 };
-use shrink_model::layer::load_checked;
-use shrink_model::model::{embed_input, final_norm, load_final_norm};
+use shrink_model::model::{final_norm, load_final_norm};
 use shrink_model::stream::Streamed;
-use shrink_model::{arch, DecoderLayer, ModelConfig, ModelSource, NoHook, Rope, TensorSource};
+use shrink_model::{DecoderLayer, ModelConfig, ModelSource, NoHook, Rope, TensorSource};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -342,18 +341,15 @@ fn batched_hidden_states(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f32>>> {
     let h = cfg.hidden_size;
-    let mut xs: Vec<Vec<f32>> = {
-        let embed = load_checked(tensors, arch::HF_EMBED, &[cfg.vocab_size, h])?;
-        groups
-            .iter()
-            .map(|(ids, n, seq)| {
-                if ids.len() != n * seq {
-                    bail!("expected {n} x {seq} token ids, got {}", ids.len());
-                }
-                embed_input(cfg, &embed, ids)
-            })
-            .collect::<Result<_>>()?
-    };
+    let mut xs: Vec<Vec<f32>> = groups
+        .iter()
+        .map(|(ids, n, seq)| {
+            if ids.len() != n * seq {
+                bail!("expected {n} x {seq} token ids, got {}", ids.len());
+            }
+            shrink_model::model::embed_ids(cfg, tensors, ids)
+        })
+        .collect::<Result<_>>()?;
     let max_seq = groups.iter().map(|g| g.2).max().unwrap_or(1);
     let rope = Rope::new(cfg, max_seq);
     for i in 0..cfg.num_layers {

@@ -136,13 +136,11 @@ pub fn run(a: ProfileArgs, quiet: bool) -> Result<()> {
     let calib = CalibSet::sample(&source, &src.tokenizer, a.nsamples, a.seqlen, a.seed)?;
     let profiler = Profiler::new(candidates, a.owl_m)?;
     let cfg = &src.config;
-    let embed = src.load_embedding()?;
     let mut sink = Influence {
-        prev: shrink_model::model::embed_input(cfg, &embed, &calib.ids)?,
+        prev: src.embed_ids(&calib.ids)?,
         d: cfg.hidden_size,
         out: Vec::new(),
     };
-    drop(embed);
     if !quiet {
         eprintln!(
             "profiling {} ({} layers, {} candidates), calibration {} x {} tokens from {}",

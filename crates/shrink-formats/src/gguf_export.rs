@@ -1115,9 +1115,7 @@ pub fn compute_imatrix(
             ids.len()
         );
     }
-    let embed = src.load_embedding()?;
-    let mut x = shrink_model::model::embed_input(cfg, &embed, ids)?;
-    drop(embed);
+    let mut x = src.embed_ids(ids)?;
     let rope = shrink_model::Rope::new(cfg, seqlen);
     let h = cfg.hidden_size;
     let mut sums: HashMap<(usize, usize), (Vec<f64>, usize)> = HashMap::new();

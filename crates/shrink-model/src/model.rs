@@ -192,6 +192,13 @@ impl ModelSource {
         )
     }
 
+    /// The first layer's input for token ids, as [`embed_input`] gives it, reading only the
+    /// embedding rows of the distinct ids (never the whole matrix in f32: 933 MB for a
+    /// 152k x 1536 vocabulary).
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        embed_ids(&self.config, self.tensors.as_ref(), ids)
+    }
+
     /// The final norm and the output head (`None` when tied to the embedding).
     pub fn load_head(&self) -> Result<(Tensor, Option<Tensor>)> {
         let c = &self.config;
@@ -358,6 +365,49 @@ pub fn embed_input(cfg: &ModelConfig, embed: &Tensor, ids: &[u32]) -> Result<Vec
     if cfg.arch.embed_scale {
         let s = (cfg.hidden_size as f64).sqrt() as f32;
         x.iter_mut().for_each(|v| *v *= s);
+    }
+    Ok(x)
+}
+
+/// [`embed_input`] from a tensor source, reading only the rows of the distinct ids
+/// ([`TensorSource::load_rows`]).
+pub fn embed_ids(cfg: &ModelConfig, src: &dyn TensorSource, ids: &[u32]) -> Result<Vec<f32>> {
+    let h = cfg.hidden_size;
+    let vocab = cfg.vocab_size;
+    let mut uniq: Vec<u32> = ids.to_vec();
+    uniq.sort_unstable();
+    uniq.dedup();
+    if let Some(&id) = uniq.last().filter(|&&id| id as usize >= vocab) {
+        bail!("token id {id} is outside the vocabulary of {vocab}");
+    }
+    if let Some(sh) = src.shape(arch::HF_EMBED).filter(|sh| sh[..] != [vocab, h]) {
+        bail!(
+            "{}: tensor {} has shape {sh:?}, expected [{vocab}, {h}]",
+            src.describe(),
+            src.label(arch::HF_EMBED)
+        );
+    }
+    let rows: Vec<usize> = uniq.iter().map(|&i| i as usize).collect();
+    let table = src.load_rows(arch::HF_EMBED, &rows)?;
+    if table.len() != rows.len() * h {
+        bail!(
+            "{}: the embedding's rows have {} values, not the hidden size {h}",
+            src.describe(),
+            table.len() / rows.len().max(1)
+        );
+    }
+    let scale = cfg
+        .arch
+        .embed_scale
+        .then(|| (cfg.hidden_size as f64).sqrt() as f32);
+    let mut x = Vec::with_capacity(ids.len() * h);
+    for id in ids {
+        let k = uniq.binary_search(id).expect("every id is in uniq");
+        let row = &table[k * h..(k + 1) * h];
+        match scale {
+            Some(s) => x.extend(row.iter().map(|v| v * s)),
+            None => x.extend_from_slice(row),
+        }
     }
     Ok(x)
 }

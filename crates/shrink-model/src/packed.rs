@@ -284,6 +284,12 @@ impl PackedSource {
 }
 
 impl TensorSource for PackedSource {
+    fn load_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        if self.inner.contains(name) {
+            return self.inner.load_rows(name, rows);
+        }
+        crate::source::gather_rows(&self.load(name)?, rows, name)
+    }
     fn load(&self, name: &str) -> Result<Tensor> {
         if self.inner.contains(name) {
             return self.inner.load(name);

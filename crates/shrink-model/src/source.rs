@@ -29,6 +29,12 @@ pub trait TensorSource: Send + Sync {
     fn shape(&self, _name: &str) -> Option<Vec<usize>> {
         None
     }
+    /// Rows `rows` of a 2-D tensor `[n, d]`, as f32 `[rows.len(), d]`, in that order: an
+    /// embedding lookup. Sources that can read rows alone (GGUF blocks, safetensors) do, so that
+    /// the whole matrix is never held in f32; the default loads the tensor and gathers.
+    fn load_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        gather_rows(&self.load(name)?, rows, &self.label(name))
+    }
 }
 
 struct StFile {
@@ -413,6 +419,19 @@ impl TensorSource for SafetensorsSource {
     }
 }
 
+/// Rows of a loaded 2-D tensor (see [`TensorSource::load_rows`]).
+pub fn gather_rows(t: &Tensor, rows: &[usize], label: &str) -> Result<Vec<f32>> {
+    let (n, d) = t.dims2();
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &r in rows {
+        if r >= n {
+            bail!("row {r} of {label} is out of range (it has {n} rows)");
+        }
+        out.extend_from_slice(&t.data[r * d..(r + 1) * d]);
+    }
+    Ok(out)
+}
+
 /// Tensors from `primary` where it has them, otherwise from `fallback` (e.g. compressed layers
 /// over the original model).
 pub struct Overlay<'a> {
@@ -452,6 +471,13 @@ impl TensorSource for Overlay<'_> {
             self.fallback.shape(name)
         }
     }
+    fn load_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        if self.primary.contains(name) {
+            self.primary.load_rows(name, rows)
+        } else {
+            self.fallback.load_rows(name, rows)
+        }
+    }
 }
 
 /// A model's tensors with only some of its decoder layers, renumbered: layer `i` of the view is
@@ -486,6 +512,12 @@ impl TensorSource for LayerView {
                 self.describe(),
                 self.keep.len()
             ),
+        }
+    }
+    fn load_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        match self.inner_name(name) {
+            Some(n) => self.inner.load_rows(&n, rows),
+            None => gather_rows(&self.load(name)?, rows, name),
         }
     }
     fn contains(&self, name: &str) -> bool {
@@ -623,6 +655,29 @@ impl TensorSource for GgufSource {
             t.data.iter_mut().for_each(|w| *w -= 1.0);
         }
         Ok(t)
+    }
+    fn load_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        // the embedding: stored as it is read (no q/k permutation, no 1 + w), one row per token
+        if name != arch::HF_EMBED {
+            return gather_rows(&self.load(name)?, rows, &self.label(name));
+        }
+        let path = self.file.path().display();
+        let (r, _) = self
+            .gguf_ref(name)
+            .with_context(|| format!("{path}: no GGUF tensor corresponds to '{name}'"))?;
+        let info = self
+            .file
+            .tensor(&r.name)
+            .with_context(|| format!("{path}: tensor '{}' (for '{name}') is missing", r.name))?;
+        let n = info.n_rows() as usize;
+        let mut out = Vec::with_capacity(rows.len() * info.row_len() as usize);
+        for &row in rows {
+            if row >= n {
+                bail!("{path}: row {row} of '{}' is out of range (it has {n} rows)", r.name);
+            }
+            out.extend(self.file.dequantize_rows(&r.name, row as u64..row as u64 + 1)?);
+        }
+        Ok(out)
     }
     fn contains(&self, name: &str) -> bool {
         self.gguf_ref(name)

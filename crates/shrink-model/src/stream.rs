@@ -19,7 +19,7 @@
 //! after it is copied, so the mapped file does not fill the resident set either.
 use crate::config::ModelConfig;
 use crate::layer::{load_checked, DecoderLayer, NoHook, Rope};
-use crate::model::{embed_input, final_norm, head_logits, load_final_norm};
+use crate::model::{final_norm, head_logits, load_final_norm};
 use crate::source::TensorSource;
 use crate::{arch, Tensor};
 use anyhow::{bail, Result};
@@ -75,10 +75,7 @@ impl<'a> Streamed<'a> {
             bail!("expected {n} x {seq} token ids, got {}", ids.len());
         }
         let h = cfg.hidden_size;
-        let mut x = {
-            let embed = load_checked(self.tensors, arch::HF_EMBED, &[cfg.vocab_size, h])?;
-            embed_input(cfg, &embed, ids)?
-        };
+        let mut x = crate::model::embed_ids(cfg, self.tensors, ids)?;
         let rope = Rope::new(cfg, seq);
         let batch = batch.max(1);
         for i in 0..cfg.num_layers {

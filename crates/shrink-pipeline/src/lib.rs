@@ -17,7 +17,6 @@ use shrink_methods::{
     QuantizedWeight, Sparsity,
 };
 use shrink_model::layer::{LayerHook, NoHook, Rope};
-use shrink_model::model::embed_input;
 use shrink_model::{DecoderLayer, ModelSource};
 use std::ops::Range;
 use std::time::Instant;
@@ -668,8 +667,7 @@ pub fn run_from(
                     layers.start
                 );
             }
-            let embed = src.load_embedding()?;
-            embed_input(cfg, &embed, &calib.ids)?
+            src.embed_ids(&calib.ids)?
         }
     };
     phases.load += t.elapsed().as_secs_f64();

@@ -201,9 +201,7 @@ pub fn measure(
 ) -> Result<LayerScores> {
     let cfg = &src.config;
     check_count(n, cfg.num_layers, "--drop-layers")?;
-    let embed = src.load_embedding()?;
-    let x0 = shrink_model::model::embed_input(cfg, &embed, &calib.ids)?;
-    drop(embed);
+    let x0 = src.embed_ids(&calib.ids)?;
     let mut sink = BoundaryStats::new(x0, cfg.hidden_size, n);
     shrink_pipeline::run_from(
         src,
