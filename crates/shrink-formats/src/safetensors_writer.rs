@@ -58,6 +58,22 @@ pub fn write_safetensors_raw(
     metadata: &BTreeMap<String, String>,
     load: &mut dyn FnMut(usize) -> Result<Vec<u8>>,
 ) -> Result<()> {
+    write_safetensors_with(path, entries, metadata, &mut |i, w| {
+        let b = load(i)?;
+        w.write_all(&b)?;
+        Ok(b.len())
+    })
+}
+
+/// As [`write_safetensors_raw`], but `write(i, w)` writes tensor `i`'s bytes into `w` itself
+/// and returns how many it wrote (checked against the entry), so that no tensor needs a second,
+/// byte-sized copy in memory.
+pub fn write_safetensors_with(
+    path: &Path,
+    entries: &[Entry],
+    metadata: &BTreeMap<String, String>,
+    write: &mut dyn FnMut(usize, &mut dyn Write) -> Result<usize>,
+) -> Result<()> {
     let mut header = Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), json!(metadata));
@@ -83,19 +99,16 @@ pub fn write_safetensors_raw(
         w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
         w.write_all(&hbytes)?;
         for (i, e) in entries.iter().enumerate() {
-            let bytes = load(i)?;
+            let n = write(i, &mut w).with_context(|| format!("{}: write failed", tmp.display()))?;
             let want = e.dtype.size() * e.shape.iter().product::<usize>();
-            if bytes.len() != want {
+            if n != want {
                 bail!(
-                    "tensor '{}' has {} bytes, expected {want} for {:?} {:?}",
+                    "tensor '{}' has {n} bytes, expected {want} for {:?} {:?}",
                     e.name,
-                    bytes.len(),
                     e.dtype,
                     e.shape
                 );
             }
-            w.write_all(&bytes)
-                .with_context(|| format!("{}: write failed", tmp.display()))?;
         }
         let f = w
             .into_inner()
@@ -130,7 +143,7 @@ pub fn write_safetensors(
             shape: s.clone(),
         })
         .collect();
-    write_safetensors_raw(path, &entries, metadata, &mut |i| {
+    write_safetensors_with(path, &entries, metadata, &mut |i, w| {
         let t = load(i)?;
         if t.shape != names_shapes[i].1 {
             bail!(
@@ -140,6 +153,10 @@ pub fn write_safetensors(
                 names_shapes[i].1
             );
         }
-        Ok(f32_bytes(&t.data))
+        // in pieces: the tensor is never held twice
+        for c in t.data.chunks(1 << 16) {
+            w.write_all(&f32_bytes(c))?;
+        }
+        Ok(4 * t.data.len())
     })
 }

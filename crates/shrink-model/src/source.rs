@@ -673,9 +673,15 @@ impl TensorSource for GgufSource {
         let mut out = Vec::with_capacity(rows.len() * info.row_len() as usize);
         for &row in rows {
             if row >= n {
-                bail!("{path}: row {row} of '{}' is out of range (it has {n} rows)", r.name);
+                bail!(
+                    "{path}: row {row} of '{}' is out of range (it has {n} rows)",
+                    r.name
+                );
             }
-            out.extend(self.file.dequantize_rows(&r.name, row as u64..row as u64 + 1)?);
+            out.extend(
+                self.file
+                    .dequantize_rows(&r.name, row as u64..row as u64 + 1)?,
+            );
         }
         Ok(out)
     }
