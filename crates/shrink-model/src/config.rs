@@ -36,10 +36,12 @@ pub enum RopeScaling {
     /// shrink's forward switches as transformers does, per forward pass on its sequence length,
     /// for a Hugging Face directory and a GGUF alike. llama.cpp stores the two sets as the
     /// `rope_factors_long.weight` / `rope_factors_short.weight` tensors and the scale as
-    /// `{arch}.rope.scaling.attn_factor`, and switches on the *context size* instead
-    /// (`llama_model::get_rope_factors`: long when `n_ctx_seq` > `{arch}.rope.scaling.original_context_length`),
-    /// so a llama.cpp context larger than the original length uses the long factors even for a
-    /// short sequence, where transformers and shrink use the short ones.
+    /// `{arch}.rope.scaling.attn_factor` (applied to every position as here), and switches on
+    /// the *context size* instead (`llama_model::get_rope_factors`: long when `n_ctx_seq` >
+    /// `{arch}.rope.scaling.original_context_length`; llama-context.cpp pads `n_ctx_seq` to a
+    /// multiple of 256), so a llama.cpp context larger than the original length uses the long
+    /// factors even for a short sequence, where transformers and shrink use the short ones
+    /// (measured: results/families/README.md, `tools/reference/check_longrope_convert.py`).
     LongRope {
         short_factor: Vec<f64>,
         long_factor: Vec<f64>,
@@ -617,6 +619,11 @@ impl ModelConfig {
                 .and_then(|r| r.long_above())
                 .unwrap_or(self.max_position_embeddings);
             o.insert("original_max_position_embeddings".into(), json!(orig));
+            // Phi3Config's default pad_token_id is 32000, which a smaller vocabulary cannot
+            // hold (transformers then refuses to build the embedding)
+            if self.vocab_size <= 32000 {
+                o.insert("pad_token_id".into(), Value::Null);
+            }
         }
         if name == "gemma3_text" {
             o.insert("hidden_activation".into(), json!(self.act.hf_name()));

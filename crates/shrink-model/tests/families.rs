@@ -335,9 +335,18 @@ fn longrope_config_forms() {
     assert!(matches!(one, RopeScaling::Factors { .. }), "{one:?}");
     // config.json written back reads as the same scaling
     let c = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
-    let again = ModelConfig::from_hf_json(&c.to_hf_json(), "written").unwrap();
+    let written = c.to_hf_json();
+    let again = ModelConfig::from_hf_json(&written, "written").unwrap();
     assert_eq!(again.rope_scaling, c.rope_scaling);
     assert_eq!(again.rotary_dim, c.rotary_dim);
+    assert_eq!(written["original_max_position_embeddings"], 32);
+    // Phi3Config's default pad_token_id 32000 is outside a 128-token vocabulary (transformers
+    // refuses to build the embedding): written as null
+    assert_eq!(
+        written.get("pad_token_id"),
+        Some(&serde_json::Value::Null),
+        "{written}"
+    );
 }
 
 #[test]
