@@ -892,6 +892,14 @@ fn all_cases(t: &Path) -> Cases {
             b
         },
     );
+    c.gguf_meta(
+        "rope attn_factor without LongRoPE tensors",
+        &[
+            "llama.rope.scaling.attn_factor",
+            "without the LongRoPE tensors",
+        ],
+        |m| set(m, "llama.rope.scaling.attn_factor", GgufValue::F32(1.2)),
+    );
     c.gguf_rebuilt(
         "rope_factors_long without rope_factors_short",
         &[

@@ -490,3 +490,39 @@ fn phi3_longrope_as_llama_cpp_rope_factors() {
     assert_eq!(code, 0, "export of the converted directory: {err}");
     assert_eq!(longrope_of(&back), want);
 }
+
+/// A phi3 model with one set of per-frequency factors (longrope, short == long, attention
+/// factor 1): llama.cpp's phi3 graph reads no `rope_freqs`, so the export writes the factors as
+/// both `rope_factors_long` and `rope_factors_short`, which read back as the same model.
+#[test]
+fn phi3_one_set_of_factors_as_both_rope_factors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = text(tmp.path());
+    let f: Vec<f64> = (0..4).map(|i| 1.0 + 0.5 * i as f64).collect();
+    let cfg = merge(
+        base("phi3", "Phi3ForCausalLM"),
+        json!({"rope_scaling": {"rope_type": "longrope", "short_factor": f, "long_factor": f,
+                                "attention_factor": 1.0}}),
+    );
+    let hf = synthetic_dir(tmp.path(), "phi3f", &cfg, &mut |_, _, _| {});
+    let c = shrink_model::ModelConfig::from_hf_file(&hf.join("config.json")).unwrap();
+    assert!(matches!(
+        c.rope_scaling,
+        Some(shrink_model::RopeScaling::Factors { .. })
+    ));
+    let gg = tmp.path().join("phi3f.gguf");
+    to_gguf(&hf, &gg);
+    let g = GgufFile::open(&gg).unwrap();
+    assert!(g.tensor("rope_freqs.weight").is_none());
+    let want: Vec<f32> = f.iter().map(|&x| x as f32).collect();
+    for t in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+        assert_eq!(g.dequantize(t).unwrap(), want, "{t}");
+    }
+    let back = shrink_model::source::config_from_gguf(&g).unwrap();
+    assert_eq!(back.rope_scaling, c.rope_scaling);
+    let (p_hf, p_gg) = (ppl16(&hf, &text), ppl16(&gg, &text));
+    assert!(
+        (p_gg - p_hf).abs() < 1e-4 * p_hf,
+        "GGUF {p_gg} vs HF {p_hf}"
+    );
+}

@@ -701,7 +701,15 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     };
     let (long_t, short_t) = ("rope_factors_long.weight", "rope_factors_short.weight");
     match (f.tensor(long_t).is_some(), f.tensor(short_t).is_some()) {
-        (false, false) => {}
+        (false, false) => {
+            // llama.cpp scales cos and sin by this key whatever the rope
+            if let Some(a) = f
+                .get_f64_opt(&k("rope.scaling.attn_factor"))?
+                .filter(|&a| a != 1.0)
+            {
+                bail!("{file}: '{}' is {a} without the LongRoPE tensors '{long_t}' and '{short_t}'; shrink supports that scale only with them", k("rope.scaling.attn_factor"));
+            }
+        }
         (true, true) => {
             // llama.cpp's LongRoPE (Phi-3 128k): see RopeScaling::LongRope
             if rope_scaling.is_some() || f.tensor("rope_freqs.weight").is_some() {
