@@ -35,7 +35,7 @@ which gguf.SpecialVocab reads from config.json as usual):
     characters of the 95 printable ASCII bytes, then 31 merged tokens) and a `pre` of "llama-bpe"
     (llama) or "qwen2" (the Qwen family); gguf.SpecialVocab gets the 31 matching merges (it would
     read merges.txt / tokenizer.json, which do not exist).
-  * SentencePiece ("llama"; gemma3, gemma3_softcap, phi3, phi3_partial, mixtral):
+  * SentencePiece ("llama"; gemma3, gemma3_softcap, phi3, phi3_partial, phi3_longrope, mixtral):
     TextModel._create_vocab_sentencepiece returns synthetic pieces, scores and types (Gemma: 0 <pad>,
     1 <eos>, 2 <bos>, 3 <unk> as in Gemma's tokenizer; Llama-style: 0 <unk>, 1 <s>, 2 </s>; then "▁",
     letters, digits, ".", ",", "▁a".., scores -1, -2, ...). Gemma3Model.set_vocab and its token_embd trimming
@@ -78,10 +78,11 @@ CASES = [
     "qwen3_moe_sparse",
     "mixtral",
     "olmoe",
+    "phi3_longrope",
 ]
 BPE_PRE = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2", "qwen3_moe_sparse": "qwen2",
            "olmoe": "olmo"}
-SPM_CASES = ("gemma3", "gemma3_softcap", "phi3", "phi3_partial", "mixtral")
+SPM_CASES = ("gemma3", "gemma3_softcap", "phi3", "phi3_partial", "mixtral", "phi3_longrope")
 MAX_GGUF_BYTES = 300_000
 
 
@@ -324,6 +325,13 @@ def layout_checks(model_dir, reader):
             "each rotary frequency by its entry), there is no rope.scaling.type key"
         )
         done.add("rope_freqs.weight")
+    if "rope_factors_long.weight" in g:
+        for which in ("long", "short"):
+            gn = f"rope_factors_{which}.weight"
+            want = np.asarray(cfg["rope_scaling"][f"{which}_factor"], dtype=np.float32)
+            same = "identical" if gn in g and np.array_equal(g[gn], want) else "DIFFERENT"
+            lines.append(f"{gn} <- config.json rope_scaling.{which}_factor (as f32): {same}")
+            done.add(gn)
     for gn in g:
         if gn not in done:
             lines.append(f"{gn}: no HF counterpart checked")

@@ -71,6 +71,20 @@ max_position_embeddings 64, float32, eager attention, each config from the real 
     olmoe               OlmoeConfig: 2 layers, 4 experts top-2, norm_topk_prob false, expert
                         intermediate 32, 4 heads / 2 kv heads, q_norm (64 wide) and k_norm (32
                         wide) over the whole projection, untied, rope_theta 1e4, eps 1e-5.
+    phi3_longrope       Phi-3 long-context rope (Phi-3-mini-128k / Phi-3.5-mini's `longrope`): as phi3
+                        with partial_rotary_factor 0.75 (rope on 12 of 16 dims, 6 frequencies),
+                        max_position_embeddings 128, original_max_position_embeddings 32, seeded random
+                        short_factor (in [1, 2.5)) and long_factor (in [1, 16)), no attention_factor
+                        (transformers derives sqrt(1 + ln(128/32) / ln(32)) = 1.1832). config.json
+                        rewritten in the style of the published Phi-3 files (top-level
+                        original_max_position_embeddings, rope_theta and partial_rotary_factor,
+                        `"rope_scaling": {"type": "longrope", "short_factor", "long_factor"}`,
+                        torch_dtype; no rope_parameters). Besides the usual 24-token reference
+                        (shorter than 32 tokens: short factors) reference.safetensors has
+                        input_ids_long i64 [2, 48] (whose first 24 tokens are input_ids) and
+                        logits_long f32 [2, 48, 128] (48 > 32 tokens: long factors); the metadata's
+                        switch_max_abs_diff is max |logits_long[:, :24] - logits|, what the switch
+                        changes on the same tokens.
 
 For the family cases reference.safetensors also holds
 
@@ -99,6 +113,7 @@ Run:
     .venv-ref/bin/python tools/reference/tiny_models.py --only qwen2 --out-dir /tmp/tiny
     .venv-ref/bin/python tools/reference/tiny_models.py --only qwen3 gemma3 gemma3_softcap phi3 \
         phi3_partial qwen3_moe mixtral qwen3_moe_sparse          # the family cases only
+    .venv-ref/bin/python tools/reference/tiny_models.py --only phi3_longrope
 Then tools/reference/tiny_gguf.py makes the llama.cpp GGUF copies (model.f32.gguf).
 
 Note: rerunning the first four cases on another machine can change their reference logits in the
@@ -126,7 +141,7 @@ SIZES = dict(
 BATCH, SEQ = 2, 24
 
 
-def make_config(name):
+def make_config(name, seed=None):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     if name == "llama":
@@ -175,14 +190,14 @@ def make_config(name):
             bos_token_id=1,
             eos_token_id=2,
         )
-    return make_family_config(name)
+    return make_family_config(name, seed)
 
 
 # The cases of the first fixture set: their files are committed and must not change (their seeds are
 # args.seed + 100 * index, so new cases are only ever appended to CASES).
 LEGACY_CASES = ["llama", "qwen2", "mistral", "llama_bf16_sharded"]
 FAMILY_CASES = ["qwen3", "gemma3", "gemma3_softcap", "phi3", "phi3_partial", "qwen3_moe", "mixtral", "qwen3_moe_sparse",
-                "olmoe"]
+                "olmoe", "phi3_longrope"]
 CASES = LEGACY_CASES + FAMILY_CASES
 GEMMA_CASES = ("gemma3", "gemma3_softcap")
 MOE_CASES = ("qwen3_moe", "mixtral", "qwen3_moe_sparse", "olmoe")
@@ -191,13 +206,51 @@ GEMMA_LAYER_TYPES = ["sliding_attention", "sliding_attention", "full_attention",
 GEMMA_FINAL_SOFTCAP = 3.0  # pre-cap logits reach ~|4|, so tanh(x/3)*3 is far from linear there
 GEMMA_ATTN_SOFTCAP = 1.0  # ignored by transformers' Gemma3 (see the docstring); recorded all the same
 MIN_ROUTER_GAP = 1e-3  # MoE cases: the seed is searched until every top-k decision has this margin
+# phi3_longrope: the long reference sequence (> LONGROPE_ORIGINAL tokens, so the long factors apply)
+LONGROPE_ORIGINAL, LONGROPE_MAX, SEQ_LONG = 32, 128, 48
 
 
-def make_family_config(name):
+def longrope_factors(seed, n):
+    """Seeded short and long factors (n each), rounded to 6 digits so config.json reads exactly."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 7)
+    short = (1.0 + 1.5 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
+    long = (1.0 + 15.0 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
+    return [round(x, 6) for x in short], [round(x, 6) for x in long]
+
+
+def make_family_config(name, seed=None):
     from transformers import MixtralConfig, Phi3Config, Qwen3Config, Qwen3MoeConfig
     from transformers.models.gemma3 import Gemma3TextConfig
 
     common = dict(vocab_size=128, hidden_size=64, max_position_embeddings=64)
+    if name == "phi3_longrope":
+        rotary = int(16 * 0.75)
+        short, long = longrope_factors(seed, rotary // 2)
+        return Phi3Config(
+            **{**common, "max_position_embeddings": LONGROPE_MAX},
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            original_max_position_embeddings=LONGROPE_ORIGINAL,
+            partial_rotary_factor=0.75,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.75,
+                "short_factor": short,
+                "long_factor": long,
+                "original_max_position_embeddings": LONGROPE_ORIGINAL,
+            },
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            sliding_window=None,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=None,
+        )
     if name == "qwen3":
         return Qwen3Config(
             **common,
@@ -366,6 +419,16 @@ def rewrite_config(name, path):
         cfg["rope_local_base_freq"] = rp["sliding_attention"]["rope_theta"]
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": rp["full_attention"]["factor"]}
         cfg["torch_dtype"] = cfg.pop("dtype", "float32")
+    elif name == "phi3_longrope":
+        # The style of the published Phi-3 long-context files (microsoft/Phi-3-mini-128k-instruct,
+        # Phi-3.5-mini-instruct): top-level rope_theta, partial_rotary_factor and
+        # original_max_position_embeddings, rope_scaling with "type" and the two factor lists.
+        cfg.pop("rope_parameters", None)
+        cfg["rope_theta"] = rp["rope_theta"]
+        cfg["partial_rotary_factor"] = rp["partial_rotary_factor"]
+        cfg["original_max_position_embeddings"] = LONGROPE_ORIGINAL
+        cfg["rope_scaling"] = {"type": "longrope", "short_factor": rp["short_factor"], "long_factor": rp["long_factor"]}
+        cfg["torch_dtype"] = cfg.pop("dtype", "float32")
     elif name in FAMILY_CASES:
         pass  # as transformers 5 writes it
     with open(path, "w") as f:
@@ -466,17 +529,22 @@ def build_family_case(name, out_root, base_seed, max_tries=50):
 
     moe = name in MOE_CASES
     gemma = name in GEMMA_CASES
+    longrope = name == "phi3_longrope"
     tried = []
     for attempt in range(max_tries if moe else 1):
         seed = base_seed + attempt
-        cfg = make_config(name)
+        cfg = make_config(name, seed)
         cfg._attn_implementation = "eager"
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
         init_weights(model, seed, norm_offset=0.0 if gemma else 1.0)
         model.eval()
         g = torch.Generator().manual_seed(seed + 1)
-        input_ids = torch.randint(0, cfg.vocab_size, (BATCH, SEQ), generator=g, dtype=torch.long)
+        if longrope:
+            ids_long = torch.randint(0, cfg.vocab_size, (BATCH, SEQ_LONG), generator=g, dtype=torch.long)
+            input_ids = ids_long[:, :SEQ].contiguous()
+        else:
+            input_ids = torch.randint(0, cfg.vocab_size, (BATCH, SEQ), generator=g, dtype=torch.long)
         mem = run_family_reference(model, input_ids, moe)
         if not moe:
             break
@@ -517,6 +585,29 @@ def build_family_case(name, out_root, base_seed, max_tries=50):
         "hidden_states": ref["hidden_states"],
         "hidden_last_layer_raw": ref["hidden_last_layer_raw"],
     }
+    longrope_info = {}
+    if longrope:
+        # The long sequence: transformers' longrope_frequency_update picks the long factors since
+        # max(position_ids) + 1 = 48 > 32 (and the short ones for the 24-token run above).
+        with torch.inference_mode():
+            logits_long = loaded(input_ids=ids_long, use_cache=False).logits.float().contiguous()
+            mem_long = model(input_ids=ids_long, use_cache=False).logits.float()
+        diff = float((logits_long - mem_long).abs().max())
+        if diff > 1e-5:
+            raise SystemExit(f"{name}: reloaded model disagrees with the in-memory one on the long run ({diff})")
+        rot = loaded.model.rotary_emb
+        assert torch.equal(rot.inv_freq, rot.long_inv_freq), "the long run did not switch to the long factors"
+        switch = float((logits_long[:, :SEQ] - ref["logits"]).abs().max())
+        tensors["input_ids_long"] = ids_long.contiguous()
+        tensors["logits_long"] = logits_long
+        rp = loaded.config.rope_parameters
+        longrope_info = {
+            "original_max_position_embeddings": rp["original_max_position_embeddings"],
+            "attention_scaling": rot.attention_scaling,
+            "short_factor": rp["short_factor"],
+            "long_factor": rp["long_factor"],
+            "switch_max_abs_diff": switch,
+        }
     n_layers = cfg.num_hidden_layers
     meta = {
         "producer": "tools/reference/tiny_models.py",
@@ -536,6 +627,19 @@ def build_family_case(name, out_root, base_seed, max_tries=50):
         "torch": torch.__version__,
     }
     info = {"case": name, "seed": seed}
+    if longrope:
+        meta.update(
+            {
+                "input_ids_long": f"int64 [{BATCH}, {SEQ_LONG}]: its first {SEQ} tokens are input_ids",
+                "logits_long": f"f32 [{BATCH}, {SEQ_LONG}, {cfg.vocab_size}]: {SEQ_LONG} > "
+                f"original_max_position_embeddings {LONGROPE_ORIGINAL}, so the long factors (the {SEQ}-token "
+                "run uses the short ones); cos and sin times attention_scaling in both",
+                "attention_scaling": repr(longrope_info["attention_scaling"]),
+                "switch_max_abs_diff": repr(longrope_info["switch_max_abs_diff"]),
+                "switch_max_abs_diff_def": f"max |logits_long[:, :{SEQ}] - logits|: the same tokens, long vs short factors",
+            }
+        )
+        info.update(longrope_info)
     if moe:
         k = cfg.num_experts_per_tok
         for i, r in sorted(ref["routers"].items()):

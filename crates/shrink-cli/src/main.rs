@@ -410,6 +410,16 @@ fn print_architecture(cfg: &ModelConfig) {
                 .unwrap_or_default()
         );
     }
+    if let Some(shrink_model::RopeScaling::LongRope {
+        original_max_position_embeddings: orig,
+        attention_factor,
+        ..
+    }) = &cfg.rope_scaling
+    {
+        println!(
+            "  rope: LongRoPE, short factors up to {orig} tokens a sequence, long factors above; cos/sin x {attention_factor}"
+        );
+    }
 }
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {

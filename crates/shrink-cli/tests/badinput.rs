@@ -653,6 +653,22 @@ fn all_cases(t: &Path) -> Cases {
         |v| v["rope_scaling"]["high_freq_factor"] = json!(1.0),
     );
     c.config(
+        "longrope without long_factor",
+        &["rope scaling 'longrope'", "'long_factor'"],
+        |v| {
+            v["rope_scaling"] = json!({"rope_type": "longrope", "short_factor": vec![1.0; 8],
+                                       "original_max_position_embeddings": 16})
+        },
+    );
+    c.config(
+        "longrope long_factor of the wrong length",
+        &["'long_factor' has 7 entries", "rotary dimension 16", "needs 8"],
+        |v| {
+            v["rope_scaling"] = json!({"rope_type": "longrope", "short_factor": vec![1.0; 8],
+                                       "long_factor": vec![2.0; 7], "original_max_position_embeddings": 16})
+        },
+    );
+    c.config(
         "unknown model_type",
         &["unknown architecture", "gpt_neox"],
         |v| v["model_type"] = json!("gpt_neox"),
@@ -875,6 +891,49 @@ fn all_cases(t: &Path) -> Cases {
             b[at + 19] = b'e';
             b
         },
+    );
+    c.gguf_meta(
+        "rope attn_factor without LongRoPE tensors",
+        &[
+            "llama.rope.scaling.attn_factor",
+            "without the LongRoPE tensors",
+        ],
+        |m| set(m, "llama.rope.scaling.attn_factor", GgufValue::F32(1.2)),
+    );
+    c.gguf_rebuilt(
+        "rope_factors_long without rope_factors_short",
+        &[
+            "rope_factors_long.weight",
+            "not 'rope_factors_short.weight'",
+            "needs both",
+        ],
+        |_, t| {
+            t.push((
+                "rope_factors_long.weight".into(),
+                vec![8],
+                GgmlType::F32,
+                [2f32; 8].iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ))
+        },
+        |b| b,
+    );
+    c.gguf_rebuilt(
+        "rope_factors_short of the wrong length",
+        &["rope_factors_short.weight", "holds 7 factors", "needs 8"],
+        |_, t| {
+            for (name, n) in [
+                ("rope_factors_long.weight", 8),
+                ("rope_factors_short.weight", 7),
+            ] {
+                t.push((
+                    name.into(),
+                    vec![n as u64],
+                    GgmlType::F32,
+                    vec![1f32; n].iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ))
+            }
+        },
+        |b| b,
     );
     c.gguf_rebuilt(
         "duplicate tensor name",

@@ -338,3 +338,191 @@ fn llama3_rope_scaling_as_llama_cpp_rope_freqs() {
         a
     );
 }
+
+/// Perplexity with `--seqlen seqlen`.
+fn ppl(model: &Path, text: &Path, seqlen: &str) -> f64 {
+    let (code, out, err) = shrink(&[
+        "eval",
+        "-q",
+        "--model",
+        s(model),
+        "--text",
+        s(text),
+        "--seqlen",
+        seqlen,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "eval {}: {err}", model.display());
+    serde_json::from_str::<Value>(&out).unwrap()["perplexity"]
+        .as_f64()
+        .unwrap()
+}
+
+/// LongRoPE's GGUF form: the two factor tensors, the original context length and the
+/// attention factor.
+fn longrope_of(p: &Path) -> (Vec<f32>, Vec<f32>, u64, f64) {
+    let f = GgufFile::open(p).unwrap();
+    (
+        f.dequantize("rope_factors_long.weight").unwrap(),
+        f.dequantize("rope_factors_short.weight").unwrap(),
+        f.get_u64("phi3.rope.scaling.original_context_length")
+            .unwrap(),
+        f.get_f64("phi3.rope.scaling.attn_factor").unwrap(),
+    )
+}
+
+/// Phi-3 LongRoPE through GGUF and back (the tiny `phi3_longrope` fixture: original length 32):
+/// the export writes the `rope_factors_long` / `rope_factors_short` tensors and the
+/// `phi3.rope.scaling.*` keys that llama.cpp's own converter wrote for it; the converter's GGUF
+/// exports back to the same; `convert` turns it into a config.json (longrope, both factor
+/// sets) that gives the same model; perplexity agrees at 16 tokens a window (short factors)
+/// and at 40 (long factors).
+#[test]
+fn phi3_longrope_as_llama_cpp_rope_factors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = text(tmp.path());
+    let fx = tiny("phi3_longrope");
+    let hf = tmp.path().join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fx.join(f), hf.join(f)).unwrap();
+    }
+    std::fs::write(hf.join("tokenizer.json"), tokenizer_json(128)).unwrap();
+    let theirs = fx.join("model.f32.gguf");
+    let want = longrope_of(&theirs);
+    assert_eq!((want.0.len(), want.2), (6, 32));
+    assert!(want.0 != want.1 && want.3 > 1.0, "{want:?}");
+
+    // HF -> GGUF: the converter's tensors and keys
+    let gg = tmp.path().join("ours.gguf");
+    to_gguf(&hf, &gg);
+    assert_eq!(longrope_of(&gg), want);
+    let mut ppls = vec![];
+    for seqlen in ["16", "40"] {
+        let (p_hf, p_gg) = (ppl(&hf, &text, seqlen), ppl(&gg, &text, seqlen));
+        assert!(
+            (p_gg - p_hf).abs() < 1e-4 * p_hf,
+            "seqlen {seqlen}: GGUF {p_gg} vs HF {p_hf}"
+        );
+        ppls.push(p_hf);
+    }
+    assert!(
+        (ppls[0] - ppls[1]).abs() > 1e-3 * ppls[0],
+        "the two lengths are not told apart: {ppls:?}"
+    );
+
+    // the converter's GGUF exported again: the same tensors and keys
+    let again = tmp.path().join("again.gguf");
+    let (code, _, err) = shrink(&[
+        "export",
+        "-q",
+        "--model",
+        s(&theirs),
+        "--format",
+        "gguf",
+        "--type",
+        "F32",
+        "--out",
+        s(&again),
+    ]);
+    assert_eq!(code, 0, "export: {err}");
+    assert_eq!(longrope_of(&again), want);
+
+    // convert: transformers' longrope in config.json, read back to the same model
+    let conv = tmp.path().join("conv");
+    let (code, _, err) = shrink(&["convert", "-q", s(&theirs), "--out", s(&conv)]);
+    assert_eq!(code, 0, "convert: {err}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(conv.join("config.json")).unwrap()).unwrap();
+    let rs = &cfg["rope_scaling"];
+    assert_eq!(rs["rope_type"], "longrope", "{cfg}");
+    assert_eq!(cfg["original_max_position_embeddings"], 32, "{cfg}");
+    assert_eq!(cfg["max_position_embeddings"], 128, "{cfg}");
+    let list = |k: &str| -> Vec<f32> {
+        rs[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    assert_eq!(
+        (list("long_factor"), list("short_factor")),
+        (want.0.clone(), want.1.clone())
+    );
+    assert_eq!(
+        rs["attention_factor"].as_f64().unwrap() as f32,
+        want.3 as f32
+    );
+    // the converter's synthetic SentencePiece vocabulary spells lowercase letters, digits, '.'
+    // and ',' only
+    let spm_text = tmp.path().join("spm.txt");
+    let t: String = (0..40)
+        .map(|i| format!("the quick brown fox {i} jumps over the lazy dog, again. "))
+        .collect();
+    std::fs::write(&spm_text, t).unwrap();
+    for seqlen in ["16", "40"] {
+        let (p_g, p_c) = (
+            ppl(&theirs, &spm_text, seqlen),
+            ppl(&conv, &spm_text, seqlen),
+        );
+        assert!(
+            (p_c - p_g).abs() < 1e-4 * p_g,
+            "seqlen {seqlen}: converted {p_c} vs GGUF {p_g}"
+        );
+    }
+    // and the converted directory back to GGUF: the same again
+    let back = tmp.path().join("back.gguf");
+    let (code, _, err) = shrink(&[
+        "export",
+        "-q",
+        "--model",
+        s(&conv),
+        "--format",
+        "gguf",
+        "--type",
+        "F32",
+        "--gguf-metadata",
+        s(&theirs),
+        "--out",
+        s(&back),
+    ]);
+    assert_eq!(code, 0, "export of the converted directory: {err}");
+    assert_eq!(longrope_of(&back), want);
+}
+
+/// A phi3 model with one set of per-frequency factors (longrope, short == long, attention
+/// factor 1): llama.cpp's phi3 graph reads no `rope_freqs`, so the export writes the factors as
+/// both `rope_factors_long` and `rope_factors_short`, which read back as the same model.
+#[test]
+fn phi3_one_set_of_factors_as_both_rope_factors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = text(tmp.path());
+    let f: Vec<f64> = (0..4).map(|i| 1.0 + 0.5 * i as f64).collect();
+    let cfg = merge(
+        base("phi3", "Phi3ForCausalLM"),
+        json!({"rope_scaling": {"rope_type": "longrope", "short_factor": f, "long_factor": f,
+                                "attention_factor": 1.0}}),
+    );
+    let hf = synthetic_dir(tmp.path(), "phi3f", &cfg, &mut |_, _, _| {});
+    let c = shrink_model::ModelConfig::from_hf_file(&hf.join("config.json")).unwrap();
+    assert!(matches!(
+        c.rope_scaling,
+        Some(shrink_model::RopeScaling::Factors { .. })
+    ));
+    let gg = tmp.path().join("phi3f.gguf");
+    to_gguf(&hf, &gg);
+    let g = GgufFile::open(&gg).unwrap();
+    assert!(g.tensor("rope_freqs.weight").is_none());
+    let want: Vec<f32> = f.iter().map(|&x| x as f32).collect();
+    for t in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+        assert_eq!(g.dequantize(t).unwrap(), want, "{t}");
+    }
+    let back = shrink_model::source::config_from_gguf(&g).unwrap();
+    assert_eq!(back.rope_scaling, c.rope_scaling);
+    let (p_hf, p_gg) = (ppl16(&hf, &text), ppl16(&gg, &text));
+    assert!(
+        (p_gg - p_hf).abs() < 1e-4 * p_hf,
+        "GGUF {p_gg} vs HF {p_hf}"
+    );
+}

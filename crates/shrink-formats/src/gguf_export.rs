@@ -495,6 +495,23 @@ fn arch_metadata(w: &mut GgufWriter, cfg: &ModelConfig) -> Result<()> {
         Some(
             shrink_model::RopeScaling::Llama3 { .. } | shrink_model::RopeScaling::Factors { .. },
         ) => {}
+        // the rope_factors_long / rope_factors_short tensors (see rope_tensors) and these two
+        // keys, as llama.cpp's converter writes them (Phi3MiniModel)
+        Some(shrink_model::RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        }) => {
+            let a = cfg.arch.gguf_name();
+            w.add_metadata(
+                format!("{a}.rope.scaling.original_context_length"),
+                GgufValue::U32(*original_max_position_embeddings as u32),
+            );
+            w.add_metadata(
+                format!("{a}.rope.scaling.attn_factor"),
+                GgufValue::F32(*attention_factor as f32),
+            );
+        }
     }
     let a = cfg.arch.gguf_name();
     let k = |s: &str| format!("{a}.{s}");
@@ -924,11 +941,10 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
         });
         w.add_tensor(gname.to_string(), dims, ty, data)?;
     }
-    if let Some(f) = shrink_model::layer::rope_freq_factors(cfg) {
-        // llama.cpp's form of per-frequency rope scaling (Llama 3.1), F32 as its converter writes it
+    for (name, f) in rope_tensors(cfg) {
         let data: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
         report.push(TensorReport {
-            name: "rope_freqs.weight".to_string(),
+            name: name.to_string(),
             ggml_type: GgmlType::F32.name().to_string(),
             requested: GgmlType::F32.name().to_string(),
             carried_codes: false,
@@ -936,14 +952,35 @@ pub fn build_gguf(e: &GgufExport) -> Result<(GgufWriter, Vec<TensorReport>)> {
             elements: f.len() as u64,
             bytes: data.len() as u64,
         });
-        w.add_tensor(
-            "rope_freqs.weight".to_string(),
-            vec![f.len() as u64],
-            GgmlType::F32,
-            data,
-        )?;
+        w.add_tensor(name.to_string(), vec![f.len() as u64], GgmlType::F32, data)?;
     }
     Ok((w, report))
+}
+
+/// llama.cpp's per-frequency rope tensors for this model, F32 as its converter writes them:
+/// `rope_freqs.weight` for one set of factors (Llama 3.1, computed as the converter does), and
+/// LongRoPE's `rope_factors_long.weight` and `rope_factors_short.weight`
+/// (`Phi3MiniModel.generate_extra_tensors`). llama.cpp's phi3 graph reads only the latter two,
+/// so a phi3 model with one set of factors writes it as both.
+fn rope_tensors(cfg: &ModelConfig) -> Vec<(&'static str, Vec<f32>)> {
+    let (long, short) = ("rope_factors_long.weight", "rope_factors_short.weight");
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    match (
+        &cfg.rope_scaling,
+        shrink_model::layer::rope_freq_factors(cfg),
+    ) {
+        (
+            Some(shrink_model::RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            }),
+            _,
+        ) => vec![(long, f32s(long_factor)), (short, f32s(short_factor))],
+        (_, Some(f)) if cfg.arch.gguf_name() == "phi3" => vec![(long, f.clone()), (short, f)],
+        (_, Some(f)) => vec![("rope_freqs.weight", f)],
+        (_, None) => vec![],
+    }
 }
 
 /// Writes the GGUF file (via a temporary name and a rename).

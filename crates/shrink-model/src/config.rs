@@ -22,6 +22,45 @@ pub enum RopeScaling {
     /// `longrope` with `short_factor == long_factor == factors` and `attention_factor` 1
     /// (`inv_freq = 1 / (ext_factors * base^(2i/d))`), which is the same rotation.
     Factors { factors: Vec<f64> },
+    /// Phi-3's LongRoPE (Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini): two sets of per-frequency
+    /// divisors and a scale on cos and sin. transformers 5 (`modeling_rope_utils.py`,
+    /// `_compute_longrope_parameters` and `dynamic_rope_update`'s `longrope_frequency_update`):
+    /// `inv_freq[i] = 1 / (ext_factors[i] * base^(2i/d))` with `ext_factors = long_factor` when
+    /// the forward's sequence length (`max(position_ids) + 1`) exceeds
+    /// `original_max_position_embeddings` and `short_factor` otherwise, for every position of
+    /// that forward; cos and sin are both multiplied by `attention_factor` (whichever set is in
+    /// use). `attention_factor`, when the config does not give it, is `1` if `factor <= 1` and
+    /// `sqrt(1 + ln(factor) / ln(original_max_position_embeddings))` otherwise, `factor` being
+    /// the config's or `max_position_embeddings / original_max_position_embeddings`.
+    ///
+    /// shrink's forward switches as transformers does, per forward pass on its sequence length,
+    /// for a Hugging Face directory and a GGUF alike. llama.cpp stores the two sets as the
+    /// `rope_factors_long.weight` / `rope_factors_short.weight` tensors and the scale as
+    /// `{arch}.rope.scaling.attn_factor` (applied to every position as here), and switches on
+    /// the *context size* instead (`llama_model::get_rope_factors`: long when `n_ctx_seq` >
+    /// `{arch}.rope.scaling.original_context_length`; llama-context.cpp pads `n_ctx_seq` to a
+    /// multiple of 256), so a llama.cpp context larger than the original length uses the long
+    /// factors even for a short sequence, where transformers and shrink use the short ones
+    /// (measured: results/families/README.md, `tools/reference/check_longrope_convert.py`).
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
+}
+
+impl RopeScaling {
+    /// The sequence length above which LongRoPE's long factors apply (`None` for the others).
+    pub fn long_above(&self) -> Option<usize> {
+        match self {
+            RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ..
+            } => Some(*original_max_position_embeddings),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -272,9 +311,11 @@ impl ModelConfig {
             .get("rope_scaling")
             .filter(|x| x.is_object())
             .or(global_params);
+        let max_position_embeddings =
+            opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048);
         let rope_scaling = match scaling {
             None => None,
-            Some(s) => parse_rope_scaling(s, file)?,
+            Some(s) => parse_rope_scaling(s, v, arch, max_position_embeddings, file)?,
         };
         let rope_local_theta = match opt_f64(v, "rope_local_base_freq", file)? {
             Some(t) => Some(t),
@@ -304,7 +345,7 @@ impl ModelConfig {
             rms_norm_eps: opt_f64(v, "rms_norm_eps", file)?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048),
+            max_position_embeddings,
             tie_word_embeddings: opt_bool(v, "tie_word_embeddings", file)?.unwrap_or(false),
             qkv_bias,
             o_bias,
@@ -411,6 +452,31 @@ impl ModelConfig {
         }
         match &self.rope_scaling {
             None => {}
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => {
+                for (k, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if f.len() != self.rotary_dim / 2 {
+                        bail!(
+                            "{file}: rope scaling 'longrope': '{k}' has {} entries; the rotary dimension {} (head_dim {} x partial_rotary_factor) needs {}",
+                            f.len(),
+                            self.rotary_dim,
+                            self.head_dim,
+                            self.rotary_dim / 2
+                        );
+                    }
+                    if let Some(bad) = f.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+                        bail!("{file}: rope scaling 'longrope': '{k}' holds {bad}, not a positive number");
+                    }
+                }
+                if *original_max_position_embeddings == 0 {
+                    bail!("{file}: rope scaling 'longrope': original_max_position_embeddings must be positive");
+                }
+                positive("attention_factor", *attention_factor)?;
+            }
             Some(RopeScaling::Factors { factors }) => {
                 if factors.len() != self.rotary_dim / 2 {
                     bail!(
@@ -467,6 +533,17 @@ impl ModelConfig {
                 "rope_type": "longrope", "short_factor": factors, "long_factor": factors,
                 "attention_factor": 1.0, "factor": 1.0,
                 "original_max_position_embeddings": self.max_position_embeddings,
+            }),
+            // attention_factor stated, not left to be derived (a GGUF's may not be the derived one)
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => json!({
+                "rope_type": "longrope", "short_factor": short_factor, "long_factor": long_factor,
+                "attention_factor": attention_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
             }),
         };
         let mut v = json!({
@@ -532,6 +609,21 @@ impl ModelConfig {
                 "partial_rotary_factor".into(),
                 json!(self.rotary_dim as f64 / self.head_dim as f64),
             );
+        }
+        if name == "phi3" {
+            // transformers' Phi3Config puts this top-level key (default 4096) into the rope
+            // parameters, over any value inside rope_scaling
+            let orig = self
+                .rope_scaling
+                .as_ref()
+                .and_then(|r| r.long_above())
+                .unwrap_or(self.max_position_embeddings);
+            o.insert("original_max_position_embeddings".into(), json!(orig));
+            // Phi3Config's default pad_token_id is 32000, which a smaller vocabulary cannot
+            // hold (transformers then refuses to build the embedding)
+            if self.vocab_size <= 32000 {
+                o.insert("pad_token_id".into(), Value::Null);
+            }
         }
         if name == "gemma3_text" {
             o.insert("hidden_activation".into(), json!(self.act.hf_name()));
@@ -705,16 +797,36 @@ fn parse_moe(v: &Value, arch: Arch, num_layers: usize, file: &str) -> Result<Opt
     }))
 }
 
-fn parse_rope_scaling(s: &Value, file: &str) -> Result<Option<RopeScaling>> {
-    let ty = s
+/// The rope scaling of a config.json: `s` is `rope_scaling` (or the global `rope_parameters`),
+/// `v` the whole config.
+fn parse_rope_scaling(
+    s: &Value,
+    v: &Value,
+    arch: Arch,
+    max_position_embeddings: usize,
+    file: &str,
+) -> Result<Option<RopeScaling>> {
+    let mut ty = s
         .get("rope_type")
         .or_else(|| s.get("type"))
         .and_then(|x| x.as_str())
         .unwrap_or("default");
+    if arch.name == "phi3" && matches!(ty, "su" | "yarn") {
+        // transformers' Phi3Config.convert_rope_params_to_dict: the older names of longrope
+        ty = "longrope";
+    }
     let f = |k: &str| -> Result<f64> {
         s.get(k)
             .and_then(|x| x.as_f64())
             .with_context(|| format!("{file}: rope scaling '{ty}' needs a numeric '{k}'"))
+    };
+    let opt = |k: &str| -> Result<Option<f64>> {
+        match s.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => x.as_f64().map(Some).with_context(|| {
+                format!("{file}: rope scaling '{ty}': '{k}' must be a number, found {x}")
+            }),
+        }
     };
     Ok(match ty {
         "default" | "none" => None,
@@ -726,9 +838,8 @@ fn parse_rope_scaling(s: &Value, file: &str) -> Result<Option<RopeScaling>> {
             original_max_position_embeddings: f("original_max_position_embeddings")?,
         }),
         "longrope" => {
-            // Supported where it is one fixed set of per-frequency factors (as shrink writes
-            // llama.cpp's rope_freqs): Phi-3's switch between short and long factors at
-            // original_max_position_embeddings, and its attention scaling, are not.
+            // transformers 5, modeling_rope_utils.py (`standardize_rope_params`,
+            // `_compute_longrope_parameters`); see RopeScaling::LongRope.
             let list = |k: &str| -> Result<Vec<f64>> {
                 s.get(k)
                     .and_then(|x| x.as_array())
@@ -742,16 +853,45 @@ fn parse_rope_scaling(s: &Value, file: &str) -> Result<Option<RopeScaling>> {
                     .collect()
             };
             let (short, long) = (list("short_factor")?, list("long_factor")?);
-            if short != long {
-                bail!("{file}: rope scaling 'longrope' with different short_factor and long_factor (Phi-3's long-context switch) is not supported; only one fixed set of factors is");
+            // `standardize_rope_params` (run again when the rotary embedding is built) copies a
+            // top-level original_max_position_embeddings over the rope parameters' own;
+            // Phi3Config always has that field (default 4096). Else the rope parameters' value,
+            // else max_position_embeddings.
+            let top = opt_usize(v, "original_max_position_embeddings", file)?;
+            let orig = match (top, arch.name) {
+                (Some(o), _) => o,
+                (None, "phi3") => 4096,
+                (None, _) => match opt("original_max_position_embeddings")? {
+                    Some(o) if o >= 1.0 && o.fract() == 0.0 => o as usize,
+                    Some(o) => bail!("{file}: rope scaling 'longrope': original_max_position_embeddings {o} must be a positive integer"),
+                    None => max_position_embeddings,
+                },
+            };
+            if orig == 0 {
+                bail!("{file}: original_max_position_embeddings must be positive");
             }
-            match s.get("attention_factor").and_then(|x| x.as_f64()) {
-                Some(1.0) => {}
-                a => bail!("{file}: rope scaling 'longrope' with attention_factor {} is not supported (only 1.0)", a.map_or("absent (derived from factor)".to_string(), |a| a.to_string())),
+            let factor = match opt("factor")? {
+                Some(x) => x,
+                None => max_position_embeddings as f64 / orig as f64,
+            };
+            let attention_factor = match opt("attention_factor")? {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (orig as f64).ln()).sqrt(),
+            };
+            if short == long && attention_factor == 1.0 {
+                // one fixed set of factors (as shrink writes llama.cpp's rope_freqs)
+                Some(RopeScaling::Factors { factors: short })
+            } else {
+                Some(RopeScaling::LongRope {
+                    short_factor: short,
+                    long_factor: long,
+                    original_max_position_embeddings: orig,
+                    attention_factor,
+                })
             }
-            Some(RopeScaling::Factors { factors: short })
         }
-        other => bail!("{file}: rope scaling type '{other}' is not supported (supported: default, linear, llama3, longrope with one set of factors)"),
+        other => bail!("{file}: rope scaling type '{other}' is not supported (supported: default, linear, llama3, longrope)"),
     })
 }
 

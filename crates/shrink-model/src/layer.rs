@@ -370,7 +370,6 @@ impl DecoderLayer {
             }
         }
         let sliding = cfg.is_sliding(self.index);
-        let table = rope.table(sliding);
         let heads = Heads {
             batch,
             seq,
@@ -385,6 +384,7 @@ impl DecoderLayer {
         };
         let attn = match cache {
             None => {
+                let table = rope.table(sliding, seq);
                 table.apply(&mut q, seq, nh, hd);
                 table.apply(&mut k, seq, nkv, hd);
                 attention(&q, &k, &v, heads, opts)
@@ -392,6 +392,9 @@ impl DecoderLayer {
             Some(c) => {
                 assert_eq!(batch, 1, "a KV cache holds one sequence");
                 let pos0 = c.len;
+                // the table of the sequence so far, as transformers picks LongRoPE's factors
+                // from the largest position of a forward (the cached keys keep theirs)
+                let table = rope.table(sliding, pos0 + seq);
                 table.apply_from(&mut q, pos0, nh, hd);
                 table.apply_from(&mut k, pos0, nkv, hd);
                 c.k.extend_from_slice(&k);
@@ -758,8 +761,13 @@ fn attention_cached(
 /// Rotary position embeddings as Hugging Face applies them (`rotate_half`: the first and second
 /// halves of each head form the pairs), with the config's frequency scaling; a second table with
 /// the local base for the sliding-window layers of families that have one (Gemma 3).
+///
+/// With LongRoPE ([`RopeScaling::LongRope`]) the global table is the short factors' and a
+/// second one holds the long factors'; a forward of `seq` tokens uses the long one when `seq`
+/// exceeds `original_max_position_embeddings` (transformers' rule, see there).
 pub struct Rope {
     global: RopeTable,
+    long: Option<(usize, RopeTable)>,
     local: Option<RopeTable>,
 }
 
@@ -771,8 +779,6 @@ pub struct RopeTable {
     max_seq: usize,
 }
 
-/// Inverse frequencies `1 / theta^(2i/d)` of the global layers, scaled as in transformers'
-/// `ROPE_INIT_FUNCTIONS`.
 /// llama.cpp's `rope_freqs` tensor for this model, the divisor of each rotary frequency, where
 /// the scaling is one llama.cpp stores that way: the given factors, or Llama 3.1 scaling
 /// computed as llama.cpp's converter does (`LlamaModel.generate_extra_tensors` in
@@ -795,6 +801,8 @@ pub fn rope_freq_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
     }
 }
 
+/// Inverse frequencies `1 / theta^(2i/d)` of the global layers, scaled as in transformers'
+/// `ROPE_INIT_FUNCTIONS` (LongRoPE: with the short factors).
 pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     inv_freq_of(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling.as_ref())
 }
@@ -811,6 +819,9 @@ fn inv_freq_of(d: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> 
             .zip(factors)
             .map(|(f, k)| f / *k as f32)
             .collect(),
+        Some(RopeScaling::LongRope { short_factor, .. }) => {
+            longrope_inv_freq(d, theta, short_factor)
+        }
         Some(l @ RopeScaling::Llama3 { .. }) => base
             .iter()
             .map(|&f| match llama3_band(l, f) {
@@ -820,6 +831,15 @@ fn inv_freq_of(d: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> 
             })
             .collect(),
     }
+}
+
+/// LongRoPE's inverse frequencies for one set of factors, in transformers' f32 arithmetic:
+/// `1 / (ext_factors * base^(arange(0, d, 2) / d))`.
+fn longrope_inv_freq(d: usize, theta: f64, factors: &[f64]) -> Vec<f32> {
+    (0..d / 2)
+        .zip(factors)
+        .map(|(i, &k)| 1.0 / (k as f32 * (theta as f32).powf((2 * i) as f32 / d as f32)))
+        .collect()
 }
 
 /// Where a rotary frequency falls under Llama 3.1 scaling (transformers'
@@ -859,39 +879,63 @@ fn llama3_band(scaling: &RopeScaling, f: f32) -> Llama3Band {
 }
 
 impl Rope {
+    /// Tables for forwards of up to `max_seq` tokens.
     pub fn new(cfg: &ModelConfig, max_seq: usize) -> Self {
+        let (scale, long) = match &cfg.rope_scaling {
+            Some(RopeScaling::LongRope {
+                long_factor,
+                original_max_position_embeddings: orig,
+                attention_factor,
+                ..
+            }) => {
+                let scale = *attention_factor as f32;
+                let long = (max_seq > *orig).then(|| {
+                    let inv = longrope_inv_freq(cfg.rotary_dim, cfg.rope_theta, long_factor);
+                    (*orig, RopeTable::new(&inv, max_seq, scale))
+                });
+                (scale, long)
+            }
+            _ => (1.0, None),
+        };
         Rope {
-            global: RopeTable::new(&inv_freq(cfg), max_seq),
+            global: RopeTable::new(&inv_freq(cfg), max_seq, scale),
+            long,
             local: cfg
                 .rope_local_theta
-                .map(|t| RopeTable::new(&inv_freq_of(cfg.rotary_dim, t, None), max_seq)),
+                .map(|t| RopeTable::new(&inv_freq_of(cfg.rotary_dim, t, None), max_seq, 1.0)),
         }
     }
 
-    /// The table a layer uses: the local one for a sliding-window layer where there is one.
-    pub fn table(&self, sliding: bool) -> &RopeTable {
-        match (&self.local, sliding) {
-            (Some(l), true) => l,
+    /// The table a layer uses in a forward of `seq` tokens: the local one for a sliding-window
+    /// layer where there is one, LongRoPE's long-factor one when `seq` exceeds the original
+    /// length, else the global one.
+    pub fn table(&self, sliding: bool, seq: usize) -> &RopeTable {
+        match (&self.local, sliding, &self.long) {
+            (Some(l), true, _) => l,
+            (_, _, Some((orig, long))) if seq > *orig => long,
             _ => &self.global,
         }
     }
 
-    /// Rotates with the global table (see [`RopeTable::apply`]).
+    /// Rotates with the global table (the long one where `seq` calls for it; see
+    /// [`RopeTable::apply`]).
     pub fn apply(&self, x: &mut [f32], seq: usize, heads: usize, hd: usize) {
-        self.global.apply(x, seq, heads, hd)
+        self.table(false, seq).apply(x, seq, heads, hd)
     }
 }
 
 impl RopeTable {
-    fn new(inv: &[f32], max_seq: usize) -> Self {
+    /// cos and sin of `p * inv[i]` for positions `p < max_seq`, each times `scale` (LongRoPE's
+    /// attention factor, in f32 as transformers multiplies; 1 for the others, exactly).
+    fn new(inv: &[f32], max_seq: usize, scale: f32) -> Self {
         let half = inv.len();
         let mut cos = Vec::with_capacity(max_seq * half);
         let mut sin = Vec::with_capacity(max_seq * half);
         for p in 0..max_seq {
             for &f in inv {
                 let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                cos.push(a.cos() * scale);
+                sin.push(a.sin() * scale);
             }
         }
         RopeTable {

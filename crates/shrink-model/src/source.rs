@@ -751,8 +751,74 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             bail!("{file}: rope scaling type '{t}' is not supported (supported: none, linear)")
         }
     };
-    if f.tensor("rope_factors_long.weight").is_some() {
-        bail!("{file}: has a 'rope_factors_long.weight' tensor (Phi-3's long-context rope switch), which shrink does not support");
+    let rotary_dim = match f.get(&k("rope.dimension_count")) {
+        Some(_) => u("rope.dimension_count")?,
+        None => head_dim,
+    };
+    let context_length = if f.get(&k("context_length")).is_some() {
+        u("context_length")?
+    } else {
+        2048
+    };
+    let (long_t, short_t) = ("rope_factors_long.weight", "rope_factors_short.weight");
+    match (f.tensor(long_t).is_some(), f.tensor(short_t).is_some()) {
+        (false, false) => {
+            // llama.cpp scales cos and sin by this key whatever the rope
+            if let Some(a) = f
+                .get_f64_opt(&k("rope.scaling.attn_factor"))?
+                .filter(|&a| a != 1.0)
+            {
+                bail!("{file}: '{}' is {a} without the LongRoPE tensors '{long_t}' and '{short_t}'; shrink supports that scale only with them", k("rope.scaling.attn_factor"));
+            }
+        }
+        (true, true) => {
+            // llama.cpp's LongRoPE (Phi-3 128k): see RopeScaling::LongRope
+            if rope_scaling.is_some() || f.tensor("rope_freqs.weight").is_some() {
+                bail!("{file}: has '{long_t}' and also another rope scaling ('rope_freqs.weight' or '{}')", k("rope.scaling.type"));
+            }
+            let read = |name: &str| -> Result<Vec<f64>> {
+                let v = f
+                    .dequantize(name)
+                    .with_context(|| format!("{file}: tensor '{name}'"))?;
+                if v.len() != rotary_dim / 2 {
+                    bail!(
+                        "{file}: tensor '{name}' holds {} factors; the rotary dimension {rotary_dim} ('{}') needs {}",
+                        v.len(),
+                        k("rope.dimension_count"),
+                        rotary_dim / 2
+                    );
+                }
+                Ok(v.iter().map(|&x| x as f64).collect())
+            };
+            let (long, short) = (read(long_t)?, read(short_t)?);
+            // llama.cpp: n_ctx_orig_yarn defaults to the training context, the attention
+            // factor to 1
+            let orig = match f.get_u64_opt(&k("rope.scaling.original_context_length"))? {
+                Some(o) => o as usize,
+                None => context_length,
+            };
+            let attention_factor = f
+                .get_f64_opt(&k("rope.scaling.attn_factor"))?
+                .unwrap_or(1.0);
+            rope_scaling = Some(if long == short && attention_factor == 1.0 {
+                RopeScaling::Factors { factors: short }
+            } else {
+                RopeScaling::LongRope {
+                    short_factor: short,
+                    long_factor: long,
+                    original_max_position_embeddings: orig,
+                    attention_factor,
+                }
+            });
+        }
+        (has_long, _) => {
+            let (have, lack) = if has_long {
+                (long_t, short_t)
+            } else {
+                (short_t, long_t)
+            };
+            bail!("{file}: has the tensor '{have}' but not '{lack}'; llama.cpp's long-context rope needs both");
+        }
     }
     if f.tensor("rope_freqs.weight").is_some() {
         // llama.cpp's converter writes Llama 3.1 scaling as per-frequency divisors
@@ -843,11 +909,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             10000.0
         },
         rope_scaling,
-        max_position_embeddings: if f.get(&k("context_length")).is_some() {
-            u("context_length")?
-        } else {
-            2048
-        },
+        max_position_embeddings: context_length,
         tie_word_embeddings: tie,
         qkv_bias,
         o_bias: f.tensor("blk.0.attn_output.bias").is_some(),
@@ -859,10 +921,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         rope_local_theta,
         act: arch.default_act,
         query_pre_attn_scalar,
-        rotary_dim: match f.get(&k("rope.dimension_count")) {
-            Some(_) => u("rope.dimension_count")?,
-            None => head_dim,
-        },
+        rotary_dim,
         attn_softcap: match arch.attn_softcap {
             true => f64_opt("attn_logit_softcapping")?,
             false => None,

@@ -8,7 +8,7 @@ use shrink_model::arch::NormSlot;
 use shrink_model::gguf::GgufFile;
 use shrink_model::layer::{LayerHook, NoHook, Rope};
 use shrink_model::source::{config_from_gguf, GgufSource, SafetensorsSource};
-use shrink_model::{arch, DecoderLayer, Model, ModelConfig, Role, TensorSource};
+use shrink_model::{arch, DecoderLayer, Model, ModelConfig, Role, RopeScaling, TensorSource};
 
 fn hf(name: &str) -> (ModelConfig, SafetensorsSource) {
     let dir = fixture(&format!("tiny/{name}"));
@@ -31,29 +31,61 @@ fn max_diff(a: &[f32], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// shrink's logits of the reference token ids `ids_key` and transformers' `logits_key`.
+fn logits_of(
+    name: &str,
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    ids_key: &str,
+    logits_key: &str,
+) -> (Vec<f32>, Vec<f64>) {
+    let refp = fixture(&format!("tiny/{name}/reference.safetensors"));
+    let mut m = Model::load(cfg, src).unwrap();
+    let (shape, ids) = st_read(&refp, ids_key);
+    let (b, t) = (shape[0], shape[1]);
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    let (_, want) = st_read(&refp, logits_key);
+    let hidden = m.hidden_states(&ids, b, t).unwrap();
+    (m.logits(&hidden, b * t), want)
+}
+
+/// Logits of the reference sequences `ids_key` against transformers' `logits_key`: max |diff|
+/// below 1e-4, top-1 identical at every position; returns the max |diff|.
+fn check_logits(
+    name: &str,
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    ids_key: &str,
+    logits_key: &str,
+) -> f64 {
+    let (got, want) = logits_of(name, cfg, src, ids_key, logits_key);
+    let d = max_diff(&got, &want);
+    eprintln!("{name}: max |{logits_key} diff| = {d:.2e}");
+    assert!(
+        d < 1e-4,
+        "{name}: {logits_key} differ from transformers by {d}"
+    );
+    let v = cfg.vocab_size;
+    for r in 0..got.len() / v {
+        let am = |x: &mut dyn Iterator<Item = f64>| {
+            x.enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0
+        };
+        let g = am(&mut got[r * v..(r + 1) * v].iter().map(|x| *x as f64));
+        let w = am(&mut want[r * v..(r + 1) * v].iter().copied());
+        assert_eq!(g, w, "{name}: top-1 of {logits_key} differs at row {r}");
+    }
+    d
+}
+
 /// Logits of both reference sequences and every layer's output of sequence 0 against
 /// transformers; top-1 identical at every position.
 fn check(name: &str, cfg: &ModelConfig, src: &dyn TensorSource) {
     let refp = fixture(&format!("tiny/{name}/reference.safetensors"));
     let mut m = Model::load(cfg, src).unwrap();
     let (shape, ids) = st_read(&refp, "input_ids");
-    let (b, t) = (shape[0], shape[1]);
+    let t = shape[1];
     let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
-    let (_, want) = st_read(&refp, "logits");
-    let hidden = m.hidden_states(&ids, b, t).unwrap();
-    let got = m.logits(&hidden, b * t);
-    let d = max_diff(&got, &want);
-    eprintln!("{name}: max |logit diff| = {d:.2e}");
-    assert!(d < 1e-4, "{name}: logits differ from transformers by {d}");
-    let v = cfg.vocab_size;
-    for r in 0..b * t {
-        let am = |x: &mut dyn Iterator<Item = f64>| {
-            x.enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0
-        };
-        let g = am(&mut got[r * v..(r + 1) * v].iter().map(|x| *x as f64));
-        let w = am(&mut want[r * v..(r + 1) * v].iter().copied());
-        assert_eq!(g, w, "{name}: top-1 differs at row {r}");
-    }
+    check_logits(name, cfg, src, "input_ids", "logits");
     if matches!(name, "qwen2" | "llama") {
         return; // the older fixtures have no per-layer hidden states
     }
@@ -120,6 +152,201 @@ fn phi3_partial_rotary() {
     let (c, s) = hf("phi3_partial");
     assert_eq!(c.rotary_dim * 2, c.head_dim);
     check("phi3_partial", &c, &s);
+}
+
+/// Phi-3's LongRoPE (tools/reference/tiny_models.py `phi3_longrope`: original length 32,
+/// max 128, random short and long factors for the 6 frequencies of a 12-dim partial rotary,
+/// attention factor derived): the 24-token sequences use the short factors, the
+/// 48-token ones the long factors, both with cos and sin scaled, as in transformers; the same
+/// from llama.cpp's converter's GGUF (`rope_factors_long` / `rope_factors_short` tensors,
+/// `phi3.rope.scaling.attn_factor`).
+#[test]
+fn phi3_longrope_short_and_long_factors() {
+    let (c, s) = hf("phi3_longrope");
+    let Some(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings,
+        attention_factor,
+    }) = &c.rope_scaling
+    else {
+        panic!("not LongRoPE: {:?}", c.rope_scaling)
+    };
+    assert_eq!(
+        (c.rotary_dim, short_factor.len(), long_factor.len()),
+        (12, 6, 6)
+    );
+    assert_eq!(
+        (*original_max_position_embeddings, c.max_position_embeddings),
+        (32, 128)
+    );
+    // transformers' derived attention_scaling (the fixture's metadata): sqrt(1 + ln 4 / ln 32)
+    assert!(
+        (attention_factor - 1.1832159566199232).abs() < 1e-15,
+        "{attention_factor}"
+    );
+    let short = check_logits("phi3_longrope", &c, &s, "input_ids", "logits");
+    let long = check_logits("phi3_longrope", &c, &s, "input_ids_long", "logits_long");
+    check("phi3_longrope", &c, &s);
+    eprintln!("phi3_longrope (HF): short {short:.2e}, long {long:.2e}");
+
+    // The comparison tells the factors apart: without the switch (short factors at 48 tokens
+    // too), or without the attention factor, the long logits are far off.
+    for (what, scaling) in [
+        (
+            "no switch",
+            RopeScaling::LongRope {
+                short_factor: short_factor.clone(),
+                long_factor: short_factor.clone(),
+                original_max_position_embeddings: 32,
+                attention_factor: *attention_factor,
+            },
+        ),
+        (
+            "no attention factor",
+            RopeScaling::LongRope {
+                short_factor: short_factor.clone(),
+                long_factor: long_factor.clone(),
+                original_max_position_embeddings: 32,
+                attention_factor: 1.0,
+            },
+        ),
+    ] {
+        let mut wrong = c.clone();
+        wrong.rope_scaling = Some(scaling);
+        let (got, want) = logits_of("phi3_longrope", &wrong, &s, "input_ids_long", "logits_long");
+        let d = max_diff(&got, &want);
+        eprintln!("phi3_longrope with {what}: max |logits_long diff| = {d:.2e}");
+        assert!(
+            d > 0.05,
+            "{what}: the long logits do not depend on it ({d})"
+        );
+    }
+
+    // llama.cpp's converter's GGUF of the same model
+    let (gc, gs) = gguf("phi3_longrope");
+    assert_eq!(gc.layer_layouts(), c.layer_layouts());
+    let Some(RopeScaling::LongRope {
+        short_factor: gs_short,
+        long_factor: gs_long,
+        original_max_position_embeddings: g_orig,
+        attention_factor: g_att,
+    }) = &gc.rope_scaling
+    else {
+        panic!("GGUF: not LongRoPE: {:?}", gc.rope_scaling)
+    };
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    assert_eq!(f32s(gs_short), f32s(short_factor));
+    assert_eq!(f32s(gs_long), f32s(long_factor));
+    assert_eq!(*g_orig, 32);
+    assert_eq!(*g_att as f32, *attention_factor as f32);
+    let short = check_logits("phi3_longrope", &gc, &gs, "input_ids", "logits");
+    let long = check_logits("phi3_longrope", &gc, &gs, "input_ids_long", "logits_long");
+    eprintln!("phi3_longrope (GGUF): short {short:.2e}, long {long:.2e}");
+}
+
+/// LongRoPE in config.json: the transformers 5 form (`rope_parameters` with its own
+/// original_max_position_embeddings, which a top-level one overrides), an explicit
+/// attention_factor or `factor`, and one set of factors with attention factor 1 read as plain
+/// per-frequency factors.
+#[test]
+fn longrope_config_forms() {
+    let dir = fixture("tiny/phi3_longrope");
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        edit(&mut v);
+        ModelConfig::from_hf_json(&v, "config.json")
+            .unwrap()
+            .rope_scaling
+            .unwrap()
+    };
+    let parts = |r: RopeScaling| match r {
+        RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        } => (original_max_position_embeddings, attention_factor),
+        other => panic!("{other:?}"),
+    };
+    let derived = |factor: f64, orig: f64| (1.0 + factor.ln() / orig.ln()).sqrt();
+    assert_eq!(parts(read(&|_| {})), (32, derived(4.0, 32.0)));
+    // transformers 5 style: rope_parameters, no rope_scaling
+    let t5 = read(&|v| {
+        let mut p = v["rope_scaling"].clone();
+        p["rope_type"] = "longrope".into();
+        p["rope_theta"] = 10000.0.into();
+        p["original_max_position_embeddings"] = 32.into();
+        v["rope_parameters"] = p;
+        v.as_object_mut().unwrap().remove("rope_scaling");
+    });
+    assert_eq!(t5, read(&|_| {}));
+    // Phi3Config: the top-level field wins (default 4096 when absent)
+    assert_eq!(
+        parts(read(&|v| {
+            v["rope_scaling"]["original_max_position_embeddings"] = 64.into();
+        }))
+        .0,
+        32
+    );
+    let no_top = read(&|v| {
+        v.as_object_mut()
+            .unwrap()
+            .remove("original_max_position_embeddings");
+    });
+    assert_eq!(parts(no_top), (4096, 1.0), "128 / 4096 <= 1: no scaling");
+    // another family: the rope parameters' own value, else max_position_embeddings
+    let llama = |orig: Option<u64>| {
+        read(&|v| {
+            v["model_type"] = "llama".into();
+            v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+            v["partial_rotary_factor"] = serde_json::Value::Null;
+            v["head_dim"] = 12.into();
+            v.as_object_mut()
+                .unwrap()
+                .remove("original_max_position_embeddings");
+            if let Some(o) = orig {
+                v["rope_scaling"]["original_max_position_embeddings"] = o.into();
+            }
+        })
+    };
+    assert_eq!(parts(llama(Some(16))), (16, derived(8.0, 16.0)));
+    assert_eq!(parts(llama(None)), (128, 1.0));
+    // explicit attention_factor; factor instead of the ratio
+    assert_eq!(
+        parts(read(&|v| v["rope_scaling"]["attention_factor"] = 1.5.into())).1,
+        1.5
+    );
+    assert_eq!(
+        parts(read(&|v| v["rope_scaling"]["factor"] = 16.0.into())).1,
+        derived(16.0, 32.0)
+    );
+    // Phi3Config's older names of longrope
+    assert_eq!(
+        read(&|v| v["rope_scaling"]["type"] = "su".into()),
+        read(&|_| {})
+    );
+    // one set of factors, attention factor 1: plain per-frequency factors
+    let one = read(&|v| {
+        v["rope_scaling"]["long_factor"] = v["rope_scaling"]["short_factor"].clone();
+        v["rope_scaling"]["attention_factor"] = 1.0.into();
+    });
+    assert!(matches!(one, RopeScaling::Factors { .. }), "{one:?}");
+    // config.json written back reads as the same scaling
+    let c = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    let written = c.to_hf_json();
+    let again = ModelConfig::from_hf_json(&written, "written").unwrap();
+    assert_eq!(again.rope_scaling, c.rope_scaling);
+    assert_eq!(again.rotary_dim, c.rotary_dim);
+    assert_eq!(written["original_max_position_embeddings"], 32);
+    // Phi3Config's default pad_token_id 32000 is outside a 128-token vocabulary (transformers
+    // refuses to build the embedding): written as null
+    assert_eq!(
+        written.get("pad_token_id"),
+        Some(&serde_json::Value::Null),
+        "{written}"
+    );
 }
 
 #[test]
