@@ -782,12 +782,8 @@ pub fn predict_gguf_bytes(
         tensors.push((gname.to_string(), dims, ty));
         hf.push(entries.iter().map(|t| t.hf.clone()).collect());
     }
-    if let Some(f) = shrink_model::layer::rope_freq_factors(cfg) {
-        tensors.push((
-            "rope_freqs.weight".to_string(),
-            vec![f.len() as u64],
-            GgmlType::F32,
-        ));
+    for (name, f) in rope_tensors(cfg) {
+        tensors.push((name.to_string(), vec![f.len() as u64], GgmlType::F32));
         hf.push(vec![]);
     }
     let alignment = w.alignment()?;
