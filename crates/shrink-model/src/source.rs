@@ -512,8 +512,8 @@ impl TensorSource for LayerView {
 /// made of one original layer with coefficient 1 is passed through unchanged. The sum is
 /// accumulated in f64 and rounded to f32 once. Every other tensor (embedding, final norm, head)
 /// is passed through. `shrink_recipe::merge` builds the coefficients (RDSC, Yang et al. 2024,
-/// Eq. 2: `θ*_l = θ_l + Σ_{k=1..m} (θ_{l+k} − θ_l)`); the view is how the merged model is
-/// served to the pipeline and the writers without materializing it.
+/// `θ*_l = θ_l + Σ_{k=1..m} (θ_{l+k} − θ_l)`); the view is how the merged model is served to
+/// the pipeline and the writers without materializing it.
 pub struct MergedView<S> {
     pub inner: S,
     /// Per layer of the view: the original layers and their coefficients (non-empty).

@@ -1,8 +1,8 @@
 //! Layer merging: LaCo's layer collapse (Yang, Cao and Zhao 2024, "LaCo: Large Language Model
 //! Pruning via Layer Collapse", arXiv 2402.11187; reference code github.com/yangyifei729/LaCo).
 //!
-//! **RDSC merge** (Reserving-Differences-while-Seeking-Common, the paper's Eq. 2): layers
-//! `l+1..=l+m` collapse into layer `l`,
+//! **RDSC merge** (Reserving-Differences-while-Seeking-Common, the paper's layer-merge
+//! equation): layers `l+1..=l+m` collapse into layer `l`,
 //! `θ*_l = θ_l + Σ_{k=1..m} (θ_{l+k} − θ_l) = (1 − m) θ_l + Σ_{k=1..m} θ_{l+k}`,
 //! for every parameter of the block (each linear's weight and bias, each norm), and layers
 //! `l+1..=l+m` are removed. A merged layer is kept as coefficients over the original layers
@@ -10,11 +10,11 @@
 //! [`shrink_model::ModelSource::merge_layers`] serves the result (its config takes the per-layer
 //! settings of layer `l`).
 //!
-//! **Which layers** (the paper's Algorithm 1): with `C` layers per merge (the base and `C − 1`
-//! after it), the range `[L, H]`, the interval `I` and the threshold `T`, start at `l = H − C`
-//! and go down while `l ≥ L`: merge layers `l..l+C−1` of the current model (fewer where the
-//! model ends first) into a candidate; `s` = the mean over a few calibration samples of the
-//! cosine similarity between the candidate's and the original model's last hidden states (after
+//! **Which layers** (the paper's Algorithm 1, as the reference notebooks run it): with `C`
+//! layers per merge (the base and `C − 1` after it), the range `[L, H]`, the interval `I` and
+//! the threshold `T`, start at `l = H − C` and go down while `l ≥ L`: merge layers `l..l+C−1`
+//! of the current model (fewer where the model ends first) into a candidate; `s` = the mean
+//! over a few calibration samples of the cosine similarity between the candidate's and the original model's last hidden states (after
 //! the final norm, each sample's `[tokens × hidden]` flattened to one vector, as the reference
 //! code computes it); if `s > T` the candidate becomes the current model and `l −= I`, else
 //! `l −= 1`. Defaults: the reference code's Llama2-13B settings, `C = 7`, `I = 1`, `T = 0.45`,
@@ -31,7 +31,7 @@
 //!
 //! Deviation from the reference code: its merge adds `θ_{l+k} − θ*` to the copy being updated
 //! in place, so after the loop the linears equal `θ_{l+m}` (and it merges only the seven
-//! linears, not the norms); this module computes the paper's Eq. 2 on every tensor.
+//! linears, not the norms); this module computes the paper's equation on every tensor.
 use anyhow::{bail, Result};
 use serde::Serialize;
 use shrink_calib::CalibSet;
@@ -48,7 +48,7 @@ pub fn identity(layers: usize) -> Composition {
     (0..layers).map(|i| vec![(i, 1.0)]).collect()
 }
 
-/// RDSC (Eq. 2): layers `base+1..=base+m` of `comp` collapse into layer `base`,
+/// RDSC: layers `base+1..=base+m` of `comp` collapse into layer `base`,
 /// `θ* = (1 − m) θ_base + Σ_k θ_{base+k}`; the result has `m` layers fewer.
 pub fn rdsc(comp: &Composition, base: usize, m: usize) -> Result<Composition> {
     if m == 0 || base + m >= comp.len() {
