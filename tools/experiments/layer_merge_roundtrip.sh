@@ -40,3 +40,12 @@ rm -rf "$R/merge2"
 MERGES=$(python3 -c "import json,sys; print(';'.join(','.join(map(str,m)) for m in json.load(open(sys.argv[1]))['layer_merge']['merges']))" "$R/merge2/report.json")
 "$PY" tools/reference/layer_merge_ref.py "$R/dense-hf" --merges "$MERGES" --max-tokens 2048 --out "$RES/ref-merge2.json"
 "$BIN" eval -q --model "$R/merge2" --text data/eval.txt --max-tokens 2048 --json > "$RES/shrink-merge2-2048.json"
+# llama.cpp on a merged model that still works: --merge-layers 2 --merge-size 2 (RDSC of pairs),
+# exported to GGUF Q8_0
+rm -rf "$R/merge2-c2" "$R/merge2-c2.gguf"
+"$BIN" compress -q --model "$MODEL" "${CAL[@]}" --merge-layers 2 --merge-size 2 --out "$R/merge2-c2"
+"$BIN" export -q --model "$R/merge2-c2" --format gguf --type Q8_0 --out "$R/merge2-c2.gguf"
+"$LLAMA/llama-perplexity" -m "$R/merge2-c2.gguf" -f data/eval.txt -c 512 --chunks 20 -t 2 2>&1 \
+  | grep -E "Final estimate|^\[1\]" > "$RES/llama-perplexity-merge2-c2.txt"
+"$BIN" eval -q --model "$R/merge2-c2.gguf" --text data/eval.txt --protocol llama.cpp --max-tokens 10240 --json \
+  > "$RES/shrink-llamacpp-protocol-merge2-c2.json"
