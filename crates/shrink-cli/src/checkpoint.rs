@@ -113,7 +113,14 @@ impl Checkpoint {
                 .with_context(|| format!("{}: invalid checkpoint file", p.display()))
         };
         let saved = read("settings.json")?;
-        for key in ["model", "recipe", "layers", "sequential", "layer_drop"] {
+        for key in [
+            "model",
+            "recipe",
+            "layers",
+            "sequential",
+            "layer_drop",
+            "layer_merge",
+        ] {
             if saved[key] != settings[key] {
                 bail!(
                     "{}: the interrupted run used different settings ({key}: {} then, {} now); \

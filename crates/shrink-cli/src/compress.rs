@@ -86,6 +86,22 @@ drop_layers = [..] (the original layer numbers), so --recipe DIR/recipe.toml dro
 layers again without scoring. Layer numbers in a recipe's patterns (ignore, targets,\n  \
 [[override]] match) are the ORIGINAL model's: a pattern that matches only dropped layers is\n  \
 refused. report.json's per-layer entries use the pruned model's numbering.\n\n\
+LAYER MERGING (--merge-layers N; LaCo, Yang et al. 2024, arXiv 2402.11187):\n  \
+Removes exactly N decoder layers by collapsing consecutive layers into the first (RDSC: every\n  \
+parameter theta*_l = theta_l + sum_k (theta_l+k - theta_l)), chosen by the paper's loop: from\n  \
+base l = H - C down to L, merge the C layers l..l+C-1 (at most the layers still to remove)\n  \
+and keep the merge when the cosine similarity of the last hidden states (after the final norm)\n  \
+to the original's, on the first --merge-samples calibration windows, exceeds T; then l -= I,\n  \
+else l -= 1. A sweep that ends short of N lowers T to the best similarity it rejected and\n  \
+starts again from the top. Knobs (the reference code's Llama2-13B settings): --merge-size C\n  \
+[7], --merge-lowest L [0], --merge-highest H [last layer], --merge-interval I [1],\n  \
+--merge-threshold T [0.45], --merge-samples [5]. Combines with any --method like\n  \
+--drop-layers (the remaining layers calibrated on the merged model), not with --drop-layers.\n  \
+shrink compress --model MODEL --merge-layers 4 --calib data/calib.txt --nsamples 5 --out DIR\n  \
+report.json's layer_merge gives every candidate measured and what each new layer is made of\n  \
+(original layers and coefficients); recipe.toml holds merge_layers = [[..], ..] (each merge's\n  \
+layers named by their first original layer), which --recipe replays without measuring. A\n  \
+merged layer is named, in a recipe's patterns, by its first original layer.\n\n\
 OUTPUT (DIR, written under a temporary name and renamed when complete):\n  \
 config.json, model.safetensors (dequantized f32), tokenizer.json, tokenizer_config.json\n  \
 quantized.safetensors   integer codes (U8), scales (F32), zero points (I32) and g_idx (I32) per linear\n  \
@@ -329,6 +345,29 @@ pub struct CompressArgs {
     /// Seed of --layer-score random [default: 0].
     #[arg(long, value_name = "SEED")]
     layer_seed: Option<u64>,
+    /// Layer merging (LaCo): remove exactly N decoder layers by collapsing consecutive layers
+    /// into one (RDSC), chosen by the similarity loop (see LAYER MERGING).
+    #[arg(long, value_name = "N")]
+    merge_layers: Option<usize>,
+    /// LaCo's C: layers per merge, the base included [default: 7].
+    #[arg(long, value_name = "C")]
+    merge_size: Option<usize>,
+    /// LaCo's L: the lowest base layer [default: 0].
+    #[arg(long, value_name = "L")]
+    merge_lowest: Option<usize>,
+    /// LaCo's H: the highest layer; the first base is H - C [default: the last layer].
+    #[arg(long, value_name = "H")]
+    merge_highest: Option<usize>,
+    /// LaCo's I: how far the base moves down after a kept merge [default: 1].
+    #[arg(long, value_name = "I")]
+    merge_interval: Option<usize>,
+    /// LaCo's T: a merge is kept when the similarity of the last hidden states exceeds it
+    /// [default: 0.45].
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    merge_threshold: Option<f64>,
+    /// Calibration windows (the first ones) the merge similarity is measured on [default: 5].
+    #[arg(long, value_name = "K")]
+    merge_samples: Option<usize>,
     /// Compress only the first N layers (for measurements; the rest are copied unchanged).
     #[arg(long, hide = true)]
     layers: Option<usize>,
@@ -560,9 +599,47 @@ fn drop_request(a: &CompressArgs) -> Result<Option<DropRequest>> {
     }
 }
 
+/// `--merge-layers N` and LaCo's knobs, checked (against the flags) before the model is opened.
+fn merge_request(a: &CompressArgs) -> Result<Option<shrink_recipe::merge::MergeSettings>> {
+    let knobs = [
+        ("--merge-size", a.merge_size.is_some()),
+        ("--merge-lowest", a.merge_lowest.is_some()),
+        ("--merge-highest", a.merge_highest.is_some()),
+        ("--merge-interval", a.merge_interval.is_some()),
+        ("--merge-threshold", a.merge_threshold.is_some()),
+        ("--merge-samples", a.merge_samples.is_some()),
+    ];
+    match a.merge_layers {
+        None => {
+            if let Some((k, _)) = knobs.iter().find(|(_, set)| *set) {
+                bail!("{k} is a setting of layer merging: give --merge-layers N with N >= 1");
+            }
+            Ok(None)
+        }
+        Some(0) => bail!("--merge-layers 0 removes nothing: give N >= 1, or leave the flag out"),
+        Some(n) => {
+            if a.drop_layers.is_some() {
+                bail!(
+                    "--merge-layers and --drop-layers are two ways of removing layers: give one \
+                     (to do both, run compress twice)"
+                );
+            }
+            Ok(Some(shrink_recipe::merge::MergeSettings {
+                n,
+                size: a.merge_size.unwrap_or(7),
+                lowest: a.merge_lowest.unwrap_or(0),
+                highest: a.merge_highest,
+                interval: a.merge_interval.unwrap_or(1),
+                threshold: a.merge_threshold.unwrap_or(0.45),
+                samples: a.merge_samples.unwrap_or(5),
+            }))
+        }
+    }
+}
+
 /// A recipe that asks for no method: with layers to drop, the pruned model is written as it is.
 /// Refuses the method settings that would then do nothing.
-fn check_drop_only(r: &Recipe, a: &CompressArgs) -> Result<()> {
+fn check_drop_only(r: &Recipe, a: &CompressArgs, what: &str) -> Result<()> {
     let s = &r.stage[0];
     let stray = [
         ("bits", s.bits.is_some()),
@@ -593,7 +670,7 @@ fn check_drop_only(r: &Recipe, a: &CompressArgs) -> Result<()> {
     if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
         bail!(
             "{k} is a setting of a compression method, but no method is given: add --method \
-             (rtn|gptq|magnitude|wanda|sparsegpt|obc), or leave {k} out to only drop layers"
+             (rtn|gptq|magnitude|wanda|sparsegpt|obc), or leave {k} out to only {what} layers"
         );
     }
     Ok(())
@@ -620,6 +697,14 @@ fn load_calib(
     }
 }
 
+/// The layers merged (LaCo): the accepted merges (by first original layer), what each layer of
+/// the merged model is made of, and the search behind it (for report.json).
+struct Merged {
+    merges: Vec<Vec<usize>>,
+    comp: shrink_recipe::merge::Composition,
+    info: serde_json::Value,
+}
+
 /// The layers dropped, why, and the scores behind the choice (for report.json).
 struct Dropped {
     layers: Vec<usize>,
@@ -630,6 +715,7 @@ struct Dropped {
 pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let mut recipe = merged(&a)?;
     let drop_req = drop_request(&a)?;
+    let merge_req = merge_request(&a)?;
     OutputDir::refuse_existing(&a.out, a.force)?;
     if a.resume {
         // Before the model is opened: a missing checkpoint is the first thing to report.
@@ -658,12 +744,45 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             shrink_recipe::layers::check_list(&recipe.drop_layers, total_layers, &recipe_label)
                 .with_context(|| format!("for {}", a.model.display()))?;
     }
+    let merge_label = match &a.recipe {
+        Some(p) => format!("{}: merge_layers", p.display()),
+        None => "merge_layers".into(),
+    };
+    if let Some(m) = &merge_req {
+        if !recipe.drop_layers.is_empty() {
+            bail!(
+                "{recipe_label}: the recipe drops layers and --merge-layers merges them: give one \
+                 way of removing layers"
+            );
+        }
+        m.check(total_layers)
+            .with_context(|| a.model.display().to_string())?;
+        recipe.merge_layers.clear(); // the flags replace a recipe's list
+    } else if !recipe.merge_layers.is_empty() {
+        if !recipe.drop_layers.is_empty() || drop_req.is_some() {
+            bail!(
+                "{merge_label}: the recipe merges layers and also drops some (drop_layers or \
+                 --drop-layers): give one way of removing layers"
+            );
+        }
+        // checked now (the count and every merge's layers); replayed below
+        let comp = shrink_recipe::merge::replay(&recipe.merge_layers, total_layers, &merge_label)
+            .with_context(|| format!("for {}", a.model.display()))?;
+        shrink_recipe::merge::check_structure(&src.config, &comp)
+            .with_context(|| format!("{merge_label}, for {}", a.model.display()))?;
+    }
+    let merging = merge_req.is_some() || !recipe.merge_layers.is_empty();
     let dropping = drop_req.is_some() || !recipe.drop_layers.is_empty();
-    let drop_only = dropping && recipe.stage.len() == 1 && recipe.stage[0].method.is_none();
+    let removing = dropping || merging;
+    let drop_only = removing && recipe.stage.len() == 1 && recipe.stage[0].method.is_none();
     if drop_only {
-        check_drop_only(&recipe, &a)?;
+        check_drop_only(&recipe, &a, if merging { "merge" } else { "drop" })?;
         if a.resume {
-            bail!("--resume: a run that only drops layers keeps no checkpoint; run it again without --resume");
+            bail!(
+                "--resume: a run that only {} layers keeps no checkpoint; run it again without \
+                 --resume",
+                if merging { "merges" } else { "drops" }
+            );
         }
     }
     let n_layers_orig = a.layers.unwrap_or(total_layers).min(total_layers);
@@ -692,6 +811,13 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     if (a.target_bpw.is_some() || target_size.is_some()) && allocate != "search" {
         bail!(
             "--target-bpw and --target-size are allocated by --allocate search, not '{allocate}'"
+        );
+    }
+    if allocate == "search" && merging {
+        bail!(
+            "--allocate search (--target-bpw, --target-size) does not combine with layer merging \
+             yet: merge the layers first (shrink compress --merge-layers ... --out DIR), then \
+             search on DIR"
         );
     }
     if allocate == "search" && dropping {
@@ -831,13 +957,15 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     };
     // A fresh run's calibration set (a resumed run reads its own from the checkpoint): needed
     // for compressing and for the angular / bi scores.
-    let needs_calib = !drop_only || drop_req.is_some_and(|r| r.score.needs_data());
+    let needs_calib =
+        !drop_only || drop_req.is_some_and(|r| r.score.needs_data()) || merge_req.is_some();
     // Data-free: every method needs no activations (RTN, magnitude) and nothing else asks for
     // calibration data; without calibration text each layer is compressed as it is read, with no
     // forward pass (and no errors in the report: give --calib to have them measured).
     let data_free = allocate == "uniform"
         && a.max_ppl_rise.is_none()
         && !drop_req.is_some_and(|r| r.score.needs_data())
+        && merge_req.is_none()
         && recipe.stage.iter().all(|s| {
             shrink_recipe::build_method(s)
                 .is_ok_and(|m| m.needs() == shrink_methods::Needs::Nothing)
@@ -916,18 +1044,97 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             layers,
         });
     }
+    // Which layers merge (LaCo): the similarity loop, or a recipe's list replayed.
+    let mut merged: Option<Merged> = None;
+    if let Some(req) = merge_req {
+        let t = std::time::Instant::now();
+        let (merges, comp, result) = if a.resume {
+            // The interrupted run chose them; the same request must find the same list.
+            let saved = Checkpoint::saved_settings(&a.out)?;
+            if saved["layer_merge"] != serde_json::to_value(req)? {
+                bail!(
+                    "{}: the interrupted run used different layer-merging settings ({} then); \
+                     resume with the same command, or delete the checkpoint to start over",
+                    Checkpoint::path_for(&a.out).display(),
+                    saved["layer_merge"]
+                );
+            }
+            let list: Vec<Vec<usize>> =
+                serde_json::from_value(saved["recipe"]["recipe"]["merge_layers"].clone())
+                    .context("the checkpoint's settings.json lists no merged layers")?;
+            let comp = shrink_recipe::merge::replay(&list, total_layers, "the checkpoint")?;
+            (list, comp, None)
+        } else {
+            let calib = calib.as_ref().expect("loaded above");
+            let r = shrink_recipe::merge::search(&src, calib, &req, &mut |st| {
+                if !quiet {
+                    eprintln!(
+                        "layer merging: sweep {} base {} layers {:?}: similarity {:.4} {} T {:.4}{}",
+                        st.pass,
+                        st.base,
+                        st.layers,
+                        st.similarity,
+                        if st.accepted { ">" } else { "<=" },
+                        st.threshold,
+                        if st.accepted { ": merged" } else { "" }
+                    );
+                }
+            })?;
+            (r.merges.clone(), r.composition.clone(), Some(r))
+        };
+        if !quiet {
+            eprintln!(
+                "layer merging (LaCo): {} of {total_layers} layers merged away: {merges:?} ({:.1} s)",
+                req.n,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        merged = Some(Merged {
+            info: json!({
+                "method": "laco",
+                "n": req.n,
+                "settings": req,
+                "search": result,
+                "seconds": t.elapsed().as_secs_f64(),
+            }),
+            merges,
+            comp,
+        });
+    } else if !recipe.merge_layers.is_empty() {
+        let merges = recipe.merge_layers.clone();
+        let comp = shrink_recipe::merge::replay(&merges, total_layers, &merge_label)?;
+        merged = Some(Merged {
+            info: json!({"method": "recipe", "n": total_layers - comp.len(), "recipe": a.recipe}),
+            merges,
+            comp,
+        });
+    }
     // From here on, `src` is the pruned model: layers renumbered, config and names following.
-    let src = match &dropped {
-        Some(d) => {
+    let src = match (&dropped, &merged) {
+        (Some(d), _) => {
             recipe.drop_layers = d.layers.clone();
             src.keep_layers(&d.kept)?
         }
-        None => src,
+        (None, Some(m)) => {
+            recipe.merge_layers = m.merges.clone();
+            src.merge_layers(m.comp.clone())?
+        }
+        (None, None) => src,
     };
-    let keep: Vec<usize> = match &dropped {
-        Some(d) => d.kept.clone(),
-        None => (0..total_layers).collect(),
+    // each layer of the pruned model by (the first of) its original layer(s)
+    let keep: Vec<usize> = match (&dropped, &merged) {
+        (Some(d), _) => d.kept.clone(),
+        (None, Some(m)) => shrink_recipe::merge::heads(&m.comp),
+        (None, None) => (0..total_layers).collect(),
     };
+    let layer_merge_json = merged.as_ref().map(|m| {
+        let mut v = m.info.clone();
+        v["merges"] = json!(m.merges);
+        v["layers"] = shrink_recipe::merge::describe(&m.comp);
+        v["layers_before"] = json!(total_layers);
+        v["layers_after"] = json!(m.comp.len());
+        v
+    });
     let layer_drop_json = dropped.as_ref().map(|d| {
         let mut v = d.info.clone();
         v["dropped"] = json!(d.layers);
@@ -942,7 +1149,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             &src,
             &recipe,
             calib.as_ref(),
-            layer_drop_json,
+            (layer_drop_json, layer_merge_json),
             eval_text.as_deref(),
             quiet,
         );
@@ -966,13 +1173,19 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         .iter()
         .map(|m| to_orig(m))
         .collect();
-    let plan_context_dropped = || match &dropped {
-        Some(d) => format!(
+    let plan_context_dropped = || match (&dropped, &merged) {
+        (Some(d), _) => format!(
             "{} (with layers {:?} dropped: patterns use the original layer numbers)",
             plan_context(),
             d.layers
         ),
-        None => plan_context(),
+        (None, Some(m)) => format!(
+            "{} (with layers merged {:?}: patterns name a merged layer by its first original \
+             layer)",
+            plan_context(),
+            m.merges
+        ),
+        (None, None) => plan_context(),
     };
     let mut plan = Plan::new(&recipe, &modules)
         .with_context(plan_context_dropped)?
@@ -985,6 +1198,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         "recipe": {"recipe": recipe, "calib_ids": a.calib_ids},
         "layers": n_layers,
         "layer_drop": drop_req,
+        "layer_merge": merge_req,
     });
     let (ckpt, calib, start, hidden, mut done_reports) = if a.resume {
         let (ckpt, r) = Checkpoint::resume(&a.out, &settings, src.config.vocab_size)?;
@@ -1325,6 +1539,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             "allocation": allocation,
             "guard": guard,
             "layer_drop": layer_drop_json,
+            "layer_merge": layer_merge_json,
             "calibration": calib,
             "layers_compressed": n_layers,
         "sequential": sequential,
@@ -1423,7 +1638,7 @@ fn write_pruned(
     src: &ModelSource,
     recipe: &Recipe,
     calib: Option<&CalibSet>,
-    layer_drop: Option<serde_json::Value>,
+    (layer_drop, layer_merge): (Option<serde_json::Value>, Option<serde_json::Value>),
     eval_text: Option<&str>,
     quiet: bool,
 ) -> Result<()> {
@@ -1445,6 +1660,7 @@ fn write_pruned(
         "recipe": recipe,
         "calibration": calib,
         "layer_drop": layer_drop,
+        "layer_merge": layer_merge,
         "quantized_linears": 0,
         "totals": {"assemble_seconds": t.elapsed().as_secs_f64(), "peak_rss_mb": shrink_eval::peak_rss_mb()},
     });

@@ -367,17 +367,17 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
     ))
 }
 
-/// The GGUF a `shrink compress` directory was made from ("model" in its report.json), if any.
-/// The original layer count of a `shrink compress --drop-layers` output (its report.json).
+/// The original layer count of a `shrink compress --drop-layers` or `--merge-layers` output
+/// (its report.json).
 fn layers_before_drop(dir: &Path) -> Option<usize> {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).ok()?).ok()?;
-    r.get("layer_drop")?
-        .get("layers_before")?
-        .as_u64()
-        .map(|n| n as usize)
+    ["layer_drop", "layer_merge"]
+        .iter()
+        .find_map(|k| r.get(k)?.get("layers_before")?.as_u64().map(|n| n as usize))
 }
 
+/// The GGUF a `shrink compress` directory was made from ("model" in its report.json), if any.
 fn origin_gguf(dir: &Path) -> Option<PathBuf> {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).ok()?).ok()?;

@@ -768,6 +768,30 @@ pub fn tensor_table(cfg: &ModelConfig) -> Vec<TensorEntry> {
     v
 }
 
+/// Refuses merging layer `b` into layer `a` (LaCo's layer collapse, [`crate::ModelSource::merge_layers`])
+/// when their tensors differ in name or shape (a dense and a MoE MLP, say).
+pub fn check_mergeable(cfg: &ModelConfig, a: usize, b: usize) -> anyhow::Result<()> {
+    let strip = |i: usize| -> Vec<(String, Vec<usize>)> {
+        let pre = format!("model.layers.{i}.");
+        layer_tensors(cfg, i, &layer_layout(cfg, i))
+            .into_iter()
+            .map(|e| {
+                (
+                    e.hf.strip_prefix(&pre).unwrap_or(&e.hf).to_string(),
+                    e.shape,
+                )
+            })
+            .collect()
+    };
+    if strip(a) != strip(b) {
+        anyhow::bail!(
+            "layers {a} and {b} have different tensors (e.g. a dense and a MoE MLP): they cannot \
+             be merged"
+        );
+    }
+    Ok(())
+}
+
 /// The tensors of layer `i` with layout `lay`: the input norm, the linears (weight, then bias),
 /// then the other norms (the order llama.cpp's converter writes a Llama block in).
 pub fn layer_tensors(_cfg: &ModelConfig, i: usize, lay: &Layout) -> Vec<TensorEntry> {

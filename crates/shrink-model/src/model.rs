@@ -3,7 +3,9 @@ use crate::arch;
 use crate::config::ModelConfig;
 use crate::gguf::GgufFile;
 use crate::layer::{check_layout, load_checked, DecoderLayer, LayerHook, NoHook, Rope};
-use crate::source::{config_from_gguf, GgufSource, LayerView, SafetensorsSource, TensorSource};
+use crate::source::{
+    config_from_gguf, GgufSource, LayerView, MergedView, SafetensorsSource, TensorSource,
+};
 use crate::tensor::{linear, rms_norm, Tensor};
 use crate::tokenizer;
 use crate::tokenizer::Tokenizer;
@@ -170,6 +172,52 @@ impl ModelSource {
         let tensors: Box<dyn TensorSource> = Box::new(LayerView {
             inner: self.tensors,
             keep: keep.to_vec(),
+        });
+        check_layout(&config, tensors.as_ref())?;
+        Ok(ModelSource {
+            config,
+            tensors,
+            ..self
+        })
+    }
+
+    /// This model with its decoder layers merged: layer `i` of the result is `Σ_j c_j · θ_j` over
+    /// `layers[i] = [(j, c_j), ..]` (original indices; see [`MergedView`]), and takes the
+    /// per-layer settings (attention type, dense or MoE MLP) of its first original layer
+    /// `layers[i][0].0`. The first layers must be strictly ascending; the layers merged into one
+    /// must have the same tensors and shapes (checked here); nothing is copied.
+    pub fn merge_layers(self, layers: Vec<Vec<(usize, f64)>>) -> Result<ModelSource> {
+        let n = self.config.num_layers;
+        if layers.is_empty() || layers.iter().any(|p| p.is_empty()) {
+            bail!(
+                "{}: a merged model needs at least one layer, each made of at least one",
+                self.path.display()
+            );
+        }
+        let heads: Vec<usize> = layers.iter().map(|p| p[0].0).collect();
+        if let Some(w) = heads.windows(2).find(|w| w[0] >= w[1]) {
+            bail!(
+                "merged layers must be strictly ascending, found {} before {}",
+                w[0],
+                w[1]
+            );
+        }
+        for p in &layers {
+            for &(j, _) in p {
+                if j >= n {
+                    bail!(
+                        "{}: layer {j} does not exist (the model has {n}: 0..{})",
+                        self.path.display(),
+                        n - 1
+                    );
+                }
+                crate::arch::check_mergeable(&self.config, p[0].0, j)?;
+            }
+        }
+        let config = self.config.with_layers(&heads);
+        let tensors: Box<dyn TensorSource> = Box::new(MergedView {
+            inner: self.tensors,
+            layers,
         });
         check_layout(&config, tensors.as_ref())?;
         Ok(ModelSource {

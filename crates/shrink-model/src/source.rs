@@ -538,6 +538,122 @@ impl TensorSource for LayerView {
     }
 }
 
+/// A model's tensors with consecutive decoder layers merged (LaCo's layer collapse): layer `i` of
+/// the view is the weighted sum `Σ_j c_j · θ_j` of `inner`'s layers `layers[i] = [(j, c_j), ..]`,
+/// tensor by tensor (every linear weight and bias, every norm, in Hugging Face naming); a layer
+/// made of one original layer with coefficient 1 is passed through unchanged. The sum is
+/// accumulated in f64 and rounded to f32 once. Every other tensor (embedding, final norm, head)
+/// is passed through. `shrink_recipe::merge` builds the coefficients (RDSC, Yang et al. 2024,
+/// `θ*_l = θ_l + Σ_{k=1..m} (θ_{l+k} − θ_l)`); the view is how the merged model is served to
+/// the pipeline and the writers without materializing it.
+pub struct MergedView<S> {
+    pub inner: S,
+    /// Per layer of the view: the original layers and their coefficients (non-empty).
+    pub layers: Vec<Vec<(usize, f64)>>,
+}
+
+impl<S: std::ops::Deref<Target = dyn TensorSource> + Send + Sync> MergedView<S> {
+    /// The layer of the view, the rest of the name (`self_attn.q_proj.weight`) and the
+    /// original layers behind it; `None` for a name outside the decoder layers.
+    fn split<'n>(&self, name: &'n str) -> Option<(usize, &'n str)> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (num, tail) = rest.split_once('.')?;
+        Some((num.parse().ok()?, tail))
+    }
+
+    /// The name in `inner` of the first original layer of the view's tensor `name` (the one
+    /// whose shape and label stand for the merged tensor).
+    pub fn head_name(&self, name: &str) -> Option<String> {
+        match self.split(name) {
+            None => Some(name.to_string()),
+            Some((i, tail)) => {
+                let (j, _) = self.layers.get(i)?.first()?;
+                Some(format!("model.layers.{j}.{tail}"))
+            }
+        }
+    }
+}
+
+impl<S: std::ops::Deref<Target = dyn TensorSource> + Send + Sync> TensorSource for MergedView<S> {
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let Some((i, tail)) = self.split(name) else {
+            return self.inner.load(name);
+        };
+        let Some(parts) = self.layers.get(i) else {
+            bail!(
+                "{}: tensor '{name}' is missing (the model has {} layers after merging)",
+                self.describe(),
+                self.layers.len()
+            );
+        };
+        // zero coefficients (RDSC of two layers gives the first 0) are not read
+        let live: Vec<(usize, f64)> = parts.iter().copied().filter(|&(_, c)| c != 0.0).collect();
+        match live[..] {
+            [(j, 1.0)] => return self.inner.load(&format!("model.layers.{j}.{tail}")),
+            [] => bail!(
+                "{}: layer {i} of the merged model has no original layer with a nonzero \
+                 coefficient ({parts:?})",
+                self.describe()
+            ),
+            _ => {}
+        }
+        let mut acc: Vec<f64> = vec![];
+        let mut shape: Vec<usize> = vec![];
+        for (k, &(j, c)) in live.iter().enumerate() {
+            let n = format!("model.layers.{j}.{tail}");
+            let t = self.inner.load(&n)?;
+            if k == 0 {
+                shape = t.shape.clone();
+                acc = vec![0f64; t.data.len()];
+            } else if t.shape != shape {
+                bail!(
+                    "{}: cannot merge {} (shape {:?}) into layer {} (shape {shape:?}): merged \
+                     layers must have the same tensors",
+                    self.describe(),
+                    self.inner.label(&n),
+                    t.shape,
+                    parts[0].0
+                );
+            }
+            for (a, v) in acc.iter_mut().zip(&t.data) {
+                *a += c * *v as f64;
+            }
+        }
+        Ok(Tensor::new(
+            shape,
+            acc.into_iter().map(|v| v as f32).collect(),
+        ))
+    }
+    fn contains(&self, name: &str) -> bool {
+        match self.split(name) {
+            None => self.inner.contains(name),
+            Some((i, tail)) => self.layers.get(i).is_some_and(|p| {
+                p.iter()
+                    .all(|(j, _)| self.inner.contains(&format!("model.layers.{j}.{tail}")))
+            }),
+        }
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn label(&self, name: &str) -> String {
+        match (self.split(name), self.head_name(name)) {
+            (Some((i, _)), Some(n)) => {
+                let from: Vec<String> = self.layers[i].iter().map(|(j, _)| j.to_string()).collect();
+                format!(
+                    "'{name}' ({} in the original, merged from layers {})",
+                    self.inner.label(&n),
+                    from.join(", ")
+                )
+            }
+            _ => format!("'{name}'"),
+        }
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.inner.shape(&self.head_name(name)?)
+    }
+}
+
 /// A llama.cpp GGUF file, served in Hugging Face naming and layout (dequantized to f32; q/k rows
 /// un-permuted where llama.cpp's converter permuted them; an expert's linear cut out of the
 /// stacked `ffn_*_exps` tensor; Gemma's norms back to `w` from llama.cpp's `1 + w`).

@@ -5,6 +5,7 @@
 //! - [`alloc`]: budgets allocated over layers (OWL), written back as overrides;
 //! - [`layers`]: layer pruning (which decoder layers to drop: angular distance, block
 //!   influence, the last layers, random);
+//! - [`merge`]: layer merging (LaCo's RDSC layer collapse and its similarity-guided search);
 //! - [`budget`]: the bits-per-weight accountant (what the exported file stores);
 //! - [`search`]: allocation from measured error curves under a budget (`--allocate search`);
 //! - [`plan`]: a recipe resolved for a model's linears, the per-linear [`Assign`] the pipeline
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod alloc;
 pub mod budget;
 pub mod layers;
+pub mod merge;
 pub mod mix;
 pub mod plan;
 pub mod profile;

@@ -64,10 +64,11 @@ pub fn expand_mixes(
         let Some(mix) = stage_mix(s, plain) else {
             continue;
         };
-        if !r.drop_layers.is_empty() {
+        if !r.drop_layers.is_empty() || !r.merge_layers.is_empty() {
             bail!(
-                "gguf_type {}: a llama-quantize mix with dropped layers is not supported (its \
-                 rules count layers); name a single type, or drop the layers first",
+                "gguf_type {}: a llama-quantize mix with dropped or merged layers is not \
+                 supported (its rules count layers); name a single type, or remove the layers \
+                 first",
                 mix.name()
             );
         }

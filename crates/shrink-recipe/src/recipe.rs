@@ -167,6 +167,13 @@ pub struct Recipe {
     /// of the recipe refers to the original numbering too (see `shrink compress --help`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drop_layers: Vec<usize>,
+    /// Layer merges (LaCo's RDSC, `shrink compress --merge-layers`), applied in order before
+    /// anything else: each lists consecutive layers of the model as it stands after the merges
+    /// before it, each named by its first original layer; they collapse into the first. The
+    /// merged model's layers are renumbered 0.., and every pattern of the recipe refers to the
+    /// original number of a layer's first original layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merge_layers: Vec<Vec<usize>>,
     /// Patterns of linears no stage touches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<String>,
