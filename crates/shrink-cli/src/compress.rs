@@ -215,7 +215,9 @@ pub struct CompressArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// After compressing, evaluate the original and the compressed model on this text
-    /// (perplexity, GPTQ protocol, seqlen 512) and add both to the report.
+    /// (perplexity, GPTQ protocol, seqlen 512) and their agreement (mean KL divergence of the
+    /// compressed model's predictions from the original's, top-1 agreement, Δp, as `shrink eval
+    /// --reference` gives them), and add them to the report's `eval`.
     #[arg(long)]
     eval: Option<PathBuf>,
     /// Which activations calibrate each group of linears: group ("true sequential": each group
@@ -1698,5 +1700,25 @@ fn eval_against_original(
         q.perplexity,
         100.0 * (q.perplexity / o.perplexity - 1.0)
     );
-    Ok(json!({"text": a.eval, "original": o, "compressed": q}))
+    // Agreement with the original on the same windows: KL divergence of the predicted
+    // distributions, top-1 agreement, Δp (`shrink eval --reference`, GPTQ protocol).
+    let (orig, comp) = (ModelSource::open(&a.model)?, ModelSource::open(written)?);
+    let (ids, bos) = shrink_eval::eval_tokens(&comp.tokenizer, text)?;
+    let k = shrink_eval::kld::kld_gptq(
+        &shrink_model::stream::Streamed::new(&comp.config, comp.tensors.as_ref()),
+        &shrink_model::stream::Streamed::new(&orig.config, orig.tensors.as_ref()),
+        &ids,
+        &shrink_eval::PplOptions {
+            bos,
+            ..shrink_eval::PplOptions::default()
+        },
+        shrink_eval::STREAM_BUDGET_BYTES,
+        &mut |_, _| {},
+    )?;
+    eprintln!(
+        "agreement with the original: mean KL divergence {:.4e}, top-1 {:.2}%",
+        k.kld_mean,
+        100.0 * k.top1_agreement
+    );
+    Ok(json!({"text": a.eval, "original": o, "compressed": q, "agreement": k}))
 }

@@ -904,3 +904,48 @@ fn rtn_and_magnitude_run_data_free() {
         &["no calibration text given"],
     );
 }
+
+/// `compress --eval TEXT` reports both perplexities and the compressed model's agreement with
+/// the original (KL divergence, top-1), which is perfect for a model compressed losslessly
+/// enough and not for a coarse one.
+#[test]
+fn compress_eval_reports_agreement_with_the_original() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    hf_dir(t);
+    let text = calib_text(t);
+    let agree = |name: &str, bits: &str| {
+        let out = compress_tiny(
+            t,
+            name,
+            &[
+                "--method",
+                "rtn",
+                "--bits",
+                bits,
+                "--group-size",
+                "16",
+                "--eval",
+                s(&text),
+            ],
+        );
+        let ev = report(&out)["eval"].clone();
+        assert!(ev["original"]["perplexity"].as_f64().unwrap() > 1.0, "{ev}");
+        (
+            ev["agreement"]["kld_mean"].as_f64().unwrap(),
+            ev["agreement"]["top1_agreement"].as_f64().unwrap(),
+            ev["agreement"]["ppl_ratio"].as_f64().unwrap(),
+            ev["compressed"]["perplexity"].as_f64().unwrap()
+                / ev["original"]["perplexity"].as_f64().unwrap(),
+        )
+    };
+    let (k8, t8, r8, q8) = agree("w8", "8");
+    let (k2, t2, r2, q2) = agree("w2", "2");
+    assert!(k8 >= 0.0 && k8 < k2, "{k8} {k2}");
+    assert!(t8 > t2 && t8 <= 1.0, "{t8} {t2}");
+    // the agreement pass's perplexity ratio is the report's own
+    assert!(
+        (r8 / q8 - 1.0).abs() < 1e-6 && (r2 / q2 - 1.0).abs() < 1e-6,
+        "{r8} {q8} {r2} {q2}"
+    );
+}
