@@ -273,9 +273,22 @@ fn eval_tasks_bad_input_gets_clear_errors() {
 
 /// The reference's scores (tools/reference/tasks_ref.py: every request alone, unpadded, from
 /// an independent forward pass and lm-eval's own _encode_pair) against `shrink eval-tasks` on
-/// the default model, when the opt-in task data (scripts/fetch --tasks) is there.
+/// the default model, when the opt-in task data (scripts/fetch --tasks) is there: the numpy
+/// float64 backend's fixture (5 task variants, 8 documents each).
 #[test]
 fn eval_tasks_matches_the_reference_fixture() {
+    matches_fixture("tasks_smollm2.json", 5e-3, 1.0);
+}
+
+/// The same against transformers' own forward pass (`--backend transformers`, float32, the
+/// tokenizer transformers builds from the GGUF) on ARC-Easy and HellaSwag, 100 documents each:
+/// log-likelihoods within 1e-3 and the same choice on at least 99.5% of the documents.
+#[test]
+fn eval_tasks_matches_transformers() {
+    matches_fixture("tasks_smollm2_transformers.json", 1e-3, 0.995);
+}
+
+fn matches_fixture(name: &str, tol: f64, same_choice: f64) {
     let root = common::root();
     let data = root.join("data/oe_eval_tasks");
     if !data.is_dir() {
@@ -289,7 +302,7 @@ fn eval_tasks_matches_the_reference_fixture() {
         return;
     };
     let fx: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/fixtures/reference/tasks_smollm2.json")).unwrap(),
+        &std::fs::read_to_string(root.join("tests/fixtures/reference").join(name)).unwrap(),
     )
     .unwrap();
     let tasks: Vec<&str> = fx["tasks"]
@@ -340,15 +353,50 @@ fn eval_tasks_matches_the_reference_fixture() {
             w["logprob"].as_f64().unwrap(),
         );
         worst = worst.max((a - b).abs());
-        assert!((a - b).abs() < 5e-3, "{w}: shrink {a} vs reference {b}");
+        assert!((a - b).abs() < tol, "{w}: shrink {a} vs reference {b}");
+    }
+    // the choice made per document (highest sum, and highest per character) by each side
+    let choice = |rows: &[&Value], task: &str, variant: &str| -> Vec<(u64, i64)> {
+        let mut best: std::collections::BTreeMap<u64, (f64, i64)> = Default::default();
+        for r in rows
+            .iter()
+            .filter(|r| r["task"] == task && r["variant"] == variant)
+        {
+            let (d, i, lp) = (
+                r["doc_id"].as_u64().unwrap(),
+                r["idx"].as_i64().unwrap(),
+                r["logprob"].as_f64().unwrap(),
+            );
+            let e = best.entry(d).or_insert((f64::NEG_INFINITY, -1));
+            if lp > e.0 {
+                *e = (lp, i);
+            }
+        }
+        best.into_iter().map(|(d, (_, i))| (d, i)).collect()
+    };
+    let (g, w): (Vec<&Value>, Vec<&Value>) = (got.iter().collect(), want.iter().collect());
+    let (mut same, mut docs) = (0usize, 0usize);
+    for t in &tasks {
+        let spec = &fx["tasks"][*t];
+        let (task, variant) = (
+            spec["task"].as_str().unwrap(),
+            spec["variant"].as_str().unwrap(),
+        );
+        let (a, b) = (choice(&g, task, variant), choice(&w, task, variant));
+        assert_eq!(a.len(), b.len());
+        same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        docs += a.len();
     }
     eprintln!(
-        "largest |logprob - reference| over {} requests: {worst:.2e}",
+        "{name}: largest |logprob - reference| over {} requests: {worst:.2e}; same choice on {same} of {docs} documents",
         want.len()
     );
-    for name in &tasks {
-        for k in ["acc", "acc_per_char", "docs"] {
-            assert_eq!(v["tasks"][name][k], fx["metrics"][name][k], "{name} {k}");
+    assert!(same as f64 >= same_choice * docs as f64, "{same} of {docs}");
+    if same_choice >= 1.0 {
+        for name in &tasks {
+            for k in ["acc", "acc_per_char", "docs"] {
+                assert_eq!(v["tasks"][name][k], fx["metrics"][name][k], "{name} {k}");
+            }
         }
     }
 }
