@@ -26,43 +26,12 @@ fn gemma_dir(t: &Path) -> PathBuf {
     d
 }
 
-/// A 6-layer random Llama whose layers `identity` add nothing to the residual stream (o_proj
-/// and down_proj zero): their input equals their output.
-fn llama6(t: &Path, name: &str, identity: &[usize]) -> PathBuf {
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny("llama").join("config.json")).unwrap())
-            .unwrap();
-    cfg["num_hidden_layers"] = 6.into();
-    // plain rope, so that the GGUF export (no rope_freqs tensor) applies
-    cfg["rope_scaling"] = serde_json::Value::Null;
-    cfg.as_object_mut().unwrap().remove("rope_parameters");
-    synthetic_dir(t, name, &cfg, &mut |n, _, v| {
-        for &i in identity {
-            if n == format!("model.layers.{i}.self_attn.o_proj.weight")
-                || n == format!("model.layers.{i}.mlp.down_proj.weight")
-            {
-                v.iter_mut().for_each(|x| *x = 0.0);
-            }
-        }
-    })
-}
-
-fn ids(n: usize) -> Vec<u32> {
-    (0..n).map(|i| ((i * 37 + 11) % 128) as u32).collect()
-}
-
-/// Logits of a loaded model on `ids` (one sequence).
-fn logits(m: &mut shrink_model::Model, ids: &[u32]) -> Vec<f32> {
-    let h = m.hidden_states(ids, 1, ids.len()).unwrap();
-    m.logits(&h, ids.len())
-}
-
 /// Logits of the original model at `orig` run with the layers `skip` left out (each kept layer
 /// keeps its own index, so its attention type comes from the original config).
 fn reference(orig: &Path, skip: &[usize], ids: &[u32]) -> Vec<f32> {
     let mut m = ModelSource::open(orig).unwrap().load_all().unwrap();
     m.layers.retain(|l| !skip.contains(&l.index));
-    logits(&mut m, ids)
+    model_logits(&mut m, ids)
 }
 
 fn dropped(out: &Path) -> Vec<usize> {
@@ -74,8 +43,8 @@ fn pruned_model_equals_the_original_skipping_those_layers() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let model = gemma_dir(t);
-    let x = ids(40); // longer than the sliding window of 8: local and global layers differ
-                     // drop layer 1 (sliding) by a recipe: the full-attention layer 2 becomes layer 1
+    let x = token_ids(40); // longer than the sliding window of 8: local and global layers differ
+                           // drop layer 1 (sliding) by a recipe: the full-attention layer 2 becomes layer 1
     let recipe = t.join("r.toml");
     std::fs::write(&recipe, "drop_layers = [1]\n").unwrap();
     let out = t.join("drop1");
@@ -101,7 +70,7 @@ fn pruned_model_equals_the_original_skipping_those_layers() {
     assert!(!src
         .tensors
         .contains("model.layers.3.self_attn.q_proj.weight"));
-    let got = logits(&mut src.load_all().unwrap(), &x);
+    let got = model_logits(&mut src.load_all().unwrap(), &x);
     let want = reference(&model, &[1], &x);
     assert_eq!(
         got, want,
@@ -126,7 +95,7 @@ fn pruned_model_equals_the_original_skipping_those_layers() {
         s(&out),
     ]);
     assert_eq!(dropped(&out), vec![2]);
-    let got = logits(
+    let got = model_logits(
         &mut ModelSource::open(&out).unwrap().load_all().unwrap(),
         &x,
     );
@@ -161,8 +130,8 @@ fn moe_dense_layers_follow_the_kept_layers() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["num_hidden_layers"], 2);
     assert_eq!(cfg["mlp_only_layers"], serde_json::json!([0]));
-    let x = ids(20);
-    let got = logits(
+    let x = token_ids(20);
+    let got = model_logits(
         &mut ModelSource::open(&out).unwrap().load_all().unwrap(),
         &x,
     );
@@ -238,8 +207,8 @@ fn scores_choose_the_layers_that_do_nothing() {
     assert_eq!(dropped(&r1), dropped(&r2));
     assert_eq!(dropped(&r1).len(), 3);
     // the identity layers' removal changes nothing
-    let x = ids(24);
-    let got = logits(
+    let x = token_ids(24);
+    let got = model_logits(
         &mut ModelSource::open(&ang).unwrap().load_all().unwrap(),
         &x,
     );
@@ -350,9 +319,9 @@ fn drop_with_a_method_calibrates_the_pruned_model_and_the_recipe_reproduces_it()
         ok(&a);
         let m = ModelSource::open(&dst).unwrap();
         assert_eq!(m.config.num_layers, 4, "{fmt}");
-        let x = ids(16);
-        let a = logits(&mut m.load_all().unwrap(), &x);
-        let b = logits(
+        let x = token_ids(16);
+        let a = model_logits(&mut m.load_all().unwrap(), &x);
+        let b = model_logits(
             &mut ModelSource::open(&out).unwrap().load_all().unwrap(),
             &x,
         );
@@ -527,8 +496,8 @@ fn a_pruned_gguf_model_exports_to_gguf_with_the_original_metadata() {
     ]);
     let f = shrink_model::gguf::GgufFile::open(&dst).unwrap();
     assert_eq!(f.get("llama.block_count").unwrap().as_u64(), Some(4));
-    let x = ids(16);
-    let a = logits(
+    let x = token_ids(16);
+    let a = model_logits(
         &mut ModelSource::open(&dst).unwrap().load_all().unwrap(),
         &x,
     );

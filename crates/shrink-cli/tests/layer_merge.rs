@@ -5,43 +5,13 @@
 mod common;
 use common::*;
 use shrink_model::{ModelSource, TensorSource};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn ok(args: &[&str]) -> String {
     let (code, _, err) = shrink(args);
     assert_eq!(code, 0, "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
     err
-}
-
-/// A 6-layer random Llama whose layers `identity` add nothing to the residual stream (o_proj
-/// and down_proj zero): their input equals their output.
-fn llama6(t: &Path, name: &str, identity: &[usize]) -> PathBuf {
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny("llama").join("config.json")).unwrap())
-            .unwrap();
-    cfg["num_hidden_layers"] = 6.into();
-    // plain rope, so that the GGUF export (no rope_freqs tensor) applies
-    cfg["rope_scaling"] = serde_json::Value::Null;
-    cfg.as_object_mut().unwrap().remove("rope_parameters");
-    synthetic_dir(t, name, &cfg, &mut |n, _, v| {
-        for &i in identity {
-            if n == format!("model.layers.{i}.self_attn.o_proj.weight")
-                || n == format!("model.layers.{i}.mlp.down_proj.weight")
-            {
-                v.iter_mut().for_each(|x| *x = 0.0);
-            }
-        }
-    })
-}
-
-fn ids(n: usize) -> Vec<u32> {
-    (0..n).map(|i| ((i * 37 + 11) % 128) as u32).collect()
-}
-
-fn logits(m: &mut shrink_model::Model, ids: &[u32]) -> Vec<f32> {
-    let h = m.hidden_states(ids, 1, ids.len()).unwrap();
-    m.logits(&h, ids.len())
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -233,12 +203,12 @@ fn the_loop_keeps_merges_by_similarity_and_stops_at_the_target() {
     assert!(steps[1]["similarity"].as_f64().unwrap() > 0.99999);
     assert!(steps[0]["similarity"].as_f64().unwrap() < 0.9999);
     // the merged model is the original without its identity layers: same logits
-    let x = ids(24);
-    let got = logits(
+    let x = token_ids(24);
+    let got = model_logits(
         &mut ModelSource::open(&out).unwrap().load_all().unwrap(),
         &x,
     );
-    let want = logits(
+    let want = model_logits(
         &mut ModelSource::open(&model).unwrap().load_all().unwrap(),
         &x,
     );
@@ -366,8 +336,8 @@ fn merge_with_a_method_calibrates_the_merged_model_and_the_recipe_replays_it() {
         );
     }
     // every export reads back with the merged layer count
-    let x = ids(16);
-    let want = logits(
+    let x = token_ids(16);
+    let want = model_logits(
         &mut ModelSource::open(&out).unwrap().load_all().unwrap(),
         &x,
     );
@@ -394,7 +364,7 @@ fn merge_with_a_method_calibrates_the_merged_model_and_the_recipe_replays_it() {
         ok(&a);
         let m = ModelSource::open(&dst).unwrap();
         assert_eq!(m.config.num_layers, 4, "{fmt}");
-        let err = max_diff(&logits(&mut m.load_all().unwrap(), &x), &want);
+        let err = max_diff(&model_logits(&mut m.load_all().unwrap(), &x), &want);
         assert!(err < 0.05, "{fmt}: logits differ by {err}");
     }
 }
@@ -445,18 +415,18 @@ fn a_merged_gguf_model_exports_to_gguf_with_the_original_metadata() {
     ]);
     let f = shrink_model::gguf::GgufFile::open(&dst).unwrap();
     assert_eq!(f.get("llama.block_count").unwrap().as_u64(), Some(4));
-    let x = ids(16);
-    let a = logits(
+    let x = token_ids(16);
+    let a = model_logits(
         &mut ModelSource::open(&dst).unwrap().load_all().unwrap(),
         &x,
     );
-    let b = logits(
+    let b = model_logits(
         &mut ModelSource::open(&out).unwrap().load_all().unwrap(),
         &x,
     );
     assert!(max_diff(&a, &b) < 1e-4, "{}", max_diff(&a, &b));
     // and the merge changed the model (the test can fail)
-    let orig = logits(
+    let orig = model_logits(
         &mut ModelSource::open(&gguf).unwrap().load_all().unwrap(),
         &x,
     );

@@ -285,3 +285,35 @@ pub fn ppl16(model: &Path, text: &Path) -> f64 {
         .as_f64()
         .unwrap()
 }
+
+/// A 6-layer random Llama whose layers `identity` add nothing to the residual stream (o_proj
+/// and down_proj zero): their input equals their output (layer dropping and merging tests).
+pub fn llama6(t: &Path, name: &str, identity: &[usize]) -> PathBuf {
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny("llama").join("config.json")).unwrap())
+            .unwrap();
+    cfg["num_hidden_layers"] = 6.into();
+    // plain rope, so that the GGUF export (no rope_freqs tensor) applies
+    cfg["rope_scaling"] = serde_json::Value::Null;
+    cfg.as_object_mut().unwrap().remove("rope_parameters");
+    synthetic_dir(t, name, &cfg, &mut |n, _, v| {
+        for &i in identity {
+            if n == format!("model.layers.{i}.self_attn.o_proj.weight")
+                || n == format!("model.layers.{i}.mlp.down_proj.weight")
+            {
+                v.iter_mut().for_each(|x| *x = 0.0);
+            }
+        }
+    })
+}
+
+/// `n` token ids of the tiny models' 128-token vocabulary.
+pub fn token_ids(n: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 37 + 11) % 128) as u32).collect()
+}
+
+/// Logits of a loaded model on `ids` (one sequence).
+pub fn model_logits(m: &mut shrink_model::Model, ids: &[u32]) -> Vec<f32> {
+    let h = m.hidden_states(ids, 1, ids.len()).unwrap();
+    m.logits(&h, ids.len())
+}
