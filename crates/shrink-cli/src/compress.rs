@@ -1692,31 +1692,45 @@ fn eval_against_original(
     text: &str,
     label: &str,
 ) -> Result<serde_json::Value> {
-    let o = crate::eval_ppl(&a.model, text)?;
-    let q = crate::eval_ppl(written, text)?;
-    eprintln!(
-        "perplexity: original {:.4}, {label} {:.4} ({:+.2}%)",
-        o.perplexity,
-        q.perplexity,
-        100.0 * (q.perplexity / o.perplexity - 1.0)
-    );
-    // Agreement with the original on the same windows: KL divergence of the predicted
-    // distributions, top-1 agreement, Δp (`shrink eval --reference`, GPTQ protocol).
+    // One pass of both models over the same windows gives both perplexities and their
+    // agreement (KL divergence of the predicted distributions, top-1, Δp: `shrink eval
+    // --reference`, GPTQ protocol).
+    let t = std::time::Instant::now();
     let (orig, comp) = (ModelSource::open(&a.model)?, ModelSource::open(written)?);
     let (ids, bos) = shrink_eval::eval_tokens(&comp.tokenizer, text)?;
+    let opts = shrink_eval::PplOptions {
+        bos,
+        ..shrink_eval::PplOptions::default()
+    };
     let k = shrink_eval::kld::kld_gptq(
         &shrink_model::stream::Streamed::new(&comp.config, comp.tensors.as_ref()),
         &shrink_model::stream::Streamed::new(&orig.config, orig.tensors.as_ref()),
         &ids,
-        &shrink_eval::PplOptions {
-            bos,
-            ..shrink_eval::PplOptions::default()
-        },
+        &opts,
         shrink_eval::STREAM_BUDGET_BYTES,
         &mut |_, _| {},
     )?;
+    let seconds = t.elapsed().as_secs_f64();
+    let windows = shrink_eval::gptq_windows(&ids, &opts)?.1;
+    let ppl = |perplexity: f64| shrink_eval::PplResult {
+        perplexity,
+        mean_nll: perplexity.ln(),
+        tokens: windows * opts.seqlen,
+        predicted_tokens: k.tokens,
+        windows,
+        seqlen: opts.seqlen,
+        bos,
+        text_tokens: ids.len(),
+        seconds,
+        tokens_per_second: (2 * windows * opts.seqlen) as f64 / seconds.max(1e-9),
+    };
+    let (o, q) = (ppl(k.perplexity_reference), ppl(k.perplexity));
     eprintln!(
-        "agreement with the original: mean KL divergence {:.4e}, top-1 {:.2}%",
+        "perplexity: original {:.4}, {label} {:.4} ({:+.2}%); agreement with the original: mean \
+         KL divergence {:.4e}, top-1 {:.2}%",
+        o.perplexity,
+        q.perplexity,
+        100.0 * (q.perplexity / o.perplexity - 1.0),
         k.kld_mean,
         100.0 * k.top1_agreement
     );

@@ -14,7 +14,7 @@ mod search;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use shrink_eval::{peak_rss_mb, perplexity_streamed, PplOptions, STREAM_BUDGET_BYTES};
+use shrink_eval::{peak_rss_mb, perplexity_streamed, PplOptions};
 use shrink_model::stream::Streamed;
 use shrink_model::tokenizer::encode;
 use shrink_model::{ModelConfig, ModelSource};
@@ -333,18 +333,6 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Perplexity of a model on a text with the default settings (seqlen 512).
-pub fn eval_ppl(model: &Path, text: &str) -> Result<shrink_eval::PplResult> {
-    let src = ModelSource::open(model)?;
-    let (ids, bos) = shrink_eval::eval_tokens(&src.tokenizer, text)?;
-    let m = Streamed::new(&src.config, src.tensors.as_ref());
-    let opts = PplOptions {
-        bos,
-        ..PplOptions::default()
-    };
-    perplexity_streamed(&m, &ids, &opts, STREAM_BUDGET_BYTES, &mut |_, _| {})
 }
 
 fn cmd_convert(a: ConvertArgs, quiet: bool) -> Result<()> {

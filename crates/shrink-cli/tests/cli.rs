@@ -931,6 +931,15 @@ fn compress_eval_reports_agreement_with_the_original() {
         );
         let ev = report(&out)["eval"].clone();
         assert!(ev["original"]["perplexity"].as_f64().unwrap() > 1.0, "{ev}");
+        // the report's perplexities are those `shrink eval` gives each model (seqlen 512)
+        for (key, m) in [("original", t.join("hf")), ("compressed", out.clone())] {
+            let want = ppl_at(&m, &text, "512");
+            let got = ev[key]["perplexity"].as_f64().unwrap();
+            assert!(
+                (got / want - 1.0).abs() < 1e-9,
+                "{key}: {got} vs shrink eval {want}"
+            );
+        }
         (
             ev["agreement"]["kld_mean"].as_f64().unwrap(),
             ev["agreement"]["top1_agreement"].as_f64().unwrap(),

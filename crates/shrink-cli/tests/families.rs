@@ -339,25 +339,6 @@ fn llama3_rope_scaling_as_llama_cpp_rope_freqs() {
     );
 }
 
-/// Perplexity with `--seqlen seqlen`.
-fn ppl(model: &Path, text: &Path, seqlen: &str) -> f64 {
-    let (code, out, err) = shrink(&[
-        "eval",
-        "-q",
-        "--model",
-        s(model),
-        "--text",
-        s(text),
-        "--seqlen",
-        seqlen,
-        "--json",
-    ]);
-    assert_eq!(code, 0, "eval {}: {err}", model.display());
-    serde_json::from_str::<Value>(&out).unwrap()["perplexity"]
-        .as_f64()
-        .unwrap()
-}
-
 /// LongRoPE's GGUF form: the two factor tensors, the original context length and the
 /// attention factor.
 fn longrope_of(p: &Path) -> (Vec<f32>, Vec<f32>, u64, f64) {
@@ -399,7 +380,7 @@ fn phi3_longrope_as_llama_cpp_rope_factors() {
     assert_eq!(longrope_of(&gg), want);
     let mut ppls = vec![];
     for seqlen in ["16", "40"] {
-        let (p_hf, p_gg) = (ppl(&hf, &text, seqlen), ppl(&gg, &text, seqlen));
+        let (p_hf, p_gg) = (ppl_at(&hf, &text, seqlen), ppl_at(&gg, &text, seqlen));
         assert!(
             (p_gg - p_hf).abs() < 1e-4 * p_hf,
             "seqlen {seqlen}: GGUF {p_gg} vs HF {p_hf}"
@@ -463,8 +444,8 @@ fn phi3_longrope_as_llama_cpp_rope_factors() {
     std::fs::write(&spm_text, t).unwrap();
     for seqlen in ["16", "40"] {
         let (p_g, p_c) = (
-            ppl(&theirs, &spm_text, seqlen),
-            ppl(&conv, &spm_text, seqlen),
+            ppl_at(&theirs, &spm_text, seqlen),
+            ppl_at(&conv, &spm_text, seqlen),
         );
         assert!(
             (p_c - p_g).abs() < 1e-4 * p_g,

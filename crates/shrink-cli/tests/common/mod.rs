@@ -269,6 +269,12 @@ pub fn synthetic_dir(
 
 /// `shrink eval --seqlen 16 --json` of `model` on `text`: the perplexity (the run must succeed).
 pub fn ppl16(model: &Path, text: &Path) -> f64 {
+    ppl_at(model, text, "16")
+}
+
+/// `shrink eval --seqlen SEQLEN --json` of `model` on `text`: the perplexity (the run must
+/// succeed).
+pub fn ppl_at(model: &Path, text: &Path, seqlen: &str) -> f64 {
     let (code, out, err) = shrink(&[
         "eval",
         "-q",
@@ -277,7 +283,7 @@ pub fn ppl16(model: &Path, text: &Path) -> f64 {
         "--text",
         s(text),
         "--seqlen",
-        "16",
+        seqlen,
         "--json",
     ]);
     assert_eq!(code, 0, "eval {}: {err}", model.display());
