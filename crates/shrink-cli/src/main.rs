@@ -1,7 +1,5 @@
 //! shrink: compress large language models after training, and prove the result.
 mod bench;
-mod checkpoint;
-mod compress;
 mod eval_kld;
 mod eval_tasks;
 mod export;
@@ -9,7 +7,6 @@ mod generate;
 mod llama_ppl;
 mod profile;
 mod progress;
-mod search;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -18,7 +15,7 @@ use shrink_eval::{peak_rss_mb, perplexity_streamed, PplOptions};
 use shrink_model::stream::Streamed;
 use shrink_model::tokenizer::encode;
 use shrink_model::{ModelConfig, ModelSource};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -49,7 +46,7 @@ enum Cmd {
     /// router's input, then each expert's {gate,up} and {down}) are compressed
     /// in turn, each group seeing the outputs of the already-compressed ones. Only one layer's
     /// weights, the calibration activations and one group's Hessian are in memory at a time.
-    Compress(Box<compress::CompressArgs>),
+    Compress(Box<shrink_recipe::job::CompressJob>),
     /// Perplexity of a model on a text (GPTQ protocol).
     ///
     /// The whole text is tokenized once (with the model's own tokenizer and its default special
@@ -177,26 +174,13 @@ struct InspectArgs {
     path: PathBuf,
 }
 
-pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    if text.trim().is_empty() {
-        bail!("{}: the text is empty", path.display());
-    }
-    Ok(text)
-}
+pub use shrink_eval::read_text;
 
 fn main() {
     let cli = Cli::parse();
     let quiet = cli.quiet;
     let r = match cli.cmd {
-        Cmd::Compress(a) => compress::run(*a, quiet),
+        Cmd::Compress(a) => shrink_recipe::job::run(&a, &progress::Term { quiet }).map(|_| ()),
         Cmd::Eval(a) => cmd_eval(a, quiet),
         Cmd::EvalTasks(a) => eval_tasks::run(*a, quiet),
         Cmd::Generate(a) => generate::run(*a, quiet),

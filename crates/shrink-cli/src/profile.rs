@@ -7,6 +7,7 @@ use shrink_formats::write_json;
 use shrink_methods::QuantizedWeight;
 use shrink_model::{DecoderLayer, ModelSource};
 use shrink_pipeline::{LayerReport, LayerSink};
+use shrink_recipe::job::list;
 use shrink_recipe::profile::{block_influence, layer_profiles, Candidate, Profiler};
 use shrink_recipe::{build_method, Stage};
 use std::path::PathBuf;
@@ -61,17 +62,6 @@ pub struct ProfileArgs {
     /// OWL's outlier threshold M.
     #[arg(long, default_value_t = 5.0)]
     owl_m: f64,
-}
-
-pub(crate) fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<T>()
-                .map_err(|_| anyhow::anyhow!("{what}: '{p}' is not a number"))
-        })
-        .collect()
 }
 
 /// Block importance from the hidden states each layer hands on.

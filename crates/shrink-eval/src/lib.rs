@@ -3,7 +3,7 @@ pub mod kld;
 pub mod logits_file;
 pub mod tasks;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 use shrink_model::stream::{windows_per_pass, Streamed};
@@ -256,6 +256,23 @@ pub fn window_nll_with(
         r0 = r1;
     }
     total
+}
+
+/// A UTF-8 text file to evaluate on (or to calibrate from), refused when it is not UTF-8 or is
+/// empty, with the file's name in the message.
+pub fn read_text(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    if text.trim().is_empty() {
+        bail!("{}: the text is empty", path.display());
+    }
+    Ok(text)
 }
 
 /// Peak resident memory of this process in MiB (VmHWM), where the OS reports it.

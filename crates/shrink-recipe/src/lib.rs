@@ -8,6 +8,7 @@
 //! - [`merge`]: layer merging (LaCo's RDSC layer collapse and its similarity-guided search);
 //! - [`budget`]: the bits-per-weight accountant (what the exported file stores);
 //! - [`search`]: allocation from measured error curves under a budget (`--allocate search`);
+//! - [`job`]: the compress job itself (every setting of `shrink compress`, [`job::run`]);
 //! - [`plan`]: a recipe resolved for a model's linears, the per-linear [`Assign`] the pipeline
 //!   runs.
 //!
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod budget;
+pub mod job;
 pub mod layers;
 pub mod merge;
 pub mod mix;

@@ -1,24 +1,51 @@
-//! `shrink compress`: calibrate, compress layer by layer, write a Hugging Face directory, the
-//! quantized form and a JSON report.
-use crate::checkpoint::Checkpoint;
-use crate::progress;
+//! The compress job: calibrate, compress layer by layer, write a Hugging Face directory, the
+//! quantized form, `report.json` and the `recipe.toml` that reproduces the run.
+//!
+//! [`CompressJob`] holds every setting `shrink compress` takes (it is the command's flags: the
+//! command line is a thin layer over [`run`]), [`CompressJob::from_args`] builds one from the same
+//! flags for a program (a sweep, a test), and [`run`] does the work and returns the output's
+//! path and report. The allocators (OWL, search, agent), layer dropping and merging, the
+//! perplexity guard and `--resume` all run in here.
+pub mod checkpoint;
+mod output;
+pub mod target;
+pub mod ui;
+
+use crate::layers::LayerScore;
+use crate::{Plan, Recipe, Slot, Stage};
 use anyhow::{bail, Context, Result};
+use checkpoint::Checkpoint;
+use output::{eval_against_original, holdin_perplexity, write_pruned, write_quantized, LayerFiles};
 use serde_json::json;
 use shrink_calib::{CalibSet, TextSource, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN};
-use shrink_formats::{
-    f32_bytes, write_hf_files, write_json, write_safetensors_raw, DType, Entry, OutputDir,
-};
-use shrink_methods::QuantizedWeight;
+use shrink_formats::{write_hf_files, write_json, OutputDir};
 use shrink_model::source::{Overlay, SafetensorsSource};
-use shrink_model::{DecoderLayer, ModelSource};
+use shrink_model::ModelSource;
 use shrink_pipeline::Assign;
-use shrink_pipeline::{LayerReport, LayerSink};
-use shrink_recipe::layers::LayerScore;
-use shrink_recipe::{Plan, Recipe, Slot, Stage};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+pub use ui::{Bar, Silent, Ui};
 
-#[derive(clap::Args)]
+/// What a finished job wrote: the output directory and its report (report.json's contents).
+#[derive(Debug)]
+pub struct Outcome {
+    pub path: PathBuf,
+    pub report: serde_json::Value,
+}
+
+/// A comma-separated list of values for a flag (`--search-bits 2,3,4`).
+pub fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<T>()
+                .map_err(|_| anyhow::anyhow!("{what}: '{p}' is not a number"))
+        })
+        .collect()
+}
+
+#[derive(clap::Args, Clone, Debug)]
 #[command(after_long_help = "EXAMPLES:\n  \
 shrink compress --model models/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --bits 4 --group-size 64 \\\n      \
 --calib data/calib.txt --nsamples 64 --seqlen 512 --out out/smollm2-gptq-w4g64 --eval data/eval.txt\n  \
@@ -113,50 +140,50 @@ layer and the calibration activations after it. After a crash, a kill or a full 
 run the same command with --resume: it continues at the first unfinished layer and\n  \
 writes the same files an uninterrupted run would. The checkpoint is removed once DIR\n  \
 is complete.")]
-pub struct CompressArgs {
+pub struct CompressJob {
     /// Model to compress: a Hugging Face directory or a .gguf file.
     #[arg(long, short)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Output directory (must not exist unless --force).
     #[arg(long, short)]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Replace an existing output directory (only once the new one is complete).
     #[arg(long)]
-    force: bool,
+    pub force: bool,
     /// Continue an interrupted run of the same command from its last finished layer. Every run
     /// keeps a checkpoint in .NAME.partial next to the output (finished layers, the calibration
     /// activations after the last one); it is removed when the output is complete.
     #[arg(long)]
-    resume: bool,
+    pub resume: bool,
     /// A TOML recipe (see below); flags given on the command line override it.
     #[arg(long)]
-    recipe: Option<PathBuf>,
+    pub recipe: Option<PathBuf>,
     /// Method: rtn, gptq, magnitude, wanda, sparsegpt or obc (see METHODS below).
     #[arg(long)]
-    method: Option<String>,
+    pub method: Option<String>,
     /// Fraction of each linear's weights to prune (0..1), for magnitude, wanda, sparsegpt, obc.
     #[arg(long, conflicts_with = "pattern")]
-    sparsity: Option<f64>,
+    pub sparsity: Option<f64>,
     /// Semi-structured pattern N:M: keep N of every M consecutive weights of a row (2:4, 4:8).
     #[arg(long, value_name = "N:M")]
-    pattern: Option<String>,
+    pub pattern: Option<String>,
     /// Magnitude pruning's comparison group: layer (one threshold per weight matrix, default)
     /// or row (per output row).
     #[arg(long, value_name = "layer|row")]
-    scope: Option<String>,
+    pub scope: Option<String>,
     /// Bits per weight, 2..=8 (with a pruning method: quantize the kept weights too).
     #[arg(long)]
-    bits: Option<u32>,
+    pub bits: Option<u32>,
     /// Input columns per quantization group (e.g. 32, 64, 128; need not divide the input size:
     /// the last group of a row is then shorter). Omit for one group per output channel.
     #[arg(long)]
-    group_size: Option<usize>,
+    pub group_size: Option<usize>,
     /// Symmetric quantization (zero point fixed at the middle of the grid); default asymmetric.
     #[arg(long)]
-    sym: bool,
+    pub sym: bool,
     /// Search the clipping range per group to minimise the rounding error (GPTQ's MSE grid).
     #[arg(long)]
-    mse: bool,
+    pub mse: bool,
     /// Round onto a llama.cpp block type's own grid instead of integer groups (rtn, gptq):
     /// Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0. Its scales are fitted as llama-quantize
     /// fits them (weighted by the Hessian diagonal, llama-imatrix's statistic up to a factor);
@@ -169,11 +196,11 @@ pub struct CompressArgs {
     /// bits in some layers); the recipe written beside the output lists them as overrides, and
     /// `shrink export --format gguf` writes the same mix.
     #[arg(long, value_name = "TYPE")]
-    gguf_type: Option<String>,
+    pub gguf_type: Option<String>,
     /// Take a plain --gguf-type (Q2_K, Q4_0, IQ4_XS, ...) as llama-quantize's file type of that
     /// name, with its per-tensor rules (export it with `--type TYPE --mix`).
     #[arg(long, requires = "gguf_type")]
-    gguf_mix: bool,
+    pub gguf_mix: bool,
     /// GPTQ column order [default: static]: static (llm-compressor's default: natural groups
     /// fixed up front from the original weights, columns processed in descending Hessian-diagonal
     /// order), dynamic (the GPTQ paper's act-order: groups formed in that order, g_idx recorded)
@@ -182,50 +209,50 @@ pub struct CompressArgs {
     /// none, except static for unstructured sparsity with --bits (50% + W4 g64: 32.90 static,
     /// 38.55 none); N:M patterns need none.
     #[arg(long, value_name = "none|dynamic|static", num_args = 0..=1, default_missing_value = "dynamic")]
-    act_order: Option<String>,
+    pub act_order: Option<String>,
     /// GPTQ: compute every group's scale and zero point up front from the original weights.
     #[arg(long)]
-    static_groups: bool,
+    pub static_groups: bool,
     /// GPTQ dampening as a fraction of the mean Hessian diagonal (raised automatically, with a
     /// warning, when the Hessian is not positive definite).
     #[arg(long)]
-    damp: Option<f64>,
+    pub damp: Option<f64>,
     /// GPTQ block size (columns updated together).
     #[arg(long)]
-    block_size: Option<usize>,
+    pub block_size: Option<usize>,
     /// Calibration text: a UTF-8 file, a .jsonl file (see --calib-field) or a directory of .txt files.
     /// Methods that need no activations (rtn, magnitude) run data-free without it: each layer is
     /// compressed as it is read, no forward pass, no errors in the report.
     #[arg(long)]
-    calib: Option<PathBuf>,
+    pub calib: Option<PathBuf>,
     /// Use these calibration token ids instead of drawing windows: a safetensors file with an
     /// I64/I32 tensor `input_ids` [nsamples, seqlen] (as written to calibration_ids.safetensors).
     #[arg(long, conflicts_with_all = ["calib", "nsamples", "seqlen", "seed"])]
-    calib_ids: Option<PathBuf>,
+    pub calib_ids: Option<PathBuf>,
     /// String field of each JSON line to use as a document.
     #[arg(long)]
-    calib_field: Option<String>,
+    pub calib_field: Option<String>,
     /// Number of calibration samples [default: 128].
     #[arg(long)]
-    nsamples: Option<usize>,
+    pub nsamples: Option<usize>,
     /// Tokens per calibration sample [default: 512; the GPTQ paper uses 2048].
     #[arg(long)]
-    seqlen: Option<usize>,
+    pub seqlen: Option<usize>,
     /// Seed for drawing calibration windows [default: 0].
     #[arg(long)]
-    seed: Option<u64>,
+    pub seed: Option<u64>,
     /// After compressing, evaluate the original and the compressed model on this text
     /// (perplexity, GPTQ protocol, seqlen 512) and their agreement (mean KL divergence of the
     /// compressed model's predictions from the original's, top-1 agreement, Δp, as `shrink eval
     /// --reference` gives them), and add them to the report's `eval`.
     #[arg(long)]
-    eval: Option<PathBuf>,
+    pub eval: Option<PathBuf>,
     /// Which activations calibrate each group of linears: group ("true sequential": each group
     /// sees the outputs of the groups compressed before it in the same layer) or layer (every
     /// group sees the uncompressed layer, as in llm-compressor's sequential pipeline; one more
     /// forward pass per layer).
     #[arg(long, value_name = "group|layer", default_value = "group")]
-    sequential: String,
+    pub sequential: String,
     /// Mixture-of-Experts models: how each expert is calibrated. routed: from the tokens routed
     /// to it (an expert that got none is compressed data-free: RTN / magnitude); all: every
     /// expert runs on every token for its statistics (the routed outputs still drive the
@@ -237,10 +264,10 @@ pub struct CompressArgs {
         value_name = "routed|all|fallback-rtn",
         default_value = "fallback-rtn"
     )]
-    moe_calibration: String,
+    pub moe_calibration: String,
     /// Token threshold of --moe-calibration fallback-rtn [default: 2 x the expert's input size].
     #[arg(long, value_name = "N")]
-    moe_min_tokens: Option<usize>,
+    pub moe_min_tokens: Option<usize>,
     /// How a global budget is spread over the linears: uniform (every linear the same), owl
     /// (for --sparsity: OWL's outlier-weighted layerwise sparsity: one dense calibration pass
     /// measures each layer's share of outlier scores |W|*||X|| above --owl-m times their mean;
@@ -260,44 +287,44 @@ pub struct CompressArgs {
     /// when it rose more than --rollback-threshold; until the global --sparsity is reached.
     /// See AGENT PROTOCOL below.
     #[arg(long, value_name = "uniform|owl|search|agent")]
-    allocate: Option<String>,
+    pub allocate: Option<String>,
     /// --allocate agent: a program that proposes each step (run once with `sh -c`; one JSON
     /// request per line on its stdin, one JSON answer per line on its stdout). Without it the
     /// built-in policy proposes.
     #[arg(long, value_name = "CMD")]
-    agent_cmd: Option<String>,
+    pub agent_cmd: Option<String>,
     /// --allocate agent: seconds to wait for each answer of --agent-cmd; after that the
     /// program is stopped and the built-in policy finishes the run.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    agent_timeout: f64,
+    pub agent_timeout: f64,
     /// --allocate agent: the sparsity every layer starts at [default: --sparsity minus 0.1].
     #[arg(long, value_name = "FRACTION")]
-    agent_start: Option<f64>,
+    pub agent_start: Option<f64>,
     /// --allocate agent: the sparsity a layer gains in one built-in step.
     #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
-    agent_step: f64,
+    pub agent_step: f64,
     /// --allocate agent: layers moved per built-in step [default: a sixth of the layers].
     #[arg(long, value_name = "N")]
-    agent_layers: Option<usize>,
+    pub agent_layers: Option<usize>,
     /// --allocate agent: no layer goes above this sparsity [default: --sparsity + 0.2, at most 0.95].
     #[arg(long, value_name = "FRACTION")]
-    agent_max_sparsity: Option<f64>,
+    pub agent_max_sparsity: Option<f64>,
     /// --allocate agent: stop with an error after this many steps.
     #[arg(long, default_value_t = 200, value_name = "N")]
-    agent_max_steps: usize,
+    pub agent_max_steps: usize,
     /// --allocate agent: a step is rolled back when the held-in perplexity rose by more than
     /// this fraction over the last accepted step (0.02 = 2%).
     #[arg(long, default_value_t = 0.02, value_name = "FRACTION")]
-    rollback_threshold: f64,
+    pub rollback_threshold: f64,
     /// Calibration windows the held-in perplexity is measured on (the first N of the
     /// calibration set; never the --eval text): by --allocate agent and --max-ppl-rise.
     #[arg(long, default_value_t = 8, value_name = "N")]
-    holdin_samples: usize,
+    pub holdin_samples: usize,
     /// Perplexity guard: refuse to write the output when the compressed model's held-in
     /// perplexity is more than this fraction above the original's (0.5 = 50% higher). The
     /// compressed layers are kept: rerun with a looser guard and --resume.
     #[arg(long, value_name = "FRACTION")]
-    max_ppl_rise: Option<f64>,
+    pub max_ppl_rise: Option<f64>,
     /// Mixed precision: the bits per weight of the compressed linears, as the compressed-tensors
     /// export stores them (codes, scales counted at 16 bits as --scale-dtype f16 writes them,
     /// zero points when asymmetric, g_idx with
@@ -305,78 +332,100 @@ pub struct CompressArgs {
     /// bit width of --search-bits with the run's other settings (--method gptq or rtn,
     /// --group-size, ...), chosen by --allocate search.
     #[arg(long, value_name = "BPW", conflicts_with_all = ["bits", "sparsity", "pattern"])]
-    target_bpw: Option<f64>,
+    pub target_bpw: Option<f64>,
     /// Mixed precision for a file size: the size of the model.safetensors that `shrink export
     /// --format compressed-tensors --scale-dtype f16` would write (120MB, 1.5GiB, bytes): the
     /// compressed linears get what the other tensors (F32 in that export) and the header
     /// (estimated, a few KB) leave, as bits per weight for --target-bpw.
     #[arg(long, value_name = "SIZE", conflicts_with_all = ["bits", "sparsity", "pattern", "target_bpw"])]
-    target_size: Option<String>,
+    pub target_size: Option<String>,
     /// Candidate bit widths of --target-bpw.
     #[arg(long, value_name = "LIST", default_value = "2,3,4,8")]
-    search_bits: String,
+    pub search_bits: String,
     /// Mixed llama.cpp types instead of bit widths: each linear gets one of these types (e.g.
     /// Q4_0,Q5_0,Q8_0,Q3_K,Q4_K,Q6_K; a type whose blocks do not fit a row falls back as
     /// llama-quantize's does), GPTQ/RTN rounding onto its grid. --target-size then counts the
     /// GGUF file `shrink export --format gguf` writes (needs a GGUF model), --target-bpw the
     /// linears' blocks. Replaces --search-bits.
     #[arg(long, value_name = "LIST", conflicts_with = "gguf_type")]
-    search_types: Option<String>,
+    pub search_types: Option<String>,
     /// Candidate group sizes of --target-bpw / --target-size, combined with every bit width of
     /// --search-bits (each linear then gets a bit width and a group size) [default: the run's
     /// --group-size only].
     #[arg(long, value_name = "LIST")]
-    search_group_sizes: Option<String>,
+    pub search_group_sizes: Option<String>,
     /// Candidate sparsities of --allocate search with --sparsity (the target must lie between
     /// the smallest and the largest; the last step is taken part way to hit it exactly).
     #[arg(long, value_name = "LIST", default_value = "0.3,0.4,0.5,0.6,0.7,0.8")]
-    search_sparsities: String,
+    pub search_sparsities: String,
     /// OWL's outlier threshold M (a score is an outlier above M times its layer's mean).
     #[arg(long, default_value_t = 5.0)]
-    owl_m: f64,
+    pub owl_m: f64,
     /// OWL's lambda: layer sparsities lie within +-lambda of the target.
     #[arg(long, default_value_t = 0.08)]
-    owl_lambda: f64,
+    pub owl_lambda: f64,
     /// Layer pruning: remove N decoder layers (chosen by --layer-score) before compressing; the
     /// remaining layers are renumbered and calibrated on the pruned model (see LAYER PRUNING).
     #[arg(long, value_name = "N")]
-    drop_layers: Option<usize>,
+    pub drop_layers: Option<usize>,
     /// How --drop-layers chooses: angular (default), bi, last or random.
     #[arg(long, value_name = "angular|bi|last|random")]
-    layer_score: Option<String>,
+    pub layer_score: Option<String>,
     /// Seed of --layer-score random [default: 0].
     #[arg(long, value_name = "SEED")]
-    layer_seed: Option<u64>,
+    pub layer_seed: Option<u64>,
     /// Layer merging (LaCo): remove exactly N decoder layers by collapsing consecutive layers
     /// into one (RDSC), chosen by the similarity loop (see LAYER MERGING).
     #[arg(long, value_name = "N")]
-    merge_layers: Option<usize>,
+    pub merge_layers: Option<usize>,
     /// LaCo's C: layers per merge, the base included [default: 7].
     #[arg(long, value_name = "C")]
-    merge_size: Option<usize>,
+    pub merge_size: Option<usize>,
     /// LaCo's L: the lowest base layer [default: 0].
     #[arg(long, value_name = "L")]
-    merge_lowest: Option<usize>,
+    pub merge_lowest: Option<usize>,
     /// LaCo's H: the highest layer; the first base is H - C [default: the last layer].
     #[arg(long, value_name = "H")]
-    merge_highest: Option<usize>,
+    pub merge_highest: Option<usize>,
     /// LaCo's I: how far the base moves down after a kept merge [default: 1].
     #[arg(long, value_name = "I")]
-    merge_interval: Option<usize>,
+    pub merge_interval: Option<usize>,
     /// LaCo's T: a merge is kept when the similarity of the last hidden states exceeds it
     /// [default: 0.45].
     #[arg(long, value_name = "T", allow_hyphen_values = true)]
-    merge_threshold: Option<f64>,
+    pub merge_threshold: Option<f64>,
     /// Calibration windows (the first ones) the merge similarity is measured on [default: 5].
     #[arg(long, value_name = "K")]
-    merge_samples: Option<usize>,
+    pub merge_samples: Option<usize>,
     /// Compress only the first N layers (for measurements; the rest are copied unchanged).
     #[arg(long, hide = true)]
-    layers: Option<usize>,
+    pub layers: Option<usize>,
+}
+
+impl CompressJob {
+    /// A job from `shrink compress`'s flags (without the program and subcommand names), with
+    /// every default the command line has: `from_args(["--model", "M", "--out", "D", "--method",
+    /// "rtn", "--bits", "8"])`. An unknown flag or a bad value is an error with clap's message.
+    pub fn from_args<I, S>(args: I) -> Result<CompressJob>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        #[command(name = "compress", no_binary_name = true)]
+        struct Flags {
+            #[command(flatten)]
+            job: CompressJob,
+        }
+        use clap::Parser;
+        Flags::try_parse_from(args)
+            .map(|f| f.job)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 /// The recipe with the command line's flags applied over it.
-fn merged(a: &CompressArgs) -> Result<Recipe> {
+fn merged(a: &CompressJob) -> Result<Recipe> {
     let mut r = match &a.recipe {
         Some(p) => Recipe::load(p)?,
         None => Recipe::default(),
@@ -433,136 +482,6 @@ fn merged(a: &CompressArgs) -> Result<Recipe> {
     Ok(r)
 }
 
-/// Writes each finished layer (f32 tensors plus the quantized form) to its own safetensors file.
-struct LayerFiles<'a> {
-    ckpt: &'a Checkpoint,
-    hidden_size: usize,
-}
-
-fn quant_entries(base: &str, q: &QuantizedWeight) -> Vec<(Entry, Vec<u8>)> {
-    let g = q.n_groups();
-    let e = |suffix: &str, dtype, shape: Vec<usize>| Entry {
-        name: format!("{base}.{suffix}"),
-        dtype,
-        shape,
-    };
-    if let Some((t, blocks)) = &q.ggml {
-        // On a llama.cpp grid the blocks are the quantized form (their offsets are nowhere else).
-        return vec![
-            (
-                e(
-                    "ggml",
-                    DType::U8,
-                    vec![q.d_out, blocks.len() / q.d_out.max(1)],
-                ),
-                blocks.clone(),
-            ),
-            (
-                e("gtype", DType::I32, vec![1]),
-                (t.to_u32() as i32).to_le_bytes().to_vec(),
-            ),
-        ];
-    }
-    vec![
-        (
-            e("qcodes", DType::U8, vec![q.d_out, q.d_in]),
-            q.codes.clone(),
-        ),
-        (
-            e("scales", DType::F32, vec![q.d_out, g]),
-            f32_bytes(&q.scales),
-        ),
-        (
-            e("zeros", DType::I32, vec![q.d_out, g]),
-            q.zeros
-                .iter()
-                .flat_map(|&z| (z as i32).to_le_bytes())
-                .collect(),
-        ),
-        (
-            e("g_idx", DType::I32, vec![q.d_in]),
-            q.g_idx
-                .iter()
-                .flat_map(|&z| (z as i32).to_le_bytes())
-                .collect(),
-        ),
-    ]
-}
-
-impl LayerSink for LayerFiles<'_> {
-    fn layer_done(
-        &mut self,
-        layer: &DecoderLayer,
-        quant: &[(usize, QuantizedWeight)],
-        report: &LayerReport,
-        hidden: &[f32],
-    ) -> Result<()> {
-        let i = layer.index;
-        let mut items: Vec<(Entry, Vec<u8>)> = Vec::new();
-        let mut f32t = |name: String, t: &shrink_model::Tensor| {
-            items.push((
-                Entry {
-                    name,
-                    dtype: DType::F32,
-                    shape: t.shape.clone(),
-                },
-                f32_bytes(&t.data),
-            ));
-        };
-        for (name, t) in layer.hf_tensors() {
-            f32t(name, &t);
-        }
-        for (k, q) in quant {
-            let base = layer.linear_name(*k);
-            items.extend(quant_entries(base.trim_end_matches(".weight"), q));
-        }
-        let entries: Vec<Entry> = items.iter().map(|(e, _)| e.clone()).collect();
-        let mut bytes: Vec<Option<Vec<u8>>> = items.into_iter().map(|(_, b)| Some(b)).collect();
-        let path = self
-            .ckpt
-            .layers_dir()
-            .join(format!("layer_{i:05}.safetensors"));
-        write_safetensors_raw(&path, &entries, &BTreeMap::new(), &mut |k| {
-            Ok(bytes[k].take().unwrap_or_default())
-        })?;
-        self.ckpt.layer_done(report, hidden, self.hidden_size)
-    }
-}
-
-/// Gathers the per-layer quantized tensors into one quantized.safetensors.
-fn write_quantized(
-    layers: &SafetensorsSource,
-    path: &Path,
-    meta: BTreeMap<String, String>,
-) -> Result<usize> {
-    let mut entries = Vec::new();
-    for name in layers.names() {
-        if [".qcodes", ".scales", ".zeros", ".g_idx", ".ggml", ".gtype"]
-            .iter()
-            .any(|s| name.ends_with(s))
-        {
-            let (dt, shape, _) = layers.raw(name).unwrap();
-            let dtype = match dt {
-                safetensors::Dtype::U8 => DType::U8,
-                safetensors::Dtype::I32 => DType::I32,
-                _ => DType::F32,
-            };
-            entries.push(Entry {
-                name: name.to_string(),
-                dtype,
-                shape: shape.to_vec(),
-            });
-        }
-    }
-    let n = entries.len();
-    if n > 0 {
-        write_safetensors_raw(path, &entries, &meta, &mut |k| {
-            Ok(layers.raw(&entries[k].name).unwrap().2.to_vec())
-        })?;
-    }
-    Ok(n / 4)
-}
-
 /// `--drop-layers N --layer-score S --layer-seed K`, checked before the model is opened.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 struct DropRequest {
@@ -571,7 +490,7 @@ struct DropRequest {
     seed: Option<u64>,
 }
 
-fn drop_request(a: &CompressArgs) -> Result<Option<DropRequest>> {
+fn drop_request(a: &CompressJob) -> Result<Option<DropRequest>> {
     let score = a
         .layer_score
         .as_deref()
@@ -602,7 +521,7 @@ fn drop_request(a: &CompressArgs) -> Result<Option<DropRequest>> {
 }
 
 /// `--merge-layers N` and LaCo's knobs, checked (against the flags) before the model is opened.
-fn merge_request(a: &CompressArgs) -> Result<Option<shrink_recipe::merge::MergeSettings>> {
+fn merge_request(a: &CompressJob) -> Result<Option<crate::merge::MergeSettings>> {
     let knobs = [
         ("--merge-size", a.merge_size.is_some()),
         ("--merge-lowest", a.merge_lowest.is_some()),
@@ -626,7 +545,7 @@ fn merge_request(a: &CompressArgs) -> Result<Option<shrink_recipe::merge::MergeS
                      (to do both, run compress twice)"
                 );
             }
-            Ok(Some(shrink_recipe::merge::MergeSettings {
+            Ok(Some(crate::merge::MergeSettings {
                 n,
                 size: a.merge_size.unwrap_or(7),
                 lowest: a.merge_lowest.unwrap_or(0),
@@ -641,7 +560,7 @@ fn merge_request(a: &CompressArgs) -> Result<Option<shrink_recipe::merge::MergeS
 
 /// A recipe that asks for no method: with layers to drop, the pruned model is written as it is.
 /// Refuses the method settings that would then do nothing.
-fn check_drop_only(r: &Recipe, a: &CompressArgs, what: &str) -> Result<()> {
+fn check_drop_only(r: &Recipe, a: &CompressJob, what: &str) -> Result<()> {
     let s = &r.stage[0];
     let stray = [
         ("bits", s.bits.is_some()),
@@ -680,8 +599,8 @@ fn check_drop_only(r: &Recipe, a: &CompressArgs, what: &str) -> Result<()> {
 
 /// Calibration tokens for a fresh run, as the recipe asks.
 fn load_calib(
-    a: &CompressArgs,
-    c: &shrink_recipe::CalibSection,
+    a: &CompressJob,
+    c: &crate::CalibSection,
     src: &ModelSource,
     data_free: bool,
 ) -> Result<CalibSet> {
@@ -703,7 +622,7 @@ fn load_calib(
 /// the merged model is made of, and the search behind it (for report.json).
 struct Merged {
     merges: Vec<Vec<usize>>,
-    comp: shrink_recipe::merge::Composition,
+    comp: crate::merge::Composition,
     info: serde_json::Value,
 }
 
@@ -714,10 +633,285 @@ struct Dropped {
     info: serde_json::Value,
 }
 
-pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
-    let mut recipe = merged(&a)?;
-    let drop_req = drop_request(&a)?;
-    let merge_req = merge_request(&a)?;
+/// Which layers are removed: `--drop-layers` scored (or, resuming, the interrupted run's list),
+/// `--merge-layers` searched by LaCo's loop, or a recipe's list replayed. `calib` is the fresh
+/// run's calibration set (None when resuming).
+#[allow(clippy::too_many_arguments)]
+fn removed_layers(
+    a: &CompressJob,
+    src: &ModelSource,
+    recipe: &Recipe,
+    drop_req: Option<DropRequest>,
+    merge_req: Option<crate::merge::MergeSettings>,
+    calib: Option<&CalibSet>,
+    merge_label: &str,
+    ui: &dyn Ui,
+) -> Result<(Option<Dropped>, Option<Merged>)> {
+    let total_layers = src.config.num_layers;
+    // Which layers go.
+    let mut dropped: Option<Dropped> = None;
+    if let Some(req) = drop_req {
+        let t = std::time::Instant::now();
+        let (layers, scores) = if a.resume {
+            // The interrupted run chose them; the same request must find the same list.
+            let saved = Checkpoint::saved_settings(&a.out)?;
+            if saved["layer_drop"] != serde_json::to_value(req)? {
+                bail!(
+                    "{}: the interrupted run used different layer-pruning settings ({} then); \
+                     resume with the same command, or delete the checkpoint to start over",
+                    Checkpoint::path_for(&a.out).display(),
+                    saved["layer_drop"]
+                );
+            }
+            let list: Vec<usize> =
+                serde_json::from_value(saved["recipe"]["recipe"]["drop_layers"].clone())
+                    .context("the checkpoint's settings.json lists no dropped layers")?;
+            (list, None)
+        } else {
+            let scores = if req.score.needs_data() {
+                let calib = calib.expect("loaded above");
+                let bar = ui.bar(total_layers as u64, "layer scores: measuring layers");
+                let s = crate::layers::measure(src, calib, req.n, &mut |d, _| {
+                    bar.set_position(d as u64)
+                })?;
+                bar.finish_and_clear();
+                Some(s)
+            } else {
+                None
+            };
+            let list = crate::layers::choose(
+                req.score,
+                req.n,
+                total_layers,
+                scores.as_ref(),
+                req.seed.unwrap_or(0),
+            )?;
+            (list, scores)
+        };
+        ui.info(&format!(
+            "layer pruning ({}): dropping {} of {total_layers} layers: {layers:?} ({:.1} s)",
+            req.score.name(),
+            req.n,
+            t.elapsed().as_secs_f64()
+        ));
+        dropped = Some(Dropped {
+            kept: crate::layers::kept(total_layers, &layers),
+            info: json!({
+                "score": req.score,
+                "n": req.n,
+                "seed": req.seed,
+                "tokens": req.score.needs_data().then_some("angular / bi averaged over every calibration token"),
+                "seconds": t.elapsed().as_secs_f64(),
+                "scores": scores,
+            }),
+            layers,
+        });
+    } else if !recipe.drop_layers.is_empty() {
+        let layers = recipe.drop_layers.clone();
+        dropped = Some(Dropped {
+            kept: crate::layers::kept(total_layers, &layers),
+            info: json!({"score": "recipe", "n": layers.len(), "recipe": a.recipe}),
+            layers,
+        });
+    }
+    // Which layers merge (LaCo): the similarity loop, or a recipe's list replayed.
+    let mut merged: Option<Merged> = None;
+    if let Some(req) = merge_req {
+        let t = std::time::Instant::now();
+        let (merges, comp, result) = if a.resume {
+            // The interrupted run chose them; the same request must find the same list.
+            let saved = Checkpoint::saved_settings(&a.out)?;
+            if saved["layer_merge"] != serde_json::to_value(req)? {
+                bail!(
+                    "{}: the interrupted run used different layer-merging settings ({} then); \
+                     resume with the same command, or delete the checkpoint to start over",
+                    Checkpoint::path_for(&a.out).display(),
+                    saved["layer_merge"]
+                );
+            }
+            let list: Vec<Vec<usize>> =
+                serde_json::from_value(saved["recipe"]["recipe"]["merge_layers"].clone())
+                    .context("the checkpoint's settings.json lists no merged layers")?;
+            let comp = crate::merge::replay(&list, total_layers, "the checkpoint")?;
+            (list, comp, None)
+        } else {
+            let calib = calib.expect("loaded above");
+            let r = crate::merge::search(src, calib, &req, &mut |st| {
+                ui.info(&format!(
+                    "layer merging: sweep {} base {} layers {:?}: similarity {:.4} {} T {:.4}{}",
+                    st.pass,
+                    st.base,
+                    st.layers,
+                    st.similarity,
+                    if st.accepted { ">" } else { "<=" },
+                    st.threshold,
+                    if st.accepted { ": merged" } else { "" }
+                ));
+            })?;
+            (r.merges.clone(), r.composition.clone(), Some(r))
+        };
+        ui.info(&format!(
+            "layer merging (LaCo): {} of {total_layers} layers merged away: {merges:?} ({:.1} s)",
+            req.n,
+            t.elapsed().as_secs_f64()
+        ));
+        merged = Some(Merged {
+            info: json!({
+                "method": "laco",
+                "n": req.n,
+                "settings": req,
+                "search": result,
+                "seconds": t.elapsed().as_secs_f64(),
+            }),
+            merges,
+            comp,
+        });
+    } else if !recipe.merge_layers.is_empty() {
+        let merges = recipe.merge_layers.clone();
+        let comp = crate::merge::replay(&merges, total_layers, merge_label)?;
+        merged = Some(Merged {
+            info: json!({"method": "recipe", "n": total_layers - comp.len(), "recipe": a.recipe}),
+            merges,
+            comp,
+        });
+    }
+    Ok((dropped, merged))
+}
+
+/// The per-layer allocation of `--allocate owl` (OWL's rule after one dense measuring pass) or
+/// `--allocate agent` (the agents paper's loop), written into `recipe` as one sparsity override
+/// per layer; its record for report.json. Layer numbers in `recipe` are the original model's
+/// (`keep` maps the pruned model's layers to them).
+#[allow(clippy::too_many_arguments)]
+fn allocate_layers(
+    a: &CompressJob,
+    src: &ModelSource,
+    calib: &CalibSet,
+    n_layers: usize,
+    keep: &[usize],
+    owl: Option<&(usize, f64, crate::alloc::OwlProbe)>,
+    agent: Option<&(usize, crate::agent::AgentSettings)>,
+    recipe: &mut Recipe,
+    ui: &dyn Ui,
+) -> Result<Option<serde_json::Value>> {
+    if let Some((stage, target, probe)) = &owl {
+        let t = std::time::Instant::now();
+        let bar = ui.bar(n_layers as u64, "OWL: measuring layers");
+        shrink_pipeline::run(
+            src,
+            calib,
+            probe as &dyn shrink_methods::Method,
+            0..n_layers,
+            &mut shrink_pipeline::Discard,
+            &mut |d, _| bar.set_position(d as u64),
+        )?;
+        bar.finish_and_clear();
+        let layers = probe.layers();
+        let s = crate::alloc::owl_sparsities(&layers, *target, a.owl_lambda)?;
+        let per: Vec<(usize, f64)> = layers
+            .iter()
+            .map(|l| keep[l.layer]) // the recipe's patterns use the original layer numbers
+            .zip(s.iter().copied())
+            .collect();
+        *recipe = crate::alloc::with_layer_sparsities(recipe, *stage, &per);
+        let (lo, hi) = s
+            .iter()
+            .fold((1f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
+        ui.info(&format!(
+            "OWL (M = {}, lambda = {}): layer sparsities {lo:.4}..{hi:.4} for a global {target} ({:.1} s)",
+            a.owl_m,
+            a.owl_lambda,
+            t.elapsed().as_secs_f64()
+        ));
+        return Ok(Some(json!({
+            "strategy": "owl",
+            "m": a.owl_m,
+            "lambda": a.owl_lambda,
+            "target": target,
+            "seconds": t.elapsed().as_secs_f64(),
+            "layers": layers.iter().zip(&s).map(|(l, s)| json!({
+                "layer": l.layer, "original_layer": keep[l.layer], "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
+            })).collect::<Vec<_>>(),
+        })));
+    }
+    // The agents paper's loop: a dense pass, then proposals measured on the held-in slice,
+    // each kept or rolled back; the allocation becomes one sparsity override per layer.
+    if let Some((stage, settings)) = &agent {
+        let ext = match &a.agent_cmd {
+            Some(c) => Some(crate::agent::External::spawn(
+                c,
+                std::time::Duration::from_secs_f64(a.agent_timeout),
+            )?),
+            None => None,
+        };
+        let bar = ui.bar(n_layers as u64, "agent: measuring layers");
+        let mut log = |st: &crate::agent::Step| {
+            let moves: Vec<String> = st
+                .prune
+                .iter()
+                .map(|p| format!("{} +{:.3}", p.layer, p.amount))
+                .collect();
+            ui.info(&format!(
+                "agent step {} ({}): layers {} -> sparsity {:.4}; held-in perplexity {:.3} ({:+.2}%): {}",
+                st.step,
+                st.proposer,
+                moves.join(", "),
+                st.sparsity_after,
+                st.perplexity,
+                100.0 * st.rise,
+                if st.accepted { "kept" } else { "ROLLED BACK" }
+            ));
+        };
+        let out = crate::agent::allocate(
+            src,
+            calib,
+            0..n_layers,
+            a.owl_m,
+            a.holdin_samples,
+            settings,
+            ext,
+            &mut |d, n| {
+                bar.set_position(d as u64);
+                if d == n {
+                    bar.finish_and_clear();
+                }
+            },
+            &mut log,
+        )?;
+        bar.finish_and_clear();
+        // the recipe's patterns use the original layer numbers
+        let per: Vec<(usize, f64)> = out.sparsities.iter().map(|&(l, s)| (keep[l], s)).collect();
+        *recipe = crate::alloc::with_layer_sparsities(recipe, *stage, &per);
+        ui.info(&format!(
+                "agent: {} steps ({} rolled back) in {:.1} s; sparsity {:.4}; held-in perplexity dense {:.3}, start {:.3}, final {:.3}",
+                out.steps.len(),
+                out.rollbacks,
+                out.seconds,
+                out.sparsity,
+                out.dense_perplexity,
+                out.start_perplexity,
+                out.final_perplexity
+            ));
+        let mut v = serde_json::to_value(&out)?;
+        v["strategy"] = json!("agent");
+        v["settings"] = serde_json::to_value(settings)?;
+        v["agent_cmd"] = json!(a.agent_cmd);
+        v["original_layers"] = json!(out
+            .sparsities
+            .iter()
+            .map(|&(l, _)| keep[l])
+            .collect::<Vec<_>>());
+        v["note"] = json!("candidate models are pruned with Wanda masks from the dense model's input norms; the run's method then prunes with the allocation; layer numbers are the (pruned) model's, original_layers maps them");
+        return Ok(Some(v));
+    }
+    Ok(None)
+}
+
+/// Runs the job. Nothing is written to the output until it is complete (see the module doc).
+pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
+    let mut recipe = merged(a)?;
+    let drop_req = drop_request(a)?;
+    let merge_req = merge_request(a)?;
     OutputDir::refuse_existing(&a.out, a.force)?;
     if a.resume {
         // Before the model is opened: a missing checkpoint is the first thing to report.
@@ -729,7 +923,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         .stage
         .iter()
         .any(|s| s.method.as_deref() != Some("rtn"));
-    shrink_recipe::mix::expand_mixes(&mut recipe, &src.config, calibrated, a.gguf_mix)
+    crate::mix::expand_mixes(&mut recipe, &src.config, calibrated, a.gguf_mix)
         .with_context(|| format!("for {}", a.model.display()))?;
     let total_layers = src.config.num_layers;
     let recipe_label = match &a.recipe {
@@ -738,12 +932,12 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     };
     // Layer pruning, checked before any work: the count against the model, a recipe's list.
     if let Some(r) = &drop_req {
-        shrink_recipe::layers::check_count(r.n, total_layers, &format!("--drop-layers {}", r.n))
+        crate::layers::check_count(r.n, total_layers, &format!("--drop-layers {}", r.n))
             .with_context(|| a.model.display().to_string())?;
         recipe.drop_layers.clear(); // the flags replace a recipe's list
     } else if !recipe.drop_layers.is_empty() {
         recipe.drop_layers =
-            shrink_recipe::layers::check_list(&recipe.drop_layers, total_layers, &recipe_label)
+            crate::layers::check_list(&recipe.drop_layers, total_layers, &recipe_label)
                 .with_context(|| format!("for {}", a.model.display()))?;
     }
     let merge_label = match &a.recipe {
@@ -768,9 +962,9 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             );
         }
         // checked now (the count and every merge's layers); replayed below
-        let comp = shrink_recipe::merge::replay(&recipe.merge_layers, total_layers, &merge_label)
+        let comp = crate::merge::replay(&recipe.merge_layers, total_layers, &merge_label)
             .with_context(|| format!("for {}", a.model.display()))?;
-        shrink_recipe::merge::check_structure(&src.config, &comp)
+        crate::merge::check_structure(&src.config, &comp)
             .with_context(|| format!("{merge_label}, for {}", a.model.display()))?;
     }
     let merging = merge_req.is_some() || !recipe.merge_layers.is_empty();
@@ -778,7 +972,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let removing = dropping || merging;
     let drop_only = removing && recipe.stage.len() == 1 && recipe.stage[0].method.is_none();
     if drop_only {
-        check_drop_only(&recipe, &a, if merging { "merge" } else { "drop" })?;
+        check_drop_only(&recipe, a, if merging { "merge" } else { "drop" })?;
         if a.resume {
             bail!(
                 "--resume: a run that only {} layers keeps no checkpoint; run it again without \
@@ -798,9 +992,9 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         ),
         None => "invalid settings".into(),
     };
-    let shapes = shrink_recipe::compressible_shapes(&src.config, 0..n_layers_orig);
+    let shapes = crate::compressible_shapes(&src.config, 0..n_layers_orig);
     let target_size = match &a.target_size {
-        Some(t) => Some(shrink_recipe::budget::parse_size(t)?),
+        Some(t) => Some(crate::budget::parse_size(t)?),
         None => None,
     };
     let allocate = a.allocate.clone().unwrap_or_else(|| {
@@ -833,10 +1027,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     let owl = match allocate.as_str() {
         "uniform" => None,
         "owl" => {
-            let (stage, target) = shrink_recipe::alloc::pruning_stage(&recipe)?;
+            let (stage, target) = crate::alloc::pruning_stage(&recipe)?;
             // Checked now, before any work; the rule is applied after the measuring pass.
-            shrink_recipe::alloc::owl_sparsities(
-                &[shrink_recipe::alloc::LayerOutliers {
+            crate::alloc::owl_sparsities(
+                &[crate::alloc::LayerOutliers {
                     layer: 0,
                     weights: 1,
                     outlier_pct: 0.0,
@@ -845,36 +1039,36 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 target,
                 a.owl_lambda,
             )?;
-            Some((stage, target, shrink_recipe::alloc::OwlProbe::new(a.owl_m)?))
+            Some((stage, target, crate::alloc::OwlProbe::new(a.owl_m)?))
         }
         "search" => {
             let (budget, list) = match (a.target_bpw, target_size) {
                 (Some(b), _) => (
-                    crate::search::Budget::Bpw(b),
-                    crate::profile::list::<f64>(&a.search_bits, "--search-bits")?,
+                    target::Budget::Bpw(b),
+                    self::list::<f64>(&a.search_bits, "--search-bits")?,
                 ),
                 (None, Some(bytes)) => (
-                    crate::search::Budget::Size(bytes),
-                    crate::profile::list::<f64>(&a.search_bits, "--search-bits")?,
+                    target::Budget::Size(bytes),
+                    self::list::<f64>(&a.search_bits, "--search-bits")?,
                 ),
                 (None, None) => {
-                    let (_, p) = shrink_recipe::alloc::pruning_stage(&recipe).context(
+                    let (_, p) = crate::alloc::pruning_stage(&recipe).context(
                         "--allocate search needs a budget: --target-bpw BPW, or --sparsity FRACTION with a pruning method",
                     )?;
                     (
-                        crate::search::Budget::Sparsity(p),
-                        crate::profile::list::<f64>(&a.search_sparsities, "--search-sparsities")?,
+                        target::Budget::Sparsity(p),
+                        self::list::<f64>(&a.search_sparsities, "--search-sparsities")?,
                     )
                 }
             };
             let types = match &a.search_types {
-                Some(t) => crate::profile::list::<String>(t, "--search-types")?
+                Some(t) => self::list::<String>(t, "--search-types")?
                     .iter()
                     .map(|n| {
                         if shrink_model::ggml_mix::Mix::parse(n, false).is_some() {
                             bail!("--search-types: '{n}' is a llama-quantize mix, not a tensor type (give types such as Q4_K, Q5_0, Q8_0)");
                         }
-                        shrink_recipe::recipe::parse_grid_type(n)
+                        crate::recipe::parse_grid_type(n)
                             .with_context(|| format!("--search-types '{n}'"))
                     })
                     .collect::<Result<Vec<_>>>()?,
@@ -883,14 +1077,14 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             if !types.is_empty() && a.target_bpw.is_none() && target_size.is_none() {
                 bail!("--search-types needs a budget: --target-size SIZE (the GGUF file) or --target-bpw BPW");
             }
-            let (r, s) = crate::search::prepare(
+            let (r, s) = target::prepare(
                 &recipe,
                 budget,
                 &list,
                 &shapes,
                 &src,
                 &match &a.search_group_sizes {
-                    Some(g) => crate::profile::list::<usize>(g, "--search-group-sizes")?,
+                    Some(g) => self::list::<usize>(g, "--search-group-sizes")?,
                     None => vec![],
                 },
                 &types,
@@ -904,8 +1098,8 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         o => bail!("unknown --allocate '{o}' (use uniform, owl, search or agent)"),
     };
     let mut agent = if allocate == "agent" {
-        let (stage, target) = shrink_recipe::alloc::pruning_stage(&recipe)?;
-        let settings = shrink_recipe::agent::AgentSettings {
+        let (stage, target) = crate::alloc::pruning_stage(&recipe)?;
+        let settings = crate::agent::AgentSettings {
             target,
             start: a.agent_start.unwrap_or((target - 0.1).max(0.0)),
             step: a.agent_step,
@@ -939,7 +1133,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     }
     // (after --allocate search has given every linear its budgeted setting)
     if !drop_only {
-        let modules = shrink_recipe::compressible_modules(&src.config, 0..n_layers_orig);
+        let modules = crate::compressible_modules(&src.config, 0..n_layers_orig);
         Plan::new(&recipe, &modules).with_context(plan_context)?;
     }
     let sequential = match a.sequential.as_str() {
@@ -954,7 +1148,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         o => bail!("unknown --moe-calibration '{o}' (use routed, all or fallback-rtn)"),
     };
     let eval_text = match &a.eval {
-        Some(p) => Some(crate::read_text(p)?),
+        Some(p) => Some(shrink_eval::read_text(p)?),
         None => None,
     };
     // A fresh run's calibration set (a resumed run reads its own from the checkpoint): needed
@@ -969,148 +1163,23 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         && !drop_req.is_some_and(|r| r.score.needs_data())
         && merge_req.is_none()
         && recipe.stage.iter().all(|s| {
-            shrink_recipe::build_method(s)
-                .is_ok_and(|m| m.needs() == shrink_methods::Needs::Nothing)
+            crate::build_method(s).is_ok_and(|m| m.needs() == shrink_methods::Needs::Nothing)
         });
     let mut calib = if needs_calib && !a.resume {
-        Some(load_calib(&a, &recipe.calibration, &src, data_free)?)
+        Some(load_calib(a, &recipe.calibration, &src, data_free)?)
     } else {
         None
     };
-    // Which layers go.
-    let mut dropped: Option<Dropped> = None;
-    if let Some(req) = drop_req {
-        let t = std::time::Instant::now();
-        let (layers, scores) = if a.resume {
-            // The interrupted run chose them; the same request must find the same list.
-            let saved = Checkpoint::saved_settings(&a.out)?;
-            if saved["layer_drop"] != serde_json::to_value(req)? {
-                bail!(
-                    "{}: the interrupted run used different layer-pruning settings ({} then); \
-                     resume with the same command, or delete the checkpoint to start over",
-                    Checkpoint::path_for(&a.out).display(),
-                    saved["layer_drop"]
-                );
-            }
-            let list: Vec<usize> =
-                serde_json::from_value(saved["recipe"]["recipe"]["drop_layers"].clone())
-                    .context("the checkpoint's settings.json lists no dropped layers")?;
-            (list, None)
-        } else {
-            let scores = if req.score.needs_data() {
-                let calib = calib.as_ref().expect("loaded above");
-                let bar =
-                    progress::bar(total_layers as u64, "layer scores: measuring layers", quiet);
-                let s = shrink_recipe::layers::measure(&src, calib, req.n, &mut |d, _| {
-                    bar.set_position(d as u64)
-                })?;
-                bar.finish_and_clear();
-                Some(s)
-            } else {
-                None
-            };
-            let list = shrink_recipe::layers::choose(
-                req.score,
-                req.n,
-                total_layers,
-                scores.as_ref(),
-                req.seed.unwrap_or(0),
-            )?;
-            (list, scores)
-        };
-        if !quiet {
-            eprintln!(
-                "layer pruning ({}): dropping {} of {total_layers} layers: {layers:?} ({:.1} s)",
-                req.score.name(),
-                req.n,
-                t.elapsed().as_secs_f64()
-            );
-        }
-        dropped = Some(Dropped {
-            kept: shrink_recipe::layers::kept(total_layers, &layers),
-            info: json!({
-                "score": req.score,
-                "n": req.n,
-                "seed": req.seed,
-                "tokens": req.score.needs_data().then_some("angular / bi averaged over every calibration token"),
-                "seconds": t.elapsed().as_secs_f64(),
-                "scores": scores,
-            }),
-            layers,
-        });
-    } else if !recipe.drop_layers.is_empty() {
-        let layers = recipe.drop_layers.clone();
-        dropped = Some(Dropped {
-            kept: shrink_recipe::layers::kept(total_layers, &layers),
-            info: json!({"score": "recipe", "n": layers.len(), "recipe": a.recipe}),
-            layers,
-        });
-    }
-    // Which layers merge (LaCo): the similarity loop, or a recipe's list replayed.
-    let mut merged: Option<Merged> = None;
-    if let Some(req) = merge_req {
-        let t = std::time::Instant::now();
-        let (merges, comp, result) = if a.resume {
-            // The interrupted run chose them; the same request must find the same list.
-            let saved = Checkpoint::saved_settings(&a.out)?;
-            if saved["layer_merge"] != serde_json::to_value(req)? {
-                bail!(
-                    "{}: the interrupted run used different layer-merging settings ({} then); \
-                     resume with the same command, or delete the checkpoint to start over",
-                    Checkpoint::path_for(&a.out).display(),
-                    saved["layer_merge"]
-                );
-            }
-            let list: Vec<Vec<usize>> =
-                serde_json::from_value(saved["recipe"]["recipe"]["merge_layers"].clone())
-                    .context("the checkpoint's settings.json lists no merged layers")?;
-            let comp = shrink_recipe::merge::replay(&list, total_layers, "the checkpoint")?;
-            (list, comp, None)
-        } else {
-            let calib = calib.as_ref().expect("loaded above");
-            let r = shrink_recipe::merge::search(&src, calib, &req, &mut |st| {
-                if !quiet {
-                    eprintln!(
-                        "layer merging: sweep {} base {} layers {:?}: similarity {:.4} {} T {:.4}{}",
-                        st.pass,
-                        st.base,
-                        st.layers,
-                        st.similarity,
-                        if st.accepted { ">" } else { "<=" },
-                        st.threshold,
-                        if st.accepted { ": merged" } else { "" }
-                    );
-                }
-            })?;
-            (r.merges.clone(), r.composition.clone(), Some(r))
-        };
-        if !quiet {
-            eprintln!(
-                "layer merging (LaCo): {} of {total_layers} layers merged away: {merges:?} ({:.1} s)",
-                req.n,
-                t.elapsed().as_secs_f64()
-            );
-        }
-        merged = Some(Merged {
-            info: json!({
-                "method": "laco",
-                "n": req.n,
-                "settings": req,
-                "search": result,
-                "seconds": t.elapsed().as_secs_f64(),
-            }),
-            merges,
-            comp,
-        });
-    } else if !recipe.merge_layers.is_empty() {
-        let merges = recipe.merge_layers.clone();
-        let comp = shrink_recipe::merge::replay(&merges, total_layers, &merge_label)?;
-        merged = Some(Merged {
-            info: json!({"method": "recipe", "n": total_layers - comp.len(), "recipe": a.recipe}),
-            merges,
-            comp,
-        });
-    }
+    let (dropped, merged) = removed_layers(
+        a,
+        &src,
+        &recipe,
+        drop_req,
+        merge_req,
+        calib.as_ref(),
+        &merge_label,
+        ui,
+    )?;
     // From here on, `src` is the pruned model: layers renumbered, config and names following.
     let src = match (&dropped, &merged) {
         (Some(d), _) => {
@@ -1126,13 +1195,13 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     // each layer of the pruned model by (the first of) its original layer(s)
     let keep: Vec<usize> = match (&dropped, &merged) {
         (Some(d), _) => d.kept.clone(),
-        (None, Some(m)) => shrink_recipe::merge::heads(&m.comp),
+        (None, Some(m)) => crate::merge::heads(&m.comp),
         (None, None) => (0..total_layers).collect(),
     };
     let layer_merge_json = merged.as_ref().map(|m| {
         let mut v = m.info.clone();
         v["merges"] = json!(m.merges);
-        v["layers"] = shrink_recipe::merge::describe(&m.comp);
+        v["layers"] = crate::merge::describe(&m.comp);
         v["layers_before"] = json!(total_layers);
         v["layers_after"] = json!(m.comp.len());
         v
@@ -1147,13 +1216,13 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     });
     if drop_only {
         return write_pruned(
-            &a,
+            a,
             &src,
             &recipe,
             calib.as_ref(),
             (layer_drop_json, layer_merge_json),
             eval_text.as_deref(),
-            quiet,
+            ui,
         );
     }
     let n_layers = a
@@ -1162,16 +1231,14 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         .min(src.config.num_layers);
     // The plan, resolved on the original layer numbers of the kept layers, then named as the
     // pruned model names them.
-    let to_orig = |m: &str| {
-        shrink_recipe::layers::map_layer_name(m, |i| keep.get(i).copied()).unwrap_or(m.into())
-    };
+    let to_orig =
+        |m: &str| crate::layers::map_layer_name(m, |i| keep.get(i).copied()).unwrap_or(m.into());
     let to_new = |m: &str| {
-        shrink_recipe::layers::map_layer_name(m, |i| keep.iter().position(|&k| k == i))
-            .unwrap_or(m.into())
+        crate::layers::map_layer_name(m, |i| keep.iter().position(|&k| k == i)).unwrap_or(m.into())
     };
     // The compressed linears' shapes, named as the (pruned) model names them.
-    let shapes = shrink_recipe::compressible_shapes(&src.config, 0..n_layers);
-    let modules: Vec<String> = shrink_recipe::compressible_modules(&src.config, 0..n_layers)
+    let shapes = crate::compressible_shapes(&src.config, 0..n_layers);
+    let modules: Vec<String> = crate::compressible_modules(&src.config, 0..n_layers)
         .iter()
         .map(|m| to_orig(m))
         .collect();
@@ -1204,13 +1271,11 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     });
     let (ckpt, calib, start, hidden, mut done_reports) = if a.resume {
         let (ckpt, r) = Checkpoint::resume(&a.out, &settings, src.config.vocab_size)?;
-        if !quiet {
-            eprintln!(
-                "resuming from {}: {} of {n_layers} layers already done",
-                ckpt.dir.display(),
-                r.next_layer
-            );
-        }
+        ui.info(&format!(
+            "resuming from {}: {} of {n_layers} layers already done",
+            ckpt.dir.display(),
+            r.next_layer
+        ));
         (ckpt, r.calib, r.next_layer, r.hidden, r.reports)
     } else {
         let calib = calib.take().expect("loaded above");
@@ -1219,22 +1284,22 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
     };
     let (nsamples, seqlen, seed) = (calib.nsamples, calib.seqlen, calib.seed);
     if seqlen > src.config.max_position_embeddings {
-        eprintln!(
+        ui.notice(&format!(
             "warning: calibration seqlen {seqlen} exceeds the model's max_position_embeddings {}",
             src.config.max_position_embeddings
-        );
+        ));
     }
     let layers_dir = ckpt.layers_dir();
-    if !quiet && nsamples == 0 {
-        eprintln!(
+    if nsamples == 0 {
+        ui.info(&format!(
             "compressing {} with {} ({} layers), data-free: no calibration text, each layer's \
              weights compressed as they are read (no forward pass)",
             a.model.display(),
             plan.name(),
             n_layers,
-        );
-    } else if !quiet {
-        eprintln!(
+        ));
+    } else {
+        ui.info(&format!(
             "compressing {} with {} ({} layers), calibration {} x {} tokens from {} (seed {seed})",
             a.model.display(),
             plan.name(),
@@ -1242,157 +1307,49 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             nsamples,
             seqlen,
             calib.source
-        );
+        ));
     }
     // OWL: one dense pass over the calibration data measures every layer, then the recipe gets
     // one sparsity override per layer.
-    let mut allocation = None;
     if let (Some((_, st)), None) = (agent.as_mut(), a.agent_layers) {
         st.layers_per_step = n_layers.div_ceil(6).max(1); // of the layers left after any drop
     }
-    let allocated = (|| -> Result<()> {
-        if let Some((stage, target, probe)) = &owl {
-            let t = std::time::Instant::now();
-            let bar = progress::bar(n_layers as u64, "OWL: measuring layers", quiet);
-            shrink_pipeline::run(
-                &src,
-                &calib,
-                probe as &dyn shrink_methods::Method,
-                0..n_layers,
-                &mut shrink_pipeline::Discard,
-                &mut |d, _| bar.set_position(d as u64),
-            )?;
-            bar.finish_and_clear();
-            let layers = probe.layers();
-            let s = shrink_recipe::alloc::owl_sparsities(&layers, *target, a.owl_lambda)?;
-            let per: Vec<(usize, f64)> = layers
-                .iter()
-                .map(|l| keep[l.layer]) // the recipe's patterns use the original layer numbers
-                .zip(s.iter().copied())
-                .collect();
-            recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &per);
+    let allocated = allocate_layers(
+        a,
+        &src,
+        &calib,
+        n_layers,
+        &keep,
+        owl.as_ref(),
+        agent.as_ref(),
+        &mut recipe,
+        ui,
+    );
+    let mut allocation = match allocated {
+        Ok(Some(v)) => {
             plan = Plan::new(&recipe, &modules)
                 .with_context(plan_context_dropped)?
                 .renamed(to_new);
-            if !quiet {
-                let (lo, hi) = s
-                    .iter()
-                    .fold((1f64, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
-                eprintln!(
-                    "OWL (M = {}, lambda = {}): layer sparsities {lo:.4}..{hi:.4} for a global {target} ({:.1} s)",
-                    a.owl_m,
-                    a.owl_lambda,
-                    t.elapsed().as_secs_f64()
-                );
+            Some(v)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            // Nothing was compressed yet: leave no checkpoint behind.
+            if !a.resume {
+                ckpt.remove();
             }
-            allocation = Some(json!({
-                "strategy": "owl",
-                "m": a.owl_m,
-                "lambda": a.owl_lambda,
-                "target": target,
-                "seconds": t.elapsed().as_secs_f64(),
-                "layers": layers.iter().zip(&s).map(|(l, s)| json!({
-                    "layer": l.layer, "original_layer": keep[l.layer], "weights": l.weights, "outlier_pct": l.outlier_pct, "sparsity": s,
-                })).collect::<Vec<_>>(),
-            }));
+            return Err(e);
         }
-        // The agents paper's loop: a dense pass, then proposals measured on the held-in slice,
-        // each kept or rolled back; the allocation becomes one sparsity override per layer.
-        if let Some((stage, settings)) = &agent {
-            let ext = match &a.agent_cmd {
-                Some(c) => Some(shrink_recipe::agent::External::spawn(
-                    c,
-                    std::time::Duration::from_secs_f64(a.agent_timeout),
-                )?),
-                None => None,
-            };
-            let bar = progress::bar(n_layers as u64, "agent: measuring layers", quiet);
-            let mut log = |st: &shrink_recipe::agent::Step| {
-                if quiet {
-                    return;
-                }
-                let moves: Vec<String> = st
-                    .prune
-                    .iter()
-                    .map(|p| format!("{} +{:.3}", p.layer, p.amount))
-                    .collect();
-                eprintln!(
-                    "agent step {} ({}): layers {} -> sparsity {:.4}; held-in perplexity {:.3} ({:+.2}%): {}",
-                    st.step,
-                    st.proposer,
-                    moves.join(", "),
-                    st.sparsity_after,
-                    st.perplexity,
-                    100.0 * st.rise,
-                    if st.accepted { "kept" } else { "ROLLED BACK" }
-                );
-            };
-            let out = shrink_recipe::agent::allocate(
-                &src,
-                &calib,
-                0..n_layers,
-                a.owl_m,
-                a.holdin_samples,
-                settings,
-                ext,
-                &mut |d, n| {
-                    bar.set_position(d as u64);
-                    if d == n {
-                        bar.finish_and_clear();
-                    }
-                },
-                &mut log,
-            )?;
-            bar.finish_and_clear();
-            // the recipe's patterns use the original layer numbers
-            let per: Vec<(usize, f64)> =
-                out.sparsities.iter().map(|&(l, s)| (keep[l], s)).collect();
-            recipe = shrink_recipe::alloc::with_layer_sparsities(&recipe, *stage, &per);
-            plan = Plan::new(&recipe, &modules)
-                .with_context(plan_context_dropped)?
-                .renamed(to_new);
-            if !quiet {
-                eprintln!(
-                    "agent: {} steps ({} rolled back) in {:.1} s; sparsity {:.4}; held-in perplexity dense {:.3}, start {:.3}, final {:.3}",
-                    out.steps.len(),
-                    out.rollbacks,
-                    out.seconds,
-                    out.sparsity,
-                    out.dense_perplexity,
-                    out.start_perplexity,
-                    out.final_perplexity
-                );
-            }
-            let mut v = serde_json::to_value(&out)?;
-            v["strategy"] = json!("agent");
-            v["settings"] = serde_json::to_value(settings)?;
-            v["agent_cmd"] = json!(a.agent_cmd);
-            v["original_layers"] = json!(out
-                .sparsities
-                .iter()
-                .map(|&(l, _)| keep[l])
-                .collect::<Vec<_>>());
-            v["note"] = json!("candidate models are pruned with Wanda masks from the dense model's input norms; the run's method then prunes with the allocation; layer numbers are the (pruned) model's, original_layers maps them");
-            allocation = Some(v);
-        }
-        Ok(())
-    })();
-    if let Err(e) = allocated {
-        // Nothing was compressed yet: leave no checkpoint behind.
-        if !a.resume {
-            ckpt.remove();
-        }
-        return Err(e);
-    }
+    };
     if let Some(search) = &search {
-        let (r, alloc) = search.run(&recipe, &src, &calib, n_layers, quiet)?;
+        let (r, alloc) = search.run(&recipe, &src, &calib, n_layers, ui)?;
         recipe = r;
         plan = Plan::new(&recipe, &modules)
             .with_context(plan_context_dropped)?
             .renamed(to_new);
         allocation = Some(alloc);
     }
-    let bar = progress::bar(n_layers as u64, "layers", quiet);
+    let bar = ui.bar(n_layers as u64, "layers");
     bar.set_position(start as u64);
     let mut sink = LayerFiles {
         ckpt: &ckpt,
@@ -1425,9 +1382,9 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 .unwrap_or(0);
             let t = a.out.display();
             if a.out.exists() {
-                eprintln!("note: {t} was left unchanged");
+                ui.notice(&format!("note: {t} was left unchanged"));
             } else {
-                eprintln!("note: {t} was not created");
+                ui.notice(&format!("note: {t} was not created"));
             }
             if done == 0 {
                 ckpt.remove();
@@ -1453,10 +1410,10 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 .unwrap_or(0)
                 > 0
             {
-                eprintln!(
+                ui.notice(&format!(
                     "warning: {}: Hessian not positive definite; damping raised to {}",
                     lin.name, lin.info["damp"]
-                );
+                ));
             }
         }
     }
@@ -1470,7 +1427,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         / n_lin.max(1) as f64;
     // Assemble the output: compressed layers over the original model's other tensors. A failure
     // here keeps the checkpoint: --resume then only redoes the assembly.
-    let finish = || -> Result<(PathBuf, f64)> {
+    let finish = || -> Result<(PathBuf, f64, serde_json::Value)> {
         let t = std::time::Instant::now();
         let layer_src = SafetensorsSource::open(&layers_dir)?;
         let overlay = Overlay {
@@ -1554,7 +1511,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 "assemble_seconds": write_s,
                 "mean_rel_error": mean_err,
                 "sparsity": shrink_pipeline::total_sparsity(report.layers.iter().flat_map(|l| &l.linears)),
-                "bpw": crate::search::plan_bpw(&plan, &shapes).map(|t| json!({
+                "bpw": target::plan_bpw(&plan, &shapes).map(|t| json!({
                     "bpw": t.bpw(), "file_bits": t.bits, "weights": t.weights,
                     "counted": "compressed linears; codes, f16 scales, zero points, g_idx as exported to compressed-tensors",
                 })),
@@ -1562,15 +1519,15 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
             },
         });
         if let Some(text) = &eval_text {
-            out["eval"] = eval_against_original(&a, &dir.join(""), text, "compressed")?;
+            out["eval"] = eval_against_original(a, &dir.join(""), text, "compressed", ui)?;
         }
         write_json(&dir.join("report.json"), &out)?;
         // The recipe that reproduces this run (`--recipe DIR/recipe.toml`).
         std::fs::write(dir.join("recipe.toml"), recipe.to_toml()?)
             .with_context(|| format!("{}: cannot write", dir.join("recipe.toml").display()))?;
-        Ok((dir.commit()?, write_s))
+        Ok((dir.commit()?, write_s, out))
     };
-    let (path, write_s) = finish().map_err(|e| {
+    let (path, write_s, report_json) = finish().map_err(|e| {
         e.context(format!(
             "all {n_layers} layers are compressed and kept in {}: fix the problem and rerun the \
              same command with --resume to write the output",
@@ -1578,8 +1535,7 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
         ))
     })?;
     ckpt.remove();
-    if !quiet {
-        eprintln!(
+    ui.info(&format!(
             "wrote {} in {:.1} s (pipeline {:.1} s: forward {:.1}, hessian {:.1}, solve {:.1}); {}; peak RSS {:.0} MB",
             path.display(),
             report.seconds + write_s,
@@ -1593,146 +1549,9 @@ pub fn run(a: CompressArgs, quiet: bool) -> Result<()> {
                 format!("mean relative output error {mean_err:.3e}")
             },
             peak_compress.unwrap_or(f64::NAN)
-        );
-    }
-    Ok(())
-}
-
-/// Perplexity of the original model (`original`, before any layer drop) and of the compressed
-/// one (`overlay`, with `src`'s config) on the first `n` calibration windows (which already start
-/// with BOS where the model adds it).
-fn holdin_perplexity(
-    original: &Path,
-    src: &ModelSource,
-    overlay: &dyn shrink_model::TensorSource,
-    calib: &CalibSet,
-    n: usize,
-) -> Result<(f64, f64)> {
-    let w = n.min(calib.nsamples).max(1);
-    let ids = &calib.ids[..w * calib.seqlen];
-    let opts = shrink_eval::PplOptions {
-        seqlen: calib.seqlen,
-        ..Default::default()
-    };
-    let ppl =
-        |cfg: &shrink_model::ModelConfig, t: &dyn shrink_model::TensorSource| -> Result<f64> {
-            let m = shrink_model::stream::Streamed::new(cfg, t);
-            Ok(shrink_eval::perplexity_streamed(
-                &m,
-                ids,
-                &opts,
-                shrink_eval::STREAM_BUDGET_BYTES,
-                &mut |_, _| {},
-            )?
-            .perplexity)
-        };
-    let orig = ModelSource::open(original)?;
-    let o = ppl(&orig.config, orig.tensors.as_ref())?;
-    drop(orig);
-    let q = ppl(&src.config, overlay)?;
-    Ok((o, q))
-}
-
-/// Writes the pruned model as it is (layer pruning without a compression method): config.json,
-/// model.safetensors, the tokenizer, report.json and recipe.toml.
-fn write_pruned(
-    a: &CompressArgs,
-    src: &ModelSource,
-    recipe: &Recipe,
-    calib: Option<&CalibSet>,
-    (layer_drop, layer_merge): (Option<serde_json::Value>, Option<serde_json::Value>),
-    eval_text: Option<&str>,
-    quiet: bool,
-) -> Result<()> {
-    let t = std::time::Instant::now();
-    let dir = OutputDir::create(&a.out, a.force)?;
-    let names = shrink_model::arch::tensor_table(&src.config).len();
-    let bar = progress::bar(names as u64, "tensors", quiet);
-    write_hf_files(src, src.tensors.as_ref(), &dir, "compress", &mut |d, _| {
-        bar.set_position(d as u64)
-    })?;
-    bar.finish_and_clear();
-    if let Some(c) = calib {
-        c.save(&dir.join("calibration_ids.safetensors"))?;
-    }
-    let mut out = json!({
-        "shrink_version": env!("CARGO_PKG_VERSION"),
-        "model": a.model,
-        "method": "none (layer pruning only)",
-        "recipe": recipe,
-        "calibration": calib,
-        "layer_drop": layer_drop,
-        "layer_merge": layer_merge,
-        "quantized_linears": 0,
-        "totals": {"assemble_seconds": t.elapsed().as_secs_f64(), "peak_rss_mb": shrink_eval::peak_rss_mb()},
-    });
-    if let Some(text) = eval_text {
-        out["eval"] = eval_against_original(a, &dir.join(""), text, "pruned")?;
-    }
-    write_json(&dir.join("report.json"), &out)?;
-    std::fs::write(dir.join("recipe.toml"), recipe.to_toml()?)
-        .with_context(|| format!("{}: cannot write", dir.join("recipe.toml").display()))?;
-    let path = dir.commit()?;
-    if !quiet {
-        eprintln!(
-            "wrote {} ({} layers) in {:.1} s",
-            path.display(),
-            src.config.num_layers,
-            t.elapsed().as_secs_f64()
-        );
-    }
-    Ok(())
-}
-
-/// `--eval`: perplexity of the original model and of the written one (`label` in the message),
-/// for report.json's `eval`.
-fn eval_against_original(
-    a: &CompressArgs,
-    written: &Path,
-    text: &str,
-    label: &str,
-) -> Result<serde_json::Value> {
-    // One pass of both models over the same windows gives both perplexities and their
-    // agreement (KL divergence of the predicted distributions, top-1, Δp: `shrink eval
-    // --reference`, GPTQ protocol).
-    let t = std::time::Instant::now();
-    let (orig, comp) = (ModelSource::open(&a.model)?, ModelSource::open(written)?);
-    let (ids, bos) = shrink_eval::eval_tokens(&comp.tokenizer, text)?;
-    let opts = shrink_eval::PplOptions {
-        bos,
-        ..shrink_eval::PplOptions::default()
-    };
-    let k = shrink_eval::kld::kld_gptq(
-        &shrink_model::stream::Streamed::new(&comp.config, comp.tensors.as_ref()),
-        &shrink_model::stream::Streamed::new(&orig.config, orig.tensors.as_ref()),
-        &ids,
-        &opts,
-        shrink_eval::STREAM_BUDGET_BYTES,
-        &mut |_, _| {},
-    )?;
-    let seconds = t.elapsed().as_secs_f64();
-    let windows = shrink_eval::gptq_windows(&ids, &opts)?.1;
-    let ppl = |perplexity: f64| shrink_eval::PplResult {
-        perplexity,
-        mean_nll: perplexity.ln(),
-        tokens: windows * opts.seqlen,
-        predicted_tokens: k.tokens,
-        windows,
-        seqlen: opts.seqlen,
-        bos,
-        text_tokens: ids.len(),
-        seconds,
-        tokens_per_second: (2 * windows * opts.seqlen) as f64 / seconds.max(1e-9),
-    };
-    let (o, q) = (ppl(k.perplexity_reference), ppl(k.perplexity));
-    eprintln!(
-        "perplexity: original {:.4}, {label} {:.4} ({:+.2}%); agreement with the original: mean \
-         KL divergence {:.4e}, top-1 {:.2}%",
-        o.perplexity,
-        q.perplexity,
-        100.0 * (q.perplexity / o.perplexity - 1.0),
-        k.kld_mean,
-        100.0 * k.top1_agreement
-    );
-    Ok(json!({"text": a.eval, "original": o, "compressed": q, "agreement": k}))
+        ));
+    Ok(Outcome {
+        path,
+        report: report_json,
+    })
 }

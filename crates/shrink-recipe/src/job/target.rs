@@ -1,8 +1,12 @@
 //! `shrink compress --allocate search`: a profile pass (one dense calibration pass solving every
 //! candidate setting on every linear, [`Profiler`]), then the marginal-return greedy of
-//! [`shrink_recipe::search`] under the global budget, written into the recipe as per-linear
+//! [`crate::search`] under the global budget, written into the recipe as per-linear
 //! overrides. Everything that can be checked is checked before any work ([`prepare`]).
-use crate::progress;
+use super::ui::Ui;
+use crate::budget::{linear_bits, Grid, Total, SCALE_BITS};
+use crate::profile::{Candidate, Profiler};
+use crate::search::{fractional_fill, greedy, with_linear_settings, Opt};
+use crate::{build_method, Plan, Recipe, Slot, Stage};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use shrink_calib::CalibSet;
@@ -10,16 +14,12 @@ use shrink_formats::gguf_export::{predict_gguf_bytes, GgufExport, TypePlan};
 use shrink_model::ggml_quant::fallback_type;
 use shrink_model::gguf::GgmlType;
 use shrink_model::ModelSource;
-use shrink_recipe::budget::{linear_bits, Grid, Total, SCALE_BITS};
-use shrink_recipe::profile::{Candidate, Profiler};
-use shrink_recipe::search::{fractional_fill, greedy, with_linear_settings, Opt};
-use shrink_recipe::{build_method, Plan, Recipe, Slot, Stage};
 use std::collections::{BTreeMap, HashMap};
 
 /// What is allocated.
 #[derive(Clone, Debug)]
 pub enum Budget {
-    /// Bits per weight over the compressed linears (see [`shrink_recipe::budget`]).
+    /// Bits per weight over the compressed linears (see [`crate::budget`]).
     Bpw(f64),
     /// The fraction of zeros over the compressed linears.
     Sparsity(f64),
@@ -35,7 +35,7 @@ pub enum Budget {
 /// `len(name) + 70` bytes of JSON per tensor (five per compressed linear, counting
 /// `weight_zero_point` and `weight_g_idx` whether or not they are written) plus 8 + 256 bytes:
 /// the header is the only estimated part, a few kilobytes, over- rather than underestimated.
-/// The scales are counted as `--scale-dtype f16` writes them (see [`shrink_recipe::budget`]).
+/// The scales are counted as `--scale-dtype f16` writes them (see [`crate::budget`]).
 pub fn size_overhead_bits(cfg: &shrink_model::ModelConfig, compressed: &[String]) -> u64 {
     let set: std::collections::HashSet<String> =
         compressed.iter().map(|m| format!("{m}.weight")).collect();
@@ -146,7 +146,7 @@ fn the_stage(recipe: &Recipe, budget: &Budget) -> Result<usize> {
             }
         }
         Budget::Sparsity(_) => {
-            let (i, _) = shrink_recipe::alloc::pruning_stage(recipe)?;
+            let (i, _) = crate::alloc::pruning_stage(recipe)?;
             Ok(i)
         }
     }
@@ -226,8 +226,7 @@ pub fn prepare(
             gguf_type: Some(t.name().to_string()),
             ..base.clone()
         };
-        shrink_recipe::recipe::fill_grid(&mut s)
-            .with_context(|| format!("--search-types {}", t.name()))?;
+        crate::recipe::fill_grid(&mut s).with_context(|| format!("--search-types {}", t.name()))?;
         build_method(&s).with_context(|| format!("--allocate search candidate {}", t.name()))?;
         vals.push(s.bits.unwrap_or(0) as f64);
         groups.push(s.group_size);
@@ -419,7 +418,7 @@ impl Search {
         src: &ModelSource,
         calib: &CalibSet,
         n_layers: usize,
-        quiet: bool,
+        ui: &dyn Ui,
     ) -> Result<(Recipe, serde_json::Value)> {
         let t = std::time::Instant::now();
         let candidates = self
@@ -439,7 +438,7 @@ impl Search {
             .collect::<Result<Vec<_>>>()?;
         let labels: Vec<String> = candidates.iter().map(|c| c.label.clone()).collect();
         let profiler = Profiler::new(candidates, 5.0)?;
-        let bar = progress::bar(n_layers as u64, "search: profiling", quiet);
+        let bar = ui.bar(n_layers as u64, "search: profiling");
         let pass = shrink_pipeline::run(
             src,
             calib,
@@ -520,7 +519,7 @@ impl Search {
                         gguf_type: Some(t.name().to_string()),
                         ..Stage::default()
                     };
-                    shrink_recipe::recipe::fill_grid(&mut s)?;
+                    crate::recipe::fill_grid(&mut s)?;
                     s
                 }
                 (Budget::Bpw(_) | Budget::Size(_), None) => Stage {
@@ -601,20 +600,18 @@ impl Search {
             Budget::Sparsity(p) => (p, 1.0 - kept / n, "sparsity"),
         };
         let seconds = t.elapsed().as_secs_f64();
-        if !quiet {
-            eprintln!(
-                "search: {} {target} -> {reached:.5} over {} linears ({} upgrades{}); profile \
+        ui.info(&format!(
+            "search: {} {target} -> {reached:.5} over {} linears ({} upgrades{}); profile \
                  {profile_s:.1} s",
-                unit,
-                self.linears.len(),
-                c.steps,
-                if partial.is_some() {
-                    ", one part way"
-                } else {
-                    ""
-                }
-            );
-        }
+            unit,
+            self.linears.len(),
+            c.steps,
+            if partial.is_some() {
+                ", one part way"
+            } else {
+                ""
+            }
+        ));
         let alloc = json!({
             "strategy": "search",
             "solver": "marginal-return greedy over the profiled error curves (Shoham & Gersho 1988)",

@@ -1,0 +1,287 @@
+//! The files a compress job writes: each finished layer into the checkpoint, the gathered
+//! quantized tensors, a model that was only pruned of layers, and the evaluation against the
+//! original that `--eval` adds to the report.
+use super::checkpoint::Checkpoint;
+use super::ui::Ui;
+use super::{CompressJob, Outcome};
+use crate::Recipe;
+use anyhow::{Context, Result};
+use serde_json::json;
+use shrink_calib::CalibSet;
+use shrink_formats::{
+    f32_bytes, write_hf_files, write_json, write_safetensors_raw, DType, Entry, OutputDir,
+};
+use shrink_methods::QuantizedWeight;
+use shrink_model::source::SafetensorsSource;
+use shrink_model::{DecoderLayer, ModelSource};
+use shrink_pipeline::{LayerReport, LayerSink};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Writes each finished layer (f32 tensors plus the quantized form) to its own safetensors file.
+pub(super) struct LayerFiles<'a> {
+    pub ckpt: &'a Checkpoint,
+    pub hidden_size: usize,
+}
+
+fn quant_entries(base: &str, q: &QuantizedWeight) -> Vec<(Entry, Vec<u8>)> {
+    let g = q.n_groups();
+    let e = |suffix: &str, dtype, shape: Vec<usize>| Entry {
+        name: format!("{base}.{suffix}"),
+        dtype,
+        shape,
+    };
+    if let Some((t, blocks)) = &q.ggml {
+        // On a llama.cpp grid the blocks are the quantized form (their offsets are nowhere else).
+        return vec![
+            (
+                e(
+                    "ggml",
+                    DType::U8,
+                    vec![q.d_out, blocks.len() / q.d_out.max(1)],
+                ),
+                blocks.clone(),
+            ),
+            (
+                e("gtype", DType::I32, vec![1]),
+                (t.to_u32() as i32).to_le_bytes().to_vec(),
+            ),
+        ];
+    }
+    vec![
+        (
+            e("qcodes", DType::U8, vec![q.d_out, q.d_in]),
+            q.codes.clone(),
+        ),
+        (
+            e("scales", DType::F32, vec![q.d_out, g]),
+            f32_bytes(&q.scales),
+        ),
+        (
+            e("zeros", DType::I32, vec![q.d_out, g]),
+            q.zeros
+                .iter()
+                .flat_map(|&z| (z as i32).to_le_bytes())
+                .collect(),
+        ),
+        (
+            e("g_idx", DType::I32, vec![q.d_in]),
+            q.g_idx
+                .iter()
+                .flat_map(|&z| (z as i32).to_le_bytes())
+                .collect(),
+        ),
+    ]
+}
+
+impl LayerSink for LayerFiles<'_> {
+    fn layer_done(
+        &mut self,
+        layer: &DecoderLayer,
+        quant: &[(usize, QuantizedWeight)],
+        report: &LayerReport,
+        hidden: &[f32],
+    ) -> Result<()> {
+        let i = layer.index;
+        let mut items: Vec<(Entry, Vec<u8>)> = Vec::new();
+        let mut f32t = |name: String, t: &shrink_model::Tensor| {
+            items.push((
+                Entry {
+                    name,
+                    dtype: DType::F32,
+                    shape: t.shape.clone(),
+                },
+                f32_bytes(&t.data),
+            ));
+        };
+        for (name, t) in layer.hf_tensors() {
+            f32t(name, &t);
+        }
+        for (k, q) in quant {
+            let base = layer.linear_name(*k);
+            items.extend(quant_entries(base.trim_end_matches(".weight"), q));
+        }
+        let entries: Vec<Entry> = items.iter().map(|(e, _)| e.clone()).collect();
+        let mut bytes: Vec<Option<Vec<u8>>> = items.into_iter().map(|(_, b)| Some(b)).collect();
+        let path = self
+            .ckpt
+            .layers_dir()
+            .join(format!("layer_{i:05}.safetensors"));
+        write_safetensors_raw(&path, &entries, &BTreeMap::new(), &mut |k| {
+            Ok(bytes[k].take().unwrap_or_default())
+        })?;
+        self.ckpt.layer_done(report, hidden, self.hidden_size)
+    }
+}
+
+/// Gathers the per-layer quantized tensors into one quantized.safetensors.
+pub(super) fn write_quantized(
+    layers: &SafetensorsSource,
+    path: &Path,
+    meta: BTreeMap<String, String>,
+) -> Result<usize> {
+    let mut entries = Vec::new();
+    for name in layers.names() {
+        if [".qcodes", ".scales", ".zeros", ".g_idx", ".ggml", ".gtype"]
+            .iter()
+            .any(|s| name.ends_with(s))
+        {
+            let (dt, shape, _) = layers.raw(name).unwrap();
+            let dtype = match dt {
+                safetensors::Dtype::U8 => DType::U8,
+                safetensors::Dtype::I32 => DType::I32,
+                _ => DType::F32,
+            };
+            entries.push(Entry {
+                name: name.to_string(),
+                dtype,
+                shape: shape.to_vec(),
+            });
+        }
+    }
+    let n = entries.len();
+    if n > 0 {
+        write_safetensors_raw(path, &entries, &meta, &mut |k| {
+            Ok(layers.raw(&entries[k].name).unwrap().2.to_vec())
+        })?;
+    }
+    Ok(n / 4)
+}
+
+/// Perplexity of the original model (`original`, before any layer drop) and of the compressed
+/// one (`overlay`, with `src`'s config) on the first `n` calibration windows (which already start
+/// with BOS where the model adds it).
+pub(super) fn holdin_perplexity(
+    original: &Path,
+    src: &ModelSource,
+    overlay: &dyn shrink_model::TensorSource,
+    calib: &CalibSet,
+    n: usize,
+) -> Result<(f64, f64)> {
+    let w = n.min(calib.nsamples).max(1);
+    let ids = &calib.ids[..w * calib.seqlen];
+    let opts = shrink_eval::PplOptions {
+        seqlen: calib.seqlen,
+        ..Default::default()
+    };
+    let ppl =
+        |cfg: &shrink_model::ModelConfig, t: &dyn shrink_model::TensorSource| -> Result<f64> {
+            let m = shrink_model::stream::Streamed::new(cfg, t);
+            Ok(shrink_eval::perplexity_streamed(
+                &m,
+                ids,
+                &opts,
+                shrink_eval::STREAM_BUDGET_BYTES,
+                &mut |_, _| {},
+            )?
+            .perplexity)
+        };
+    let orig = ModelSource::open(original)?;
+    let o = ppl(&orig.config, orig.tensors.as_ref())?;
+    drop(orig);
+    let q = ppl(&src.config, overlay)?;
+    Ok((o, q))
+}
+
+/// Writes the pruned model as it is (layer pruning without a compression method): config.json,
+/// model.safetensors, the tokenizer, report.json and recipe.toml.
+pub(super) fn write_pruned(
+    a: &CompressJob,
+    src: &ModelSource,
+    recipe: &Recipe,
+    calib: Option<&CalibSet>,
+    (layer_drop, layer_merge): (Option<serde_json::Value>, Option<serde_json::Value>),
+    eval_text: Option<&str>,
+    ui: &dyn Ui,
+) -> Result<Outcome> {
+    let t = std::time::Instant::now();
+    let dir = OutputDir::create(&a.out, a.force)?;
+    let names = shrink_model::arch::tensor_table(&src.config).len();
+    let bar = ui.bar(names as u64, "tensors");
+    write_hf_files(src, src.tensors.as_ref(), &dir, "compress", &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    if let Some(c) = calib {
+        c.save(&dir.join("calibration_ids.safetensors"))?;
+    }
+    let mut out = json!({
+        "shrink_version": env!("CARGO_PKG_VERSION"),
+        "model": a.model,
+        "method": "none (layer pruning only)",
+        "recipe": recipe,
+        "calibration": calib,
+        "layer_drop": layer_drop,
+        "layer_merge": layer_merge,
+        "quantized_linears": 0,
+        "totals": {"assemble_seconds": t.elapsed().as_secs_f64(), "peak_rss_mb": shrink_eval::peak_rss_mb()},
+    });
+    if let Some(text) = eval_text {
+        out["eval"] = eval_against_original(a, &dir.join(""), text, "pruned", ui)?;
+    }
+    write_json(&dir.join("report.json"), &out)?;
+    std::fs::write(dir.join("recipe.toml"), recipe.to_toml()?)
+        .with_context(|| format!("{}: cannot write", dir.join("recipe.toml").display()))?;
+    let path = dir.commit()?;
+    ui.info(&format!(
+        "wrote {} ({} layers) in {:.1} s",
+        path.display(),
+        src.config.num_layers,
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(Outcome { path, report: out })
+}
+
+/// `--eval`: perplexity of the original model and of the written one (`label` in the message),
+/// for report.json's `eval`.
+pub(super) fn eval_against_original(
+    a: &CompressJob,
+    written: &Path,
+    text: &str,
+    label: &str,
+    ui: &dyn Ui,
+) -> Result<serde_json::Value> {
+    // One pass of both models over the same windows gives both perplexities and their
+    // agreement (KL divergence of the predicted distributions, top-1, Δp: `shrink eval
+    // --reference`, GPTQ protocol).
+    let t = std::time::Instant::now();
+    let (orig, comp) = (ModelSource::open(&a.model)?, ModelSource::open(written)?);
+    let (ids, bos) = shrink_eval::eval_tokens(&comp.tokenizer, text)?;
+    let opts = shrink_eval::PplOptions {
+        bos,
+        ..shrink_eval::PplOptions::default()
+    };
+    let k = shrink_eval::kld::kld_gptq(
+        &shrink_model::stream::Streamed::new(&comp.config, comp.tensors.as_ref()),
+        &shrink_model::stream::Streamed::new(&orig.config, orig.tensors.as_ref()),
+        &ids,
+        &opts,
+        shrink_eval::STREAM_BUDGET_BYTES,
+        &mut |_, _| {},
+    )?;
+    let seconds = t.elapsed().as_secs_f64();
+    let windows = shrink_eval::gptq_windows(&ids, &opts)?.1;
+    let ppl = |perplexity: f64| shrink_eval::PplResult {
+        perplexity,
+        mean_nll: perplexity.ln(),
+        tokens: windows * opts.seqlen,
+        predicted_tokens: k.tokens,
+        windows,
+        seqlen: opts.seqlen,
+        bos,
+        text_tokens: ids.len(),
+        seconds,
+        tokens_per_second: (2 * windows * opts.seqlen) as f64 / seconds.max(1e-9),
+    };
+    let (o, q) = (ppl(k.perplexity_reference), ppl(k.perplexity));
+    ui.notice(&format!(
+        "perplexity: original {:.4}, {label} {:.4} ({:+.2}%); agreement with the original: mean \
+         KL divergence {:.4e}, top-1 {:.2}%",
+        o.perplexity,
+        q.perplexity,
+        100.0 * (q.perplexity / o.perplexity - 1.0),
+        k.kld_mean,
+        100.0 * k.top1_agreement
+    ));
+    Ok(json!({"text": a.eval, "original": o, "compressed": q, "agreement": k}))
+}
