@@ -66,8 +66,7 @@ fn the_library_job_writes_what_the_command_writes() {
     assert_eq!(outcome.path, lib_out);
     // the returned report is the one written (both through the same text, so that float
     // parsing treats them alike)
-    let returned: serde_json::Value =
-        serde_json::from_str(&outcome.report.to_string()).unwrap();
+    let returned: serde_json::Value = serde_json::from_str(&outcome.report.to_string()).unwrap();
     assert_eq!(returned, report(&lib_out));
     // the caller saw the layer loop and the run described
     let bars = ui.bars.lock().unwrap().clone();
