@@ -2,7 +2,8 @@
 # Build llama.cpp's reference tools (llama-perplexity, llama-quantize, llama-imatrix, llama-tokenize) from the
 # llama.cpp tree vendored in the llama-cpp-python source distribution (PyPI is the only network
 # source this project reaches). Usage: tools/reference/build_llamacpp.sh [DIR]  (default out/export/llamacpp)
-# Needs gcc/g++; cmake and ninja come from PyPI into DIR/venv if missing.
+# Needs gcc/g++; cmake and ninja come from PyPI into DIR/venv if missing. EXTRA_TARGETS="llama-bench"
+# adds more tools (llama-bench measures generation tokens/s).
 # GGML_NATIVE is OFF on purpose: on this project's machines (AVX-512/AMX CPUs) a -march=native build
 # dies with SIGILL; a fixed AVX2/FMA/F16C build runs everywhere the project runs.
 set -euo pipefail
@@ -25,6 +26,6 @@ fi
 LL="$SRC/vendor/llama.cpp"
 cmake -S "$LL" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF
-nice -n 15 cmake --build "$DIR/build" -j "${JOBS:-2}" --target llama-perplexity llama-quantize llama-imatrix llama-tokenize
+nice -n 15 cmake --build "$DIR/build" -j "${JOBS:-2}" --target llama-perplexity llama-quantize llama-imatrix llama-tokenize ${EXTRA_TARGETS:-}
 ls -la "$DIR/build/bin"
 echo "llama.cpp source: $LL"

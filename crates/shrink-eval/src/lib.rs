@@ -1,6 +1,7 @@
 //! Evaluation: perplexity by the GPTQ protocol, and process measurements (peak memory).
 pub mod kld;
 pub mod logits_file;
+pub mod task_run;
 pub mod tasks;
 
 use anyhow::{bail, Context, Result};
