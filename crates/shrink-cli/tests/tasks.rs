@@ -400,3 +400,87 @@ fn matches_fixture(name: &str, tol: f64, same_choice: f64) {
         }
     }
 }
+
+/// `compress --eval-tasks`: the report carries both models' accuracies, equal to what
+/// `shrink eval-tasks` gives for the original and for the written model; `--reference` replaces
+/// the original; bad settings are refused before any work.
+#[test]
+fn compress_eval_tasks_reports_both_models() {
+    let t = tempfile::tempdir().unwrap();
+    let model = hf_dir(t.path());
+    let data = t.path().join("oe_eval_tasks");
+    write_task(&data, "toy", "rc_0shot", &gz(&requests_text()));
+    let tasks_of = |m: &Path| -> Value {
+        let (code, out, err) = shrink(&[
+            "eval-tasks",
+            "--model",
+            s(m),
+            "--tasks",
+            "toy",
+            "--data",
+            s(&data),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(out.trim()).unwrap()["tasks"].clone()
+    };
+    let compress = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "compress",
+            "-q",
+            "--model",
+            s(&model),
+            "--method",
+            "rtn",
+            "--bits",
+            "3",
+            "--out",
+            s(out),
+            "--tasks-data",
+            s(&data),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let out = t.path().join("rtn3");
+    let a = compress(&out, &["--eval-tasks", "toy"]);
+    let (code, _, err) = shrink(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("toy: acc"), "the accuracies are shown: {err}");
+    let rep = common::report(&out);
+    let ev = &rep["eval"]["tasks"];
+    assert_eq!(ev["original"]["tasks"], tasks_of(&model));
+    assert_eq!(ev["compressed"]["tasks"], tasks_of(&out));
+    assert_eq!(ev["original"]["tasks"]["toy"]["docs"], 5);
+    assert!(
+        rep["eval"]["original"].is_null(),
+        "no --eval text: no perplexity"
+    );
+
+    // --reference: the compressed model is compared with it (here: the 3-bit output)
+    let out2 = t.path().join("rtn8");
+    let mut a = compress(&out2, &["--eval-tasks", "toy", "--reference", s(&out)]);
+    a[7] = "8".into();
+    let (code, _, err) = shrink(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let rep = common::report(&out2);
+    assert_eq!(rep["eval"]["tasks"]["original"]["tasks"], tasks_of(&out));
+    assert_eq!(rep["eval"]["reference"], s(&out));
+
+    let bad = t.path().join("bad");
+    for (extra, needles) in [
+        (
+            vec!["--eval-tasks", "nosuchtask"],
+            vec!["--eval-tasks", "nosuchtask", "toy"],
+        ),
+        (vec!["--eval-tasks-limit", "3"], vec!["--eval-tasks"]),
+        (vec!["--reference", s(&out)], vec!["--reference", "--eval"]),
+    ] {
+        let a = compress(&bad, &extra);
+        fails_with(&a.iter().map(String::as_str).collect::<Vec<_>>(), &needles);
+        assert!(!bad.exists());
+    }
+}

@@ -15,7 +15,7 @@ use crate::layers::LayerScore;
 use crate::{Plan, Recipe, Slot, Stage};
 use anyhow::{bail, Context, Result};
 use checkpoint::Checkpoint;
-use output::{eval_against_original, holdin_perplexity, write_pruned, write_quantized, LayerFiles};
+use output::{holdin_perplexity, write_pruned, write_quantized, LayerFiles};
 use serde_json::json;
 use shrink_calib::{CalibSet, TextSource, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN};
 use shrink_formats::{write_hf_files, write_json, OutputDir};
@@ -247,6 +247,23 @@ pub struct CompressJob {
     /// --reference` gives them), and add them to the report's `eval`.
     #[arg(long)]
     pub eval: Option<PathBuf>,
+    /// After compressing, score the original and the compressed model on these multiple-choice
+    /// tasks (as `shrink eval-tasks --tasks`: piqa,arc_easy,hellaswag:rc_5shot, ...; the requests
+    /// of `scripts/fetch --tasks`) and add both models' accuracies to the report's `eval.tasks`.
+    #[arg(long, value_delimiter = ',', value_name = "TASKS")]
+    pub eval_tasks: Vec<String>,
+    /// --eval-tasks: score only the first N documents of each task.
+    #[arg(long, value_name = "N")]
+    pub eval_tasks_limit: Option<usize>,
+    /// --eval-tasks: the oe_eval_tasks folder.
+    #[arg(long, value_name = "DIR", default_value = shrink_eval::tasks::DEFAULT_DATA_DIR)]
+    pub tasks_data: PathBuf,
+    /// The model --eval and --eval-tasks compare with [default: --model]: give the original when
+    /// --model is itself a processed copy (a dequantized or already pruned model), so that the
+    /// report's KL divergence and accuracies are against the model users started from. It must
+    /// share --model's vocabulary.
+    #[arg(long, value_name = "MODEL")]
+    pub reference: Option<PathBuf>,
     /// Which activations calibrate each group of linears: group ("true sequential": each group
     /// sees the outputs of the groups compressed before it in the same layer) or layer (every
     /// group sees the uncompressed layer, as in llm-compressor's sequential pipeline; one more
@@ -1147,10 +1164,8 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
         "fallback-rtn" => shrink_pipeline::MoeCalibration::FallbackRtn,
         o => bail!("unknown --moe-calibration '{o}' (use routed, all or fallback-rtn)"),
     };
-    let eval_text = match &a.eval {
-        Some(p) => Some(shrink_eval::read_text(p)?),
-        None => None,
-    };
+    // What the output is evaluated on, read and checked before any work.
+    let eval_plan = output::EvalPlan::prepare(a)?;
     // A fresh run's calibration set (a resumed run reads its own from the checkpoint): needed
     // for compressing and for the angular / bi scores.
     let needs_calib =
@@ -1221,7 +1236,7 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
             &recipe,
             calib.as_ref(),
             (layer_drop_json, layer_merge_json),
-            eval_text.as_deref(),
+            &eval_plan,
             ui,
         );
     }
@@ -1518,8 +1533,8 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
                 "peak_rss_mb": peak_compress,
             },
         });
-        if let Some(text) = &eval_text {
-            out["eval"] = eval_against_original(a, &dir.join(""), text, "compressed", ui)?;
+        if let Some(v) = eval_plan.run(a, &dir.join(""), "compressed", ui)? {
+            out["eval"] = v;
         }
         write_json(&dir.join("report.json"), &out)?;
         // The recipe that reproduces this run (`--recipe DIR/recipe.toml`).

@@ -5,9 +5,11 @@ use super::checkpoint::Checkpoint;
 use super::ui::Ui;
 use super::{CompressJob, Outcome};
 use crate::Recipe;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use shrink_calib::CalibSet;
+use shrink_eval::task_run::{load_tasks, score_tasks, TaskOptions, TaskRun};
+use shrink_eval::tasks::{Request, TaskSpec};
 use shrink_formats::{
     f32_bytes, write_hf_files, write_json, write_safetensors_raw, DType, Entry, OutputDir,
 };
@@ -191,7 +193,7 @@ pub(super) fn write_pruned(
     recipe: &Recipe,
     calib: Option<&CalibSet>,
     (layer_drop, layer_merge): (Option<serde_json::Value>, Option<serde_json::Value>),
-    eval_text: Option<&str>,
+    eval: &EvalPlan,
     ui: &dyn Ui,
 ) -> Result<Outcome> {
     let t = std::time::Instant::now();
@@ -216,8 +218,8 @@ pub(super) fn write_pruned(
         "quantized_linears": 0,
         "totals": {"assemble_seconds": t.elapsed().as_secs_f64(), "peak_rss_mb": shrink_eval::peak_rss_mb()},
     });
-    if let Some(text) = eval_text {
-        out["eval"] = eval_against_original(a, &dir.join(""), text, "pruned", ui)?;
+    if let Some(v) = eval.run(a, &dir.join(""), "pruned", ui)? {
+        out["eval"] = v;
     }
     write_json(&dir.join("report.json"), &out)?;
     std::fs::write(dir.join("recipe.toml"), recipe.to_toml()?)
@@ -234,6 +236,103 @@ pub(super) fn write_pruned(
 
 /// `--eval`: perplexity of the original model and of the written one (`label` in the message),
 /// for report.json's `eval`.
+/// What `--eval`, `--eval-tasks` and `--reference` ask for, loaded before any work (the text
+/// read, every task's requests parsed), so that a bad file is refused up front.
+pub(super) struct EvalPlan {
+    text: Option<String>,
+    tasks: Vec<(TaskSpec, Vec<Request>)>,
+    task_opts: TaskOptions,
+}
+
+impl EvalPlan {
+    pub fn prepare(a: &CompressJob) -> Result<EvalPlan> {
+        let text = match &a.eval {
+            Some(p) => Some(shrink_eval::read_text(p)?),
+            None => None,
+        };
+        let task_opts = TaskOptions {
+            limit: a.eval_tasks_limit,
+            data: a.tasks_data.clone(),
+            ..TaskOptions::default()
+        };
+        let tasks = if a.eval_tasks.is_empty() {
+            if a.eval_tasks_limit.is_some() {
+                bail!("--eval-tasks-limit limits --eval-tasks: give --eval-tasks TASKS");
+            }
+            vec![]
+        } else {
+            load_tasks(&a.eval_tasks, &task_opts).context("--eval-tasks")?
+        };
+        if a.reference.is_some() && text.is_none() && tasks.is_empty() {
+            bail!(
+                "--reference is the model --eval and --eval-tasks compare with: give one of them"
+            );
+        }
+        if let Some(r) = &a.reference {
+            // opened now: a missing or unreadable reference is refused before any work
+            let (orig, comp) = (ModelSource::open(r)?, ModelSource::open(&a.model)?);
+            if orig.config.vocab_size != comp.config.vocab_size {
+                bail!(
+                    "--reference {}: its vocabulary has {} tokens, {} has {}: the models cannot be \
+                     compared token by token",
+                    r.display(),
+                    orig.config.vocab_size,
+                    a.model.display(),
+                    comp.config.vocab_size
+                );
+            }
+        }
+        Ok(EvalPlan {
+            text,
+            tasks,
+            task_opts,
+        })
+    }
+
+    /// report.json's `eval`: perplexities and agreement on the text, task accuracies of both
+    /// models; None when nothing was asked.
+    pub fn run(
+        &self,
+        a: &CompressJob,
+        written: &Path,
+        label: &str,
+        ui: &dyn Ui,
+    ) -> Result<Option<serde_json::Value>> {
+        let mut v = match &self.text {
+            Some(text) => eval_against_original(a, written, text, label, ui)?,
+            None if self.tasks.is_empty() => return Ok(None),
+            None => json!({}),
+        };
+        if !self.tasks.is_empty() {
+            let reference = a.reference.as_ref().unwrap_or(&a.model);
+            let score = |path: &Path, what: &str| -> Result<TaskRun> {
+                let src = ModelSource::open(path)?;
+                let bar = ui.bar(0, &format!("task requests ({what})"));
+                let r = score_tasks(path, &src, &self.tasks, &self.task_opts, &mut |d, _| {
+                    bar.set_position(d)
+                })?;
+                bar.finish_and_clear();
+                Ok(r)
+            };
+            let (o, c) = (score(reference, "original")?, score(written, label)?);
+            for ((name, mo), (_, mc)) in o.results.iter().zip(&c.results) {
+                ui.notice(&format!(
+                    "{name}: acc {:.4} -> {:.4}, acc_per_char {:.4} -> {:.4} ({} documents)",
+                    mo.acc, mc.acc, mo.acc_per_char, mc.acc_per_char, mc.docs
+                ));
+            }
+            v["tasks"] = json!({
+                "tasks": a.eval_tasks,
+                "limit": a.eval_tasks_limit,
+                "original": o.to_json(),
+                "compressed": c.to_json(),
+            });
+        }
+        v["reference"] = json!(a.reference.as_ref().unwrap_or(&a.model));
+        Ok(Some(v))
+    }
+}
+
 pub(super) fn eval_against_original(
     a: &CompressJob,
     written: &Path,
@@ -245,7 +344,10 @@ pub(super) fn eval_against_original(
     // agreement (KL divergence of the predicted distributions, top-1, Δp: `shrink eval
     // --reference`, GPTQ protocol).
     let t = std::time::Instant::now();
-    let (orig, comp) = (ModelSource::open(&a.model)?, ModelSource::open(written)?);
+    let (orig, comp) = (
+        ModelSource::open(a.reference.as_ref().unwrap_or(&a.model))?,
+        ModelSource::open(written)?,
+    );
     let (ids, bos) = shrink_eval::eval_tokens(&comp.tokenizer, text)?;
     let opts = shrink_eval::PplOptions {
         bos,
