@@ -470,6 +470,25 @@ fn compress_eval_tasks_reports_both_models() {
     assert_eq!(rep["eval"]["tasks"]["original"]["tasks"], tasks_of(&out));
     assert_eq!(rep["eval"]["reference"], s(&out));
 
+    // --eval-tasks-cache: the original is scored once over several runs
+    let cache = t.path().join("orig.jsonl");
+    for (k, cached) in [(0, false), (1, true)] {
+        let o = t.path().join(format!("cached{k}"));
+        let a = compress(
+            &o,
+            &["--eval-tasks", "toy", "--eval-tasks-cache", s(&cache)],
+        );
+        let (code, _, err) = shrink(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 0, "{err}");
+        let orig = &common::report(&o)["eval"]["tasks"]["original"];
+        assert_eq!(orig["tasks"], tasks_of(&model));
+        let n = orig["requests"].as_u64().unwrap();
+        assert_eq!(
+            orig["cached_requests"].as_u64().unwrap(),
+            if cached { n } else { 0 }
+        );
+    }
+
     let bad = t.path().join("bad");
     for (extra, needles) in [
         (
@@ -477,6 +496,10 @@ fn compress_eval_tasks_reports_both_models() {
             vec!["--eval-tasks", "nosuchtask", "toy"],
         ),
         (vec!["--eval-tasks-limit", "3"], vec!["--eval-tasks"]),
+        (
+            vec!["--eval-tasks-cache", s(&cache)],
+            vec!["--eval-tasks-cache", "--eval-tasks TASKS"],
+        ),
         (vec!["--reference", s(&out)], vec!["--reference", "--eval"]),
     ] {
         let a = compress(&bad, &extra);

@@ -171,7 +171,7 @@ pub fn score_tasks(
         memo.borrow_mut().insert(s.to_string(), v.clone());
         Ok(v)
     };
-    let mut scores: Vec<Vec<Option<f64>>> = Vec::new();
+    let mut scores: Vec<Vec<Option<(f64, bool)>>> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
     let mut from_cache = 0usize;
     for (t, (spec, reqs)) in tasks.iter().enumerate() {
@@ -179,7 +179,7 @@ pub fn score_tasks(
         for (i, r) in reqs.iter().enumerate() {
             let key = (spec.task.clone(), spec.variant.clone(), r.doc_id, r.idx);
             if let Some(c) = cache.get(&key) {
-                s[i] = Some(c.logprob);
+                s[i] = Some((c.logprob, c.greedy));
                 from_cache += 1;
                 continue;
             }
@@ -315,7 +315,7 @@ pub fn score_tasks(
                         r.idx
                     );
                 }
-                scores[job.task][job.req] = Some(lp);
+                scores[job.task][job.req] = Some((lp, greedy));
                 lines.push(CacheLine {
                     model: model_key.clone(),
                     task: spec.task.clone(),
@@ -339,8 +339,9 @@ pub fn score_tasks(
 
     let mut results: Vec<(String, TaskMetrics)> = Vec::new();
     for ((spec, reqs), s) in tasks.iter().zip(&scores) {
-        let lp: Vec<f64> = s.iter().map(|x| x.expect("every request scored")).collect();
-        results.push((spec.name(), task_metrics(reqs, &lp)?));
+        let (lp, greedy): (Vec<f64>, Vec<bool>) =
+            s.iter().map(|x| x.expect("every request scored")).unzip();
+        results.push((spec.name(), task_metrics(reqs, &lp, &greedy)?));
     }
     Ok(TaskRun {
         results,

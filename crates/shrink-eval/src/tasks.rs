@@ -452,9 +452,18 @@ pub fn binary_stderr(p: f64, n: usize) -> f64 {
 /// right when the gold choice has the highest sum (`acc`) / the highest sum divided by its
 /// continuation's length in characters (`acc_per_char`; lm-eval's `acc_norm`, OLMES's
 /// `acc_per_char`). Ties go to the first choice, as numpy's argmax.
-pub fn task_metrics(reqs: &[Request], logprob: &[f64]) -> Result<TaskMetrics> {
-    if reqs.len() != logprob.len() {
-        bail!("{} requests but {} scores", reqs.len(), logprob.len());
+///
+/// A document with one choice only (LAMBADA: the continuation is the passage's last word) is
+/// right when that continuation is the model's greedy prediction at every one of its tokens
+/// (`greedy[i]`; lm-eval's `is_greedy`, the accuracy its lambada task reports), for both figures.
+pub fn task_metrics(reqs: &[Request], logprob: &[f64], greedy: &[bool]) -> Result<TaskMetrics> {
+    if reqs.len() != logprob.len() || reqs.len() != greedy.len() {
+        bail!(
+            "{} requests but {} scores and {} greedy flags",
+            reqs.len(),
+            logprob.len(),
+            greedy.len()
+        );
     }
     let docs = group_docs(reqs);
     if docs.is_empty() {
@@ -462,6 +471,11 @@ pub fn task_metrics(reqs: &[Request], logprob: &[f64]) -> Result<TaskMetrics> {
     }
     let (mut right, mut right_pc) = (0usize, 0usize);
     for (_, choices) in &docs {
+        if let [only] = choices[..] {
+            right += greedy[only] as usize;
+            right_pc += greedy[only] as usize;
+            continue;
+        }
         let gold = reqs[choices[0]].label;
         let sums: Vec<f64> = choices.iter().map(|&i| logprob[i]).collect();
         let per_char: Vec<f64> = choices
@@ -887,7 +901,7 @@ mod tests {
         // doc 1 gold 0: -2, -1, -3 -> wrong; per char -1, -0.5, -1.5 -> wrong
         // doc 2 gold 0: -1, -2 -> right; per char right
         let lp = [-1.0, -1.5, -2.0, -1.0, -3.0, -1.0, -2.0];
-        let m = task_metrics(&reqs, &lp).unwrap();
+        let m = task_metrics(&reqs, &lp, &[false; 7]).unwrap();
         assert_eq!(m.docs, 3);
         assert!((m.acc - 1.0 / 3.0).abs() < 1e-12);
         assert!((m.acc_per_char - 1.0 / 3.0).abs() < 1e-12);
@@ -895,15 +909,37 @@ mod tests {
         assert!((m.acc_stderr - se).abs() < 1e-12);
         // length normalisation changes the winner: doc 0 with -1, -1.2 -> acc wrong, per char right
         let lp = [-1.0, -1.2, -1.0, -2.0, -3.0, -1.0, -2.0];
-        let m = task_metrics(&reqs, &lp).unwrap();
+        let m = task_metrics(&reqs, &lp, &[false; 7]).unwrap();
         assert!((m.acc - 2.0 / 3.0).abs() < 1e-12, "{m:?}");
         assert!((m.acc_per_char - 1.0).abs() < 1e-12, "{m:?}");
         assert_eq!(m.acc_per_char_stderr, 0.0);
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
         assert!(binary_stderr(1.0, 1).is_nan());
-        assert!(task_metrics(&reqs, &lp[..3]).is_err());
+        assert!(task_metrics(&reqs, &lp[..3], &[false; 3]).is_err());
+        assert!(task_metrics(&reqs, &lp, &[false; 3]).is_err());
         let j = tasks_json(&[("piqa".into(), m)]);
         assert_eq!(j["tasks"]["piqa"]["docs"], 3);
+    }
+
+    #[test]
+    fn single_choice_documents_count_greedy_matches() {
+        // LAMBADA-style: one continuation per document, right when it is the greedy one
+        let text: String = (0..4)
+            .map(|d| {
+                format!(
+                    "{{\"request_type\": \"loglikelihood\", \"idx\": 0, \"label\": 0, \"doc_id\": {d}, \"request\": {{\"context\": \"c{d}\", \"continuation\": \" w\"}}}}\n"
+                )
+            })
+            .collect();
+        let reqs = parse_requests(Cursor::new(text), "lambada", None).unwrap();
+        assert_eq!(reqs.len(), 4);
+        let m = task_metrics(
+            &reqs,
+            &[-9.0, -0.1, -3.0, -2.0],
+            &[false, true, true, false],
+        )
+        .unwrap();
+        assert_eq!((m.docs, m.acc, m.acc_per_char), (4, 0.5, 0.5));
     }
 
     #[test]

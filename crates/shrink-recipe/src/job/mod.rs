@@ -255,6 +255,10 @@ pub struct CompressJob {
     /// --eval-tasks: score only the first N documents of each task.
     #[arg(long, value_name = "N")]
     pub eval_tasks_limit: Option<usize>,
+    /// --eval-tasks: a JSON-lines cache of the ORIGINAL model's per-request scores (as
+    /// `shrink eval-tasks --cache`): runs that share the original score it once.
+    #[arg(long, value_name = "FILE")]
+    pub eval_tasks_cache: Option<PathBuf>,
     /// --eval-tasks: the oe_eval_tasks folder.
     #[arg(long, value_name = "DIR", default_value = shrink_eval::tasks::DEFAULT_DATA_DIR)]
     pub tasks_data: PathBuf,

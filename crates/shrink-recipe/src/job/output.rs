@@ -18,7 +18,7 @@ use shrink_model::source::SafetensorsSource;
 use shrink_model::{DecoderLayer, ModelSource};
 use shrink_pipeline::{LayerReport, LayerSink};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes each finished layer (f32 tensors plus the quantized form) to its own safetensors file.
 pub(super) struct LayerFiles<'a> {
@@ -256,8 +256,8 @@ impl EvalPlan {
             ..TaskOptions::default()
         };
         let tasks = if a.eval_tasks.is_empty() {
-            if a.eval_tasks_limit.is_some() {
-                bail!("--eval-tasks-limit limits --eval-tasks: give --eval-tasks TASKS");
+            if a.eval_tasks_limit.is_some() || a.eval_tasks_cache.is_some() {
+                bail!("--eval-tasks-limit and --eval-tasks-cache are settings of --eval-tasks: give --eval-tasks TASKS");
             }
             vec![]
         } else {
@@ -305,16 +305,21 @@ impl EvalPlan {
         };
         if !self.tasks.is_empty() {
             let reference = a.reference.as_ref().unwrap_or(&a.model);
-            let score = |path: &Path, what: &str| -> Result<TaskRun> {
+            let score = |path: &Path, what: &str, cache: Option<&PathBuf>| -> Result<TaskRun> {
                 let src = ModelSource::open(path)?;
                 let bar = ui.bar(0, &format!("task requests ({what})"));
-                let r = score_tasks(path, &src, &self.tasks, &self.task_opts, &mut |d, _| {
+                let opts = TaskOptions {
+                    cache: cache.cloned(),
+                    ..self.task_opts.clone()
+                };
+                let r = score_tasks(path, &src, &self.tasks, &opts, &mut |d, _| {
                     bar.set_position(d)
                 })?;
                 bar.finish_and_clear();
                 Ok(r)
             };
-            let (o, c) = (score(reference, "original")?, score(written, label)?);
+            let o = score(reference, "original", a.eval_tasks_cache.as_ref())?;
+            let c = score(written, label, None)?;
             for ((name, mo), (_, mc)) in o.results.iter().zip(&c.results) {
                 ui.notice(&format!(
                     "{name}: acc {:.4} -> {:.4}, acc_per_char {:.4} -> {:.4} ({} documents)",
