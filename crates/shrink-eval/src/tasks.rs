@@ -131,13 +131,17 @@ pub fn requests_path(root: &Path, spec: &TaskSpec) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// [`Request::label`] of a one-continuation document whose gold answer was given as text (the
+/// continuation itself; LAMBADA): scored by greedy match, see [`task_metrics`].
+pub const ANSWER_TEXT: usize = usize::MAX;
+
 /// One choice of one document.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
     pub doc_id: u64,
     /// The choice's index within its document.
     pub idx: usize,
-    /// The gold choice's index.
+    /// The gold choice's index ([`ANSWER_TEXT`]: the one continuation is the answer).
     pub label: usize,
     pub context: String,
     pub continuation: String,
@@ -184,11 +188,26 @@ pub fn parse_requests(r: impl BufRead, name: &str, limit: Option<usize>) -> Resu
         if l.doc_id >= UNCOND_DOC_OFFSET {
             continue;
         }
-        let Some(label) = l.label.as_u64() else {
-            bail!(
+        // A gold answer given as text (LAMBADA's ["word"]) names a single continuation that is
+        // scored by whether it is the greedy one: it must be that continuation, alone in its
+        // document (checked below).
+        let names_continuation = |v: &serde_json::Value| {
+            v.as_str()
+                .is_some_and(|a| a.trim() == l.request.continuation.trim())
+        };
+        let label = match l.label.as_u64() {
+            Some(k) => k as usize,
+            None if names_continuation(&l.label)
+                || l.label
+                    .as_array()
+                    .is_some_and(|a| a.len() == 1 && names_continuation(&a[0])) =>
+            {
+                ANSWER_TEXT
+            }
+            None => bail!(
                 "{name}: line {n}: label {} is not a choice index (this variant is not multiple choice; use an rc_ or mc_ variant)",
                 truncate(&l.label.to_string(), 60)
-            );
+            ),
         };
         if !docs.contains(&l.doc_id) {
             if limit.is_some_and(|m| docs.len() >= m) {
@@ -199,7 +218,7 @@ pub fn parse_requests(r: impl BufRead, name: &str, limit: Option<usize>) -> Resu
         out.push(Request {
             doc_id: l.doc_id,
             idx: l.idx,
-            label: label as usize,
+            label,
             context: l.request.context,
             continuation: l.request.continuation,
         });
@@ -217,6 +236,15 @@ pub fn parse_requests(r: impl BufRead, name: &str, limit: Option<usize>) -> Resu
             );
         }
         let label = reqs[0].label;
+        if label == ANSWER_TEXT && idx.len() != 1 {
+            bail!(
+                "{name}: document {doc}: its gold answer is given as text but it has {} choices (a text answer names the one continuation scored by greedy match)",
+                idx.len()
+            );
+        }
+        if label == ANSWER_TEXT {
+            continue;
+        }
         if reqs.iter().any(|r| r.label != label) || label >= idx.len() {
             bail!(
                 "{name}: document {doc}: gold label {label} is not one of its {} choices (or differs between them)",
@@ -919,6 +947,23 @@ mod tests {
         assert!(task_metrics(&reqs, &lp, &[false; 3]).is_err());
         let j = tasks_json(&[("piqa".into(), m)]);
         assert_eq!(j["tasks"]["piqa"]["docs"], 3);
+    }
+
+    #[test]
+    fn text_answers_are_single_greedy_continuations() {
+        let l = |doc: u64, idx: usize, label: &str, cont: &str| {
+            format!("{{\"request_type\": \"loglikelihood\", \"idx\": {idx}, \"label\": {label}, \"doc_id\": {doc}, \"request\": {{\"context\": \"c\", \"continuation\": \"{cont}\"}}}}\n")
+        };
+        let ok = l(0, 0, "[\"signs\"]", " signs") + &l(1, 0, "\"cat\"", " cat");
+        let r = parse_requests(Cursor::new(ok), "lambada", None).unwrap();
+        assert!(r.iter().all(|q| q.label == ANSWER_TEXT));
+        // a text answer that is not the continuation, or beside other choices: refused
+        let e =
+            parse_requests(Cursor::new(l(0, 0, "[\"dogs\"]", " signs")), "x", None).unwrap_err();
+        assert!(e.to_string().contains("not a choice index"), "{e}");
+        let two = l(0, 0, "\"a\"", " a") + &l(0, 1, "\"b\"", " b");
+        let e = parse_requests(Cursor::new(two), "x", None).unwrap_err();
+        assert!(e.to_string().contains("given as text"), "{e}");
     }
 
     #[test]
