@@ -158,3 +158,53 @@ impl Hessian {
         Ok(())
     }
 }
+
+/// The extreme eigenvalues of a Hessian `H = 2 XᵀX / n` (see [`Hessian::spectrum`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spectrum {
+    /// The largest eigenvalue `λ_max`.
+    pub top: f64,
+    /// The smallest eigenvalue `λ_min` (0 up to rounding when `H` is singular).
+    pub min: f64,
+    /// `λ_max / λ_min`; `None` when `λ_min <= 1e-12 λ_max` (singular to f64 precision).
+    pub condition: Option<f64>,
+    /// `(λ_max + δ) / (λ_min + δ)` with GPTQ's damping `δ = 0.01 · mean(diag H)`: the
+    /// conditioning of the matrix GPTQ factorizes.
+    pub condition_damped: f64,
+    /// `mean(diag H) = tr(H) / d`, the mean eigenvalue.
+    pub mean: f64,
+    /// The largest diagonal entry `max_j H_jj`: the curvature of the worst input channel, the
+    /// one quantity here an orthogonal rotation changes (`diag(Qᵀ H Q)`).
+    pub max_diag: f64,
+}
+
+impl Hessian {
+    /// The eigenvalues of `H` (faer's self-adjoint eigendecomposition, f64): top, smallest,
+    /// condition numbers. `O(d³)`: about a second for `d = 1536` on two cores.
+    pub fn spectrum(&self) -> Result<Spectrum> {
+        self.check_finite()?;
+        spectrum_of(self.d, &self.h)
+    }
+}
+
+/// [`Spectrum`] of a symmetric `[d, d]` row-major matrix.
+pub fn spectrum_of(d: usize, h: &[f64]) -> Result<Spectrum> {
+    if d == 0 {
+        bail!("the spectrum of an empty Hessian is undefined");
+    }
+    let m = Mat::from_fn(d, d, |i, j| h[i * d + j]);
+    let ev = m
+        .self_adjoint_eigenvalues(faer::Side::Lower)
+        .map_err(|e| anyhow::anyhow!("eigenvalues of a {d} x {d} Hessian: {e:?}"))?;
+    let (min, top) = (ev[0], ev[d - 1]);
+    let mean = (0..d).map(|i| h[i * d + i]).sum::<f64>() / d as f64;
+    let damp = 0.01 * mean;
+    Ok(Spectrum {
+        top,
+        min,
+        condition: (min > 1e-12 * top.abs()).then(|| top / min),
+        condition_damped: (top + damp) / (min + damp),
+        mean,
+        max_diag: (0..d).map(|i| h[i * d + i]).fold(f64::MIN, f64::max),
+    })
+}

@@ -107,3 +107,29 @@ fn finiteness() {
     let h = Hessian::from_matrix(2, vec![2.0, 0.0, 0.0, 4.0], 10);
     assert_eq!(h.col_sq_norms(), vec![10.0, 20.0]);
 }
+
+/// The spectrum of [[20/3, 10/3], [10/3, 4]]
+/// against the closed form of a 2 x 2 symmetric matrix; a singular one has no condition number.
+#[test]
+fn spectrum_of_small_cases() {
+    let (a, b, c) = (20.0 / 3.0, 10.0 / 3.0, 4.0);
+    let h = Hessian::from_matrix(2, vec![a, b, b, c], 3);
+    let s = h.spectrum().unwrap();
+    let m = (a + c) / 2.0;
+    let r = (((a - c) / 2.0f64).powi(2) + b * b).sqrt();
+    assert!(
+        (s.top - (m + r)).abs() < 1e-12 && (s.min - (m - r)).abs() < 1e-12,
+        "{s:?}"
+    );
+    assert!((s.condition.unwrap() - (m + r) / (m - r)).abs() < 1e-9);
+    assert_eq!(s.max_diag, a);
+    assert!((s.mean - m).abs() < 1e-12);
+    let d = 0.01 * m;
+    assert!((s.condition_damped - (m + r + d) / (m - r + d)).abs() < 1e-9);
+    let s = shrink_methods::hessian::spectrum_of(2, &[1.0, 1.0, 1.0, 1.0]).unwrap();
+    assert!(
+        s.condition.is_none() && (s.top - 2.0).abs() < 1e-12,
+        "{s:?}"
+    );
+    assert!(shrink_methods::hessian::spectrum_of(0, &[]).is_err());
+}

@@ -21,6 +21,7 @@ pub mod model;
 pub mod packed;
 pub mod quants;
 pub mod resident;
+pub mod rotation;
 pub mod source;
 pub mod spm;
 pub mod stream;

@@ -3,6 +3,7 @@ use crate::arch;
 use crate::config::ModelConfig;
 use crate::gguf::GgufFile;
 use crate::layer::{check_layout, load_checked, DecoderLayer, LayerHook, NoHook, Rope};
+use crate::rotation::{RotatedView, Rotation};
 use crate::source::{
     config_from_gguf, GgufSource, LayerView, MergedView, SafetensorsSource, TensorSource,
 };
@@ -219,6 +220,26 @@ impl ModelSource {
             inner: self.tensors,
             layers,
         });
+        check_layout(&config, tensors.as_ref())?;
+        Ok(ModelSource {
+            config,
+            tensors,
+            ..self
+        })
+    }
+
+    /// This model rotated (QuaRot R1 on the residual stream after absorbing the norm weights,
+    /// and SpinQuant R2 per head when `rotation.r2`; see [`crate::rotation`]): an ordinary model
+    /// that computes the same function, its tensors rotated lazily one at a time as they are
+    /// loaded ([`RotatedView`]). The head is untied (`tie_word_embeddings = false`), so every
+    /// writer writes `lm_head.weight`. Refuses families where the rotation is not exact (Gemma 3's
+    /// sandwich norms) and Hadamard sizes with no construction.
+    pub fn rotated(self, rotation: &Rotation) -> Result<ModelSource> {
+        let view = RotatedView::new(self.tensors, &self.config, *rotation).with_context(|| {
+            format!("{}: --rotate {}", self.path.display(), rotation.kind.name())
+        })?;
+        let config = view.config();
+        let tensors: Box<dyn TensorSource> = Box::new(view);
         check_layout(&config, tensors.as_ref())?;
         Ok(ModelSource {
             config,

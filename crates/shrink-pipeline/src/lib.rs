@@ -21,6 +21,9 @@ use shrink_model::{DecoderLayer, ModelSource};
 use std::ops::Range;
 use std::time::Instant;
 
+pub mod spectrum;
+pub use spectrum::{hessian_spectra, GroupSpectrum};
+
 /// Wall time per phase, in seconds.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Phases {
