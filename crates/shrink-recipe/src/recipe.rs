@@ -162,6 +162,10 @@ impl<'de> Deserialize<'de> for Override {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
+    /// A rotation of the model before anything else (`shrink compress --rotate`): `hadamard` or
+    /// `random-orthogonal` (QuaRot R1 + SpinQuant R2, seed 0; see `shrink_model::rotation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate: Option<String>,
     /// Decoder layers removed before anything else (original layer numbers, ascending): the
     /// remaining layers are renumbered 0.. and compressed on the pruned model. Every pattern
     /// of the recipe refers to the original numbering too (see `shrink compress --help`).

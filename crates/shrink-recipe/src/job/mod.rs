@@ -385,6 +385,13 @@ pub struct CompressJob {
     /// OWL's lambda: layer sparsities lie within +-lambda of the target.
     #[arg(long, default_value_t = 0.08)]
     pub owl_lambda: f64,
+    /// Rotate the model before compressing (QuaRot / SpinQuant R1 on the residual stream after
+    /// absorbing the norm weights, R2 per head between v and o; seed 0): hadamard (randomized
+    /// Hadamard; the hidden size and head_dim need a construction) or random-orthogonal (any
+    /// size). The written model is an ordinary one with an untied head and the same logits
+    /// before compression; recipe.toml records it as `rotate = "..."`.
+    #[arg(long, value_name = "hadamard|random-orthogonal")]
+    pub rotate: Option<String>,
     /// Layer pruning: remove N decoder layers (chosen by --layer-score) before compressing; the
     /// remaining layers are renumbered and calibrated on the pruned model (see LAYER PRUNING).
     #[arg(long, value_name = "N")]
@@ -939,6 +946,22 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
         Checkpoint::require(&a.out)?;
     }
     let src = ModelSource::open(&a.model)?;
+    // A rotation (the flag over a recipe's), before anything looks at the weights.
+    recipe.rotate = a.rotate.clone().or(recipe.rotate.take());
+    let rotation = match &recipe.rotate {
+        Some(k) => Some(shrink_model::rotation::Rotation::new(
+            shrink_model::rotation::RotationKind::parse(k).context("--rotate")?,
+        )),
+        None => None,
+    };
+    let src = match &rotation {
+        Some(r) => src
+            .rotated(r)
+            .with_context(|| format!("--rotate, for {}", a.model.display()))?,
+        None => src,
+    };
+    let rotation_json =
+        rotation.map(|r| json!({"kind": r.kind.name(), "seed": r.seed, "r1": true, "r2": r.r2}));
     // a llama-quantize mix: each linear's type by llama.cpp's rules, as overrides
     let calibrated = recipe
         .stage
@@ -1287,6 +1310,7 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
         "layers": n_layers,
         "layer_drop": drop_req,
         "layer_merge": merge_req,
+        "rotation": rotation_json,
     });
     let (ckpt, calib, start, hidden, mut done_reports) = if a.resume {
         let (ckpt, r) = Checkpoint::resume(&a.out, &settings, src.config.vocab_size)?;
@@ -1518,6 +1542,7 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
             "guard": guard,
             "layer_drop": layer_drop_json,
             "layer_merge": layer_merge_json,
+            "rotation": rotation_json,
             "calibration": calib,
             "layers_compressed": n_layers,
         "sequential": sequential,
