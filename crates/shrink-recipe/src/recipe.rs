@@ -408,8 +408,7 @@ pub fn fill_scheme(s: &mut Stage) -> Result<()> {
             p.bits
         );
     }
-    if s.group_size != p.group_size && s.group_size.is_some() {
-        let g = s.group_size.unwrap();
+    if let Some(g) = s.group_size.filter(|&g| Some(g) != p.group_size) {
         match p.group_size {
             Some(want) if fp4 => bail!(
                 "scheme {} defines groups of {want} weights ({}); group size {g} is not one of its                  formats (NVFP4: 16, MXFP4: 32)",
