@@ -181,6 +181,7 @@ fn bench_compress(
         sym: false,
         mse: false,
         ggml: None,
+        format: Default::default(),
     };
     let method = Gptq(GptqConfig {
         quant,

@@ -16,8 +16,20 @@
 //!
 //! Decompression is `(q - zp) * scale`, which for shrink's codes is `(code - zero) * scale`: with
 //! F32 scales it equals shrink's dequantized weight bit for bit.
+//!
+//! Float grids and W8A8 go to the formats compressed-tensors infers for them ([`ct_format`]):
+//! `float-quantized` (FP8), `nvfp4-pack-quantized`, `mxfp4-pack-quantized` and `int-quantized`
+//! ([`ct_float_tensors`], [`ct_int8_tensors`]), with the `quantization_config` llm-compressor
+//! writes for the preset scheme ([`ct_float_args`]). `tools/reference/check_export_fp.py`
+//! decompresses them with compressed-tensors itself.
 use crate::hf::{write_json, OutputDir};
-use crate::quantized::{base_name, QLinear, QuantSettings, QuantizedDir};
+use crate::quantized::{base_name, FLinear, QLinear, QuantSettings, QuantizedDir};
+use shrink_model::minifloat::{
+    e4m3_decode, e4m3_encode, e8m0_decode, NumberFormat, MXFP4_GROUP, NVFP4_GROUP,
+};
+
+/// Side of FP8_BLOCK's tiles (`block_structure = [128, 128]`).
+pub const FP8_TILE: usize = 128;
 use crate::safetensors_writer::{f32_bytes, write_safetensors_raw, DType, Entry};
 use anyhow::{bail, Context, Result};
 use half::f16;
@@ -289,8 +301,268 @@ pub fn ct_tensors(
     out
 }
 
+/// The compression format compressed-tensors (0.20.1) infers for a linear with these settings:
+/// the first compressor of `COMPRESSION_FORMAT_PRIORITY` whose `can_compress` accepts the
+/// scheme (`compressors/format.py`): FP4 with groups of 32 `mxfp4-pack-quantized`, of 16
+/// `nvfp4-pack-quantized`, integer weights with activations `int-quantized`, integer weights
+/// alone `pack-quantized`, float weights with activations `float-quantized`, else
+/// `naive-quantized`.
+pub fn ct_format(s: &QuantSettings) -> &'static str {
+    match s.format {
+        NumberFormat::Mxfp4 => "mxfp4-pack-quantized",
+        NumberFormat::Nvfp4 => "nvfp4-pack-quantized",
+        NumberFormat::Int if s.act.is_some() => "int-quantized",
+        NumberFormat::Int => "pack-quantized",
+        _ if s.act.is_some() => "float-quantized",
+        _ => "naive-quantized",
+    }
+}
+
+/// `weights` and `input_activations` of a config group for the float formats and W8A8, as
+/// compressed-tensors 0.20.1 serialises llm-compressor's preset schemes
+/// (`quantization/quant_scheme.py`: FP8, FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, MXFP4, MXFP4A16, W8A8;
+/// `QuantizationArgs.model_dump`, which leaves out unset fields). Schemes whose activations have
+/// static scales (FP8's per-tensor `input_scale`, NVFP4's `input_global_scale`) need activation
+/// calibration, which shrink does not do yet: refused, naming the scheme to use instead.
+pub fn ct_float_args(s: &QuantSettings) -> Result<(Value, Value)> {
+    let args = |bits: u32, ty: &str, group: Value, strategy: &str, dynamic: Value| {
+        json!({
+            "num_bits": bits,
+            "type": ty,
+            "symmetric": true,
+            "group_size": group,
+            "strategy": strategy,
+            "dynamic": dynamic,
+        })
+    };
+    let w = match s.format {
+        NumberFormat::Fp8Tensor => args(8, "float", Value::Null, "tensor", json!(false)),
+        NumberFormat::Fp8Channel => args(8, "float", Value::Null, "channel", json!(false)),
+        NumberFormat::Fp8Block => {
+            let mut a = args(8, "float", Value::Null, "block", json!(false));
+            a["block_structure"] = json!([FP8_TILE, FP8_TILE]);
+            a
+        }
+        NumberFormat::Nvfp4 => {
+            let mut a = args(4, "float", json!(16), "tensor_group", json!(false));
+            a["scale_dtype"] = json!("torch.float8_e4m3fn");
+            a
+        }
+        NumberFormat::Mxfp4 => {
+            let mut a = args(4, "float", json!(32), "group", json!(false));
+            a["scale_dtype"] = json!("torch.uint8");
+            a
+        }
+        NumberFormat::Int => args(8, "int", Value::Null, "channel", json!(false)),
+    };
+    if s.format == NumberFormat::Int && !(s.bits == 8 && s.sym && s.group_size.is_none()) {
+        bail!("int-quantized export is W8A8's: 8-bit symmetric per-channel weights");
+    }
+    let scheme = s.scheme.as_deref().unwrap_or("");
+    let act = match (scheme, &s.act) {
+        (_, None) => Value::Null,
+        ("W8A8", _) => args(8, "int", Value::Null, "token", json!(true)),
+        ("FP8_DYNAMIC", _) => args(8, "float", Value::Null, "token", json!(true)),
+        ("FP8_BLOCK", _) => args(8, "float", json!(128), "group", json!(true)),
+        ("MXFP4", _) => {
+            let mut a = args(4, "float", json!(32), "group", json!(true));
+            a["scale_dtype"] = json!("torch.uint8");
+            a
+        }
+        ("FP8", _) => bail!(
+            "scheme FP8 quantizes activations with a static per-tensor scale (input_scale), which \
+             needs activation calibration shrink does not do yet: compress with --scheme \
+             FP8_DYNAMIC (the same weights per channel, dynamic per-token activations)"
+        ),
+        ("NVFP4", _) => bail!(
+            "scheme NVFP4 needs each linear's input_global_scale (static activation calibration), \
+             which shrink does not compute yet: compress with --scheme NVFP4A16 (the same weights)"
+        ),
+        (_, Some(a)) => bail!("no compressed-tensors activation arguments for '{a}' ({scheme})"),
+    };
+    if s.format == NumberFormat::Int && act.is_null() {
+        bail!("int-quantized export needs W8A8's activations");
+    }
+    Ok((w, act))
+}
+
+fn u8_entry(name: String, dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> (Entry, Vec<u8>) {
+    (Entry { name, dtype, shape }, bytes)
+}
+
+/// The tensors of one float-grid linear, as compressed-tensors' compressors store them:
+///
+/// - FP8 (`float-quantized` / `naive-quantized`, `NaiveQuantizationCompressor`): `weight`
+///   F8_E4M3 `[d_out, d_in]` (the codes are the bytes) and `weight_scale` F32: `[1]` per tensor,
+///   `[d_out, 1]` per channel, `[ceil(d_out/128), ceil(d_in/128)]` per tile.
+/// - NVFP4 (`nvfp4-pack-quantized`, `NVFP4PackedCompressor`, `pack_fp4_to_uint8`):
+///   `weight_packed` U8 `[d_out, d_in/2]`, column `2k` in the low nibble and `2k+1` in the high;
+///   `weight_scale` F8_E4M3 `[d_out, d_in/16]`; `weight_global_scale` F32 `[1]`.
+/// - MXFP4 (`mxfp4-pack-quantized`, `MXFP4PackedCompressor`): `weight_packed` as NVFP4's and
+///   `weight_scale` U8 `[d_out, d_in/32]`, the E8M0 exponents (`log2(scale) + 127`).
+///
+/// Decompression gives `level * scale / global_scale` (f32), shrink's dequantized weight.
+pub fn ct_float_tensors(q: &FLinear) -> Result<Vec<(Entry, Vec<u8>)>> {
+    let base = q.name.trim_end_matches(".weight");
+    let n = |s: &str| format!("{base}.{s}");
+    let ng = q.n_groups();
+    let trivial = |g: usize| {
+        q.g_idx
+            .iter()
+            .enumerate()
+            .all(|(c, &k)| k as usize == c / g)
+    };
+    let packed = |q: &FLinear| -> Vec<u8> {
+        q.codes
+            .chunks(2)
+            .map(|p| (p[0] & 15) | ((p.get(1).copied().unwrap_or(0) & 15) << 4))
+            .collect()
+    };
+    Ok(match q.format {
+        NumberFormat::Fp8Tensor | NumberFormat::Fp8Channel | NumberFormat::Fp8Block => {
+            let scale: (Vec<usize>, Vec<f32>) = match q.format {
+                NumberFormat::Fp8Tensor => {
+                    if q.scales.iter().any(|&s| s != q.scales[0]) {
+                        bail!("{base}: per-tensor FP8 with more than one scale");
+                    }
+                    (vec![1], vec![q.scales[0]])
+                }
+                NumberFormat::Fp8Channel => {
+                    if ng != 1 {
+                        bail!("{base}: per-channel FP8 with {ng} scales a row");
+                    }
+                    (vec![q.d_out, 1], q.scales.clone())
+                }
+                _ => {
+                    let (tr, tc) = (q.d_out.div_ceil(FP8_TILE), q.d_in.div_ceil(FP8_TILE));
+                    if ng != tc || !trivial(FP8_TILE) {
+                        bail!("{base}: FP8 tiles do not have {tc} scales a row");
+                    }
+                    let mut t = Vec::with_capacity(tr * tc);
+                    for i in 0..tr {
+                        let r0 = i * FP8_TILE;
+                        for r in r0..(r0 + FP8_TILE).min(q.d_out) {
+                            if q.scales[r * ng..(r + 1) * ng] != q.scales[r0 * ng..(r0 + 1) * ng] {
+                                bail!("{base}: rows {r0} and {r} of one FP8 tile differ in scale");
+                            }
+                        }
+                        t.extend_from_slice(&q.scales[r0 * ng..(r0 + 1) * ng]);
+                    }
+                    (vec![tr, tc], t)
+                }
+            };
+            if q.divisor != 1.0 {
+                bail!("{base}: FP8 scales divided by {}", q.divisor);
+            }
+            vec![
+                u8_entry(
+                    n("weight"),
+                    DType::F8E4M3,
+                    vec![q.d_out, q.d_in],
+                    q.codes.clone(),
+                ),
+                u8_entry(n("weight_scale"), DType::F32, scale.0, f32_bytes(&scale.1)),
+            ]
+        }
+        NumberFormat::Nvfp4 | NumberFormat::Mxfp4 => {
+            let g = if q.format == NumberFormat::Nvfp4 {
+                NVFP4_GROUP
+            } else {
+                MXFP4_GROUP
+            };
+            if q.d_in % g != 0 || ng != q.d_in / g || !trivial(g) {
+                bail!(
+                    "{base}: {} needs whole groups of {g} in natural order ({} columns, {ng} \
+                     groups a row)",
+                    q.format.name(),
+                    q.d_in
+                );
+            }
+            let mut v = vec![u8_entry(
+                n("weight_packed"),
+                DType::U8,
+                vec![q.d_out, q.d_in / 2],
+                packed(q),
+            )];
+            if q.format == NumberFormat::Nvfp4 {
+                let s8: Vec<u8> = q.scales.iter().map(|&s| e4m3_encode(s)).collect();
+                if let Some(i) = s8
+                    .iter()
+                    .zip(&q.scales)
+                    .position(|(&b, &s)| e4m3_decode(b) != s)
+                {
+                    bail!("{base}: NVFP4 scale {} is not an E4M3 value", q.scales[i]);
+                }
+                v.push(u8_entry(
+                    n("weight_scale"),
+                    DType::F8E4M3,
+                    vec![q.d_out, ng],
+                    s8,
+                ));
+                v.push(u8_entry(
+                    n("weight_global_scale"),
+                    DType::F32,
+                    vec![1],
+                    f32_bytes(&[q.divisor]),
+                ));
+            } else {
+                let mut e = Vec::with_capacity(q.scales.len());
+                for &s in &q.scales {
+                    let b = (0..255u8).find(|&b| e8m0_decode(b) == s).with_context(|| {
+                        format!("{base}: MXFP4 scale {s} is not a power of two in E8M0's range")
+                    })?;
+                    e.push(b);
+                }
+                if q.divisor != 1.0 {
+                    bail!("{base}: MXFP4 scales divided by {}", q.divisor);
+                }
+                v.push(u8_entry(n("weight_scale"), DType::U8, vec![q.d_out, ng], e));
+            }
+            v
+        }
+        NumberFormat::Int => bail!("{base}: integer codes (use ct_tensors)"),
+    })
+}
+
+/// W8A8's `int-quantized` tensors (`IntQuantizationCompressor`): `weight` I8 `[d_out, d_in]`,
+/// the signed code `q - 128`, and `weight_scale` F32 `[d_out, 1]`; decompression is
+/// `code * scale`, shrink's `scale * (q - 128)`.
+pub fn ct_int8_tensors(q: &QLinear) -> Result<Vec<(Entry, Vec<u8>)>> {
+    let base = q.name.trim_end_matches(".weight");
+    if q.n_groups() != 1 || q.zeros.iter().any(|&z| z != 128) {
+        bail!("{base}: int-quantized (W8A8) needs 8-bit symmetric per-channel codes (zero 128)");
+    }
+    Ok(vec![
+        u8_entry(
+            format!("{base}.weight"),
+            DType::I8,
+            vec![q.d_out, q.d_in],
+            q.codes
+                .iter()
+                .map(|&c| (c as i16 - 128) as i8 as u8)
+                .collect(),
+        ),
+        u8_entry(
+            format!("{base}.weight_scale"),
+            DType::F32,
+            vec![q.d_out, 1],
+            f32_bytes(&q.scales),
+        ),
+    ])
+}
+
 /// One entry of `config_groups`: int weights with the settings `s`, applied to `targets`.
-fn ct_group(s: &QuantSettings, targets: Value) -> Value {
+fn ct_group(s: &QuantSettings, targets: Value) -> Result<Value> {
+    if ct_format(s) != "pack-quantized" {
+        let (weights, act) = ct_float_args(s)?;
+        return Ok(json!({
+            "format": ct_format(s),
+            "input_activations": act,
+            "output_activations": null,
+            "targets": targets,
+            "weights": weights,
+        }));
+    }
     let (strategy, group_size) = match s.group_size {
         Some(g) => ("group", json!(g)),
         None => ("channel", Value::Null),
@@ -300,7 +572,7 @@ fn ct_group(s: &QuantSettings, targets: Value) -> Value {
         "static" => json!("static"),
         _ => Value::Null,
     };
-    json!({
+    Ok(json!({
         "format": "pack-quantized",
         "input_activations": null,
         "output_activations": null,
@@ -318,7 +590,7 @@ fn ct_group(s: &QuantSettings, targets: Value) -> Value {
             "type": "int",
             "zp_dtype": if s.sym { Value::Null } else { json!("torch.int8") },
         }
-    })
+    }))
 }
 
 /// Writes a compressed-tensors pack-quantized directory from a `shrink compress` output
@@ -341,9 +613,26 @@ pub fn write_compressed_tensors(src_dir: &Path, out: &Path, opts: &CtOptions) ->
         if st.sym && st.bits == 1 {
             bail!("1-bit symmetric quantization has no zero in compressed-tensors");
         }
-        let ql = q.load(base, *shape)?;
-        let dynamic = st.act_order == "dynamic";
-        for (entry, bytes) in ct_tensors(&ql, st.bits, st.sym, dynamic, opts.scale_dtype) {
+        let tensors = match ct_format(&st) {
+            "pack-quantized" => {
+                let ql = q.load(base, *shape)?;
+                let dynamic = st.act_order == "dynamic";
+                ct_tensors(&ql, st.bits, st.sym, dynamic, opts.scale_dtype)
+            }
+            f => {
+                if opts.scale_dtype != ScaleDType::F32 {
+                    bail!("{f}: scales are written as the format defines them (f32 for FP8, E4M3 / E8M0 for FP4); --scale-dtype f16 does not apply");
+                }
+                // the config (and its refusals) before any tensor
+                ct_float_args(&st).with_context(|| base.to_string())?;
+                if st.format.is_int() {
+                    ct_int8_tensors(&q.load(base, *shape)?)?
+                } else {
+                    ct_float_tensors(&q.load_float(base, *shape)?)?
+                }
+            }
+        };
+        for (entry, bytes) in tensors {
             items.push((entry, Box::new(move || Ok(bytes))));
         }
         match groups.iter_mut().find(|(g, _)| *g == st) {
@@ -372,12 +661,19 @@ pub fn write_compressed_tensors(src_dir: &Path, out: &Path, opts: &CtOptions) ->
             } else {
                 json!(modules)
             };
-            (format!("group_{i}"), ct_group(st, targets))
+            Ok((format!("group_{i}"), ct_group(st, targets)?))
         })
-        .collect();
+        .collect::<Result<_>>()?;
+    // one format for the model, or `mixed-precision` (compressed-tensors' `_flatten_formats`)
+    let formats: std::collections::BTreeSet<&str> =
+        groups.iter().map(|(st, _)| ct_format(st)).collect();
+    let format = match formats.len() {
+        1 => formats.into_iter().next().unwrap(),
+        _ => "mixed-precision",
+    };
     let qc = json!({
         "config_groups": config_groups,
-        "format": "pack-quantized",
+        "format": format,
         "global_compression_ratio": null,
         "ignore": ignore,
         "kv_cache_scheme": null,
@@ -463,6 +759,191 @@ pub fn write_sparse_dense(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flin(format: NumberFormat, d_out: usize, d_in: usize, g: usize) -> FLinear {
+        let ng = d_in.div_ceil(g);
+        let levels = format.levels().unwrap();
+        let mut h = 12345u32;
+        let mut next = || {
+            h = h.wrapping_mul(1664525).wrapping_add(1013904223);
+            h >> 8
+        };
+        let codes = (0..d_out * d_in)
+            .map(|_| loop {
+                let c = (next() as usize % levels.len()) as u8;
+                if !levels[c as usize].is_nan() {
+                    break c;
+                }
+            })
+            .collect();
+        let (scales, divisor): (Vec<f32>, f32) = match format {
+            NumberFormat::Nvfp4 => (
+                (0..d_out * ng)
+                    .map(|_| e4m3_decode((next() % 0x7E) as u8 + 1))
+                    .collect(),
+                1234.5678,
+            ),
+            NumberFormat::Mxfp4 => (
+                (0..d_out * ng)
+                    .map(|_| e8m0_decode((next() % 40) as u8 + 100))
+                    .collect(),
+                1.0,
+            ),
+            NumberFormat::Fp8Block => {
+                let tc = d_in.div_ceil(FP8_TILE);
+                let tiles: Vec<f32> = (0..d_out.div_ceil(FP8_TILE) * tc)
+                    .map(|i| 1e-4 * (i as f32 + 1.7))
+                    .collect();
+                (
+                    (0..d_out * ng)
+                        .map(|i| tiles[(i / ng) / FP8_TILE * tc + i % ng])
+                        .collect(),
+                    1.0,
+                )
+            }
+            _ => (
+                (0..d_out * ng).map(|i| 1e-3 * (i as f32 + 0.3)).collect(),
+                1.0,
+            ),
+        };
+        FLinear {
+            name: "model.layers.0.mlp.up_proj.weight".into(),
+            d_out,
+            d_in,
+            format,
+            codes,
+            scales,
+            divisor,
+            g_idx: (0..d_in).map(|c| (c / g) as i32).collect(),
+        }
+    }
+
+    /// Decodes the exported tensors as compressed-tensors' decompressors read them (written
+    /// independently of the exporter: nibbles, E4M3 / E8M0 scales, tiles) and compares with
+    /// shrink's dequantization bit for bit.
+    #[test]
+    fn float_exports_decode_to_the_dequantized_weights_bit_for_bit() {
+        let (d_out, d_in) = (130, 320);
+        for (f, g) in [
+            (NumberFormat::Nvfp4, 16),
+            (NumberFormat::Mxfp4, 32),
+            (NumberFormat::Fp8Channel, d_in),
+            (NumberFormat::Fp8Block, FP8_TILE),
+        ] {
+            let q = flin(f, d_out, d_in, g);
+            let want = q.dequantize();
+            let t = ct_float_tensors(&q).unwrap();
+            let get = |s: &str| {
+                t.iter()
+                    .find(|(e, _)| e.name.ends_with(&format!(".{s}")))
+                    .unwrap_or_else(|| panic!("{f:?}: no {s}"))
+            };
+            let f32s = |b: &[u8]| -> Vec<f32> {
+                b.chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            };
+            let mut got = vec![0f32; d_out * d_in];
+            match f {
+                NumberFormat::Nvfp4 | NumberFormat::Mxfp4 => {
+                    let (e, p) = get("weight_packed");
+                    assert_eq!(
+                        (e.dtype, e.shape.clone()),
+                        (DType::U8, vec![d_out, d_in / 2])
+                    );
+                    let (se, sb) = get("weight_scale");
+                    let gs = if f == NumberFormat::Nvfp4 {
+                        assert_eq!(se.dtype, DType::F8E4M3);
+                        f32s(&get("weight_global_scale").1)[0]
+                    } else {
+                        assert_eq!(se.dtype, DType::U8);
+                        1.0
+                    };
+                    for r in 0..d_out {
+                        for c in 0..d_in {
+                            let byte = p[r * d_in / 2 + c / 2];
+                            let nib = if c % 2 == 0 { byte & 15 } else { byte >> 4 };
+                            let mag =
+                                [0.0f32, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0][(nib & 7) as usize];
+                            let v = if nib & 8 != 0 { -mag } else { mag };
+                            let sbyte = sb[r * (d_in / g) + c / g];
+                            let s = if f == NumberFormat::Nvfp4 {
+                                e4m3_decode(sbyte)
+                            } else {
+                                2f32.powi(sbyte as i32 - 127)
+                            };
+                            got[r * d_in + c] = v * (s / gs);
+                        }
+                    }
+                }
+                _ => {
+                    let (e, w) = get("weight");
+                    assert_eq!(e.dtype, DType::F8E4M3);
+                    let (se, sb) = get("weight_scale");
+                    let s = f32s(sb);
+                    for r in 0..d_out {
+                        for c in 0..d_in {
+                            let k = if f == NumberFormat::Fp8Channel {
+                                assert_eq!(se.shape, vec![d_out, 1]);
+                                r
+                            } else {
+                                assert_eq!(se.shape, vec![2, 3]);
+                                (r / 128) * 3 + c / 128
+                            };
+                            got[r * d_in + c] = e4m3_decode(w[r * d_in + c]) * s[k];
+                        }
+                    }
+                }
+            }
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{f:?} weight {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn float_configs_name_the_preset_and_refuse_static_activations() {
+        let st = |format, scheme: &str, act: Option<&str>| QuantSettings {
+            bits: 4,
+            group_size: Some(16),
+            sym: true,
+            act_order: "static".into(),
+            method: "gptq".into(),
+            ggml: None,
+            mix: None,
+            format,
+            scheme: Some(scheme.into()),
+            act: act.map(str::to_string),
+        };
+        let nv = st(NumberFormat::Nvfp4, "NVFP4A16", None);
+        assert_eq!(ct_format(&nv), "nvfp4-pack-quantized");
+        let (w, a) = ct_float_args(&nv).unwrap();
+        assert_eq!(w["strategy"], "tensor_group");
+        assert_eq!(w["scale_dtype"], "torch.float8_e4m3fn");
+        assert!(a.is_null());
+        let e = ct_float_args(&st(NumberFormat::Nvfp4, "NVFP4", Some("nvfp4")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NVFP4A16"), "{e}");
+        let fp8 = st(
+            NumberFormat::Fp8Channel,
+            "FP8_DYNAMIC",
+            Some("dynamic per-token fp8"),
+        );
+        assert_eq!(ct_format(&fp8), "float-quantized");
+        let (w, a) = ct_float_args(&fp8).unwrap();
+        assert_eq!(
+            (w["strategy"].clone(), a["strategy"].clone()),
+            (json!("channel"), json!("token"))
+        );
+        let w8 = QuantSettings {
+            bits: 8,
+            group_size: None,
+            ..st(NumberFormat::Int, "W8A8", Some("dynamic per-token int8"))
+        };
+        assert_eq!(ct_format(&w8), "int-quantized");
+        assert_eq!(ct_float_args(&w8).unwrap().1["type"], "int");
+    }
 
     #[test]
     fn dense_packing_round_trips_for_every_width() {

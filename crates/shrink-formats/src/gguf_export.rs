@@ -1064,7 +1064,11 @@ fn carry_part(
         }));
     }
     let s = q.settings_for(&base);
-    if !(q.has(&base) && s.group_size == Some(32) && carry_type(s.bits, s.sym) == Some(ty)) {
+    if !(q.has(&base)
+        && s.format.is_int()
+        && s.group_size == Some(32)
+        && carry_type(s.bits, s.sym) == Some(ty))
+    {
         return Ok(None);
     }
     let ql = q.load(&base, shape)?;

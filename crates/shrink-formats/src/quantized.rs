@@ -6,12 +6,19 @@
 //! `{base}.g_idx` I32 `[d_in]`; the weight is `w[r, c] = scales[r, g] * (qcodes[r, c] - zeros[r, g])`
 //! with `g = g_idx[c]` (the GPTQ reference grid).
 //!
+//! A linear on a float grid (`format` in the stage: FP8 E4M3, NVFP4, MXFP4) has the same four
+//! tensors, read differently ([`FLinear`]): `qcodes` holds each weight's own bits (an E4M3 byte,
+//! an E2M1 nibble), `scales` the stored scales as f32 values (f32 for FP8, the E4M3 value for
+//! NVFP4, the power of two for MXFP4), and `zeros` the bits of the f32 every scale is divided by
+//! (NVFP4's global scale; 1 otherwise), so `w = level(qcodes) * (scales / f32::from_bits(zeros))`.
+//!
 //! A linear rounded onto a llama.cpp block type's grid (`compress --gguf-type`) has instead
 //! `{base}.ggml` U8 `[d_out, row bytes]`, its blocks as GGUF stores them, and `{base}.gtype` I32
 //! `[1]`, the ggml type id.
 use anyhow::{bail, Context, Result};
 use safetensors::Dtype;
 use shrink_model::gguf::GgmlType;
+use shrink_model::minifloat::NumberFormat;
 use shrink_model::source::SafetensorsSource;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +38,12 @@ pub struct QuantSettings {
     pub ggml: Option<GgmlType>,
     /// The llama-quantize mix `gguf_type` named (`Q4_K_M`), if it named one.
     pub mix: Option<shrink_model::ggml_mix::Mix>,
+    /// The number format of the codes (`format` in the stage; integer when absent).
+    pub format: NumberFormat,
+    /// The llm-compressor preset scheme the stage named (`scheme`), if any.
+    pub scheme: Option<String>,
+    /// The activation quantization the scheme records (`act`), if any.
+    pub act: Option<String>,
 }
 
 impl QuantSettings {
@@ -68,6 +81,19 @@ impl QuantSettings {
                 .get("gguf_type")
                 .and_then(|v| v.as_str())
                 .and_then(|n| shrink_model::ggml_mix::Mix::parse(n, false)),
+            format: match stage.get("format") {
+                Some(v) if !v.is_null() => serde_json::from_value(v.clone())
+                    .with_context(|| format!("unknown number format {v}"))?,
+                _ => NumberFormat::Int,
+            },
+            scheme: stage
+                .get("scheme")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            act: stage
+                .get("act")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
         };
         if s.group_size == Some(0) {
             bail!("group_size 0");
@@ -124,6 +150,42 @@ impl QLinear {
             q.zeros[i * ng..(i + 1) * ng].copy_from_slice(&self.zeros[p * ng..(p + 1) * ng]);
         }
         q
+    }
+}
+
+/// One quantized linear on a float grid (see the module doc).
+#[derive(Clone, Debug)]
+pub struct FLinear {
+    pub name: String,
+    pub d_out: usize,
+    pub d_in: usize,
+    pub format: NumberFormat,
+    /// `[d_out, d_in]`: each weight's bits in the format.
+    pub codes: Vec<u8>,
+    /// `[d_out, n_groups]` stored scales (f32 values).
+    pub scales: Vec<f32>,
+    /// What every scale is divided by (NVFP4's global scale; 1 otherwise).
+    pub divisor: f32,
+    pub g_idx: Vec<i32>,
+}
+
+impl FLinear {
+    pub fn n_groups(&self) -> usize {
+        self.scales.len() / self.d_out.max(1)
+    }
+    /// `level(code) * (scale / divisor)` in f32, as shrink dequantizes (and compressed-tensors'
+    /// `_dequantize`).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let levels = self.format.levels().expect("a float format");
+        let ng = self.n_groups();
+        let mut out = vec![0f32; self.d_out * self.d_in];
+        for r in 0..self.d_out {
+            for c in 0..self.d_in {
+                let a = self.scales[r * ng + self.g_idx[c] as usize] / self.divisor;
+                out[r * self.d_in + c] = a * levels[self.codes[r * self.d_in + c] as usize];
+            }
+        }
+        out
     }
 }
 
@@ -267,6 +329,14 @@ impl QuantizedDir {
             }
             Ok(bytes)
         };
+        let fmt = self.settings_for(base).format;
+        if !fmt.is_int() {
+            bail!(
+                "{f}: {base} is on the {} grid: its codes are floats, which only compressed-tensors \
+                 export writes (--format compressed-tensors)",
+                fmt.name()
+            );
+        }
         let codes = raw("qcodes", Dtype::U8, &[d_out, d_in])?.to_vec();
         let ng = self
             .file
@@ -307,6 +377,92 @@ impl QuantizedDir {
             codes,
             scales,
             zeros,
+            g_idx,
+        })
+    }
+}
+
+impl QuantizedDir {
+    /// Loads the float-grid linear `base` (see the module doc) and validates it: codes of the
+    /// format (no NaN), finite positive scales, one positive divisor, `g_idx` in range.
+    pub fn load_float(&self, base: &str, shape: [usize; 2]) -> Result<FLinear> {
+        let [d_out, d_in] = shape;
+        let file = self.dir.join("quantized.safetensors");
+        let f = file.display();
+        let fmt = self.settings_for(base).format;
+        let Some(levels) = fmt.levels() else {
+            bail!("{f}: {base} has integer codes, not a float format");
+        };
+        let get = |suffix: &str, dt: Dtype, rows: usize| -> Result<(Vec<usize>, &[u8])> {
+            let name = format!("{base}.{suffix}");
+            let (d, s, bytes) = self
+                .file
+                .raw(&name)
+                .with_context(|| format!("{f}: tensor '{name}' is missing"))?;
+            if d != dt || s.first() != Some(&rows) || s.len() > 2 {
+                bail!("{f}: tensor '{name}' is {d:?} {s:?}, expected {dt:?} with {rows} rows");
+            }
+            Ok((s.to_vec(), bytes))
+        };
+        let (cs, codes) = get("qcodes", Dtype::U8, d_out)?;
+        if cs != [d_out, d_in] {
+            bail!("{f}: '{base}.qcodes' is {cs:?}, expected [{d_out}, {d_in}]");
+        }
+        if let Some(c) = codes
+            .iter()
+            .find(|&&c| c as usize >= levels.len() || levels[c as usize].is_nan())
+        {
+            bail!(
+                "{f}: '{base}.qcodes' has code {c}, not a finite {} value",
+                fmt.name()
+            );
+        }
+        let (ss, sb) = get("scales", Dtype::F32, d_out)?;
+        let ng = ss.get(1).copied().unwrap_or(0);
+        if ng == 0 || ng > d_in {
+            bail!("{f}: '{base}.scales' has {ng} groups for {d_in} columns");
+        }
+        let f32s = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let i32s = |b: &[u8]| -> Vec<i32> {
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let scales = f32s(sb);
+        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            bail!("{f}: '{base}.scales' has scale {s}, not finite and positive");
+        }
+        let (_, zb) = get("zeros", Dtype::I32, d_out)?;
+        let zeros = i32s(zb);
+        let divisor = f32::from_bits(zeros.first().copied().unwrap_or(0) as u32);
+        if zeros.len() != scales.len()
+            || zeros.iter().any(|&z| z != zeros[0])
+            || !(divisor.is_finite() && divisor > 0.0)
+        {
+            bail!(
+                "{f}: '{base}.zeros' does not hold one positive f32 divisor per group ({divisor})"
+            );
+        }
+        let (gs, gb) = get("g_idx", Dtype::I32, d_in)?;
+        if gs != [d_in] {
+            bail!("{f}: '{base}.g_idx' is {gs:?}, expected [{d_in}]");
+        }
+        let g_idx = i32s(gb);
+        if let Some(g) = g_idx.iter().find(|&&g| g < 0 || g as usize >= ng) {
+            bail!("{f}: '{base}.g_idx' has group {g} outside 0..{ng}");
+        }
+        Ok(FLinear {
+            name: format!("{base}.weight"),
+            d_out,
+            d_in,
+            format: fmt,
+            codes: codes.to_vec(),
+            scales,
+            divisor,
             g_idx,
         })
     }

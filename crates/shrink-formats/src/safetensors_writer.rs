@@ -13,6 +13,9 @@ pub enum DType {
     F32,
     F16,
     U8,
+    I8,
+    /// FP8 E4M3 (`float8_e4m3fn`)
+    F8E4M3,
     I32,
     I64,
 }
@@ -20,7 +23,7 @@ pub enum DType {
 impl DType {
     pub fn size(self) -> usize {
         match self {
-            DType::U8 => 1,
+            DType::U8 | DType::I8 | DType::F8E4M3 => 1,
             DType::F16 => 2,
             DType::F32 | DType::I32 => 4,
             DType::I64 => 8,
@@ -31,6 +34,8 @@ impl DType {
             DType::F32 => "F32",
             DType::F16 => "F16",
             DType::U8 => "U8",
+            DType::I8 => "I8",
+            DType::F8E4M3 => "F8_E4M3",
             DType::I32 => "I32",
             DType::I64 => "I64",
         }

@@ -19,8 +19,11 @@
 //!   written block bit for bit, so the error GPTQ propagates is the error of the file.
 //!
 //! Codebook grids (IQ4_NL's 16 levels, FP8/FP4) fit the same shape with a level table in place of
-//! the integers `q - zero`.
-use crate::quant::{find_params, quantize_value, QuantConfig, QuantizedWeight};
+//! the integers `q - zero`: [`crate::grid_fp::FpGrid`] (FP8 E4M3, NVFP4, MXFP4). A grid whose
+//! parameters span rows (FP8's 128×128 tiles) says so ([`Grid::row_dependent`]) and is fitted
+//! with the row's index ([`Grid::fit_row`]), up front.
+pub use crate::grid_fp::FpGrid;
+use crate::quant::{find_params, quantize_value, NumberFormat, QuantConfig, QuantizedWeight};
 use anyhow::{bail, Result};
 pub use shrink_model::ggml_quant::Affine;
 use shrink_model::ggml_quant::{
@@ -58,6 +61,26 @@ pub trait Grid: Send + Sync {
         codes: &mut [u8],
         stored: &mut [u8],
     );
+    /// [`Grid::fit`] for row `row` of the weight; grids whose parameters span rows (a 128×128
+    /// tile's scale) need the row, the others ignore it.
+    #[allow(clippy::too_many_arguments)]
+    fn fit_row(
+        &self,
+        _row: usize,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        sigma2: f32,
+        affines: &mut [Affine],
+        codes: &mut [u8],
+        stored: &mut [u8],
+    ) {
+        self.fit(x, importance, sigma2, affines, codes, stored)
+    }
+    /// Whether [`Grid::fit_row`] depends on the row: such a grid is fitted up front only (its
+    /// configuration has no `group_size`, so the sweep's parameters are static).
+    fn row_dependent(&self) -> bool {
+        false
+    }
     /// The quantized weight from the final codes (`[d_out, d_in]`, natural column order), the
     /// affines (`[d_out, subs per row]`), the stored state (`[d_out, blocks per row, bytes]`) and
     /// the sub-block of every column (`g_idx`).
@@ -72,13 +95,34 @@ pub trait Grid: Send + Sync {
     ) -> QuantizedWeight;
 }
 
-/// The grid a configuration describes for rows of `d_in` columns.
+/// The grid a configuration describes for rows of `d_in` columns (integer or llama.cpp grids;
+/// the float formats' parameters come from the whole weight: [`grid_for_weight`]).
 pub fn grid_for(cfg: &QuantConfig, d_in: usize) -> Result<Box<dyn Grid>> {
     cfg.validate()?;
+    if cfg.format != NumberFormat::Int {
+        bail!(
+            "{}: a float grid is made from the weight it quantizes (grid_for_weight)",
+            cfg.label()
+        );
+    }
     Ok(match cfg.ggml {
         None => Box::new(IntGrid::new(cfg.clone(), d_in)),
         Some(t) => Box::new(GgmlGrid::new(cfg, t, d_in)?),
     })
+}
+
+/// The grid a configuration describes for the `[d_out, d_in]` weight `w` (its original values):
+/// [`grid_for`], or for a float format a [`FpGrid`] whose tensor-wide parameters come from `w`.
+pub fn grid_for_weight(
+    cfg: &QuantConfig,
+    w: &[f32],
+    d_out: usize,
+    d_in: usize,
+) -> Result<Box<dyn Grid>> {
+    match cfg.format {
+        NumberFormat::Int => grid_for(cfg, d_in),
+        _ => Ok(Box::new(FpGrid::new(cfg, w, d_out, d_in)?)),
+    }
 }
 
 /// GPTQ's integer groups (see [`crate::quant`]).
@@ -264,7 +308,8 @@ pub fn rtn_on(grid: &dyn Grid, w: &[f32], d_out: usize, d_in: usize) -> Quantize
             .zip(affines.par_chunks_mut(n_sub))
             .zip(stored.par_chunks_mut(stride))
             .zip(w.par_chunks(d_in))
-            .for_each(|(((c, a), s), row)| {
+            .enumerate()
+            .for_each(|(r, (((c, a), s), row))| {
                 let s2 = shrink_model::ggml_quant::row_mean_square(row);
                 for k in 0..n_blocks {
                     let (lo, hi) = (k * bl, ((k + 1) * bl).min(d_in));
@@ -274,7 +319,8 @@ pub fn rtn_on(grid: &dyn Grid, w: &[f32], d_out: usize, d_in: usize) -> Quantize
                     } else {
                         &mut s[..0]
                     };
-                    grid.fit(
+                    grid.fit_row(
+                        r,
                         &row[lo..hi],
                         None,
                         s2,

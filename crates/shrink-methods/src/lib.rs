@@ -18,6 +18,7 @@
 //! stages ([`Chain`]) run on each linear in turn, a pruning stage's mask fixed for the next.
 pub mod gptq;
 pub mod grid;
+pub mod grid_fp;
 pub mod hessian;
 pub mod magnitude;
 pub mod obc;
@@ -32,7 +33,9 @@ pub use gptq::{gptq, gptq_masked, ActOrder, GptqConfig, GptqResult};
 pub use hessian::{all_finite, Hessian};
 pub use magnitude::magnitude_mask;
 pub use obc::{obc, ObcConfig, ObcResult};
-pub use quant::{dequantize_value, find_params, quantize_value, QuantConfig, QuantizedWeight};
+pub use quant::{
+    dequantize_value, find_params, quantize_value, NumberFormat, QuantConfig, QuantizedWeight,
+};
 pub use rtn::rtn;
 pub use sparsegpt::{sparsegpt, SparseGptConfig};
 pub use sparsity::{count_zeros, mask_respected, nm_violations, select_mask, Sparsity};
@@ -159,7 +162,8 @@ impl Method for Rtn {
             "{linear}: a pruned weight cannot be rounded onto a llama.cpp grid (0 is not on every \
              block's grid); use integer groups"
         );
-        let grid = grid::grid_for(&self.0, d_in).with_context(|| linear.to_string())?;
+        let grid = grid::grid_for_weight(&self.0, &weight.data, d_out, d_in)
+            .with_context(|| linear.to_string())?;
         let mut q = grid::rtn_on(&*grid, &weight.data, d_out, d_in);
         if let Some(m) = mask {
             // 0 quantizes to the zero point exactly; make it explicit.
@@ -167,7 +171,11 @@ impl Method for Rtn {
                 for (c, pruned) in row.iter().enumerate() {
                     if *pruned {
                         let k = q.g_idx[c] as usize;
-                        q.codes[r * d_in + c] = q.zeros[r * q.n_groups() + k] as u8;
+                        q.codes[r * d_in + c] = if q.config.format.is_int() {
+                            q.zeros[r * q.n_groups() + k] as u8
+                        } else {
+                            0 // +0 in every float format
+                        };
                     }
                 }
             }

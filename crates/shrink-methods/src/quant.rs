@@ -30,7 +30,14 @@ pub struct QuantConfig {
     /// blocks do not divide use llama-quantize's fallback type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ggml: Option<GgmlType>,
+    /// The number format of the codes: integer groups (the default, and what a configuration
+    /// without the key means) or a float format ([`crate::grid_fp::FpGrid`]), whose `bits`,
+    /// `group_size` and `sym` it fixes ([`QuantConfig::for_format`]).
+    #[serde(default, skip_serializing_if = "NumberFormat::is_int")]
+    pub format: NumberFormat,
 }
+
+pub use shrink_model::minifloat::NumberFormat;
 
 /// Norm of the clipping search error (GPTQ reference `norm`).
 pub const MSE_NORM: f32 = 2.4;
@@ -47,6 +54,35 @@ impl QuantConfig {
         }
         if self.group_size == Some(0) {
             bail!("group_size must be at least 1 (or absent for per-channel), got 0");
+        }
+        if let Some((bits, group)) = self.format.shape() {
+            let f = self.format.name();
+            if self.bits != bits {
+                bail!(
+                    "{f} has {bits}-bit codes, but bits = {} was given",
+                    self.bits
+                );
+            }
+            if self.group_size != group {
+                let want = match group {
+                    Some(g) => format!("groups of {g} columns"),
+                    None => "no group size (its scales are per tensor, channel or tile)".into(),
+                };
+                let got = match self.group_size {
+                    Some(g) => format!("group_size = {g}"),
+                    None => "no group size".into(),
+                };
+                bail!("{f} defines {want}, but {got} was given");
+            }
+            if !self.sym {
+                bail!("{f} is symmetric (no zero point); sym must be true");
+            }
+            if self.mse {
+                bail!("mse (the clipping search of integer groups) does not apply to {f}: its scales are the group maxima");
+            }
+            if self.ggml.is_some() {
+                bail!("{f} and a llama.cpp grid (gguf_type) cannot be combined");
+            }
         }
         if let Some(t) = self.ggml {
             if grid_shape(t).is_none() {
@@ -79,6 +115,22 @@ impl QuantConfig {
             ),
             mse: false,
             ggml: Some(t),
+            format: NumberFormat::Int,
+        })
+    }
+
+    /// The grid of a float format (its `bits`, `group_size`; symmetric).
+    pub fn for_format(format: NumberFormat) -> Result<QuantConfig> {
+        let Some((bits, group_size)) = format.shape() else {
+            bail!("the integer format has no fixed grid: give bits and group_size");
+        };
+        Ok(QuantConfig {
+            bits,
+            group_size,
+            sym: true,
+            mse: false,
+            ggml: None,
+            format,
         })
     }
 
@@ -105,6 +157,9 @@ impl QuantConfig {
     pub fn label(&self) -> String {
         if let Some(t) = self.ggml {
             return format!("{} grid", t.name());
+        }
+        if !self.format.is_int() {
+            return self.format.name().to_string();
         }
         let g = match self.group_size {
             Some(g) => format!("g{g}"),
@@ -246,7 +301,24 @@ impl QuantizedWeight {
     /// Whether the codes are integer groups (`scale * (q - zero)`), which every format packs, rather
     /// than the blocks of a llama.cpp type, which only GGUF holds.
     pub fn is_integer(&self) -> bool {
-        self.ggml.is_none()
+        self.ggml.is_none() && self.config.format.is_int()
+    }
+
+    /// On a float format: the value of every code, `level(code) * scale / divisor` with the
+    /// divisor's f32 bits in `zeros` (NVFP4's global scale; 1 otherwise), as
+    /// compressed-tensors' `_dequantize` computes it (`scale / global_scale`, then times the
+    /// level, in f32).
+    fn dequantize_float(&self, levels: &[f32]) -> Vec<f32> {
+        let ng = self.n_groups();
+        let mut out = vec![0.0f32; self.d_out * self.d_in];
+        for r in 0..self.d_out {
+            for j in 0..self.d_in {
+                let g = r * ng + self.g_idx[j] as usize;
+                let a = self.scales[g] / f32::from_bits(self.zeros[g]);
+                out[r * self.d_in + j] = a * levels[self.codes[r * self.d_in + j] as usize];
+            }
+        }
+        out
     }
 
     /// Whether `g_idx` is the natural `i / group_size` (what formats without `g_idx` assume).
@@ -265,6 +337,9 @@ impl QuantizedWeight {
             shrink_model::quants::dequantize(*t, blocks, &mut out)
                 .expect("blocks of the weight's own shape");
             return out;
+        }
+        if let Some(levels) = self.config.format.levels() {
+            return self.dequantize_float(levels);
         }
         let ng = self.n_groups();
         let mut out = vec![0.0f32; self.d_out * self.d_in];

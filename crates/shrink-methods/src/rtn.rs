@@ -12,6 +12,7 @@ pub fn rtn(w: &[f32], d_out: usize, d_in: usize, cfg: &QuantConfig) -> Quantized
     let grid = IntGrid::new(
         QuantConfig {
             ggml: None,
+            format: crate::quant::NumberFormat::Int,
             ..cfg.clone()
         },
         d_in,

@@ -18,7 +18,7 @@
 //! * N:M: at the first column of each group of `M`, the `M - N` lowest `w^2 / U_qq^2` of that
 //!   group (per row, on the updated weights) are pruned;
 //! * fixed: a mask given up front (e.g. Wanda's, for "prune then GPTQ on the kept weights").
-use crate::grid::{grid_for, Affine, Grid};
+use crate::grid::{grid_for_weight, Affine, Grid};
 use crate::hessian::{all_finite, Hessian};
 use crate::quant::{QuantConfig, QuantizedWeight};
 use crate::sparsity::{nm_select_into, prune_count, Sparsity};
@@ -237,7 +237,10 @@ pub fn sweep(
         });
     }
     let qc = cfg.quant.clone();
-    let grid: Option<Box<dyn Grid>> = qc.as_ref().map(|q| grid_for(q, n)).transpose()?;
+    let grid: Option<Box<dyn Grid>> = qc
+        .as_ref()
+        .map(|q| grid_for_weight(q, w, d_out, n))
+        .transpose()?;
     if let Some(gr) = grid
         .as_ref()
         .filter(|_| qc.as_ref().is_some_and(|q| q.ggml.is_some()))
@@ -315,7 +318,8 @@ pub fn sweep(
             .zip(stored.par_chunks_mut(sstride))
             .zip(fit_codes.par_chunks_mut(n))
             .zip(w.par_chunks(n).zip(&sigma2).collect::<Vec<_>>())
-            .for_each(|(((a, st), fc), (row, &s2))| {
+            .enumerate()
+            .for_each(|(r, (((a, st), fc), (row, &s2)))| {
                 for k in 0..n_blocks {
                     let (lo, hi) = (k * bl, ((k + 1) * bl).min(n));
                     let imp = importance.as_ref().map(|i| &i[lo..hi]);
@@ -324,7 +328,8 @@ pub fn sweep(
                     } else {
                         &mut st[..0]
                     };
-                    gr.fit(
+                    gr.fit_row(
+                        r,
                         &row[lo..hi],
                         imp,
                         s2,

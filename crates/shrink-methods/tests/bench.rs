@@ -88,6 +88,7 @@ fn bench_gptq() {
                     sym: false,
                     mse: false,
                     ggml: None,
+                    format: Default::default(),
                 },
                 ActOrder::None,
             ),
@@ -99,6 +100,7 @@ fn bench_gptq() {
                     sym: true,
                     mse: false,
                     ggml: None,
+                    format: Default::default(),
                 },
                 ActOrder::None,
             ),
@@ -110,6 +112,7 @@ fn bench_gptq() {
                     sym: false,
                     mse: false,
                     ggml: None,
+                    format: Default::default(),
                 },
                 ActOrder::Dynamic,
             ),
@@ -121,6 +124,7 @@ fn bench_gptq() {
                     sym: false,
                     mse: false,
                     ggml: None,
+                    format: Default::default(),
                 },
                 ActOrder::Static,
             ),
@@ -132,6 +136,7 @@ fn bench_gptq() {
                     sym: false,
                     mse: true,
                     ggml: None,
+                    format: Default::default(),
                 },
                 ActOrder::None,
             ),
@@ -172,6 +177,7 @@ fn bench_find_params_mse() {
         sym: false,
         mse: true,
         ggml: None,
+        format: Default::default(),
     };
     let t = Instant::now();
     let mut acc = 0.0f32;

@@ -10,6 +10,7 @@ fn qcfg(bits: u32, group_size: Option<usize>, sym: bool) -> QuantConfig {
         sym,
         mse: false,
         ggml: None,
+        format: Default::default(),
     }
 }
 
@@ -254,6 +255,7 @@ fn never_worse_than_rtn() {
                                 sym,
                                 mse,
                                 ggml: None,
+                                format: Default::default(),
                             };
                             let rl = layer_loss(
                                 &w,

@@ -12,6 +12,7 @@ fn qcfg(bits: u32, group_size: Option<usize>) -> QuantConfig {
         sym: false,
         mse: false,
         ggml: None,
+        format: Default::default(),
     }
 }
 

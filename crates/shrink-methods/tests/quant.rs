@@ -10,6 +10,7 @@ fn cfg(bits: u32, group_size: Option<usize>, sym: bool, mse: bool) -> QuantConfi
         sym,
         mse,
         ggml: None,
+        format: Default::default(),
     }
 }
 

@@ -1550,8 +1550,10 @@ pub struct Affine {
     pub a: f32,
     pub b: f32,
     pub zero: i32,
-    /// A codebook: code `q` stands for `a * table[q] + b` instead (IQ4_NL, IQ4_XS).
-    pub table: Option<&'static [f32; 16]>,
+    /// A codebook: code `q` stands for `a * table[q] + b` instead (IQ4_NL, IQ4_XS, MXFP4; the
+    /// float formats' [`crate::minifloat::E2M1_LEVELS`] and [`crate::minifloat::E4M3_LEVELS`],
+    /// whose codes are their bit patterns, chosen by round-to-nearest-even).
+    pub table: Option<&'static [f32]>,
 }
 
 /// [`KVALUES_IQ4NL`] as f32, the levels of the IQ4 grids.
@@ -1595,9 +1597,17 @@ impl Affine {
             return None;
         }
         if let Some(t) = self.table {
-            if std::ptr::eq(t, &MXFP4_LEVELS) {
+            if t.as_ptr() == MXFP4_LEVELS.as_ptr() {
                 // an unsorted table: llama.cpp's scan (`best_index_mxfp4`), first of equals
                 return Some(mxfp4_index(x, self.a) as u32);
+            }
+            // the float formats: `(x - b) / a` clamped and rounded to nearest even, as
+            // compressed-tensors' `_quantize` (`x / scale`, clamp, cast) does
+            if t.as_ptr() == crate::minifloat::E2M1_LEVELS.as_ptr() {
+                return Some(crate::minifloat::e2m1_code((x - self.b) / self.a));
+            }
+            if t.as_ptr() == crate::minifloat::E4M3_LEVELS.as_ptr() {
+                return Some(crate::minifloat::e4m3_code((x - self.b) / self.a));
             }
             // the nearest level, ties to the upper one (`best_index_int8`)
             let v = (x - self.b) / self.a;

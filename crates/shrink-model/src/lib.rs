@@ -17,6 +17,7 @@ pub mod ggml_quant;
 pub mod gguf;
 pub mod iq_tables;
 pub mod layer;
+pub mod minifloat;
 pub mod model;
 pub mod packed;
 pub mod quants;

@@ -141,6 +141,7 @@ fn gptq_never_worse_than_rtn_on_real_layers_of_the_default_model() {
             sym: false,
             mse: false,
             ggml: None,
+            format: Default::default(),
         },
         ActOrder::None,
     );
@@ -154,6 +155,7 @@ fn gptq_never_worse_than_rtn_on_real_layers_of_the_default_model() {
             sym: true,
             mse: false,
             ggml: None,
+            format: Default::default(),
         },
         ActOrder::Dynamic,
     );
@@ -167,6 +169,7 @@ fn gptq_never_worse_than_rtn_on_real_layers_of_the_default_model() {
             sym: false,
             mse: false,
             ggml: None,
+            format: Default::default(),
         },
         ActOrder::Static,
     );
@@ -197,6 +200,7 @@ fn diagnostic_gptq_vs_rtn_per_linear() {
         sym: false,
         mse: false,
         ggml: None,
+        format: Default::default(),
     };
     let losses = both_losses(&model, &calib, n, 512, layers, quant, ActOrder::None);
     for (name, g, r) in losses {

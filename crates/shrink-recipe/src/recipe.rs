@@ -68,6 +68,17 @@ pub struct Stage {
     /// its scales fitted as llama.cpp fits them, the codes chosen by the method. `bits`,
     /// `group_size` and `sym` follow from it ([`fill_grid`]).
     pub gguf_type: Option<String>,
+    /// An llm-compressor preset scheme (`W4A16`, `W8A16`, `W8A8`, `FP8`, `FP8_DYNAMIC`,
+    /// `FP8_BLOCK`, `NVFP4`, `NVFP4A16`, `MXFP4`, `MXFP4A16`): it sets the weight grid (`bits`,
+    /// `group_size`, `sym`, `format`) and records the activation scheme in `act` ([`fill_grid`]).
+    pub scheme: Option<String>,
+    /// The weight number format (`int`, `fp8_tensor`, `fp8_channel`, `fp8_block`, `nvfp4`,
+    /// `mxfp4`); default integer. A scheme fills it.
+    pub format: Option<shrink_methods::NumberFormat>,
+    /// The activation quantization the scheme deploys with, recorded as data (e.g.
+    /// `dynamic per-token int8`); shrink does not fake-quantize activations yet. A scheme fills
+    /// it; it cannot be given alone.
+    pub act: Option<String>,
     /// Patterns of the linears this stage applies to (default: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
@@ -273,9 +284,200 @@ pub fn parse_grid_type(name: &str) -> Result<shrink_model::gguf::GgmlType> {
     Ok(t)
 }
 
+/// An llm-compressor preset scheme: its weights (the grid, the llm-compressor name of the
+/// preset) and its input activations, as `compressed_tensors/quantization/quant_scheme.py`
+/// defines them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scheme {
+    /// The preset's name as llm-compressor spells it.
+    pub name: &'static str,
+    pub bits: u32,
+    pub group_size: Option<usize>,
+    pub format: shrink_methods::NumberFormat,
+    /// How the preset quantizes each linear's input (`None`: not at all, the `A16` schemes).
+    pub act: Option<&'static str>,
+}
+
+/// The preset schemes shrink implements (llm-compressor's names).
+pub const SCHEMES: [Scheme; 10] = {
+    use shrink_methods::NumberFormat::*;
+    [
+        Scheme {
+            name: "W4A16",
+            bits: 4,
+            group_size: Some(128),
+            format: Int,
+            act: None,
+        },
+        Scheme {
+            name: "W8A16",
+            bits: 8,
+            group_size: Some(128),
+            format: Int,
+            act: None,
+        },
+        Scheme {
+            name: "W8A8",
+            bits: 8,
+            group_size: None,
+            format: Int,
+            act: Some("dynamic per-token int8"),
+        },
+        Scheme {
+            name: "FP8",
+            bits: 8,
+            group_size: None,
+            format: Fp8Tensor,
+            act: Some("static per-tensor fp8"),
+        },
+        Scheme {
+            name: "FP8_DYNAMIC",
+            bits: 8,
+            group_size: None,
+            format: Fp8Channel,
+            act: Some("dynamic per-token fp8"),
+        },
+        Scheme {
+            name: "FP8_BLOCK",
+            bits: 8,
+            group_size: None,
+            format: Fp8Block,
+            act: Some("dynamic per-group-128 fp8"),
+        },
+        Scheme {
+            name: "NVFP4",
+            bits: 4,
+            group_size: Some(16),
+            format: Nvfp4,
+            act: Some("nvfp4: per-group-16 e4m3 scales (dynamic), static global scale"),
+        },
+        Scheme {
+            name: "NVFP4A16",
+            bits: 4,
+            group_size: Some(16),
+            format: Nvfp4,
+            act: None,
+        },
+        Scheme {
+            name: "MXFP4",
+            bits: 4,
+            group_size: Some(32),
+            format: Mxfp4,
+            act: Some("mxfp4: dynamic per-group-32 e8m0 scales"),
+        },
+        Scheme {
+            name: "MXFP4A16",
+            bits: 4,
+            group_size: Some(32),
+            format: Mxfp4,
+            act: None,
+        },
+    ]
+};
+
+/// The preset called `name` (case-insensitive), or an error listing them.
+pub fn parse_scheme(name: &str) -> Result<Scheme> {
+    let n = name.trim().to_ascii_uppercase();
+    SCHEMES
+        .iter()
+        .find(|s| s.name == n)
+        .copied()
+        .with_context(|| {
+            format!(
+                "unknown scheme '{name}' (llm-compressor presets shrink implements: {})",
+                SCHEMES.map(|s| s.name).join(", ")
+            )
+        })
+}
+
+/// A stage with `scheme` gets the preset's `bits`, `group_size`, `sym = true`, `format` and `act`.
+/// A `bits`, `group_size` or `format` given beside it must agree (for the FP4 schemes a group size
+/// other than theirs is refused by name); `mse` and `gguf_type` do not combine with a scheme, and
+/// `act` is only what a scheme records.
+pub fn fill_scheme(s: &mut Stage) -> Result<()> {
+    let Some(name) = &s.scheme else {
+        if let Some(a) = &s.act {
+            bail!(
+                "act = '{a}' without a scheme: the activation scheme is recorded from --scheme                  (W8A8, FP8_DYNAMIC, NVFP4, ...), not given alone"
+            );
+        }
+        return Ok(());
+    };
+    let p = parse_scheme(name)?;
+    let fp4 = p.format.shape().is_some_and(|(b, _)| b == 4);
+    if let Some(b) = s.bits.filter(|&b| b != p.bits) {
+        bail!(
+            "scheme {} has {}-bit weights, but bits = {b} was given (drop --bits, or drop --scheme)",
+            p.name,
+            p.bits
+        );
+    }
+    if let Some(g) = s.group_size.filter(|&g| Some(g) != p.group_size) {
+        match p.group_size {
+            Some(want) if fp4 => bail!(
+                "scheme {} defines groups of {want} weights ({}); group size {g} is not one of its                  formats (NVFP4: 16, MXFP4: 32)",
+                p.name,
+                p.format.name()
+            ),
+            Some(want) => bail!(
+                "scheme {} has groups of {want} columns, but group_size = {g} was given (drop                  --group-size, or use --bits {} --group-size {g} --sym without a scheme)",
+                p.name,
+                p.bits
+            ),
+            None => bail!(
+                "scheme {} has no groups ({}), but group_size = {g} was given",
+                p.name,
+                if p.format.is_int() {
+                    "one scale per output channel"
+                } else {
+                    p.format.name()
+                }
+            ),
+        }
+    }
+    if let Some(f) = s.format.filter(|&f| f != p.format) {
+        bail!(
+            "scheme {} has {} weights, but format = {} was given",
+            p.name,
+            p.format.name(),
+            f.name()
+        );
+    }
+    if s.mse == Some(true) {
+        bail!(
+            "scheme {}: mse (the clipping search) does not apply to preset schemes (their scales              are the group maxima)",
+            p.name
+        );
+    }
+    if let Some(t) = &s.gguf_type {
+        bail!(
+            "scheme {} and gguf_type {t} both choose the grid: give one",
+            p.name
+        );
+    }
+    let act = p.act.map(str::to_string);
+    if s.act.is_some() && s.act != act {
+        bail!(
+            "scheme {} records act = {:?}, but act = {:?} was given",
+            p.name,
+            p.act.unwrap_or("none"),
+            s.act.as_deref().unwrap_or("none")
+        );
+    }
+    s.scheme = Some(p.name.to_string());
+    s.bits = Some(p.bits);
+    s.group_size = p.group_size;
+    s.sym = Some(true);
+    s.format = (!p.format.is_int()).then_some(p.format);
+    s.act = act;
+    Ok(())
+}
+
 /// A stage with `gguf_type` gets that type's `bits`, `group_size` (its sub-block) and `sym`;
-/// a `bits` or `group_size` given beside it must agree, and `mse` does not apply.
+/// a `bits` or `group_size` given beside it must agree, and `mse` does not apply. A stage with
+/// `scheme` gets the preset's grid ([`fill_scheme`]).
 pub fn fill_grid(s: &mut Stage) -> Result<()> {
+    fill_scheme(s)?;
     let Some(name) = &s.gguf_type else {
         return Ok(());
     };
@@ -322,6 +524,7 @@ fn stage_quant(s: &Stage) -> Result<Option<QuantConfig>> {
         sym: s.sym.unwrap_or(false),
         mse: s.mse.unwrap_or(false),
         ggml: s.gguf_type.as_deref().map(parse_grid_type).transpose()?,
+        format: s.format.unwrap_or_default(),
     };
     quant.validate()?;
     Ok(Some(quant))
