@@ -201,6 +201,13 @@ pub struct CompressJob {
     /// name, with its per-tensor rules (export it with `--type TYPE --mix`).
     #[arg(long, requires = "gguf_type")]
     pub gguf_mix: bool,
+    /// An llm-compressor preset scheme: W4A16, W8A16, W8A8, FP8, FP8_DYNAMIC, FP8_BLOCK, NVFP4,
+    /// NVFP4A16, MXFP4, MXFP4A16. Sets the weight grid (bits, group size, symmetric, number
+    /// format: FP8 E4M3 per channel or 128x128 block, NVFP4 = E2M1 with an E4M3 scale per 16
+    /// and a global scale, MXFP4 = E2M1 with an E8M0 scale per 32) and records the scheme's
+    /// activation quantization in the recipe (not applied yet).
+    #[arg(long, value_name = "SCHEME")]
+    pub scheme: Option<String>,
     /// GPTQ column order [default: static]: static (llm-compressor's default: natural groups
     /// fixed up front from the original weights, columns processed in descending Hessian-diagonal
     /// order), dynamic (the GPTQ paper's act-order: groups formed in that order, g_idx recorded)
@@ -470,6 +477,7 @@ fn merged(a: &CompressJob) -> Result<Recipe> {
     let flags = a.method.is_some()
         || a.bits.is_some()
         || a.gguf_type.is_some()
+        || a.scheme.is_some()
         || a.group_size.is_some()
         || a.sparsity.is_some()
         || a.pattern.is_some()
@@ -506,6 +514,7 @@ fn merged(a: &CompressJob) -> Result<Recipe> {
         s.group_size = a.group_size;
     }
     s.gguf_type = a.gguf_type.clone().or(s.gguf_type.take());
+    s.scheme = a.scheme.clone().or(s.scheme.take());
     r.fill_grids()?;
     Ok(r)
 }
