@@ -254,6 +254,10 @@ pub struct CompressJob {
     /// --reference` gives them), and add them to the report's `eval`.
     #[arg(long)]
     pub eval: Option<PathBuf>,
+    /// --eval: use only the first N tokens of the text (whole windows of 512; a sweep's quick
+    /// evaluation).
+    #[arg(long, value_name = "N", requires = "eval")]
+    pub eval_max_tokens: Option<usize>,
     /// After compressing, score the original and the compressed model on these multiple-choice
     /// tasks (as `shrink eval-tasks --tasks`: piqa,arc_easy,hellaswag:rc_5shot, ...; the requests
     /// of `scripts/fetch --tasks`) and add both models' accuracies to the report's `eval.tasks`.
@@ -1352,13 +1356,18 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
         ));
     } else {
         ui.info(&format!(
-            "compressing {} with {} ({} layers), calibration {} x {} tokens from {} (seed {seed})",
+            "compressing {} with {} ({} layers), calibration {} x {} tokens from {}{}",
             a.model.display(),
             plan.name(),
             n_layers,
             nsamples,
             seqlen,
-            calib.source
+            calib.source,
+            if a.calib_ids.is_some() {
+                String::new() // saved token ids: drawn elsewhere, with their own seed
+            } else {
+                format!(" (seed {seed})")
+            }
         ));
     }
     // OWL: one dense pass over the calibration data measures every layer, then the recipe gets

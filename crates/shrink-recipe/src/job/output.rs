@@ -353,7 +353,10 @@ pub(super) fn eval_against_original(
         ModelSource::open(a.reference.as_ref().unwrap_or(&a.model))?,
         ModelSource::open(written)?,
     );
-    let (ids, bos) = shrink_eval::eval_tokens(&comp.tokenizer, text)?;
+    let (mut ids, bos) = shrink_eval::eval_tokens(&comp.tokenizer, text)?;
+    if let Some(n) = a.eval_max_tokens {
+        ids.truncate(n);
+    }
     let opts = shrink_eval::PplOptions {
         bos,
         ..shrink_eval::PplOptions::default()
