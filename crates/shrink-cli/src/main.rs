@@ -7,6 +7,7 @@ mod generate;
 mod llama_ppl;
 mod profile;
 mod progress;
+mod sweep;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -93,6 +94,10 @@ enum Cmd {
     /// Measure speed: this machine's f32 matmul rate, then eval throughput and the forward pass's
     /// GFLOP/s as a fraction of that rate, in the same run. Writes JSON.
     Bench(bench::BenchArgs),
+    /// Run a grid of recipes × calibration sources × seeds (each cell a compress run evaluated
+    /// against the original), resumable, and write results.jsonl and a report (HTML and
+    /// Markdown with Pareto plots of size against perplexity, KL divergence and task accuracy).
+    Sweep(Box<sweep::SweepArgs>),
 }
 
 #[derive(clap::Args)]
@@ -189,6 +194,7 @@ fn main() {
         Cmd::Export(a) => export::run(*a, quiet),
         Cmd::Bench(a) => bench::run(a, quiet),
         Cmd::Profile(a) => profile::run(*a, quiet),
+        Cmd::Sweep(a) => sweep::run(*a, quiet),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -9,6 +9,7 @@
 //! - [`budget`]: the bits-per-weight accountant (what the exported file stores);
 //! - [`search`]: allocation from measured error curves under a budget (`--allocate search`);
 //! - [`job`]: the compress job itself (every setting of `shrink compress`, [`job::run`]);
+//! - [`sweep`]: a grid of recipes × calibration sources × seeds, run cell by cell (`shrink sweep`);
 //! - [`plan`]: a recipe resolved for a model's linears, the per-linear [`Assign`] the pipeline
 //!   runs.
 //!
@@ -27,6 +28,7 @@ pub mod plan;
 pub mod profile;
 pub mod recipe;
 pub mod search;
+pub mod sweep;
 
 pub use plan::{Plan, Setting, Slot};
 pub use recipe::{build_method, data_free, CalibSection, Override, Recipe, Stage};
