@@ -173,6 +173,7 @@ fn check(m: usize, n: usize, k: usize, a: usize, b: usize, c: usize) {
 
 impl Mkl {
     /// C[m,n] = A[m,k] · B, row-major; B is `[k,n]`, or `[n,k]` when `b_t` (C = A B^T).
+    #[allow(clippy::too_many_arguments)]
     pub fn sgemm(
         &self,
         m: usize,
