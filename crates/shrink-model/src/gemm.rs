@@ -245,3 +245,27 @@ impl Mkl {
         }
     }
 }
+
+/// Process-wide matmul precision for [`crate::tensor::linear`]: false = f32 through faer (the
+/// exact path, default), true = bf16 inputs with f32 accumulation through oneMKL.
+static BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks for bf16 linears; returns whether they are on (oneMKL loaded), printing a one-line
+/// notice when it falls back to f32.
+pub fn set_bf16(on: bool) -> bool {
+    let ok = on && mkl().is_some();
+    if on && !ok {
+        eprintln!("note: --precision bf16 asked, oneMKL not found (scripts/fetch-mkl or SHRINK_MKL): using f32");
+    }
+    BF16.store(ok, std::sync::atomic::Ordering::Relaxed);
+    ok
+}
+
+/// The bf16 backend when it is switched on.
+pub fn bf16_backend() -> Option<&'static Mkl> {
+    if BF16.load(std::sync::atomic::Ordering::Relaxed) {
+        mkl()
+    } else {
+        None
+    }
+}
