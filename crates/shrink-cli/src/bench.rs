@@ -86,6 +86,11 @@ pub fn flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
 pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
     let square = matmul_gflops(1024, 1024, 1024, 5);
     let mlp_shape = matmul_gflops(2048, 576, 1536, 5);
+    let backends = bench_backends(
+        &[(512, 576, 1536), (512, 1536, 576), (512, 576, 576)],
+        512,
+        5,
+    );
     let t0 = Instant::now();
     let src = ModelSource::open(&a.model)?;
     let mut model = src.load_all()?;
@@ -120,6 +125,7 @@ pub fn run(a: BenchArgs, quiet: bool) -> Result<()> {
     let v = json!({
         "machine": {"threads": rayon::current_num_threads()},
         "matmul_gflops_f32": {"1024x1024x1024": square, "2048x576x1536": mlp_shape, "best": matmul_rate},
+        "matmul_backends_gflops": backends,
         "model": a.model, "text": a.text,
         "load_seconds": load_s,
         "tokenize": {"chars": text.len(), "tokens": ids.len(), "seconds": tokenize_s, "tokens_per_second": ids.len() as f64 / tokenize_s},
@@ -305,4 +311,106 @@ fn bench_methods(a: &BenchArgs, list: &str) -> Result<serde_json::Value> {
         std::fs::remove_dir_all(&out).ok();
     }
     Ok(json!({"nsamples": a.nsamples, "seqlen": 512, "layers": a.layers, "runs": rows}))
+}
+
+/// Best-of-`reps` seconds of `f`.
+fn best_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Matmul rates (GFLOP/s) for the calibration forward's shapes (`tokens` x d_in -> d_out, as
+/// `X W^T`) and the Hessian (`X^T X` over `tokens` rows): faer f32 (today's path), MKL sgemm f32
+/// and MKL bf16 inputs with f32 accumulation (`cblas_gemm_bf16bf16f32`) where MKL loads; each
+/// with its ratio to the best rate of its shape.
+pub fn bench_backends(
+    shapes: &[(usize, usize, usize)],
+    tokens: usize,
+    reps: usize,
+) -> serde_json::Value {
+    let mkl = shrink_model::gemm::mkl();
+    let (avx512_bf16, amx_bf16) = shrink_model::gemm::cpu_bf16();
+    let mut rows = Vec::new();
+    let mut run_shape = |name: String, m: usize, n: usize, k: usize, hessian: bool| {
+        let flops = 2.0 * (m * n * k) as f64;
+        // forward: X[m,k] W[n,k]^T; Hessian: X[k,m]^T X[k,n] with m == n.
+        let x = Mat::<f32>::from_fn(
+            if hessian { k } else { m },
+            if hessian { m } else { k },
+            |i, j| ((i * 7 + j * 3) % 11) as f32 * 0.1 - 0.5,
+        );
+        let w = Mat::<f32>::from_fn(
+            if hessian { k } else { n },
+            if hessian { n } else { k },
+            |i, j| ((i * 5 + j) % 13) as f32 * 0.1 - 0.6,
+        );
+        let mut c = Mat::<f32>::zeros(m, n);
+        let faer_s = best_secs(reps, || {
+            let (lhs, rhs) = if hessian {
+                (x.transpose(), w.as_ref())
+            } else {
+                (x.as_ref(), w.transpose())
+            };
+            matmul(c.as_mut(), Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
+        });
+        let mut r = serde_json::Map::new();
+        r.insert("shape".into(), json!(name));
+        r.insert("faer_f32".into(), json!(flops / faer_s / 1e9));
+        if let Some(mkl) = mkl {
+            // row-major copies: x as [rows, cols], w likewise.
+            let row_major = |a: &Mat<f32>| -> Vec<f32> {
+                let mut v = Vec::with_capacity(a.nrows() * a.ncols());
+                for i in 0..a.nrows() {
+                    for j in 0..a.ncols() {
+                        v.push(a[(i, j)]);
+                    }
+                }
+                v
+            };
+            let (xr, wr) = (row_major(&x), row_major(&w));
+            let (xb, wb) = (
+                shrink_model::gemm::to_bf16(&xr),
+                shrink_model::gemm::to_bf16(&wr),
+            );
+            let mut cr = vec![0f32; m * n];
+            let s_s = if hessian {
+                None
+            } else {
+                Some(best_secs(reps, || {
+                    mkl.sgemm(m, n, k, &xr, &wr, true, &mut cr)
+                }))
+            };
+            let b_s = best_secs(reps, || {
+                mkl.gemm_bf16(m, n, k, &xb, hessian, &wb, !hessian, 0.0, &mut cr)
+            });
+            if let Some(s) = s_s {
+                r.insert("mkl_sgemm_f32".into(), json!(flops / s / 1e9));
+            }
+            r.insert("mkl_bf16".into(), json!(flops / b_s / 1e9));
+        }
+        let best = r.values().filter_map(|v| v.as_f64()).fold(0.0f64, f64::max);
+        let ratios: serde_json::Map<_, _> = r
+            .iter()
+            .filter_map(|(k, v)| v.as_f64().map(|g| (k.clone(), json!(g / best))))
+            .collect();
+        r.insert("ratio_to_best".into(), json!(ratios));
+        rows.push(serde_json::Value::Object(r));
+    };
+    for &(m, k, n) in shapes {
+        run_shape(format!("{m}x{k}->{n}"), m, n, k, false);
+    }
+    let d = shapes.first().map(|s| s.1).unwrap_or(576);
+    run_shape(format!("hessian X^T X {tokens}x{d}"), d, d, tokens, true);
+    json!({
+        "cpu": {"avx512_bf16": avx512_bf16, "amx_bf16": amx_bf16},
+        "mkl": mkl.map(|m| m.path.clone()),
+        "mkl_note": if mkl.is_none() { Some("oneMKL not found (scripts/fetch-mkl, or SHRINK_MKL=path): f32 faer only") } else { None },
+        "shapes": rows,
+    })
 }

@@ -105,6 +105,10 @@ pub struct EvalArgs {
     /// A Hugging Face model directory or a .gguf file.
     #[arg(long, short)]
     model: PathBuf,
+    /// Matmul precision of the linears: f32 (faer, the exact path; default) or bf16 (bf16
+    /// inputs, f32 accumulation through oneMKL; f32 with a notice where MKL is missing).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    precision: String,
     /// UTF-8 text file to evaluate on (e.g. data/eval.txt from scripts/fetch). Not needed with
     /// --reference-logits, whose file holds the tokens.
     #[arg(long, short, required_unless_present = "reference_logits")]
@@ -203,6 +207,7 @@ fn main() {
 }
 
 fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
+    shrink_model::gemm::set_bf16(a.precision == "bf16");
     let t0 = Instant::now();
     if let Some(path) = &a.logits_out {
         shrink_formats::hf::OutputDir::refuse_existing(path, a.force)?;

@@ -11,6 +11,7 @@
 pub mod arch;
 pub mod config;
 pub mod fastmath;
+pub mod gemm;
 pub mod generate;
 pub mod ggml_mix;
 pub mod ggml_quant;

@@ -50,6 +50,18 @@ pub fn linear(x: &[f32], n: usize, w: &Tensor, bias: Option<&Tensor>, y: &mut [f
         x.len()
     );
     assert_eq!(y.len(), n * d_out);
+    if let Some(mkl) = crate::gemm::bf16_backend() {
+        let (xb, wb) = (crate::gemm::to_bf16(x), crate::gemm::to_bf16(&w.data));
+        mkl.gemm_bf16(n, d_out, d_in, &xb, false, &wb, true, 0.0, y);
+        if let Some(b) = bias {
+            for row in y.chunks_exact_mut(d_out) {
+                for (v, bb) in row.iter_mut().zip(&b.data) {
+                    *v += bb;
+                }
+            }
+        }
+        return;
+    }
     let lhs = MatRef::from_row_major_slice(x, n, d_in);
     let rhs = MatRef::from_row_major_slice(&w.data, d_out, d_in).transpose();
     let dst = MatMut::from_row_major_slice_mut(y, n, d_out);
