@@ -1,0 +1,252 @@
+//! `shrink sweep`: a killed sweep resumes to the same results.jsonl as an uninterrupted one; bad
+//! grids and a directory of another sweep are refused without touching what is there.
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn shrink() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shrink"))
+}
+
+fn grid(dir: &Path, calib: &Path, eval: &Path, body: &str) -> PathBuf {
+    let p = dir.join("grid.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "seeds = [0, 1]\n[eval]\ntext = {eval:?}\nmax_tokens = 1024\n\
+             [[calibration]]\nname = \"wiki\"\nfile = {calib:?}\nnsamples = 4\nseqlen = 128\n{body}"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+const RECIPES: &str = r#"
+[[recipe]]
+name = "rtn-w4"
+[[recipe.stage]]
+method = "rtn"
+bits = 4
+group_size = 64
+[[recipe]]
+name = "gptq-w4"
+[[recipe.stage]]
+method = "gptq"
+bits = 4
+group_size = 64
+"#;
+
+fn sweep_args(model: &Path, grid: &Path, out: &Path) -> Vec<String> {
+    [
+        "sweep",
+        "-q",
+        "--model",
+        common::s(model),
+        "--grid",
+        common::s(grid),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--out".into(), out.to_string_lossy().to_string()])
+    .collect()
+}
+
+fn next_layer(partial: &Path) -> Option<u64> {
+    let s = std::fs::read_to_string(partial.join("state.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&s).ok()?["next_layer"].as_u64()
+}
+
+/// Kill -9 in the middle of the first GPTQ cell (its checkpoint past layer 5 of 30), run the
+/// sweep again: it continues that cell from its checkpoint, runs the rest, and its results.jsonl
+/// equals an uninterrupted sweep's byte for byte. Then the report is there, with its plots.
+#[test]
+fn killed_sweep_resumes_to_identical_results() {
+    let (Some(model), Some(calib), Some(eval)) = (
+        common::fetched("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        common::fetched("data/calib.txt"),
+        common::fetched("data/eval.txt"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let g = grid(tmp.path(), &calib, &eval, RECIPES);
+
+    let full = tmp.path().join("full");
+    let o = shrink()
+        .args(sweep_args(&model, &g, &full))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("3 cells (0 finished before, 3 to run)"),
+        "{err}"
+    );
+    let full_results = std::fs::read_to_string(full.join("results.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = full_results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = lines.iter().map(|r| r["cell"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["rtn-w4", "gptq-w4.wiki.s0", "gptq-w4.wiki.s1"]);
+    for r in &lines {
+        for k in ["recipe", "bytes", "bpw", "perplexity", "kld_mean"] {
+            assert!(!r[k].is_null(), "{k} missing in {r}");
+        }
+        // W4 g64 asym: 4 bits + (f16 scale + 4-bit zero) / 64
+        assert!((r["bpw"].as_f64().unwrap() - 4.3125).abs() < 1e-9, "{r}");
+    }
+    // the seeds draw different calibration tokens, so GPTQ's results differ
+    assert_ne!(lines[1]["perplexity"], lines[2]["perplexity"]);
+    assert_eq!(lines[1]["bytes"], lines[2]["bytes"]);
+    assert_eq!(lines[0]["seed"], serde_json::Value::Null);
+    // GPTQ beats RTN at the same size on the same evaluation
+    assert!(lines[1]["kld_mean"].as_f64() < lines[0]["kld_mean"].as_f64());
+    // model files are pruned by default; each cell keeps its report and recipe
+    let cell = full.join("cells/gptq-w4.wiki.s0");
+    assert!(cell.join("report.json").exists() && cell.join("recipe.toml").exists());
+    assert!(!cell.join("model.safetensors").exists());
+    assert!(full.join("report.html").exists() && full.join("report.md").exists());
+
+    // the same sweep, killed in its first GPTQ cell
+    let cut = tmp.path().join("cut");
+    let partial = cut.join("cells/.gptq-w4.wiki.s0.partial");
+    let mut child = shrink()
+        .args(sweep_args(&model, &g, &cut))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !next_layer(&partial).is_some_and(|n| n >= 5) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sweep ended before it was killed"
+        );
+        assert!(t.elapsed() < Duration::from_secs(600), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = std::fs::read_to_string(cut.join("results.jsonl")).unwrap();
+    assert_eq!(before.lines().count(), 1, "only the RTN cell was finished");
+
+    let o = shrink()
+        .args(sweep_args(&model, &g, &cut))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("1 finished before, 2 to run"), "{err}");
+    assert!(err.contains("continuing from its checkpoint"), "{err}");
+    let resumed = std::fs::read_to_string(cut.join("results.jsonl")).unwrap();
+    assert_eq!(
+        resumed, full_results,
+        "a resumed sweep must record the same results"
+    );
+    assert!(
+        !partial.exists(),
+        "the checkpoint is removed once the cell is done"
+    );
+
+    // run again: nothing left to do, nothing changes
+    let o = shrink()
+        .args(sweep_args(&model, &g, &cut))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("0 to run"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(cut.join("results.jsonl")).unwrap(),
+        full_results
+    );
+}
+
+/// A grid with an unknown key, an empty axis or no recipe; a directory that holds another
+/// sweep; a recipe changed under the same name: each refused with what is wrong, and the
+/// directory's results are left as they were.
+#[test]
+fn bad_grids_and_other_sweeps_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib.txt");
+    let eval = tmp.path().join("eval.txt");
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(200);
+    std::fs::write(&calib, &text).unwrap();
+    std::fs::write(&eval, &text).unwrap();
+    let model = common::hf_dir(tmp.path());
+    let out = tmp.path().join("out");
+    let run = |g: &Path| sweep_args(&model, g, &out);
+    let strs = |v: &[String]| -> Vec<String> { v.to_vec() };
+    let fails = |args: Vec<String>, needles: &[&str]| {
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        common::fails_with(&a, needles)
+    };
+
+    let g = grid(
+        tmp.path(),
+        &calib,
+        &eval,
+        &format!("{RECIPES}\ncolour = 3\n"),
+    );
+    fails(strs(&run(&g)), &["grid.toml", "colour"]);
+    let g = grid(
+        tmp.path(),
+        &calib,
+        &eval,
+        "[[recipe]]\nname = \"a\"\nflavour = 1\n",
+    );
+    fails(strs(&run(&g)), &["grid.toml", "flavour"]);
+    let g = tmp.path().join("grid.toml");
+    std::fs::write(
+        &g,
+        format!("seeds = []\n[eval]\ntext = {eval:?}\n[[calibration]]\nname = \"w\"\nfile = {calib:?}\n{RECIPES}"),
+    )
+    .unwrap();
+    fails(strs(&run(&g)), &["grid.toml", "seeds", "empty"]);
+    let g = grid(tmp.path(), &calib, &eval, "");
+    fails(strs(&run(&g)), &["grid.toml", "recipe"]);
+    let g = grid(tmp.path(), &calib.with_extension("missing"), &eval, RECIPES);
+    fails(strs(&run(&g)), &["calibration 'wiki'", "calib.missing"]);
+    assert!(!out.exists(), "a refused grid must not create the output");
+
+    // a real (tiny) sweep, then another model into the same directory
+    let g = grid(tmp.path(), &calib, &eval, RECIPES);
+    let o = shrink().args(run(&g)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 3);
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(model.join(f), other.join(f)).unwrap();
+    }
+    fails(
+        sweep_args(&other, &g, &out),
+        &["holds another sweep's results", "another --out"],
+    );
+    // the same recipe name with other settings
+    let changed = RECIPES.replace(
+        "bits = 4\ngroup_size = 64\n[[recipe]]",
+        "bits = 3\ngroup_size = 64\n[[recipe]]",
+    );
+    assert_ne!(changed, RECIPES);
+    let g2 = grid(tmp.path(), &calib, &eval, &changed);
+    fails(strs(&run(&g2)), &["rtn-w4", "another recipe", "new name"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
+        results,
+        "a refused sweep must leave the results as they were"
+    );
+    // --report-only redraws from the results without running anything
+    let g = grid(tmp.path(), &calib, &eval, RECIPES);
+    let mut a = run(&g);
+    a.push("--report-only".into());
+    let o = shrink().args(&a).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| rtn-w4 |") && md.contains("| gptq-w4 |"),
+        "{md}"
+    );
+}
