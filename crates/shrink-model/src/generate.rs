@@ -63,6 +63,129 @@ impl<'a> Generator<'a> {
     }
 }
 
+/// [`Generator`] for a batch of sequences of one length: each step feeds one token (or the same
+/// number of prompt tokens) per sequence, and the linears run on all of them in one product.
+pub struct BatchGenerator<'a> {
+    model: &'a mut Model,
+    rope: Rope,
+    /// `caches[layer][sequence]`
+    caches: Vec<Vec<LayerCache>>,
+    batch: usize,
+    max_len: usize,
+}
+
+impl<'a> BatchGenerator<'a> {
+    pub fn new(model: &'a mut Model, batch: usize, max_len: usize) -> Self {
+        let rope = Rope::new(&model.config, max_len);
+        let caches = vec![vec![LayerCache::default(); batch]; model.layers.len()];
+        BatchGenerator {
+            model,
+            rope,
+            caches,
+            batch,
+            max_len,
+        }
+    }
+
+    /// Tokens fed so far to each sequence.
+    pub fn len(&self) -> usize {
+        self.caches
+            .first()
+            .and_then(|c| c.first())
+            .map_or(0, |c| c.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Feeds `n` tokens to every sequence (`ids` is `[batch, n]`) and returns each sequence's
+    /// logits of its last token, `[batch, vocab]`.
+    pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() || ids.len() % self.batch != 0 {
+            bail!(
+                "{} tokens do not split over a batch of {}",
+                ids.len(),
+                self.batch
+            );
+        }
+        let n = ids.len() / self.batch;
+        if self.len() + n > self.max_len {
+            bail!(
+                "{} tokens exceed the generator's {} (prompt and new tokens)",
+                self.len() + n,
+                self.max_len
+            );
+        }
+        let cfg = self.model.config.clone();
+        let mut x = self.model.embed(ids)?;
+        for (layer, caches) in self.model.layers.iter_mut().zip(&mut self.caches) {
+            layer.forward_cached_batch(&cfg, &self.rope, &mut x, n, caches)?;
+        }
+        let h = cfg.hidden_size;
+        let last: Vec<f32> = (0..self.batch)
+            .flat_map(|b| x[((b + 1) * n - 1) * h..(b + 1) * n * h].iter().copied())
+            .collect();
+        let normed = final_norm(&cfg, &self.model.norm, &last)?;
+        Ok(head_logits(&cfg, self.model.head(), &normed, self.batch))
+    }
+}
+
+/// `batch` sequences sampled from the model after `prompt` (e.g. BOS alone), `new_tokens`
+/// tokens each; sequence `b` draws with its own sampler, seeded `sampling.seed` mixed with `b`
+/// (SplitMix64), so a seed gives the same sequences on every machine.
+/// End-of-sequence tokens are kept and sampling goes on past them (fixed-length windows, as
+/// calibration wants). `progress(tokens_done)` is called after each step.
+pub fn sample_batch(
+    model: &mut Model,
+    prompt: &[u32],
+    batch: usize,
+    new_tokens: usize,
+    sampling: &Sampling,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<u32>>> {
+    if batch == 0 || new_tokens == 0 || prompt.is_empty() {
+        bail!("sample_batch: empty batch, prompt or length");
+    }
+    sampling.check()?;
+    let mut gen = BatchGenerator::new(model, batch, prompt.len() + new_tokens);
+    let mut samplers: Vec<Sampler> = (0..batch as u64)
+        .map(|b| {
+            Sampler::new(Sampling {
+                seed: mix_seed(sampling.seed, b),
+                ..sampling.clone()
+            })
+        })
+        .collect();
+    let ids: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
+    let mut logits = gen.feed(&ids)?;
+    let vocab = logits.len() / batch;
+    let mut out = vec![Vec::with_capacity(new_tokens); batch];
+    for step in 0..new_tokens {
+        let next: Vec<u32> = samplers
+            .iter_mut()
+            .zip(logits.chunks_exact(vocab))
+            .map(|(s, l)| s.next(l))
+            .collect();
+        for (o, t) in out.iter_mut().zip(&next) {
+            o.push(*t);
+        }
+        progress(step + 1);
+        if step + 1 < new_tokens {
+            logits = gen.feed(&next)?;
+        }
+    }
+    Ok(out)
+}
+
+/// A seed for stream `b` of seed `seed` (one SplitMix64 step of their mix).
+pub fn mix_seed(seed: u64, b: u64) -> u64 {
+    let mut z = seed ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// How the next token is chosen from the logits, in Hugging Face's order: temperature, then
 /// top-k, then top-p (nucleus), then a draw; `temperature == 0` is greedy (the first maximum).
 #[derive(Clone, Debug)]

@@ -307,7 +307,31 @@ impl DecoderLayer {
         n: usize,
         cache: &mut LayerCache,
     ) -> Result<()> {
-        self.forward_impl(cfg, rope, x, 1, n, &mut NoHook, Some(cache))
+        self.forward_impl(
+            cfg,
+            rope,
+            x,
+            1,
+            n,
+            &mut NoHook,
+            Some(std::slice::from_mut(cache)),
+        )
+    }
+
+    /// [`forward_cached`](Self::forward_cached) for `caches.len()` sequences at once, all of
+    /// the same length so far: `x` is `[batch, n, hidden]`, sequence `b`'s rows attend to
+    /// `caches[b]` alone. The linears see all `batch * n` rows in one product, so decoding a
+    /// batch reads each weight once per step instead of once per sequence.
+    pub fn forward_cached_batch(
+        &mut self,
+        cfg: &ModelConfig,
+        rope: &Rope,
+        x: &mut [f32],
+        n: usize,
+        caches: &mut [LayerCache],
+    ) -> Result<()> {
+        let batch = caches.len();
+        self.forward_impl(cfg, rope, x, batch, n, &mut NoHook, Some(caches))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -319,7 +343,7 @@ impl DecoderLayer {
         batch: usize,
         seq: usize,
         hook: &mut dyn LayerHook,
-        cache: Option<&mut LayerCache>,
+        cache: Option<&mut [LayerCache]>,
     ) -> Result<()> {
         let (hd, nh, nkv, h) = (
             cfg.head_dim,
@@ -389,18 +413,38 @@ impl DecoderLayer {
                 table.apply(&mut k, seq, nkv, hd);
                 attention(&q, &k, &v, heads, opts)
             }
-            Some(c) => {
-                assert_eq!(batch, 1, "a KV cache holds one sequence");
-                let pos0 = c.len;
+            Some(caches) => {
+                assert_eq!(batch, caches.len(), "one KV cache per sequence");
+                let pos0 = caches[0].len;
+                assert!(
+                    caches.iter().all(|c| c.len == pos0),
+                    "the sequences of a batch must be of one length"
+                );
                 // the table of the sequence so far, as transformers picks LongRoPE's factors
                 // from the largest position of a forward (the cached keys keep theirs)
                 let table = rope.table(sliding, pos0 + seq);
-                table.apply_from(&mut q, pos0, nh, hd);
-                table.apply_from(&mut k, pos0, nkv, hd);
-                c.k.extend_from_slice(&k);
-                c.v.extend_from_slice(&v);
-                c.len += seq;
-                attention_cached(&q, &c.k, &c.v, pos0, heads, opts)
+                let (qw, kw) = (seq * nh * hd, seq * nkv * hd);
+                // positions pos0.. in each sequence of the batch
+                for b in 0..batch {
+                    table.apply_from(&mut q[b * qw..(b + 1) * qw], pos0, nh, hd);
+                    table.apply_from(&mut k[b * kw..(b + 1) * kw], pos0, nkv, hd);
+                }
+                let one = Heads { batch: 1, ..heads };
+                let mut out = Vec::with_capacity(batch * qw);
+                for (b, c) in caches.iter_mut().enumerate() {
+                    c.k.extend_from_slice(&k[b * kw..(b + 1) * kw]);
+                    c.v.extend_from_slice(&v[b * kw..(b + 1) * kw]);
+                    c.len += seq;
+                    out.extend(attention_cached(
+                        &q[b * qw..(b + 1) * qw],
+                        &c.k,
+                        &c.v,
+                        pos0,
+                        one,
+                        opts,
+                    ));
+                }
+                out
             }
         };
         drop((q, k, v));
