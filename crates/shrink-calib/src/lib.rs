@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use shrink_model::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
+pub mod generated;
+pub use generated::{GenerateOptions, GENERATED_SELF};
+
 /// Default number of calibration samples (the GPTQ reference uses 128).
 pub const DEFAULT_NSAMPLES: usize = 128;
 /// Default sample length in tokens (the reference uses 2048; 512 keeps CPU runs short).

@@ -12,6 +12,10 @@ tasks = [\"arc_easy\", \"piqa\"]   # optional: task accuracy (compress --eval-ta
 tasks_limit = 100             # optional: first N documents per task\n\n  \
 [[calibration]]               # one or more sources\n  name = \"wiki\"\n  file = \"data/calib.txt\"       \
 # a recipe's [calibration] keys, less seed\n  nsamples = 64\n  seqlen = 512\n\n  \
+[[calibration]]\n  name = \"self\"\n  file = \"generated:self\"      # the model samples its own text (seeded, from BOS)\n  \
+nsamples = 64\n  seqlen = 512\n\n  \
+[[calibration]]\n  name = \"half\"\n  mix = { wiki = 0.5, self = 0.5 }   # the first windows of each, by weight\n  \
+nsamples = 64\n  seqlen = 512\n\n  \
 [[recipe]]                    # one or more recipes\n  name = \"gptq-w4g64\"\n  \
 [[recipe.stage]]              # a recipe's tables: stages, overrides, ignore\n  method = \"gptq\"\n  bits = 4\n  group_size = 64\n\n\
 Each recipe runs once per calibration source and seed; a data-free recipe (rtn, magnitude)\n\

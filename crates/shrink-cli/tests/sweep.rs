@@ -250,3 +250,90 @@ fn bad_grids_and_other_sweeps_are_refused() {
         "{md}"
     );
 }
+
+/// Calibration sources that are no file: `generated:self` (the model samples its own windows,
+/// seeded) and a mixture by weight, which takes the first windows of each part's own set.
+#[test]
+fn generated_and_mixed_calibration_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(200),
+    )
+    .unwrap();
+    let model = common::hf_dir(tmp.path());
+    let g = tmp.path().join("grid.toml");
+    std::fs::write(
+        &g,
+        format!(
+            "seeds = [3]\n[eval]\ntext = {text:?}\n\
+             [[calibration]]\nname = \"wiki\"\nfile = {text:?}\nnsamples = 4\nseqlen = 32\n\
+             [[calibration]]\nname = \"self\"\nfile = \"generated:self\"\nnsamples = 4\nseqlen = 32\n\
+             [[calibration]]\nname = \"half\"\nmix = {{ wiki = 1, self = 1 }}\nnsamples = 4\nseqlen = 32\n\
+             [[recipe]]\nname = \"gptq\"\n[[recipe.stage]]\nmethod = \"gptq\"\nbits = 4\ngroup_size = 32\n"
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = shrink()
+        .args(sweep_args(&model, &g, &out))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let ids = |name: &str| -> Vec<i64> {
+        let b = std::fs::read(out.join(format!("calib/{name}-s3.safetensors"))).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+        let t = st.tensor("input_ids").unwrap();
+        assert_eq!(t.shape(), [4, 32], "{name}");
+        t.data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (wiki, own, half) = (ids("wiki"), ids("self"), ids("half"));
+    assert_ne!(wiki, own);
+    // sampled windows differ from each other
+    assert_ne!(own[..32], own[32..64]);
+    // the mixture: 2 windows of each part (sorted by name: self, then wiki)
+    assert_eq!(half[..64], own[..64]);
+    assert_eq!(half[64..], wiki[..64]);
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    let cells: Vec<String> = results
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["cell"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(cells, ["gptq.wiki.s3", "gptq.self.s3", "gptq.half.s3"]);
+    // a seed gives the same generated windows
+    let again = tmp.path().join("again");
+    let o = shrink()
+        .args(sweep_args(&model, &g, &again))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read(again.join("calib/self-s3.safetensors")).unwrap(),
+        std::fs::read(out.join("calib/self-s3.safetensors")).unwrap()
+    );
+    // an unknown generated source is refused before any work
+    std::fs::write(
+        &g,
+        std::fs::read_to_string(&g)
+            .unwrap()
+            .replace("generated:self", "generated:other"),
+    )
+    .unwrap();
+    let bad = tmp.path().join("bad");
+    let a = sweep_args(&model, &g, &bad);
+    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+    common::fails_with(
+        &a,
+        &["calibration 'self'", "generated:other", "generated:self"],
+    );
+}

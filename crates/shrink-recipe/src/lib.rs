@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod budget;
+pub mod calib_source;
 pub mod job;
 pub mod layers;
 pub mod merge;

@@ -18,6 +18,17 @@
 //! nsamples = 64
 //! seqlen = 512
 //!
+//! [[calibration]]
+//! name = "self"
+//! file = "generated:self"      # the model samples its own calibration text (data-free)
+//! nsamples = 64
+//! seqlen = 512
+//!
+//! [[calibration]]
+//! name = "half"
+//! mix = { wiki = 0.5, self = 0.5 }   # a mixture of the sources above, by weight
+//! nsamples = 64
+//!
 //! [[recipe]]
 //! name = "gptq-w4g64"
 //! [[recipe.stage]]             # the tables of a recipe (stages, overrides, ignore, ...)
@@ -25,6 +36,11 @@
 //! bits = 4
 //! group_size = 64
 //! ```
+//!
+//! A mixture of `nsamples` windows takes, for each seed, the first round(n·w/Σw) windows of each
+//! named source's set of that seed (the last source gets the remainder); the sources must have
+//! the mixture's seqlen and at least that many windows, and their own sets are drawn (or
+//! generated) once and shared with the cells that use them alone.
 //!
 //! Every recipe runs once per calibration source and seed, except a data-free one (every stage
 //! `rtn` or `magnitude`): it needs no calibration, so it runs once (`calibration` and `seed`
@@ -78,7 +94,12 @@ pub struct EvalSection {
 #[serde(deny_unknown_fields)]
 pub struct CalibSource {
     pub name: String,
-    pub file: PathBuf,
+    /// A text, JSON-lines file or directory, or `generated:self`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// A mixture of other sources of the grid, by weight (instead of `file`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mix: BTreeMap<String, f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,7 +222,44 @@ impl Grid {
             if calibrations.iter().any(|o: &CalibSource| o.name == c.name) {
                 bail!("two [[calibration]] sources are named '{}'", c.name);
             }
+            match (&c.file, c.mix.is_empty()) {
+                (Some(_), false) | (None, true) => bail!(
+                    "[[calibration]] {}: give either `file` (a text, or generated:self) or `mix`                      (other sources by weight)",
+                    c.name
+                ),
+                _ => {}
+            }
+            if c.field.is_some() && c.file.is_none() {
+                bail!("[[calibration]] {}: `field` needs a `file`", c.name);
+            }
             calibrations.push(c);
+        }
+        for c in &calibrations {
+            for (part, w) in &c.mix {
+                let Some(o) = calibrations.iter().find(|o| &o.name == part) else {
+                    bail!(
+                        "[[calibration]] {}: mix names '{part}', which is no [[calibration]] source",
+                        c.name
+                    );
+                };
+                if !o.mix.is_empty() {
+                    bail!("[[calibration]] {}: '{part}' is itself a mixture", c.name);
+                }
+                if !(w.is_finite() && *w > 0.0) {
+                    bail!(
+                        "[[calibration]] {}: the weight of '{part}' must be > 0, got {w}",
+                        c.name
+                    );
+                }
+                if o.seqlen.unwrap_or(shrink_calib::DEFAULT_SEQLEN)
+                    != c.seqlen.unwrap_or(shrink_calib::DEFAULT_SEQLEN)
+                {
+                    bail!(
+                        "[[calibration]] {}: '{part}' has another seqlen than the mixture",
+                        c.name
+                    );
+                }
+            }
         }
         let mut recipes = Vec::new();
         for (i, mut t) in tables("recipe", top.remove("recipe"))?
@@ -294,7 +352,12 @@ impl Grid {
         if let (Some(c), Some(seed)) = (cell.calibration, cell.seed) {
             let c = &self.calibrations[c];
             r.calibration = CalibSection {
-                file: Some(c.file.clone()),
+                // a mixture has no file of its own: the cell runs on its saved tokens
+                file: Some(c.file.clone().unwrap_or_else(|| {
+                    let parts: Vec<String> =
+                        c.mix.iter().map(|(k, w)| format!("{k}={w}")).collect();
+                    PathBuf::from(format!("mix:{}", parts.join(",")))
+                })),
                 field: c.field.clone(),
                 nsamples: c.nsamples,
                 seqlen: c.seqlen,
@@ -535,12 +598,23 @@ pub fn run(a: &SweepArgs, ui: &dyn Ui) -> Result<SweepOutcome> {
     // the model and the evaluation text are checked before any work
     let src = shrink_model::ModelSource::open(&a.model)?;
     for c in &grid.calibrations {
-        if !c.file.exists() {
-            bail!(
+        match &c.file {
+            Some(f) if crate::calib_source::is_generated(f) => {
+                if f.as_os_str() != shrink_calib::GENERATED_SELF {
+                    bail!(
+                        "calibration '{}': unknown generated source '{}' (known: {})",
+                        c.name,
+                        f.display(),
+                        shrink_calib::GENERATED_SELF
+                    );
+                }
+            }
+            Some(f) if !f.exists() => bail!(
                 "calibration '{}': {}: no such file or directory",
                 c.name,
-                c.file.display()
-            );
+                f.display()
+            ),
+            _ => {}
         }
     }
     shrink_eval::read_text(&grid.eval.text).context("[eval] text")?;
@@ -692,6 +766,88 @@ fn human(s: f64) -> String {
     }
 }
 
+/// The calibration tokens of source `c` and `seed`, drawn (or generated, or mixed) once for
+/// every recipe and saved as `calib/NAME-sSEED.safetensors`; their path.
+fn calib_ids(
+    grid: &Grid,
+    c: usize,
+    seed: u64,
+    src: &shrink_model::ModelSource,
+    calib_dir: &Path,
+    ui: &dyn Ui,
+) -> Result<PathBuf> {
+    let cal = &grid.calibrations[c];
+    let ids = calib_dir.join(format!("{}-s{seed}.safetensors", cal.name));
+    if ids.exists() {
+        return Ok(ids);
+    }
+    let n = cal.nsamples.unwrap_or(shrink_calib::DEFAULT_NSAMPLES);
+    let l = cal.seqlen.unwrap_or(shrink_calib::DEFAULT_SEQLEN);
+    let ctx = || format!("calibration '{}'", cal.name);
+    let set = match &cal.file {
+        Some(f) if crate::calib_source::is_generated(f) => {
+            ui.notice(&format!(
+                "  calibration '{}', seed {seed}: generating {n} x {l} tokens",
+                cal.name
+            ));
+            crate::calib_source::generated_set(f, src, n, l, seed, ui).with_context(ctx)?
+        }
+        Some(f) => {
+            let source =
+                shrink_calib::TextSource::from_path(f, cal.field.as_deref()).with_context(ctx)?;
+            shrink_calib::CalibSet::sample(&source, &src.tokenizer, n, l, seed).with_context(ctx)?
+        }
+        None => {
+            // the first windows of each part's own set of this seed, by weight
+            let total: f64 = cal.mix.values().sum();
+            let mut out = shrink_calib::CalibSet {
+                nsamples: n,
+                seqlen: l,
+                seed,
+                source: String::new(),
+                text_tokens: 0,
+                ids: Vec::with_capacity(n * l),
+                starts: vec![],
+                bos: None,
+            };
+            let (mut left, mut parts) = (n, Vec::new());
+            for (k, (name, w)) in cal.mix.iter().enumerate() {
+                let take = if k + 1 == cal.mix.len() {
+                    left
+                } else {
+                    ((n as f64 * w / total).round() as usize).min(left)
+                };
+                left -= take;
+                if take == 0 {
+                    continue;
+                }
+                let j = grid
+                    .calibrations
+                    .iter()
+                    .position(|o| &o.name == name)
+                    .expect("checked in Grid::parse");
+                let p = calib_ids(grid, j, seed, src, calib_dir, ui)?;
+                let part = shrink_calib::CalibSet::load(&p, src.config.vocab_size)?;
+                if part.nsamples < take {
+                    bail!(
+                        "calibration '{}': takes {take} windows of '{name}', which has {}: raise                          its nsamples",
+                        cal.name,
+                        part.nsamples
+                    );
+                }
+                out.ids.extend_from_slice(&part.ids[..take * l]);
+                parts.push(format!("{take} of {name}"));
+            }
+            out.source = format!("mix: {}", parts.join(", "));
+            out
+        }
+    };
+    let tmp = ids.with_extension("tmp.safetensors");
+    set.save(&tmp)?;
+    std::fs::rename(&tmp, &ids).with_context(|| format!("{}: cannot write", ids.display()))?;
+    Ok(ids)
+}
+
 fn run_cell(
     a: &SweepArgs,
     grid: &Grid,
@@ -736,25 +892,7 @@ fn run_cell(
         }
     }
     if let (Some(c), Some(seed)) = (cell.calibration, cell.seed) {
-        // the calibration tokens of this source and seed, drawn once for every recipe
-        let cal = &grid.calibrations[c];
-        let ids = calib_dir.join(format!("{}-s{seed}.safetensors", cal.name));
-        if !ids.exists() {
-            let source = shrink_calib::TextSource::from_path(&cal.file, cal.field.as_deref())
-                .with_context(|| format!("calibration '{}'", cal.name))?;
-            let set = shrink_calib::CalibSet::sample(
-                &source,
-                &src.tokenizer,
-                cal.nsamples.unwrap_or(shrink_calib::DEFAULT_NSAMPLES),
-                cal.seqlen.unwrap_or(shrink_calib::DEFAULT_SEQLEN),
-                seed,
-            )
-            .with_context(|| format!("calibration '{}'", cal.name))?;
-            let tmp = ids.with_extension("tmp.safetensors");
-            set.save(&tmp)?;
-            std::fs::rename(&tmp, &ids)
-                .with_context(|| format!("{}: cannot write", ids.display()))?;
-        }
+        let ids = calib_ids(grid, c, seed, src, calib_dir, ui)?;
         args.extend(["--calib-ids".into(), s(&ids)]);
     }
     let checkpoint = crate::job::checkpoint::Checkpoint::path_for(dir);
@@ -838,6 +976,19 @@ group_size = 64
         );
         assert!(err(&GRID.replace("name = \"wiki\"", "name = \"a b\"")).contains("letters, digits"));
         assert!(err(&GRID.replace("max_tokens = 1024", "max_tokns = 1024")).contains("max_tokns"));
+        // mixtures
+        let mix = |m: &str| {
+            GRID.replace(
+                "[[recipe]]\nname = \"rtn-w4\"",
+                &format!("[[calibration]]\nname = \"m\"\n{m}\n[[recipe]]\nname = \"rtn-w4\""),
+            )
+        };
+        assert!(Grid::parse(&mix("mix = { wiki = 1.0 }")).is_ok());
+        assert!(err(&mix("mix = { wikki = 1.0 }")).contains("'wikki', which is no"));
+        assert!(err(&mix("mix = { wiki = 0.0 }")).contains("must be > 0"));
+        assert!(err(&mix("mix = { wiki = 1.0 }\nfile = \"x\"")).contains("either `file`"));
+        assert!(err(&mix("nsamples = 3")).contains("either `file`"));
+        assert!(err(&mix("mix = { wiki = 1.0 }\nseqlen = 64")).contains("another seqlen"));
     }
 
     #[test]

@@ -229,7 +229,8 @@ pub struct CompressJob {
     pub block_size: Option<usize>,
     /// Calibration text: a UTF-8 file, a .jsonl file (see --calib-field) or a directory of .txt files.
     /// Methods that need no activations (rtn, magnitude) run data-free without it: each layer is
-    /// compressed as it is read, no forward pass, no errors in the report.
+    /// compressed as it is read, no forward pass, no errors in the report. `generated:self`: the
+    /// model samples its own calibration text from BOS, seeded by --seed (temperature 1).
     #[arg(long)]
     pub calib: Option<PathBuf>,
     /// Use these calibration token ids instead of drawing windows: a safetensors file with an
@@ -644,6 +645,7 @@ fn load_calib(
     c: &crate::CalibSection,
     src: &ModelSource,
     data_free: bool,
+    ui: &dyn Ui,
 ) -> Result<CalibSet> {
     match &a.calib_ids {
         Some(p) => CalibSet::load(p, src.config.vocab_size),
@@ -652,8 +654,11 @@ fn load_calib(
             let calib_path = c.file.clone().context(
                 "no calibration text given (use --calib FILE or [calibration] file in a recipe)",
             )?;
-            let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
             let (n, l, seed) = (c.nsamples.unwrap(), c.seqlen.unwrap(), c.seed.unwrap());
+            if crate::calib_source::is_generated(&calib_path) {
+                return crate::calib_source::generated_set(&calib_path, src, n, l, seed, ui);
+            }
+            let source = TextSource::from_path(&calib_path, c.field.as_deref())?;
             CalibSet::sample(&source, &src.tokenizer, n, l, seed)
         }
     }
@@ -1221,7 +1226,7 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
             crate::build_method(s).is_ok_and(|m| m.needs() == shrink_methods::Needs::Nothing)
         });
     let mut calib = if needs_calib && !a.resume {
-        Some(load_calib(a, &recipe.calibration, &src, data_free)?)
+        Some(load_calib(a, &recipe.calibration, &src, data_free, ui)?)
     } else {
         None
     };
