@@ -370,6 +370,88 @@ where
     Ok(())
 }
 
+/// Two calibration sources of one recipe compared on one metric over their seeds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SourceDiff {
+    pub recipe: String,
+    pub metric: &'static str,
+    pub a: String,
+    pub b: String,
+    pub mean_a: f64,
+    pub mean_b: f64,
+    /// Welch's t statistic of mean_a − mean_b.
+    pub t: f64,
+    /// Welch–Satterthwaite degrees of freedom.
+    pub df: f64,
+    /// Two-sided p-value.
+    pub p: f64,
+    /// p < 0.05: the difference is larger than the seed noise.
+    pub beyond_noise: bool,
+}
+
+/// For every recipe run on several calibration sources with at least two seeds each, each pair
+/// of sources on perplexity and KLD: Welch's unequal-variance t-test of the two means over the
+/// seeds (t = Δ / √(s_a²/n_a + s_b²/n_b), Welch–Satterthwaite df, two-sided p from Student's t).
+/// A difference with p < 0.05 is called larger than the seed noise. With few seeds this is a
+/// rough guide: no correction for the number of pairs is made.
+pub fn source_differences(points: &[Point]) -> Vec<SourceDiff> {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    let mut out = Vec::new();
+    let metrics: [(&'static str, fn(&Point) -> Stat); 2] =
+        [("perplexity", |p| p.perplexity), ("KLD", |p| p.kld)];
+    let mut recipes: Vec<&str> = Vec::new();
+    for p in points {
+        if !recipes.contains(&p.recipe.as_str()) {
+            recipes.push(&p.recipe);
+        }
+    }
+    for r in recipes {
+        let by: Vec<&Point> = points
+            .iter()
+            .filter(|p| p.recipe == r && p.calibration.is_some() && p.seeds >= 2)
+            .collect();
+        for (i, pa) in by.iter().enumerate() {
+            for pb in &by[i + 1..] {
+                for (metric, get) in metrics {
+                    let (a, b) = (get(pa), get(pb));
+                    let (Some(sa), Some(sb)) = (a.sd, b.sd) else {
+                        continue;
+                    };
+                    let (va, vb) = (sa * sa / a.n as f64, sb * sb / b.n as f64);
+                    let se = (va + vb).sqrt();
+                    let d = a.mean - b.mean;
+                    let (t, df, p) = if se > 0.0 {
+                        let df = (va + vb).powi(2)
+                            / (va * va / (a.n as f64 - 1.0) + vb * vb / (b.n as f64 - 1.0));
+                        let t = d / se;
+                        let p = StudentsT::new(0.0, 1.0, df)
+                            .map(|st| 2.0 * (1.0 - st.cdf(t.abs())))
+                            .unwrap_or(f64::NAN);
+                        (t, df, p)
+                    } else if d == 0.0 {
+                        (0.0, f64::NAN, 1.0)
+                    } else {
+                        (f64::INFINITY.copysign(d), f64::NAN, 0.0)
+                    };
+                    out.push(SourceDiff {
+                        recipe: r.to_string(),
+                        metric,
+                        a: pa.calibration.clone().unwrap_or_default(),
+                        b: pb.calibration.clone().unwrap_or_default(),
+                        mean_a: a.mean,
+                        mean_b: b.mean,
+                        t,
+                        df,
+                        p,
+                        beyond_noise: p < 0.05,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Tick values for a log axis over `[a, b]`: the 1-2-5 steps of each decade, or, when that
 /// gives fewer than four, the finer 1, 1.5, 2, 3, 5, 7 (plotters' own log ticks show only the
 /// powers of ten, so a range inside one decade would have no label at all).
@@ -741,6 +823,45 @@ pub fn write(dir: &Path, input: &ReportInput) -> Result<Written> {
         md.push_str(&format!("| {} |\n", r.join(" | ")));
     }
     md.push_str("\nPareto: no other row is both smaller and of lower perplexity.\n\n");
+    let diffs = source_differences(&points);
+    let diff_head = [
+        "recipe", "metric", "source A", "source B", "mean A", "mean B", "Welch t", "p",
+        "beyond the seed noise?",
+    ];
+    let diff_rows: Vec<Vec<String>> = diffs
+        .iter()
+        .map(|d| {
+            vec![
+                d.recipe.clone(),
+                d.metric.to_string(),
+                d.a.clone(),
+                d.b.clone(),
+                format!("{:.4}", d.mean_a),
+                format!("{:.4}", d.mean_b),
+                format!("{:.2}", d.t),
+                format!("{:.3}", d.p),
+                if d.beyond_noise {
+                    format!("yes: {} is {}", if d.mean_a < d.mean_b { &d.a } else { &d.b }, "lower")
+                } else {
+                    "no".into()
+                },
+            ]
+        })
+        .collect();
+    const DIFF_NOTE: &str = "Welch's t-test over the seeds of each pair of calibration sources \
+        (two-sided; p < 0.05 is called beyond the seed noise; no correction for the number of pairs).";
+    if !diffs.is_empty() {
+        md.push_str("## Calibration sources against the seed noise\n\n");
+        md.push_str(&format!(
+            "| {} |\n|{}|\n",
+            diff_head.join(" | "),
+            diff_head.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+        ));
+        for r in &diff_rows {
+            md.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        md.push_str(&format!("\n{DIFF_NOTE}\n\n"));
+    }
     if let Some(why) = &no_plots {
         md.push_str(&format!("No plots: {why}.\n"));
     }
@@ -788,6 +909,21 @@ figure{margin:1.5em 0}figcaption{font-weight:bold;margin-bottom:.3em}ul{font-siz
     html.push_str(
         "</table>\n<p>Pareto (green): no other row is both smaller and of lower perplexity.</p>\n",
     );
+    if !diffs.is_empty() {
+        html.push_str("<h2>Calibration sources against the seed noise</h2>\n<table><tr>");
+        for h in &diff_head {
+            html.push_str(&format!("<th>{}</th>", esc(h)));
+        }
+        html.push_str("</tr>\n");
+        for (r, d) in diff_rows.iter().zip(&diffs) {
+            html.push_str(if d.beyond_noise { "<tr class=\"pareto\">" } else { "<tr>" });
+            for c in r {
+                html.push_str(&format!("<td>{}</td>", esc(c)));
+            }
+            html.push_str("</tr>\n");
+        }
+        html.push_str(&format!("</table>\n<p>{}</p>\n", esc(DIFF_NOTE)));
+    }
     if let Some(why) = &no_plots {
         html.push_str(&format!("<p><b>No plots:</b> {}.</p>\n", esc(why)));
     }
@@ -823,6 +959,33 @@ mod tests {
                "seed": seed, "method": format!("{recipe} x"), "bytes": bytes, "bpw": bytes / 1e7,
                "perplexity": ppl, "original_perplexity": 14.0, "kld_mean": ppl / 100.0,
                "top1_agreement": 0.8, "tasks": {}, "original_tasks": {}})
+    }
+
+    #[test]
+    fn source_differences_follow_welch() {
+        let mut r = Vec::new();
+        // source x: ppl 10, 11, 12 (sd 1); source y: 20, 21, 22; source z: 10.5, 11.5, 12.5
+        for (src, base) in [("x", 10.0), ("y", 20.0), ("z", 10.5)] {
+            for s in 0..3u64 {
+                let mut v = rec("g", s, 50e6, base + s as f64);
+                v["calibration"] = json!(src);
+                v["cell"] = json!(format!("g.{src}.s{s}"));
+                r.push(v);
+            }
+        }
+        let (p, _) = aggregate(&r);
+        let d = source_differences(&p);
+        let ppl: Vec<&SourceDiff> = d.iter().filter(|d| d.metric == "perplexity").collect();
+        assert_eq!(ppl.len(), 3, "{d:?}");
+        let xy = ppl.iter().find(|d| d.a == "x" && d.b == "y").unwrap();
+        // t = -10 / sqrt(1/3 + 1/3) = -12.25, df = 4
+        assert!((xy.t + 10.0 / (2.0f64 / 3.0).sqrt()).abs() < 1e-9, "{xy:?}");
+        assert!((xy.df - 4.0).abs() < 1e-9);
+        assert!(xy.beyond_noise && xy.p < 1e-3);
+        let xz = ppl.iter().find(|d| d.a == "x" && d.b == "z").unwrap();
+        // t = -0.5 / 0.816 = -0.612, df 4: p = 0.573
+        assert!((xz.p - 0.5734).abs() < 1e-3, "{xz:?}");
+        assert!(!xz.beyond_noise);
     }
 
     #[test]
