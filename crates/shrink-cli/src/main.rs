@@ -7,6 +7,7 @@ mod generate;
 mod llama_ppl;
 mod profile;
 mod progress;
+mod study;
 mod sweep;
 
 use anyhow::{bail, Context, Result};
@@ -98,6 +99,10 @@ enum Cmd {
     /// against the original), resumable, and write results.jsonl and a report (HTML and
     /// Markdown with Pareto plots of size against perplexity, KL divergence and task accuracy).
     Sweep(Box<sweep::SweepArgs>),
+    /// Ready-made sweeps: `shrink study calibration` (how much the result depends on the
+    /// calibration data, with the seed noise).
+    #[command(subcommand)]
+    Study(study::Study),
 }
 
 #[derive(clap::Args)]
@@ -199,6 +204,7 @@ fn main() {
         Cmd::Bench(a) => bench::run(a, quiet),
         Cmd::Profile(a) => profile::run(*a, quiet),
         Cmd::Sweep(a) => sweep::run(*a, quiet),
+        Cmd::Study(s) => study::run(s, quiet),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

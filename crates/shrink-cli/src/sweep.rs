@@ -35,25 +35,25 @@ shrink sweep --model models/SmolLM2-135M-Instruct.Q4_1.gguf --grid examples/swee
 pub struct SweepArgs {
     /// The model every cell compresses (a Hugging Face directory or a .gguf file).
     #[arg(long, short)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// The grid file (TOML; see below).
     #[arg(long, short)]
-    grid: PathBuf,
+    pub grid: PathBuf,
     /// The sweep's directory: created, or continued when it holds this sweep's results.
     #[arg(long, short)]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Keep each cell's model files (by default only its report.json and recipe.toml stay).
     #[arg(long)]
-    keep_models: bool,
+    pub keep_models: bool,
     /// Do not run anything: write the report from the cells finished so far.
     #[arg(long)]
-    report_only: bool,
+    pub report_only: bool,
     /// Also draw this cell's per-linear error profile (a cell id from results.jsonl).
     #[arg(long, value_name = "CELL")]
-    profile: Option<String>,
+    pub profile: Option<String>,
     /// The oe_eval_tasks folder, for [eval] tasks.
     #[arg(long, value_name = "DIR", default_value = shrink_eval::tasks::DEFAULT_DATA_DIR)]
-    tasks_data: PathBuf,
+    pub tasks_data: PathBuf,
 }
 
 pub fn run(a: SweepArgs, quiet: bool) -> Result<()> {

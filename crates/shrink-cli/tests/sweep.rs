@@ -337,3 +337,70 @@ fn generated_and_mixed_calibration_sources() {
         &["calibration 'self'", "generated:other", "generated:self"],
     );
 }
+
+/// `shrink study calibration`: text, self-generated and mixed sources × seeds for each recipe,
+/// with the Welch comparison of the sources in the report and on the terminal.
+#[test]
+fn calibration_study_compares_sources_against_the_seed_noise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(200),
+    )
+    .unwrap();
+    let model = common::hf_dir(tmp.path());
+    let out = tmp.path().join("study");
+    let args = |seeds: &str, bits: &str| -> Vec<String> {
+        [
+            "study",
+            "calibration",
+            "-q",
+            "--model",
+            common::s(&model),
+            "--stage",
+            &format!("method=gptq,bits={bits},group_size=32"),
+            "--calib",
+            common::s(&text),
+            "--eval",
+            common::s(&text),
+            "--seeds",
+            seeds,
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--out",
+            common::s(&out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let o = shrink().args(args("2", "4")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 6, "3 sources x 2 seeds");
+    let grid = std::fs::read_to_string(out.join("grid.toml")).unwrap();
+    assert!(grid.contains("generated:self") && grid.contains("mix = { text = 0.5, self = 0.5 }"));
+    // each of the 3 pairs on perplexity and KLD, with a verdict
+    let verdicts = err.matches("the seed noise (Welch t").count();
+    assert_eq!(verdicts, 6, "{err}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Calibration sources against the seed noise"),
+        "{md}"
+    );
+    // other settings into the same directory are refused; one seed is refused
+    let a = args("2", "3");
+    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+    common::fails_with(&a, &["other settings", "another --out"]);
+    let a = args("1", "4");
+    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+    common::fails_with(&a, &["--seeds must be at least 2"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
+        results
+    );
+}

@@ -64,7 +64,8 @@ impl Stat {
         Stat { n, mean, sd }
     }
 
-    fn show(&self, digits: usize) -> String {
+    /// `mean ± sd`, or the mean alone for one value, or — for none.
+    pub fn show(&self, digits: usize) -> String {
         match (self.n, self.sd) {
             (0, _) => "—".into(),
             (_, Some(sd)) => format!("{:.*} ± {:.*}", digits, self.mean, digits, sd),
@@ -825,7 +826,14 @@ pub fn write(dir: &Path, input: &ReportInput) -> Result<Written> {
     md.push_str("\nPareto: no other row is both smaller and of lower perplexity.\n\n");
     let diffs = source_differences(&points);
     let diff_head = [
-        "recipe", "metric", "source A", "source B", "mean A", "mean B", "Welch t", "p",
+        "recipe",
+        "metric",
+        "source A",
+        "source B",
+        "mean A",
+        "mean B",
+        "Welch t",
+        "p",
         "beyond the seed noise?",
     ];
     let diff_rows: Vec<Vec<String>> = diffs
@@ -841,7 +849,11 @@ pub fn write(dir: &Path, input: &ReportInput) -> Result<Written> {
                 format!("{:.2}", d.t),
                 format!("{:.3}", d.p),
                 if d.beyond_noise {
-                    format!("yes: {} is {}", if d.mean_a < d.mean_b { &d.a } else { &d.b }, "lower")
+                    format!(
+                        "yes: {} is {}",
+                        if d.mean_a < d.mean_b { &d.a } else { &d.b },
+                        "lower"
+                    )
                 } else {
                     "no".into()
                 },
@@ -855,7 +867,11 @@ pub fn write(dir: &Path, input: &ReportInput) -> Result<Written> {
         md.push_str(&format!(
             "| {} |\n|{}|\n",
             diff_head.join(" | "),
-            diff_head.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+            diff_head
+                .iter()
+                .map(|_| "---")
+                .collect::<Vec<_>>()
+                .join("|")
         ));
         for r in &diff_rows {
             md.push_str(&format!("| {} |\n", r.join(" | ")));
@@ -916,7 +932,11 @@ figure{margin:1.5em 0}figcaption{font-weight:bold;margin-bottom:.3em}ul{font-siz
         }
         html.push_str("</tr>\n");
         for (r, d) in diff_rows.iter().zip(&diffs) {
-            html.push_str(if d.beyond_noise { "<tr class=\"pareto\">" } else { "<tr>" });
+            html.push_str(if d.beyond_noise {
+                "<tr class=\"pareto\">"
+            } else {
+                "<tr>"
+            });
             for c in r {
                 html.push_str(&format!("<td>{}</td>", esc(c)));
             }
