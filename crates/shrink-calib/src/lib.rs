@@ -17,7 +17,7 @@ use shrink_model::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
 pub mod generated;
-pub use generated::{GenerateOptions, GENERATED_SELF};
+pub use generated::{FamilyOptions, GenerateOptions, GENERATED_FAMILY, GENERATED_SELF};
 
 /// Default number of calibration samples (the GPTQ reference uses 128).
 pub const DEFAULT_NSAMPLES: usize = 128;

@@ -14,6 +14,11 @@ tasks_limit = 100             # optional: first N documents per task\n\n  \
 # a recipe's [calibration] keys, less seed\n  nsamples = 64\n  seqlen = 512\n\n  \
 [[calibration]]\n  name = \"self\"\n  file = \"generated:self\"      # the model samples its own text (seeded, from BOS)\n  \
 nsamples = 64\n  seqlen = 512\n\n  \
+[[calibration]]\n  name = \"faq\"\n  file = \"generated:family=models/bigger.gguf\"   # FAQ: a larger sibling (same vocabulary)\n  \
+from = \"wiki\"                 # regenerates this source's windows, seed for seed\n  \
+candidates = 2                # per window; the family model's lowest mean NLL is kept\n  \
+prompt_tokens = 128           # of each window, kept as the prompt (default seqlen / 4)\n  \
+nsamples = 64\n  seqlen = 512\n\n  \
 [[calibration]]\n  name = \"half\"\n  mix = { wiki = 0.5, self = 0.5 }   # the first windows of each, by weight\n  \
 nsamples = 64\n  seqlen = 512\n\n  \
 [[recipe]]                    # one or more recipes\n  name = \"gptq-w4g64\"\n  \

@@ -404,3 +404,97 @@ fn calibration_study_compares_sources_against_the_seed_noise() {
         results
     );
 }
+
+/// FAQ (`generated:family=MODEL`): the family model regenerates the text source's windows of
+/// the same seed, keeping each window's prompt tokens and the best of its candidates; what it
+/// chose and what it cost go beside the tokens. A family model with another vocabulary is
+/// refused before any work.
+#[test]
+fn faq_regenerates_the_text_windows_and_refuses_another_vocabulary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(200),
+    )
+    .unwrap();
+    let model = common::hf_dir(tmp.path());
+    // a "larger sibling": the same weights and vocabulary (the mechanism is what is tested)
+    let family = tmp.path().join("family");
+    std::fs::create_dir_all(&family).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(model.join(f), family.join(f)).unwrap();
+    }
+    let grid = |fam: &Path| -> PathBuf {
+        let g = tmp.path().join("grid.toml");
+        std::fs::write(
+            &g,
+            format!(
+                "seeds = [1]\n[eval]\ntext = {text:?}\n\
+                 [[calibration]]\nname = \"wiki\"\nfile = {text:?}\nnsamples = 3\nseqlen = 32\n\
+                 [[calibration]]\nname = \"faq\"\nfile = \"generated:family={}\"\nfrom = \"wiki\"\n\
+                 candidates = 3\nprompt_tokens = 8\nnsamples = 3\nseqlen = 32\n\
+                 [[recipe]]\nname = \"gptq\"\n[[recipe.stage]]\nmethod = \"gptq\"\nbits = 4\ngroup_size = 32\n",
+                fam.display()
+            ),
+        )
+        .unwrap();
+        g
+    };
+    let out = tmp.path().join("out");
+    let o = shrink()
+        .args(sweep_args(&model, &grid(&family), &out))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let ids = |name: &str| -> Vec<i64> {
+        let b = std::fs::read(out.join(format!("calib/{name}-s1.safetensors"))).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+        let t = st.tensor("input_ids").unwrap();
+        assert_eq!(t.shape(), [3, 32]);
+        t.data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (wiki, faq) = (ids("wiki"), ids("faq"));
+    for w in 0..3 {
+        let r = w * 32..w * 32 + 8;
+        assert_eq!(
+            faq[r.clone()],
+            wiki[r],
+            "window {w}: the prompt is the original's"
+        );
+    }
+    assert_ne!(faq, wiki, "the rest is regenerated");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("calib/faq-s1.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["generated_tokens"], 3 * 3 * 24);
+    assert!(info["seconds"].as_f64().unwrap() >= 0.0);
+    let nll = info["choice"]["nll"].as_array().unwrap();
+    let kept = info["choice"]["kept"].as_array().unwrap();
+    for (v, k) in nll.iter().zip(kept) {
+        let v: Vec<f64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let k = k.as_u64().unwrap() as usize;
+        assert_eq!(v.len(), 3);
+        assert!(
+            v.iter().all(|&x| x >= v[k]),
+            "the kept candidate has the lowest NLL: {v:?} {k}"
+        );
+    }
+
+    // another vocabulary
+    std::fs::write(family.join("tokenizer.json"), common::tokenizer_json(100)).unwrap();
+    let bad = tmp.path().join("bad");
+    let a = sweep_args(&model, &grid(&family), &bad);
+    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+    common::fails_with(&a, &["calibration 'faq'", "same vocabulary", "family"]);
+    assert!(!bad.exists(), "refused before any work");
+}

@@ -144,11 +144,27 @@ pub fn sample_batch(
     sampling: &Sampling,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<u32>>> {
-    if batch == 0 || new_tokens == 0 || prompt.is_empty() {
-        bail!("sample_batch: empty batch, prompt or length");
+    let prompts: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
+    Ok(continue_batch(model, &prompts, batch, new_tokens, sampling, progress)?.0)
+}
+
+/// [`sample_batch`] after a prompt of its own for each sequence (`prompts` is `[batch, P]`, all
+/// of one length P). Also returns each sequence's mean negative log-likelihood of its sampled
+/// tokens under the model's untempered distribution (how likely the model finds what it wrote).
+pub fn continue_batch(
+    model: &mut Model,
+    prompts: &[u32],
+    batch: usize,
+    new_tokens: usize,
+    sampling: &Sampling,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<Vec<u32>>, Vec<f64>)> {
+    if batch == 0 || new_tokens == 0 || prompts.is_empty() || prompts.len() % batch != 0 {
+        bail!("continue_batch: empty batch, prompt or length, or prompts of unequal length");
     }
     sampling.check()?;
-    let mut gen = BatchGenerator::new(model, batch, prompt.len() + new_tokens);
+    let plen = prompts.len() / batch;
+    let mut gen = BatchGenerator::new(model, batch, plen + new_tokens);
     let mut samplers: Vec<Sampler> = (0..batch as u64)
         .map(|b| {
             Sampler::new(Sampling {
@@ -157,15 +173,22 @@ pub fn sample_batch(
             })
         })
         .collect();
-    let ids: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
-    let mut logits = gen.feed(&ids)?;
+    let mut logits = gen.feed(prompts)?;
     let vocab = logits.len() / batch;
     let mut out = vec![Vec::with_capacity(new_tokens); batch];
+    let mut nll = vec![0f64; batch];
     for step in 0..new_tokens {
         let next: Vec<u32> = samplers
             .iter_mut()
             .zip(logits.chunks_exact(vocab))
-            .map(|(s, l)| s.next(l))
+            .zip(nll.iter_mut())
+            .map(|((s, l), nll)| {
+                let t = s.next(l);
+                let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+                *nll += lse - l[t as usize] as f64;
+                t
+            })
             .collect();
         for (o, t) in out.iter_mut().zip(&next) {
             o.push(*t);
@@ -175,7 +198,8 @@ pub fn sample_batch(
             logits = gen.feed(&next)?;
         }
     }
-    Ok(out)
+    nll.iter_mut().for_each(|x| *x /= new_tokens as f64);
+    Ok((out, nll))
 }
 
 /// A seed for stream `b` of seed `seed` (one SplitMix64 step of their mix).

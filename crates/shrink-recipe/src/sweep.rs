@@ -25,6 +25,15 @@
 //! seqlen = 512
 //!
 //! [[calibration]]
+//! name = "faq"
+//! file = "generated:family=models/bigger-sibling.gguf"   # FAQ: a larger model of the family
+//! from = "wiki"                # regenerates the windows of this text source, seed for seed
+//! candidates = 2               # per window; the family model's lowest mean NLL is kept
+//! prompt_tokens = 128          # of each original window, kept as the prompt
+//! nsamples = 64
+//! seqlen = 512
+//!
+//! [[calibration]]
 //! name = "half"
 //! mix = { wiki = 0.5, self = 0.5 }   # a mixture of the sources above, by weight
 //! nsamples = 64
@@ -100,6 +109,16 @@ pub struct CalibSource {
     /// A mixture of other sources of the grid, by weight (instead of `file`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mix: BTreeMap<String, f64>,
+    /// FAQ (`file = "generated:family=MODEL"`): the text source of the grid whose windows of
+    /// the same seed the family model regenerates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// FAQ: candidates per window (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<usize>,
+    /// FAQ: tokens of each original window kept as the prompt (default a quarter of seqlen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,6 +254,41 @@ impl Grid {
             calibrations.push(c);
         }
         for c in &calibrations {
+            let family = c
+                .file
+                .as_deref()
+                .and_then(crate::calib_source::family_model);
+            if family.is_none()
+                && (c.from.is_some() || c.candidates.is_some() || c.prompt_tokens.is_some())
+            {
+                bail!(
+                    "[[calibration]] {}: `from`, `candidates` and `prompt_tokens` belong to a \
+                     FAQ source (file = \"generated:family=MODEL\")",
+                    c.name
+                );
+            }
+            if family.is_some() {
+                let Some(from) = &c.from else {
+                    bail!(
+                        "[[calibration]] {}: a FAQ source needs `from`, the text source whose \
+                         windows the family model regenerates",
+                        c.name
+                    );
+                };
+                let ok = calibrations.iter().any(|o| {
+                    &o.name == from
+                        && o.file
+                            .as_deref()
+                            .is_some_and(|f| !crate::calib_source::is_generated(f))
+                });
+                if !ok {
+                    bail!(
+                        "[[calibration]] {}: from = '{from}' must name a [[calibration]] source \
+                         with a text file",
+                        c.name
+                    );
+                }
+            }
             for (part, w) in &c.mix {
                 let Some(o) = calibrations.iter().find(|o| &o.name == part) else {
                     bail!(
@@ -599,6 +653,13 @@ pub fn run(a: &SweepArgs, ui: &dyn Ui) -> Result<SweepOutcome> {
     let src = shrink_model::ModelSource::open(&a.model)?;
     for c in &grid.calibrations {
         match &c.file {
+            Some(f) if crate::calib_source::family_model(f).is_some() => {
+                let fam = crate::calib_source::family_model(f).unwrap();
+                let fsrc = shrink_model::ModelSource::open(&fam)
+                    .with_context(|| format!("calibration '{}': the family model", c.name))?;
+                crate::calib_source::check_same_vocabulary(&src, &fsrc, &fam)
+                    .with_context(|| format!("calibration '{}'", c.name))?;
+            }
             Some(f) if crate::calib_source::is_generated(f) => {
                 if f.as_os_str() != shrink_calib::GENERATED_SELF {
                     bail!(
@@ -785,12 +846,70 @@ fn calib_ids(
     let l = cal.seqlen.unwrap_or(shrink_calib::DEFAULT_SEQLEN);
     let ctx = || format!("calibration '{}'", cal.name);
     let set = match &cal.file {
+        Some(f) if crate::calib_source::family_model(f).is_some() => {
+            let fam = crate::calib_source::family_model(f).unwrap();
+            let from = cal.from.as_deref().expect("checked in Grid::parse");
+            let fc = &grid.calibrations[grid
+                .calibrations
+                .iter()
+                .position(|o| o.name == from)
+                .expect("checked in Grid::parse")];
+            let source = shrink_calib::TextSource::from_path(
+                fc.file.as_deref().expect("checked in Grid::parse"),
+                fc.field.as_deref(),
+            )
+            .with_context(ctx)?;
+            let originals = shrink_calib::CalibSet::sample(&source, &src.tokenizer, n, l, seed)
+                .with_context(ctx)?;
+            let o = shrink_calib::FamilyOptions {
+                prompt_tokens: cal.prompt_tokens.unwrap_or(l / 4).max(1),
+                candidates: cal.candidates.unwrap_or(2),
+                temperature: 1.0,
+                seed,
+            };
+            ui.notice(&format!(
+                "  calibration '{}', seed {seed}: {} regenerates {n} windows of '{from}' ({} \
+                 candidates each, {} prompt tokens kept)",
+                cal.name,
+                fam.display(),
+                o.candidates,
+                o.prompt_tokens
+            ));
+            let (set, choice, seconds) =
+                crate::calib_source::family_set(&fam, src, &originals, &o, ui).with_context(ctx)?;
+            // what was chosen and what it cost, beside the tokens
+            let info = json!({
+                "family_model": fam, "from": from, "seed": seed, "nsamples": n, "seqlen": l,
+                "prompt_tokens": o.prompt_tokens, "candidates": o.candidates,
+                "temperature": o.temperature, "seconds": seconds,
+                "generated_tokens": n * o.candidates * (l - o.prompt_tokens),
+                "choice": choice,
+            });
+            write_atomic(
+                &ids.with_extension("json"),
+                serde_json::to_string_pretty(&info)?.as_bytes(),
+            )?;
+            ui.notice(&format!(
+                "  calibration '{}', seed {seed}: regenerated in {seconds:.0} s",
+                cal.name
+            ));
+            set
+        }
         Some(f) if crate::calib_source::is_generated(f) => {
             ui.notice(&format!(
                 "  calibration '{}', seed {seed}: generating {n} x {l} tokens",
                 cal.name
             ));
-            crate::calib_source::generated_set(f, src, n, l, seed, ui).with_context(ctx)?
+            let t = Instant::now();
+            let set =
+                crate::calib_source::generated_set(f, src, n, l, seed, ui).with_context(ctx)?;
+            let info = json!({"source": set.source, "seed": seed, "nsamples": n, "seqlen": l,
+                              "seconds": t.elapsed().as_secs_f64()});
+            write_atomic(
+                &ids.with_extension("json"),
+                serde_json::to_string_pretty(&info)?.as_bytes(),
+            )?;
+            set
         }
         Some(f) => {
             let source =
