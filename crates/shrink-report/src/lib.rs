@@ -326,11 +326,17 @@ where
                 if pts.is_empty() {
                     continue;
                 }
+                // the line joins the series' best point at each size (points of one size,
+                // e.g. 50% and 2:4 sparsity, are not joined to each other)
+                let mut line: Vec<(f64, f64)> = Vec::new();
+                for p in &pts {
+                    match line.last_mut() {
+                        Some(l) if l.0 == p.0 => l.1 = l.1.min(p.1.mean),
+                        _ => line.push((p.0, p.1.mean)),
+                    }
+                }
                 chart
-                    .draw_series(LineSeries::new(
-                        pts.iter().map(|p| (p.0, p.1.mean)),
-                        c.stroke_width(2),
-                    ))?
+                    .draw_series(LineSeries::new(line, c.stroke_width(2)))?
                     .label(name.as_str())
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
