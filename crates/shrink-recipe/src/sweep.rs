@@ -660,16 +660,19 @@ pub fn run(a: &SweepArgs, ui: &dyn Ui) -> Result<SweepOutcome> {
                 crate::calib_source::check_same_vocabulary(&src, &fsrc, &fam)
                     .with_context(|| format!("calibration '{}'", c.name))?;
             }
-            Some(f) if crate::calib_source::is_generated(f) => {
-                if f.as_os_str() != shrink_calib::GENERATED_SELF {
-                    bail!(
-                        "calibration '{}': unknown generated source '{}' (known: {})",
-                        c.name,
-                        f.display(),
-                        shrink_calib::GENERATED_SELF
-                    );
-                }
+            Some(f)
+                if crate::calib_source::is_generated(f)
+                    && f.as_os_str() != shrink_calib::GENERATED_SELF =>
+            {
+                bail!(
+                    "calibration '{}': unknown generated source '{}' (known: {}, {}MODEL)",
+                    c.name,
+                    f.display(),
+                    shrink_calib::GENERATED_SELF,
+                    shrink_calib::GENERATED_FAMILY
+                );
             }
+            Some(f) if crate::calib_source::is_generated(f) => {}
             Some(f) if !f.exists() => bail!(
                 "calibration '{}': {}: no such file or directory",
                 c.name,

@@ -404,8 +404,8 @@ pub struct SourceDiff {
 pub fn source_differences(points: &[Point]) -> Vec<SourceDiff> {
     use statrs::distribution::{ContinuousCDF, StudentsT};
     let mut out = Vec::new();
-    let metrics: [(&'static str, fn(&Point) -> Stat); 2] =
-        [("perplexity", |p| p.perplexity), ("KLD", |p| p.kld)];
+    type Measure = (&'static str, fn(&Point) -> Stat);
+    let metrics: [Measure; 2] = [("perplexity", |p| p.perplexity), ("KLD", |p| p.kld)];
     let mut recipes: Vec<&str> = Vec::new();
     for p in points {
         if !recipes.contains(&p.recipe.as_str()) {
