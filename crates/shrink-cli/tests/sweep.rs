@@ -52,6 +52,18 @@ fn sweep_args(model: &Path, grid: &Path, out: &Path) -> Vec<String> {
     .collect()
 }
 
+/// The token ids of a saved calibration set, checking its shape.
+fn saved_ids(path: &Path, shape: [usize; 2]) -> Vec<i64> {
+    let b = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+    let t = st.tensor("input_ids").unwrap();
+    assert_eq!(t.shape(), shape, "{}", path.display());
+    t.data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
 fn next_layer(partial: &Path) -> Option<u64> {
     let s = std::fs::read_to_string(partial.join("state.json")).ok()?;
     serde_json::from_str::<serde_json::Value>(&s).ok()?["next_layer"].as_u64()
@@ -282,16 +294,7 @@ fn generated_and_mixed_calibration_sources() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    let ids = |name: &str| -> Vec<i64> {
-        let b = std::fs::read(out.join(format!("calib/{name}-s3.safetensors"))).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
-        let t = st.tensor("input_ids").unwrap();
-        assert_eq!(t.shape(), [4, 32], "{name}");
-        t.data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
+    let ids = |name: &str| saved_ids(&out.join(format!("calib/{name}-s3.safetensors")), [4, 32]);
     let (wiki, own, half) = (ids("wiki"), ids("self"), ids("half"));
     assert_ne!(wiki, own);
     // sampled windows differ from each other
@@ -448,16 +451,7 @@ fn faq_regenerates_the_text_windows_and_refuses_another_vocabulary() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    let ids = |name: &str| -> Vec<i64> {
-        let b = std::fs::read(out.join(format!("calib/{name}-s1.safetensors"))).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
-        let t = st.tensor("input_ids").unwrap();
-        assert_eq!(t.shape(), [3, 32]);
-        t.data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
+    let ids = |name: &str| saved_ids(&out.join(format!("calib/{name}-s1.safetensors")), [3, 32]);
     let (wiki, faq) = (ids("wiki"), ids("faq"));
     for w in 0..3 {
         let r = w * 32..w * 32 + 8;
