@@ -64,6 +64,12 @@ fn saved_ids(path: &Path, shape: [usize; 2]) -> Vec<i64> {
         .collect()
 }
 
+/// `common::fails_with` for an argument list of owned strings.
+fn fails(args: Vec<String>, needles: &[&str]) -> String {
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    common::fails_with(&a, needles)
+}
+
 fn next_layer(partial: &Path) -> Option<u64> {
     let s = std::fs::read_to_string(partial.join("state.json")).ok()?;
     serde_json::from_str::<serde_json::Value>(&s).ok()?["next_layer"].as_u64()
@@ -189,11 +195,6 @@ fn bad_grids_and_other_sweeps_are_refused() {
     let model = common::hf_dir(tmp.path());
     let out = tmp.path().join("out");
     let run = |g: &Path| sweep_args(&model, g, &out);
-    let strs = |v: &[String]| -> Vec<String> { v.to_vec() };
-    let fails = |args: Vec<String>, needles: &[&str]| {
-        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        common::fails_with(&a, needles)
-    };
 
     let g = grid(
         tmp.path(),
@@ -201,25 +202,25 @@ fn bad_grids_and_other_sweeps_are_refused() {
         &eval,
         &format!("{RECIPES}\ncolour = 3\n"),
     );
-    fails(strs(&run(&g)), &["grid.toml", "colour"]);
+    fails(run(&g), &["grid.toml", "colour"]);
     let g = grid(
         tmp.path(),
         &calib,
         &eval,
         "[[recipe]]\nname = \"a\"\nflavour = 1\n",
     );
-    fails(strs(&run(&g)), &["grid.toml", "flavour"]);
+    fails(run(&g), &["grid.toml", "flavour"]);
     let g = tmp.path().join("grid.toml");
     std::fs::write(
         &g,
         format!("seeds = []\n[eval]\ntext = {eval:?}\n[[calibration]]\nname = \"w\"\nfile = {calib:?}\n{RECIPES}"),
     )
     .unwrap();
-    fails(strs(&run(&g)), &["grid.toml", "seeds", "empty"]);
+    fails(run(&g), &["grid.toml", "seeds", "empty"]);
     let g = grid(tmp.path(), &calib, &eval, "");
-    fails(strs(&run(&g)), &["grid.toml", "recipe"]);
+    fails(run(&g), &["grid.toml", "recipe"]);
     let g = grid(tmp.path(), &calib.with_extension("missing"), &eval, RECIPES);
-    fails(strs(&run(&g)), &["calibration 'wiki'", "calib.missing"]);
+    fails(run(&g), &["calibration 'wiki'", "calib.missing"]);
     assert!(!out.exists(), "a refused grid must not create the output");
 
     // a real (tiny) sweep, then another model into the same directory
@@ -244,7 +245,7 @@ fn bad_grids_and_other_sweeps_are_refused() {
     );
     assert_ne!(changed, RECIPES);
     let g2 = grid(tmp.path(), &calib, &eval, &changed);
-    fails(strs(&run(&g2)), &["rtn-w4", "another recipe", "new name"]);
+    fails(run(&g2), &["rtn-w4", "another recipe", "new name"]);
     assert_eq!(
         std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
         results,
@@ -333,10 +334,8 @@ fn generated_and_mixed_calibration_sources() {
     )
     .unwrap();
     let bad = tmp.path().join("bad");
-    let a = sweep_args(&model, &g, &bad);
-    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
-    common::fails_with(
-        &a,
+    fails(
+        sweep_args(&model, &g, &bad),
         &["calibration 'self'", "generated:other", "generated:self"],
     );
 }
@@ -397,11 +396,9 @@ fn calibration_study_compares_sources_against_the_seed_noise() {
     );
     // other settings into the same directory are refused; one seed is refused
     let a = args("2", "3");
-    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
-    common::fails_with(&a, &["other settings", "another --out"]);
+    fails(a, &["other settings", "another --out"]);
     let a = args("1", "4");
-    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
-    common::fails_with(&a, &["--seeds must be at least 2"]);
+    fails(a, &["--seeds must be at least 2"]);
     assert_eq!(
         std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
         results
@@ -488,7 +485,6 @@ fn faq_regenerates_the_text_windows_and_refuses_another_vocabulary() {
     std::fs::write(family.join("tokenizer.json"), common::tokenizer_json(100)).unwrap();
     let bad = tmp.path().join("bad");
     let a = sweep_args(&model, &grid(&family), &bad);
-    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
-    common::fails_with(&a, &["calibration 'faq'", "same vocabulary", "family"]);
+    fails(a, &["calibration 'faq'", "same vocabulary", "family"]);
     assert!(!bad.exists(), "refused before any work");
 }
