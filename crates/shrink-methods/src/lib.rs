@@ -16,6 +16,7 @@
 //! [`Method::needs`] asks for from the input of each group of linears sharing an input (column
 //! norms always; the Hessian when needed), then calls [`Method::compress`] per linear. Several
 //! stages ([`Chain`]) run on each linear in turn, a pruning stage's mask fixed for the next.
+pub mod awq;
 pub mod gptq;
 pub mod grid;
 pub mod grid_fp;
@@ -96,6 +97,11 @@ pub trait Method: Send + Sync {
     fn sparsity(&self) -> Option<Sparsity> {
         None
     }
+    /// The grid this method finally rounds onto, if it quantizes (AWQ searches its scales for
+    /// that grid).
+    fn quant_grid(&self) -> Option<&QuantConfig> {
+        None
+    }
     /// Compresses the weight of the linear named `linear` (`[d_out, d_in]`). `mask` holds the
     /// positions an earlier stage pruned: they must stay exactly 0.
     fn compress(
@@ -144,6 +150,9 @@ pub struct Rtn(pub QuantConfig);
 impl Method for Rtn {
     fn name(&self) -> String {
         format!("rtn {}", self.0.label())
+    }
+    fn quant_grid(&self) -> Option<&QuantConfig> {
+        Some(&self.0)
     }
     fn needs(&self) -> Needs {
         Needs::Nothing
@@ -204,6 +213,9 @@ impl Method for Gptq {
             s.push_str(" static-groups");
         }
         s
+    }
+    fn quant_grid(&self) -> Option<&QuantConfig> {
+        Some(&self.0.quant)
     }
     fn needs(&self) -> Needs {
         Needs::Hessian
@@ -328,6 +340,9 @@ impl Method for SparseGpt {
         }
         s
     }
+    fn quant_grid(&self) -> Option<&QuantConfig> {
+        self.0.quant.as_ref()
+    }
     fn needs(&self) -> Needs {
         Needs::Hessian
     }
@@ -380,6 +395,9 @@ impl Method for Obc {
         }
         parts.join(" ")
     }
+    fn quant_grid(&self) -> Option<&QuantConfig> {
+        self.config.quant.as_ref()
+    }
     fn needs(&self) -> Needs {
         Needs::Hessian
     }
@@ -426,6 +444,9 @@ impl Method for Chain {
             .map(|m| m.name())
             .collect::<Vec<_>>()
             .join(" -> ")
+    }
+    fn quant_grid(&self) -> Option<&QuantConfig> {
+        self.0.iter().rev().find_map(|m| m.quant_grid())
     }
     fn needs(&self) -> Needs {
         self.0

@@ -436,6 +436,18 @@ pub struct NormSpec {
     pub len: usize,
 }
 
+/// What produces a group's input ([`Layout::input_producer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputProducer {
+    /// Norm `i` of [`Layout::norms`].
+    Norm(usize),
+    /// Output rows `rows` of linear `linear` (with its bias).
+    Rows {
+        linear: usize,
+        rows: std::ops::Range<usize>,
+    },
+}
+
 /// What one decoder layer holds under a config: its linears, its groups in the order the forward
 /// pass visits them, and its norms.
 #[derive(Clone, Debug, PartialEq)]
@@ -461,6 +473,74 @@ impl Layout {
     pub fn norm(&self, slot: NormSlot) -> Option<usize> {
         self.norms.iter().position(|n| n.slot == slot)
     }
+    /// What produces the input of group `g`, where a per-channel scale of that input can be
+    /// folded exactly (AWQ, SmoothQuant): dividing the producer's output channel `j` by `s_j`
+    /// and multiplying column `j` of every linear of the group by `s_j` leaves the layer's
+    /// function unchanged. Derived from the roles, so every family of the table gets it:
+    ///
+    /// - q/k/v (or a fused qkv) and a dense MLP's gate/up (or gate_up): the norm before them
+    ///   ([`NormSlot::AttnIn`], [`NormSlot::FfnIn`]), as its effective multiplier (`1 + w`
+    ///   families included);
+    /// - o_proj: the value rows (of v_proj, or of a fused qkv) — only when each value channel
+    ///   feeds one attention-output channel, i.e. without grouped-query attention;
+    /// - down_proj: the up rows of the same MLP or expert (of up_proj, or the second half of a
+    ///   fused gate_up): `act(gate) * up` is linear in `up`'s output channel.
+    ///
+    /// `None` where no exact fold exists: o_proj under grouped-query attention (one value
+    /// channel feeds several heads), a MoE expert's gate/up (their input norm also feeds the
+    /// router and every other expert), and the router itself.
+    pub fn input_producer(&self, g: usize) -> Option<InputProducer> {
+        let spec = &self.groups[g];
+        let first = &self.linears[*spec.linears.first()?];
+        let moe_layer = self.linears.iter().any(|l| l.role == Role::Router);
+        match first.role {
+            Role::Q | Role::K | Role::V | Role::Qkv => {
+                self.norm(NormSlot::AttnIn).map(InputProducer::Norm)
+            }
+            Role::Gate | Role::Up | Role::GateUp if spec.expert.is_none() && !moe_layer => {
+                self.norm(NormSlot::FfnIn).map(InputProducer::Norm)
+            }
+            Role::O => {
+                let o_in = first.shape[1];
+                if let Some(v) = self.find(Role::V) {
+                    (self.linears[v].shape[0] == o_in).then_some(InputProducer::Rows {
+                        linear: v,
+                        rows: 0..o_in,
+                    })
+                } else {
+                    let f = self.find(Role::Qkv)?;
+                    // rows: q (= o_in), then k and v of kv rows each
+                    let kv = self.linears[f].shape[0].checked_sub(o_in)? / 2;
+                    (kv == o_in).then_some(InputProducer::Rows {
+                        linear: f,
+                        rows: o_in + kv..o_in + 2 * kv,
+                    })
+                }
+            }
+            Role::Down => {
+                let d_in = first.shape[1];
+                let up = match spec.expert {
+                    Some(e) => self.find_expert(e, Role::Up),
+                    None => self.find(Role::Up),
+                };
+                match up {
+                    Some(u) => (self.linears[u].shape[0] == d_in).then_some(InputProducer::Rows {
+                        linear: u,
+                        rows: 0..d_in,
+                    }),
+                    None => {
+                        let f = self.find(Role::GateUp)?;
+                        (self.linears[f].shape[0] == 2 * d_in).then_some(InputProducer::Rows {
+                            linear: f,
+                            rows: d_in..2 * d_in,
+                        })
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// A label for a group's linears (`q_proj/k_proj/v_proj`, `experts.3.gate_proj/up_proj`).
     pub fn group_label(&self, g: usize) -> String {
         let paths: Vec<&str> = self.groups[g]

@@ -228,6 +228,59 @@ impl DecoderLayer {
         v
     }
 
+    /// Folds a per-channel scale `s` of group `g`'s input into the layer, exactly: column `j`
+    /// of every linear of the group is multiplied by `s_j`, and output channel `j` of the
+    /// group's input producer ([`Layout::input_producer`]: a norm's multiplier, or rows of
+    /// v_proj / up_proj with their bias) is divided by it. The layer computes the same function
+    /// (up to float rounding); the group's weights are now `W diag(s)`, the form AWQ quantizes.
+    /// An error where the group has no such producer or `s` is not positive and finite.
+    pub fn fold_input_scale(&mut self, g: usize, s: &[f32]) -> Result<()> {
+        let label = || self.layout.group_label(g);
+        let Some(producer) = self.layout.input_producer(g) else {
+            bail!(
+                "layer {}: the input of {} cannot be rescaled exactly (grouped-query attention, \
+                 or a MoE expert's shared input)",
+                self.index,
+                label()
+            );
+        };
+        let d_in = self.layout.linears[self.layout.groups[g].linears[0]].shape[1];
+        if s.len() != d_in || s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            bail!(
+                "layer {}: scales for {} must be {d_in} positive finite values",
+                self.index,
+                label()
+            );
+        }
+        for &k in &self.layout.groups[g].linears {
+            for row in self.linears[k].weight.data.chunks_exact_mut(d_in) {
+                row.iter_mut().zip(s).for_each(|(w, f)| *w *= f);
+            }
+        }
+        match producer {
+            arch::InputProducer::Norm(i) => {
+                self.norms[i]
+                    .data
+                    .iter_mut()
+                    .zip(s)
+                    .for_each(|(w, f)| *w /= f);
+            }
+            arch::InputProducer::Rows { linear, rows } => {
+                let lw = &mut self.linears[linear];
+                let cols = lw.weight.shape[1];
+                for (j, r) in rows.enumerate() {
+                    lw.weight.data[r * cols..(r + 1) * cols]
+                        .iter_mut()
+                        .for_each(|w| *w /= s[j]);
+                    if let Some(b) = &mut lw.bias {
+                        b.data[r] /= s[j];
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Hugging Face name of linear `k`'s weight (`model.layers.3.self_attn.q_proj.weight`).
     pub fn linear_name(&self, k: usize) -> String {
         arch::hf_layer_tensor(self.index, &self.layout.linears[k].path, "weight")

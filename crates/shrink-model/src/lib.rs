@@ -30,7 +30,7 @@ pub mod stream;
 pub mod tensor;
 pub mod tokenizer;
 
-pub use arch::{Arch, Family, Layout, LinearSpec, Role};
+pub use arch::{Arch, Family, InputProducer, Layout, LinearSpec, Role};
 pub use config::{ModelConfig, MoeConfig, RopeScaling};
 pub use layer::{DecoderLayer, LayerCache, LayerHook, LinearWeights, NoHook, Rope};
 pub use model::{Model, ModelSource};

@@ -21,7 +21,9 @@ use shrink_model::{DecoderLayer, ModelSource};
 use std::ops::Range;
 use std::time::Instant;
 
+pub mod awq;
 pub mod spectrum;
+pub use awq::AwqGroupReport;
 pub use spectrum::{hessian_spectra, GroupSpectrum};
 
 /// Wall time per phase, in seconds.
@@ -39,6 +41,9 @@ pub struct Phases {
     pub error: f64,
     /// Handing finished layers to the sink (writing them).
     pub write: f64,
+    /// AWQ's unquantized pass and searches (0 without AWQ).
+    #[serde(default)]
+    pub awq: f64,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -144,6 +149,9 @@ pub struct LayerReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<f64>,
     pub linears: Vec<LinearReport>,
+    /// What AWQ did to each group, when it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awq: Vec<AwqGroupReport>,
 }
 
 /// Zeros / weights over the linears that report sparsity (`None` if none does).
@@ -602,6 +610,8 @@ pub struct Options {
     /// Experts with fewer routed tokens than this use the fallback under
     /// [`MoeCalibration::FallbackRtn`]; default 2 x the group's d_in.
     pub min_expert_tokens: Option<usize>,
+    /// AWQ's scale and clipping search before each layer is compressed ([`awq`]).
+    pub awq: Option<shrink_methods::awq::AwqConfig>,
 }
 
 /// Which inputs the groups of a layer are calibrated on.
@@ -693,6 +703,18 @@ pub fn run_from(
             linears: vec![],
             quant: vec![],
         };
+        let mut awq_reports = vec![];
+        if let Some(acfg) = &opts.awq {
+            // the unquantized pass: search every group, then fold and clip
+            let t = Instant::now();
+            let mut ah = awq::AwqHook::new(plan, acfg, i);
+            let mut xa = x.clone();
+            layer.forward(cfg, &rope, &mut xa, calib.nsamples, calib.seqlen, &mut ah)?;
+            drop(xa);
+            ah.apply(&mut layer)?;
+            phases.awq += t.elapsed().as_secs_f64();
+            awq_reports = ah.reports;
+        }
         let t = Instant::now();
         let x_in = (sequential == Sequential::Layer).then(|| x.clone());
         layer.forward(cfg, &rope, &mut x, calib.nsamples, calib.seqlen, &mut hook)?;
@@ -730,6 +752,7 @@ pub fn run_from(
             seconds: t_layer.elapsed().as_secs_f64(),
             sparsity: total_sparsity(&hook.linears),
             linears: hook.linears,
+            awq: awq_reports,
         };
         sink.layer_done(&layer, &hook.quant, &report, &x)?;
         phases.write += t.elapsed().as_secs_f64();

@@ -170,9 +170,43 @@ impl<'de> Deserialize<'de> for Override {
     }
 }
 
+/// AWQ before the stages (`[awq]`; `shrink compress --awq`, or `--method awq` for AWQ then
+/// RTN): each group's per-channel input scale and each linear's clipping are searched for the
+/// grid the stages quantize on, folded into the model, and the stages then compress the
+/// rescaled weights (see `shrink_methods::awq`). AWQ is not a stage because it changes the op
+/// before a group (a norm, or v_proj / up_proj rows) as well as the group's linears.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AwqSection {
+    /// llm-compressor's `duo_scaling` (default false: the paper's `s = s_X^α`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duo_scaling: Option<bool>,
+    /// The clipping search (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<bool>,
+    /// Candidates of α (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_grid: Option<usize>,
+}
+
+impl AwqSection {
+    pub fn config(&self) -> shrink_methods::awq::AwqConfig {
+        let d = shrink_methods::awq::AwqConfig::default();
+        shrink_methods::awq::AwqConfig {
+            duo_scaling: self.duo_scaling.unwrap_or(d.duo_scaling),
+            clip: self.clip.unwrap_or(d.clip),
+            n_grid: self.n_grid.unwrap_or(d.n_grid),
+            ..d
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
+    /// AWQ before the stages ([`AwqSection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awq: Option<AwqSection>,
     /// A rotation of the model before anything else (`shrink compress --rotate`): `hadamard` or
     /// `random-orthogonal` (QuaRot R1 + SpinQuant R2, seed 0; see `shrink_model::rotation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,6 +250,7 @@ impl Recipe {
     pub fn parse(text: &str) -> Result<Recipe> {
         let mut r: Recipe =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid recipe: {e}"))?;
+        r.awq_stage()?;
         r.fill_grids()?;
         for (i, o) in r.overrides.iter().enumerate() {
             match o.stage {
@@ -236,6 +271,30 @@ impl Recipe {
             }
         }
         Ok(r)
+    }
+
+    /// `method = "awq"` in the only stage means AWQ then RTN on the stage's grid: the stage
+    /// becomes `rtn` and `[awq]` is set. In a recipe of several stages it is refused (AWQ is
+    /// `[awq]` at the top level, before the stages).
+    pub fn awq_stage(&mut self) -> Result<()> {
+        let n = self.stage.len();
+        for (i, s) in self.stage.iter_mut().enumerate() {
+            if s.method.as_deref() == Some("awq") {
+                if n > 1 {
+                    bail!(
+                        "stage {}: awq is not a stage of a recipe of several: put `[awq]` at the \
+                         top level, and the stages that quantize after it (e.g. gptq)",
+                        i + 1
+                    );
+                }
+                s.method = Some("rtn".into());
+                self.awq.get_or_insert_with(AwqSection::default);
+            }
+        }
+        if let Some(a) = &self.awq {
+            a.config().validate()?;
+        }
+        Ok(())
     }
 
     /// [`fill_grid`] on every stage and override.
@@ -571,7 +630,7 @@ fn stage_damp_block(s: &Stage) -> Result<(f64, usize)> {
 /// Builds the method a stage describes, validating every setting before any heavy work.
 pub fn build_method(s: &Stage) -> Result<Box<dyn Method>> {
     let method = s.method.as_deref().context(
-        "no method given (use --method rtn|gptq|magnitude|wanda|sparsegpt|obc or a recipe)",
+        "no method given (use --method rtn|gptq|awq|magnitude|wanda|sparsegpt|obc or a recipe)",
     )?;
     let quant = stage_quant(s)?;
     let sparsity = stage_sparsity(s)?;

@@ -55,6 +55,9 @@ shrink compress --model MODEL --recipe recipe.toml --out DIR\n\n\
 METHODS:\n  \
 rtn          round to nearest (no calibration statistics)\n  \
 gptq         GPTQ: quantize column by column, spreading each rounding error with the inverse Hessian\n  \
+awq          AWQ then round to nearest: per-channel input scales (s = mean|x|^a, a searched on\n               \
+each group's output error) and per-group clipping, folded into the model; --awq puts\n               \
+the same search before any quantizing method (--awq --method gptq)\n  \
 magnitude    prune the smallest |W| (per layer; --scope row for per output row)\n  \
 wanda        prune the smallest |W| * ||X_j|| per output row (no weight update)\n  \
 sparsegpt    prune column by column with the inverse Hessian, adaptive mask per block of 128\n  \
@@ -158,9 +161,22 @@ pub struct CompressJob {
     /// A TOML recipe (see below); flags given on the command line override it.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
-    /// Method: rtn, gptq, magnitude, wanda, sparsegpt or obc (see METHODS below).
+    /// Method: rtn, gptq, awq, magnitude, wanda, sparsegpt or obc (see METHODS below).
     #[arg(long)]
     pub method: Option<String>,
+    /// AWQ before the method (Lin et al. 2024): per-channel input scales and per-group clipping
+    /// searched for the method's grid on the unquantized layer, folded into the norms and the
+    /// v_proj / up_proj rows before each group; then the method (rtn, gptq, ...) quantizes the
+    /// rescaled weights. `--method awq` is `--awq --method rtn`. Recipe: `[awq]`.
+    #[arg(long)]
+    pub awq: bool,
+    /// AWQ with llm-compressor's duo scaling, s = mean|x|^a / mean|w|^(1-a), instead of the
+    /// paper's s = mean|x|^a.
+    #[arg(long)]
+    pub awq_duo_scaling: bool,
+    /// AWQ without its clipping search (scales only).
+    #[arg(long)]
+    pub awq_no_clip: bool,
     /// Fraction of each linear's weights to prune (0..1), for magnitude, wanda, sparsegpt, obc.
     #[arg(long, conflicts_with = "pattern")]
     pub sparsity: Option<f64>,
@@ -520,6 +536,16 @@ fn merged(a: &CompressJob) -> Result<Recipe> {
     }
     s.gguf_type = a.gguf_type.clone().or(s.gguf_type.take());
     s.scheme = a.scheme.clone().or(s.scheme.take());
+    if a.awq || a.awq_duo_scaling || a.awq_no_clip {
+        let w = r.awq.get_or_insert_with(Default::default);
+        if a.awq_duo_scaling {
+            w.duo_scaling = Some(true);
+        }
+        if a.awq_no_clip {
+            w.clip = Some(false);
+        }
+    }
+    r.awq_stage()?;
     r.fill_grids()?;
     Ok(r)
 }
@@ -1218,7 +1244,19 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
     // Data-free: every method needs no activations (RTN, magnitude) and nothing else asks for
     // calibration data; without calibration text each layer is compressed as it is read, with no
     // forward pass (and no errors in the report: give --calib to have them measured).
+    if recipe.awq.is_some()
+        && !recipe
+            .stage
+            .iter()
+            .any(|s| crate::build_method(s).is_ok_and(|m| m.quant_grid().is_some()))
+    {
+        bail!(
+            "AWQ searches its scales for a quantization grid, and no stage quantizes: give \
+             --bits (with --method rtn or gptq), or --method awq --bits N"
+        );
+    }
     let data_free = allocate == "uniform"
+        && recipe.awq.is_none()
         && a.max_ppl_rise.is_none()
         && !drop_req.is_some_and(|r| r.score.needs_data())
         && merge_req.is_none()
@@ -1431,6 +1469,7 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
             sequential,
             moe,
             min_expert_tokens: a.moe_min_tokens,
+            awq: recipe.awq.as_ref().map(|w| w.config()),
         },
         &mut sink,
         &mut |d, _| bar.set_position((start + d) as u64),
