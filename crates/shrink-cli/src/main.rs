@@ -114,6 +114,12 @@ pub struct EvalArgs {
     /// inputs, f32 accumulation through oneMKL; f32 with a notice where MKL is missing).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     precision: String,
+    /// Fake-quantize the input of every decoder linear (the MoE router excepted) before its
+    /// matmul, with dynamic scales, as a W8A8 / FP8 / FP4 serving kernel does: int8 (per token,
+    /// amax/127), fp8 (E4M3 per token), nvfp4 (E2M1 in groups of 16 with E4M3 scales), mxfp4
+    /// (E2M1 in groups of 32 with E8M0 scales). Perplexity only: not with --reference.
+    #[arg(long, value_name = "int8|fp8|nvfp4|mxfp4")]
+    act_quant: Option<String>,
     /// UTF-8 text file to evaluate on (e.g. data/eval.txt from scripts/fetch). Not needed with
     /// --reference-logits, whose file holds the tokens.
     #[arg(long, short, required_unless_present = "reference_logits")]
@@ -214,6 +220,19 @@ fn main() {
 
 fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
     shrink_model::gemm::set_bf16(a.precision == "bf16");
+    let act = match &a.act_quant {
+        Some(q) => Some(shrink_model::actquant::ActQuant::parse(q).context("--act-quant")?),
+        None => None,
+    };
+    if act.is_some()
+        && (a.reference.is_some() || a.save_logits.is_some() || a.reference_logits.is_some())
+    {
+        bail!(
+            "--act-quant applies to every model of the pass: not with --reference, \
+             --save-logits or --reference-logits; evaluate each model's perplexity on its own"
+        );
+    }
+    shrink_model::actquant::set(act);
     let t0 = Instant::now();
     if let Some(path) = &a.logits_out {
         shrink_formats::hf::OutputDir::refuse_existing(path, a.force)?;
@@ -321,6 +340,7 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         o.insert("load_seconds".into(), json!(load_seconds));
         o.insert("model".into(), json!(a.model));
         o.insert("text".into(), json!(a.text));
+        o.insert("act_quant".into(), json!(a.act_quant));
         println!("{}", serde_json::to_string(&v)?);
     } else {
         let bos_note = if r.bos.is_some() {

@@ -17,9 +17,10 @@
 //! round-to-nearest of the grid the linear is later quantized on. As in llm-awq, `s` is
 //! clamped below at 1e-4 and normalised by `sqrt(max(s) min(s))`; `α = 0` gives `s = 1`
 //! (plain RTN), so the search never loses to RTN on its own objective.
-//! `duo_scaling` (llm-compressor's `AWQModifier` default) uses `s = s_X^α / (s_W^(1-α) + 1e-4)`
-//! instead, `s_W` being the mean over the group's rows of `|W|` normalised by each
-//! quantization group's maximum (there `α = 0` is not `s = 1`).
+//! `duo_scaling` (llm-compressor 0.14's `AWQModifier` default) searches llm-compressor's grid
+//! instead: `s = 1`, then `s = s_X^α / (s_W^(1-α) + 1e-4)` for `α = 0, 1/(N-2), ..., 1`, `s_W`
+//! being the mean over the group's rows of `|W|` normalised by each quantization group's
+//! maximum (`_compute_layer_means`).
 //!
 //! The loss is computed through the Hessian: with `Δ = W - Q(W diag(s)) diag(s)^-1`,
 //! `L = || X Δᵀ ||² = tr(Δ (XᵀX) Δᵀ)`, the same value as llm-awq's output MSE up to a constant,
@@ -194,9 +195,25 @@ pub fn search_scales(
     let w_mean = cfg.duo_scaling.then(|| weight_means(lins, d_in));
     let ones = vec![1f32; d_in];
     let loss_rtn = group_loss(lins, &ones, hm, d_in)?;
-    let mut best: Option<ScaleChoice> = None;
-    for i in 0..cfg.n_grid {
-        let alpha = i as f64 / cfg.n_grid as f64;
+    let mut best = Some(ScaleChoice {
+        scales: ones,
+        alpha: 0.0,
+        loss: loss_rtn,
+        loss_rtn,
+    })
+    .filter(|b| b.loss.is_finite());
+    // llm-awq: α = i/N, i < N (α = 0 is s = 1, computed above); llm-compressor's duo grid:
+    // α = i/(N-2), i <= N-2
+    let alphas: Vec<f64> = match &w_mean {
+        None => (1..cfg.n_grid)
+            .map(|i| i as f64 / cfg.n_grid as f64)
+            .collect(),
+        Some(_) if cfg.n_grid >= 3 => (0..=cfg.n_grid - 2)
+            .map(|i| i as f64 / (cfg.n_grid - 2) as f64)
+            .collect(),
+        Some(_) => vec![0.0, 1.0],
+    };
+    for alpha in alphas {
         let mut s: Vec<f64> = (0..d_in)
             .map(|j| {
                 let x = x_abs_mean[j].powf(alpha);

@@ -311,7 +311,14 @@ impl DecoderLayer {
     fn apply_k(&self, k: usize, x: &[f32], rows: usize) -> Vec<f32> {
         let lw = &self.linears[k];
         let mut y = vec![0f32; rows * lw.weight.shape[0]];
-        linear(x, rows, &lw.weight, lw.bias.as_ref(), &mut y);
+        match crate::actquant::get() {
+            // activation fake-quantization (`eval --act-quant`); the router stays exact
+            Some(a) if self.layout.linears[k].role != Role::Router => {
+                let xq = crate::actquant::fake_quant(a, x, lw.weight.shape[1]);
+                linear(&xq, rows, &lw.weight, lw.bias.as_ref(), &mut y);
+            }
+            _ => linear(x, rows, &lw.weight, lw.bias.as_ref(), &mut y),
+        }
         y
     }
 

@@ -8,6 +8,7 @@
 //!   activation, attention features.
 //! - [`DecoderLayer::forward`] runs one layer on a batch and exposes every linear's input to a
 //!   [`LayerHook`].
+pub mod actquant;
 pub mod arch;
 pub mod config;
 pub mod fastmath;

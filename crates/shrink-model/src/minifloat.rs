@@ -199,6 +199,63 @@ pub(crate) fn e2m1_code(v: f32) -> u32 {
     e2m1_encode(v.clamp(-E2M1_MAX, E2M1_MAX)) as u32
 }
 
+/// compressed-tensors' `eps` for E4M3 scales (`_get_dtype_eps`).
+pub const E4M3_SCALE_EPS: f32 = 0.125;
+
+// The scale rules of compressed-tensors (see `shrink_methods::grid_fp`), shared by the weight
+// grids and the activation fake-quantization (`crate::actquant`).
+
+/// `max(|min(x, 0)|, max(x, 0))`.
+pub fn amax(x: &[f32]) -> f32 {
+    let lo = x.iter().fold(0.0f32, |a, &b| a.min(b));
+    let hi = x.iter().fold(0.0f32, |a, &b| a.max(b));
+    lo.abs().max(hi)
+}
+
+/// FP8's f32 scale of a group whose largest magnitude is `amax`: `amax / 448`, 0 -> `f32::EPSILON`.
+pub fn fp8_scale(amax: f32) -> f32 {
+    let s = amax / E4M3_MAX;
+    if s == 0.0 {
+        f32::EPSILON
+    } else {
+        s
+    }
+}
+
+/// NVFP4's per-tensor global scale: `448 * 6 / max(amax, MIN_POSITIVE)`, 1 when not finite.
+pub fn nvfp4_global_scale(amax: f32) -> f32 {
+    let g = (E4M3_MAX * E2M1_MAX) / amax.max(f32::MIN_POSITIVE);
+    if g.is_finite() {
+        g
+    } else {
+        1.0
+    }
+}
+
+/// NVFP4's E4M3 group scale (as f32): `e4m3(clamp(global * (amax / 6), -448, 448))`, 0 -> 0.125.
+pub fn nvfp4_group_scale(amax: f32, global: f32) -> f32 {
+    let s = e4m3_round((global * (amax / E2M1_MAX)).clamp(-E4M3_MAX, E4M3_MAX));
+    if s == 0.0 {
+        E4M3_SCALE_EPS
+    } else {
+        s
+    }
+}
+
+/// MXFP4's E8M0 exponent byte of a group whose largest magnitude is `amax` (see the module doc).
+pub fn mxfp4_exponent(amax: f32) -> u8 {
+    let p2 = f32::from_bits(amax.to_bits().wrapping_add(1 << 21) & 0xFF80_0000);
+    if p2 == 0.0 {
+        return 0; // log2(0) = -inf, clamped to 0
+    }
+    if !p2.is_finite() {
+        return 255;
+    }
+    // p2 is a power of two (normal, as the mask drops the mantissa; a subnormal amax gives 0)
+    let e = ((p2.to_bits() >> 23) & 0xFF) as i32 - 127;
+    (127 + e - 2).clamp(0, 255) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,8 +22,10 @@ use std::ops::Range;
 use std::time::Instant;
 
 pub mod awq;
+pub mod smooth;
 pub mod spectrum;
 pub use awq::AwqGroupReport;
+pub use smooth::SmoothGroupReport;
 pub use spectrum::{hessian_spectra, GroupSpectrum};
 
 /// Wall time per phase, in seconds.
@@ -44,6 +46,9 @@ pub struct Phases {
     /// AWQ's unquantized pass and searches (0 without AWQ).
     #[serde(default)]
     pub awq: f64,
+    /// SmoothQuant's unquantized pass (0 without it).
+    #[serde(default)]
+    pub smooth: f64,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -152,6 +157,9 @@ pub struct LayerReport {
     /// What AWQ did to each group, when it ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub awq: Vec<AwqGroupReport>,
+    /// What SmoothQuant did to each group, when it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smooth: Vec<SmoothGroupReport>,
 }
 
 /// Zeros / weights over the linears that report sparsity (`None` if none does).
@@ -612,6 +620,8 @@ pub struct Options {
     pub min_expert_tokens: Option<usize>,
     /// AWQ's scale and clipping search before each layer is compressed ([`awq`]).
     pub awq: Option<shrink_methods::awq::AwqConfig>,
+    /// SmoothQuant's migration strength α before each layer is compressed ([`smooth`]).
+    pub smooth: Option<f64>,
 }
 
 /// Which inputs the groups of a layer are calibrated on.
@@ -703,6 +713,18 @@ pub fn run_from(
             linears: vec![],
             quant: vec![],
         };
+        let mut smooth_reports = vec![];
+        if let Some(alpha) = opts.smooth {
+            // the unquantized pass: each norm-fed group's maxima, then the fold
+            let t = Instant::now();
+            let mut sh = smooth::SmoothHook::new(alpha);
+            let mut xs = x.clone();
+            layer.forward(cfg, &rope, &mut xs, calib.nsamples, calib.seqlen, &mut sh)?;
+            drop(xs);
+            sh.apply(&mut layer)?;
+            phases.smooth += t.elapsed().as_secs_f64();
+            smooth_reports = sh.reports;
+        }
         let mut awq_reports = vec![];
         if let Some(acfg) = &opts.awq {
             // the unquantized pass: search every group, then fold and clip
@@ -753,6 +775,7 @@ pub fn run_from(
             sparsity: total_sparsity(&hook.linears),
             linears: hook.linears,
             awq: awq_reports,
+            smooth: smooth_reports,
         };
         sink.layer_done(&layer, &hook.quant, &report, &x)?;
         phases.write += t.elapsed().as_secs_f64();

@@ -207,6 +207,10 @@ pub struct Recipe {
     /// AWQ before the stages ([`AwqSection`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub awq: Option<AwqSection>,
+    /// SmoothQuant's α before the stages (and before AWQ): each norm-fed group's activation
+    /// outliers migrated into its weights (`shrink compress --smooth A`; `shrink_pipeline::smooth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smooth: Option<f64>,
     /// A rotation of the model before anything else (`shrink compress --rotate`): `hadamard` or
     /// `random-orthogonal` (QuaRot R1 + SpinQuant R2, seed 0; see `shrink_model::rotation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,7 +254,7 @@ impl Recipe {
     pub fn parse(text: &str) -> Result<Recipe> {
         let mut r: Recipe =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid recipe: {e}"))?;
-        r.awq_stage()?;
+        r.prepare_transforms()?;
         r.fill_grids()?;
         for (i, o) in r.overrides.iter().enumerate() {
             match o.stage {
@@ -273,10 +277,11 @@ impl Recipe {
         Ok(r)
     }
 
-    /// `method = "awq"` in the only stage means AWQ then RTN on the stage's grid: the stage
-    /// becomes `rtn` and `[awq]` is set. In a recipe of several stages it is refused (AWQ is
-    /// `[awq]` at the top level, before the stages).
-    pub fn awq_stage(&mut self) -> Result<()> {
+    /// The transforms before the stages, checked: `method = "awq"` in the only stage means AWQ
+    /// then RTN on the stage's grid (the stage becomes `rtn` and `[awq]` is set; in a recipe of
+    /// several stages it is refused: AWQ is `[awq]` at the top level), AWQ's settings, and
+    /// SmoothQuant's α in (0, 1).
+    pub fn prepare_transforms(&mut self) -> Result<()> {
         let n = self.stage.len();
         for (i, s) in self.stage.iter_mut().enumerate() {
             if s.method.as_deref() == Some("awq") {
@@ -293,6 +298,11 @@ impl Recipe {
         }
         if let Some(a) = &self.awq {
             a.config().validate()?;
+        }
+        if let Some(a) = self.smooth {
+            if !(a > 0.0 && a < 1.0) {
+                bail!("smooth (SmoothQuant's alpha) must be in (0, 1), got {a}");
+            }
         }
         Ok(())
     }

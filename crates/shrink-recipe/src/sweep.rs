@@ -52,8 +52,8 @@
 //! generated) once and shared with the cells that use them alone.
 //!
 //! Every recipe runs once per calibration source and seed, except a data-free one (every stage
-//! `rtn` or `magnitude`): it needs no calibration, so it runs once (`calibration` and `seed`
-//! null). Cells run in grid order: recipes, then calibration sources, then seeds.
+//! `rtn` or `magnitude`, and no `[recipe.awq]`): it needs no calibration, so it runs once
+//! (`calibration` and `seed` null). Cells run in grid order: recipes, then calibration sources, then seeds.
 //!
 //! The output directory holds:
 //! - `sweep.json`: what the results belong to (the model and the evaluation); another sweep's
@@ -344,10 +344,12 @@ impl Grid {
             if recipes.iter().any(|r: &GridRecipe| r.name == name) {
                 bail!("two recipes are named '{name}'");
             }
-            let data_free = recipe
-                .stage
-                .iter()
-                .all(|s| matches!(s.method.as_deref(), Some("rtn" | "magnitude")));
+            let data_free = recipe.awq.is_none()
+                && recipe.smooth.is_none()
+                && recipe
+                    .stage
+                    .iter()
+                    .all(|s| matches!(s.method.as_deref(), Some("rtn" | "magnitude")));
             recipes.push(GridRecipe {
                 name,
                 recipe,

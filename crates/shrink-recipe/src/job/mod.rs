@@ -77,7 +77,10 @@ targets = ['mlp']           # optional: only these linears (default all)\n  \
 ignore = ['experts\\.']     # optional: not these\n\n  \
 [[override]]                # other settings for the linears a pattern matches\n  \
 match = 'down_proj'\n  bits = 8                    # any stage key; stage = N in a recipe of several stages\n\n  \
-ignore = ['layers\\.0\\.'] # top level (before any table): left exactly as they are\n\n  \
+ignore = ['layers\\.0\\.'] # top level (before any table): left exactly as they are\n  \
+smooth = 0.5                # top level: SmoothQuant's alpha, before AWQ and the stages\n\n  \
+[awq]                       # AWQ's scales and clipping before the stages (as --awq)\n  \
+duo_scaling = false         # clip = true, n_grid = 20\n\n  \
 Patterns are regular expressions searched in each linear's module path\n  \
 (model.layers.3.mlp.down_proj, ...). A pattern that matches nothing, or two overrides\n  \
 setting one key of one linear to different values, is refused before any work. The\n  \
@@ -177,6 +180,12 @@ pub struct CompressJob {
     /// AWQ without its clipping search (scales only).
     #[arg(long)]
     pub awq_no_clip: bool,
+    /// SmoothQuant before the method (Xiao et al. 2023): per input channel of q/k/v and
+    /// gate/up, s = max|X|^A / max|W|^(1-A) folded into the norm before them, moving
+    /// activation outliers into the weights for W8A8 (evaluate with `shrink eval --act-quant
+    /// int8`). A in (0, 1); 0.5 is the paper's default. Recipe: `smooth = A`.
+    #[arg(long, value_name = "A")]
+    pub smooth: Option<f64>,
     /// Fraction of each linear's weights to prune (0..1), for magnitude, wanda, sparsegpt, obc.
     #[arg(long, conflicts_with = "pattern")]
     pub sparsity: Option<f64>,
@@ -545,7 +554,8 @@ fn merged(a: &CompressJob) -> Result<Recipe> {
             w.clip = Some(false);
         }
     }
-    r.awq_stage()?;
+    r.smooth = a.smooth.or(r.smooth);
+    r.prepare_transforms()?;
     r.fill_grids()?;
     Ok(r)
 }
@@ -1257,6 +1267,7 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
     }
     let data_free = allocate == "uniform"
         && recipe.awq.is_none()
+        && recipe.smooth.is_none()
         && a.max_ppl_rise.is_none()
         && !drop_req.is_some_and(|r| r.score.needs_data())
         && merge_req.is_none()
@@ -1470,6 +1481,7 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
             moe,
             min_expert_tokens: a.moe_min_tokens,
             awq: recipe.awq.as_ref().map(|w| w.config()),
+            smooth: recipe.smooth,
         },
         &mut sink,
         &mut |d, _| bar.set_position((start + d) as u64),
