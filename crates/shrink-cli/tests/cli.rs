@@ -513,8 +513,8 @@ fn compress_bad_input_leaves_nothing() {
         &["group size"],
     );
     check(
-        base(&["--method", "awq", "--bits", "4"], &calib),
-        &["unknown method", "awq"],
+        base(&["--method", "hqq", "--bits", "4"], &calib),
+        &["unknown method", "hqq"],
     );
     check(
         base(

@@ -726,7 +726,13 @@ pub fn build_method(s: &Stage) -> Result<Box<dyn Method>> {
                 max_d_in: 1024,
             })
         }
-        m => bail!("unknown method '{m}' (available: rtn, gptq, magnitude, wanda, sparsegpt, obc)"),
+        "awq" => bail!(
+            "awq runs before the stages: --method awq (AWQ then RTN), --awq with a quantizing \
+             method, or [awq] in a recipe"
+        ),
+        m => bail!(
+            "unknown method '{m}' (available: rtn, gptq, awq, magnitude, wanda, sparsegpt, obc)"
+        ),
     })
 }
 
