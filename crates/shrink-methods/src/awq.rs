@@ -234,7 +234,7 @@ pub fn search_scales(
             continue;
         }
         let loss = group_loss(lins, &s32, hm, d_in)?;
-        if loss.is_finite() && best.as_ref().is_none_or(|b| loss < b.loss) {
+        if loss.is_finite() && best.as_ref().map_or(true, |b| loss < b.loss) {
             best = Some(ScaleChoice {
                 scales: s32,
                 alpha,
