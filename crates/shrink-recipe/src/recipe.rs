@@ -277,6 +277,12 @@ impl Recipe {
         Ok(r)
     }
 
+    /// Whether a transform before the stages needs calibration activations (AWQ, SmoothQuant):
+    /// then no run of the recipe is data-free, whatever its stages' methods.
+    pub fn transforms_need_data(&self) -> bool {
+        self.awq.is_some() || self.smooth.is_some()
+    }
+
     /// The transforms before the stages, checked: `method = "awq"` in the only stage means AWQ
     /// then RTN on the stage's grid (the stage becomes `rtn` and `[awq]` is set; in a recipe of
     /// several stages it is refused: AWQ is `[awq]` at the top level), AWQ's settings, and

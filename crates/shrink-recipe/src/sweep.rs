@@ -344,8 +344,7 @@ impl Grid {
             if recipes.iter().any(|r: &GridRecipe| r.name == name) {
                 bail!("two recipes are named '{name}'");
             }
-            let data_free = recipe.awq.is_none()
-                && recipe.smooth.is_none()
+            let data_free = !recipe.transforms_need_data()
                 && recipe
                     .stage
                     .iter()

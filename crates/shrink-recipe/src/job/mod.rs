@@ -1266,8 +1266,7 @@ pub fn run(a: &CompressJob, ui: &dyn Ui) -> Result<Outcome> {
         );
     }
     let data_free = allocate == "uniform"
-        && recipe.awq.is_none()
-        && recipe.smooth.is_none()
+        && !recipe.transforms_need_data()
         && a.max_ppl_rise.is_none()
         && !drop_req.is_some_and(|r| r.score.needs_data())
         && merge_req.is_none()
