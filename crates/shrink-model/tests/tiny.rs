@@ -132,3 +132,45 @@ fn hook_sees_group_inputs_in_order_and_can_edit_weights() {
         .unwrap();
     assert_ne!(x, y, "zeroing down_proj in the hook must change the output");
 }
+
+/// The dense MLP computes gate and up a slice of rows at a time (so that only the down
+/// projection's input is whole); slices of a few rows give the same layer output as one slice,
+/// with separate gate/up (Llama, Gemma 3's GeGLU) and fused gate_up (Phi-3) linears, over
+/// several sequences.
+#[test]
+fn chunked_mlp_equals_whole_mlp() {
+    use shrink_model::layer::with_mlp_chunk_elems;
+    for name in ["llama", "gemma3", "phi3"] {
+        let m = load(name);
+        let cfg = m.config.clone();
+        let (b, t) = (3, 11);
+        let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 50 + 1) as u32).collect();
+        let x0 = m.embed(&ids).unwrap();
+        let rope = Rope::new(&cfg, t);
+        let run = |elems: usize| {
+            let mut layer = load(name).layers.swap_remove(0);
+            let mut x = x0.clone();
+            with_mlp_chunk_elems(elems, || {
+                layer
+                    .forward(&cfg, &rope, &mut x, b, t, &mut NoHook)
+                    .unwrap()
+            });
+            x
+        };
+        let whole = run(usize::MAX);
+        let inter = cfg.intermediate_size;
+        for rows in [1, 4, 7] {
+            let sliced = run(rows * inter);
+            let d = whole
+                .iter()
+                .zip(&sliced)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let scale = whole.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            assert!(
+                d <= 1e-5 * scale,
+                "{name}: {rows}-row slices differ from the whole MLP by {d} (scale {scale})"
+            );
+        }
+    }
+}
