@@ -67,7 +67,12 @@ fn print_report(k: &KldReport, chunks_note: &str) {
     );
 }
 
-pub fn run(a: &EvalArgs, src: &ModelSource, quiet: bool) -> Result<()> {
+pub fn run(
+    a: &EvalArgs,
+    src: &ModelSource,
+    act: Option<shrink_model::actquant::ActQuant>,
+    quiet: bool,
+) -> Result<()> {
     let llama_cpp = a.protocol == "llama.cpp";
     if !llama_cpp && (a.save_logits.is_some() || a.reference_logits.is_some()) {
         bail!("--save-logits and --reference-logits use llama.cpp's file and protocol: add --protocol llama.cpp");
@@ -77,7 +82,8 @@ pub fn run(a: &EvalArgs, src: &ModelSource, quiet: bool) -> Result<()> {
     }
     let reference = a.reference.as_deref().map(ModelSource::open).transpose()?;
     let budget = a.stream_mb << 20;
-    let model = Streamed::new(&src.config, src.tensors.as_ref());
+    // activation fake-quantization is this model's alone: the reference stays exact
+    let model = Streamed::new(&src.config, src.tensors.as_ref()).with_act_quant(act);
     let bar = progress::bar(0, "layers", quiet || a.json);
     let mut prog = |d: usize, t: usize| {
         bar.set_length(t as u64);
@@ -88,6 +94,7 @@ pub fn run(a: &EvalArgs, src: &ModelSource, quiet: bool) -> Result<()> {
         "reference": a.reference,
         "reference_logits": a.reference_logits,
         "protocol": a.protocol,
+        "act_quant": act.map(|q| q.name()),
     });
     let report = if llama_cpp {
         let rstream = reference

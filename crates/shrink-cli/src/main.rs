@@ -117,8 +117,10 @@ pub struct EvalArgs {
     /// Fake-quantize the input of every decoder linear (the MoE router excepted) before its
     /// matmul, with dynamic scales, as a W8A8 / FP8 / FP4 serving kernel does: int8 (per token,
     /// amax/127), fp8 (E4M3 per token), nvfp4 (E2M1 in groups of 16 with E4M3 scales), mxfp4
-    /// (E2M1 in groups of 32 with E8M0 scales). Perplexity only: not with --reference.
-    #[arg(long, value_name = "int8|fp8|nvfp4|mxfp4")]
+    /// (E2M1 in groups of 32 with E8M0 scales), or none. Default: what the model's recipe.toml
+    /// records (a directory written by `shrink compress --scheme W8A8|FP8_DYNAMIC|NVFP4|MXFP4`),
+    /// else none. With --reference only this model's activations are quantized.
+    #[arg(long, value_name = "int8|fp8|nvfp4|mxfp4|none")]
     act_quant: Option<String>,
     /// UTF-8 text file to evaluate on (e.g. data/eval.txt from scripts/fetch). Not needed with
     /// --reference-logits, whose file holds the tokens.
@@ -218,21 +220,60 @@ fn main() {
     }
 }
 
+/// The activation fake-quantization of `shrink eval`: `--act-quant` when given (`none`: off), else
+/// what the model directory's recipe.toml records (its scheme's activations), said on stderr.
+fn eval_act_quant(a: &EvalArgs, quiet: bool) -> Result<Option<shrink_model::actquant::ActQuant>> {
+    use shrink_model::actquant::ActQuant;
+    match a.act_quant.as_deref() {
+        Some(q) if q.eq_ignore_ascii_case("none") => return Ok(None),
+        Some(q) => return Ok(Some(ActQuant::parse(q).context("--act-quant")?)),
+        None => {}
+    }
+    let path = a.model.join("recipe.toml");
+    if !a.model.is_dir() || !path.is_file() {
+        return Ok(None);
+    }
+    let Some(rec) = shrink_recipe::Recipe::load(&path)?.recorded_act()? else {
+        return Ok(None);
+    };
+    let say = !quiet && !a.json;
+    match rec.eval {
+        Some(q) => {
+            if say {
+                eprintln!(
+                    "activations fake-quantized as {} ({}: {}), as {} records; --act-quant none for weights only",
+                    q.name(),
+                    rec.scheme,
+                    rec.act,
+                    path.display()
+                );
+            }
+            Ok(Some(q))
+        }
+        None => {
+            if say {
+                eprintln!(
+                    "note: {} records {} activations ({}), which eval does not reproduce: \
+                     weights only (or give --act-quant)",
+                    path.display(),
+                    rec.scheme,
+                    rec.act
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
 fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
     shrink_model::gemm::set_bf16(a.precision == "bf16");
-    let act = match &a.act_quant {
-        Some(q) => Some(shrink_model::actquant::ActQuant::parse(q).context("--act-quant")?),
-        None => None,
-    };
-    if act.is_some()
-        && (a.reference.is_some() || a.save_logits.is_some() || a.reference_logits.is_some())
-    {
+    let act = eval_act_quant(&a, quiet)?;
+    if act.is_some() && a.save_logits.is_some() && a.reference.is_none() {
         bail!(
-            "--act-quant applies to every model of the pass: not with --reference, \
-             --save-logits or --reference-logits; evaluate each model's perplexity on its own"
+            "--save-logits without --reference saves this model's logits as a reference: \
+             not with activation quantization (--act-quant none, or save the original's)"
         );
     }
-    shrink_model::actquant::set(act);
     let t0 = Instant::now();
     if let Some(path) = &a.logits_out {
         shrink_formats::hf::OutputDir::refuse_existing(path, a.force)?;
@@ -243,7 +284,7 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         bail!("unknown protocol '{}' (use gptq or llama.cpp)", a.protocol);
     }
     if a.reference.is_some() || a.save_logits.is_some() || a.reference_logits.is_some() {
-        return eval_kld::run(&a, &src, quiet);
+        return eval_kld::run(&a, &src, act, quiet);
     }
     let text_path = a.text.as_deref().expect("clap requires --text");
     let text = read_text(text_path)?;
@@ -258,7 +299,7 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         }
     };
     let ids = ids.with_context(|| format!("{}: tokenizing", text_path.display()))?;
-    let model = Streamed::new(&src.config, src.tensors.as_ref());
+    let model = Streamed::new(&src.config, src.tensors.as_ref()).with_act_quant(act);
     let budget = a.stream_mb << 20;
     let load_seconds = t0.elapsed().as_secs_f64();
     if let Some(path) = &a.logits_out {
@@ -340,7 +381,7 @@ fn cmd_eval(a: EvalArgs, quiet: bool) -> Result<()> {
         o.insert("load_seconds".into(), json!(load_seconds));
         o.insert("model".into(), json!(a.model));
         o.insert("text".into(), json!(a.text));
-        o.insert("act_quant".into(), json!(a.act_quant));
+        o.insert("act_quant".into(), json!(act.map(|q| q.name())));
         println!("{}", serde_json::to_string(&v)?);
     } else {
         let bos_note = if r.bos.is_some() {

@@ -20,7 +20,6 @@ use crate::minifloat::{
     nvfp4_group_scale, E4M3_MAX, MXFP4_GROUP, NVFP4_GROUP,
 };
 use anyhow::{bail, Result};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// An activation scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,27 +47,6 @@ impl ActQuant {
             ActQuant::Nvfp4 => "nvfp4",
             ActQuant::Mxfp4 => "mxfp4",
         }
-    }
-    fn code(self) -> u8 {
-        self as u8 + 1
-    }
-}
-
-static ACT: AtomicU8 = AtomicU8::new(0);
-
-/// Sets the scheme every decoder linear's input is fake-quantized with (`None`: off).
-pub fn set(a: Option<ActQuant>) {
-    ACT.store(a.map_or(0, ActQuant::code), Ordering::Relaxed);
-}
-
-/// The scheme in force.
-pub fn get() -> Option<ActQuant> {
-    match ACT.load(Ordering::Relaxed) {
-        1 => Some(ActQuant::Int8),
-        2 => Some(ActQuant::Fp8),
-        3 => Some(ActQuant::Nvfp4),
-        4 => Some(ActQuant::Mxfp4),
-        _ => None,
     }
 }
 

@@ -66,6 +66,10 @@ pub struct DecoderLayer {
     /// [`NormStyle::OnePlus`] families).
     pub norms: Vec<Tensor>,
     style: NormStyle,
+    /// Fake-quantize the input of every linear (the MoE router excepted) with this scheme before
+    /// its matmul (`eval --act-quant`, or the scheme a compressed model records); `None` after
+    /// loading.
+    pub act_quant: Option<crate::actquant::ActQuant>,
 }
 
 /// Loads a tensor and checks its shape against what the config implies.
@@ -202,6 +206,7 @@ impl DecoderLayer {
             linears,
             norms,
             style,
+            act_quant: None,
         })
     }
 
@@ -311,7 +316,7 @@ impl DecoderLayer {
     fn apply_k(&self, k: usize, x: &[f32], rows: usize) -> Vec<f32> {
         let lw = &self.linears[k];
         let mut y = vec![0f32; rows * lw.weight.shape[0]];
-        match crate::actquant::get() {
+        match self.act_quant {
             // activation fake-quantization (`eval --act-quant`); the router stays exact
             Some(a) if self.layout.linears[k].role != Role::Router => {
                 let xq = crate::actquant::fake_quant(a, x, lw.weight.shape[1]);
@@ -567,7 +572,7 @@ impl DecoderLayer {
         // gate and up as well, which at 64 x 512 tokens of a 1.5B model are 1.17 GB each. The
         // activation fake-quantization, if any, is applied to the whole input once (NVFP4's
         // global scale is per tensor), so the values are the same as unchunked.
-        let xq = match crate::actquant::get() {
+        let xq = match self.act_quant {
             Some(a) => {
                 std::borrow::Cow::Owned(crate::actquant::fake_quant(a, x, x.len() / rows.max(1)))
             }

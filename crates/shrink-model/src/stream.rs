@@ -28,6 +28,9 @@ use anyhow::{bail, Result};
 pub struct Streamed<'a> {
     pub config: &'a ModelConfig,
     pub tensors: &'a dyn TensorSource,
+    /// Every layer's [`DecoderLayer::act_quant`] (activation fake-quantization of this model
+    /// only: a reference evaluated beside it keeps exact activations).
+    pub act_quant: Option<crate::actquant::ActQuant>,
 }
 
 /// The output head: the final norm is applied by [`Streamed::hidden_states`]; this is the
@@ -55,7 +58,17 @@ pub fn windows_per_pass(cfg: &ModelConfig, seq: usize, budget_bytes: usize) -> u
 
 impl<'a> Streamed<'a> {
     pub fn new(config: &'a ModelConfig, tensors: &'a dyn TensorSource) -> Self {
-        Streamed { config, tensors }
+        Streamed {
+            config,
+            tensors,
+            act_quant: None,
+        }
+    }
+
+    /// The same model with its linears' inputs fake-quantized by `a`.
+    pub fn with_act_quant(mut self, a: Option<crate::actquant::ActQuant>) -> Self {
+        self.act_quant = a;
+        self
     }
 
     /// The final normed hidden states `[n * seq, hidden]` of `n` windows of `seq` tokens
@@ -80,6 +93,7 @@ impl<'a> Streamed<'a> {
         let batch = batch.max(1);
         for i in 0..cfg.num_layers {
             let mut layer = DecoderLayer::load(self.tensors, cfg, i)?;
+            layer.act_quant = self.act_quant;
             for (b, chunk) in x.chunks_mut(batch * seq * h).enumerate() {
                 let rows = chunk.len() / h;
                 layer.forward(cfg, &rope, chunk, rows / seq, seq, &mut NoHook)?;

@@ -76,8 +76,9 @@ pub struct Stage {
     /// `mxfp4`); default integer. A scheme fills it.
     pub format: Option<shrink_methods::NumberFormat>,
     /// The activation quantization the scheme deploys with, recorded as data (e.g.
-    /// `dynamic per-token int8`); shrink does not fake-quantize activations yet. A scheme fills
-    /// it; it cannot be given alone.
+    /// `dynamic per-token int8`); `shrink eval` of the compressed model fake-quantizes
+    /// activations so by default ([`Recipe::recorded_act`]). A scheme fills it; it cannot be
+    /// given alone.
     pub act: Option<String>,
     /// Patterns of the linears this stage applies to (default: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -249,6 +250,34 @@ impl Recipe {
             }
         }
         Ok(r)
+    }
+
+    /// The activation scheme the stages record (a stage's `scheme` with an `act`), or `None`
+    /// when every stage keeps 16-bit activations. Stages that record different activation
+    /// schemes are an error: one model is evaluated with one.
+    pub fn recorded_act(&self) -> Result<Option<RecordedAct>> {
+        let mut found: Option<RecordedAct> = None;
+        for st in &self.stage {
+            let (Some(scheme), Some(act)) = (&st.scheme, &st.act) else {
+                continue;
+            };
+            let r = RecordedAct {
+                scheme: scheme.to_ascii_uppercase(),
+                act: act.clone(),
+                eval: scheme_eval_act(scheme),
+            };
+            match &found {
+                Some(f) if f.eval != r.eval || f.act != r.act => bail!(
+                    "the stages record two activation schemes ({} and {}): evaluate with \
+                     --act-quant given by hand",
+                    f.scheme,
+                    r.scheme
+                ),
+                Some(_) => {}
+                None => found = Some(r),
+            }
+        }
+        Ok(found)
     }
 
     pub fn parse(text: &str) -> Result<Recipe> {
@@ -449,6 +478,33 @@ pub const SCHEMES: [Scheme; 10] = {
         },
     ]
 };
+
+/// How `shrink eval` fake-quantizes the activations of a model compressed with preset `scheme`
+/// (`shrink_model::actquant`): W8A8 int8 per token, FP8_DYNAMIC E4M3 per token, NVFP4 and
+/// MXFP4 their FP4 groups. `None` for the weight-only presets and for the two eval does not
+/// reproduce: FP8 (a static per-tensor scale, which needs activation calibration) and
+/// FP8_BLOCK (dynamic E4M3 in groups of 128).
+pub fn scheme_eval_act(scheme: &str) -> Option<shrink_model::actquant::ActQuant> {
+    use shrink_model::actquant::ActQuant;
+    match scheme.trim().to_ascii_uppercase().as_str() {
+        "W8A8" => Some(ActQuant::Int8),
+        "FP8_DYNAMIC" => Some(ActQuant::Fp8),
+        "NVFP4" => Some(ActQuant::Nvfp4),
+        "MXFP4" => Some(ActQuant::Mxfp4),
+        _ => None,
+    }
+}
+
+/// What a recipe's stages record about activations, for `shrink eval`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedAct {
+    /// The preset (`W8A8`, ...).
+    pub scheme: String,
+    /// The stage's `act` text (`dynamic per-token int8`, ...).
+    pub act: String,
+    /// How eval fake-quantizes it; `None` where it cannot ([`scheme_eval_act`]).
+    pub eval: Option<shrink_model::actquant::ActQuant>,
+}
 
 /// The preset called `name` (case-insensitive), or an error listing them.
 pub fn parse_scheme(name: &str) -> Result<Scheme> {

@@ -96,3 +96,30 @@ fn conflicts_are_refused_with_the_reason() {
     let err = build_method(&r.stage[0]).err().unwrap().to_string();
     assert!(err.contains("groups of 16"), "{err}");
 }
+
+/// `Recipe::recorded_act`: what `shrink eval` applies to a compressed model by default.
+#[test]
+fn recorded_activations_for_eval() {
+    use shrink_model::actquant::ActQuant;
+    let got = |extra: &str| stage(extra).unwrap().recorded_act().unwrap();
+    assert_eq!(got("scheme = 'W8A8'").unwrap().eval, Some(ActQuant::Int8));
+    assert_eq!(
+        got("scheme = 'FP8_DYNAMIC'").unwrap().eval,
+        Some(ActQuant::Fp8)
+    );
+    assert_eq!(got("scheme = 'MXFP4'").unwrap().eval, Some(ActQuant::Mxfp4));
+    // recorded, but not reproduced by eval: a static per-tensor scale
+    let fp8 = got("scheme = 'FP8'").unwrap();
+    assert_eq!((fp8.scheme.as_str(), fp8.eval), ("FP8", None));
+    // weight-only presets and plain stages record none
+    assert!(got("scheme = 'W4A16'").is_none());
+    assert!(got("bits = 4").is_none());
+    // two stages that quantize activations differently: refused by name
+    let two = Recipe::parse(
+        "[[stage]]\nmethod = 'rtn'\nscheme = 'W8A8'\ntargets = ['.*self_attn.*']\n\
+         [[stage]]\nmethod = 'rtn'\nscheme = 'MXFP4'\ntargets = ['.*mlp.*']\n",
+    )
+    .unwrap();
+    let e = two.recorded_act().unwrap_err().to_string();
+    assert!(e.contains("W8A8") && e.contains("MXFP4"), "{e}");
+}
