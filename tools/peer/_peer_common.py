@@ -261,3 +261,37 @@ def write_report(out_dir, report):
     print(s, flush=True)
     with open(os.path.join(out_dir, "peer_report.json"), "w") as f:
         f.write(json.dumps(report, indent=1) + "\n")
+
+
+def run_oneshot_and_save(args, model, tok, ds, n, seqlen, recipe, report, after=None):
+    """The tail every peer script shares: `oneshot` timed (an error goes into the report before it
+    is raised), `after(report)` for modifier-specific fields, then the dense f32 copy, the
+    compressed-tensors save (and its check with --verify-compressed) and peer_report.json."""
+    from llmcompressor import oneshot
+
+    report["cpu_before_oneshot"] = cpu_state()
+    t0 = time.time()
+    try:
+        oneshot(model=model, tokenizer=tok, dataset=ds, recipe=recipe,
+                num_calibration_samples=n, max_seq_length=seqlen)
+    except Exception as e:
+        report["error"] = f"oneshot failed: {type(e).__name__}: {e}"[:2000]
+        report["wall_seconds_oneshot_until_error"] = round(time.time() - t0, 2)
+        write_report(args.out, report)
+        raise
+    report["wall_seconds_oneshot"] = round(time.time() - t0, 2)
+    report["cpu_after_oneshot"] = cpu_state()
+    if after is not None:
+        after(report)
+    t1 = time.time()
+    report["dense"] = save_dense_copy(model, args.model, os.path.join(args.out, "dense"))
+    report["dense"]["seconds"] = round(time.time() - t1, 2)
+    if not args.no_compressed:
+        try:
+            report["compressed"] = save_compressed(model, tok, os.path.join(args.out, "compressed"))
+        except Exception as e:
+            report["compressed"] = {"error": f"{type(e).__name__}: {e}"[:1000]}
+        if args.verify_compressed and "error" not in report["compressed"]:
+            report["compressed"]["verify"] = verify_compressed(
+                os.path.join(args.out, "compressed"), os.path.join(args.out, "dense"))
+    write_report(args.out, report)

@@ -91,33 +91,9 @@ def main():
         "pipeline": pipeline, "versions": P.versions(), "log": log_path,
         "model_load_seconds": round(load_s, 2),
     }
-    report["cpu_before_oneshot"] = P.cpu_state()
-    t0 = time.time()
-    try:
-        oneshot(model=model, tokenizer=tok, dataset=ds, recipe=recipe,
-                num_calibration_samples=n, max_seq_length=seqlen)
-    except Exception as e:
-        report["error"] = f"oneshot failed: {type(e).__name__}: {e}"[:2000]
-        report["wall_seconds_oneshot_until_error"] = round(time.time() - t0, 2)
-        P.write_report(args.out, report)
-        raise
-    report["wall_seconds_oneshot"] = round(time.time() - t0, 2)
-    report["cpu_after_oneshot"] = P.cpu_state()
-    report["awq_error_metrics"] = list(getattr(recipe[0], "_error_metrics", []))[:1000]
-
-    t1 = time.time()
-    report["dense"] = P.save_dense_copy(model, args.model, os.path.join(args.out, "dense"))
-    report["dense"]["seconds"] = round(time.time() - t1, 2)
-    if not args.no_compressed:
-        try:
-            report["compressed"] = P.save_compressed(model, tok, os.path.join(args.out, "compressed"))
-        except Exception as e:
-            report["compressed"] = {"error": f"{type(e).__name__}: {e}"[:1000]}
-        if args.verify_compressed and "error" not in report["compressed"]:
-            report["compressed"]["verify"] = P.verify_compressed(
-                os.path.join(args.out, "compressed"), os.path.join(args.out, "dense"))
-    P.write_report(args.out, report)
-
+    P.run_oneshot_and_save(
+        args, model, tok, ds, n, seqlen, recipe, report,
+        after=lambda r: r.update(awq_error_metrics=list(getattr(recipe[0], "_error_metrics", []))[:1000]))
 
 if __name__ == "__main__":
     main()
