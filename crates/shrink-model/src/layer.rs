@@ -697,7 +697,6 @@ fn top_k(p: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// `act(gate) * up`, in `gate`'s buffer.
 /// Elements of one slice of gate (and of up) in the chunked dense MLP: 8 Mi f32, 32 MB.
 pub const MLP_CHUNK_ELEMS: usize = 1 << 23;
 
@@ -714,6 +713,7 @@ pub fn with_mlp_chunk_elems<T>(elems: usize, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// `act(gate) * up`, in `gate`'s buffer.
 fn gated(act: Activation, mut gate: Vec<f32>, up: &[f32]) -> Vec<f32> {
     match act {
         Activation::Silu => swiglu(&mut gate, up),
