@@ -122,14 +122,37 @@ def original_keys(model_dir):
     return keys
 
 
-def save_dense_copy(model, model_dir, out_dir):
+def qdq_weights(model):
+    """Rounds every quantized module's weight onto its grid in place (compressed-tensors'
+    `fake_quantize` with the module's weight_scale / weight_zero_point / weight_global_scale).
+    QuantizationModifier alone (a preset scheme without GPTQ) only attaches the scales: the
+    weights stay the original values until compression. Returns how many were rounded."""
+    import torch
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
+    n = 0
+    with torch.no_grad():
+        for _, m in model.named_modules():
+            scheme = getattr(m, "quantization_scheme", None)
+            if scheme is None or scheme.weights is None or not hasattr(m, "weight_scale"):
+                continue
+            zp = getattr(m, "weight_zero_point", None)
+            gs = getattr(m, "weight_global_scale", None)
+            m.weight.data = fake_quantize(m.weight.data, m.weight_scale, zp, scheme.weights, global_scale=gs)
+            n += 1
+    return n
+
+
+def save_dense_copy(model, model_dir, out_dir, qdq=False):
     """Plain f32 copy: exactly the input checkpoint's tensor names (quantization buffers such as
-    weight_scale / weight_zero_point / weight_g_idx dropped; the weights themselves are already the
-    dequantized / pruned values), the input's own config.json (no quantization_config) and tokenizer."""
+    weight_scale / weight_zero_point / weight_g_idx dropped), the input's own config.json (no
+    quantization_config) and tokenizer. GPTQ and the pruners leave the dequantized / pruned
+    values in the weights; with `qdq` (QuantizationModifier alone) they are rounded first."""
     import torch
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
+    rounded = qdq_weights(model) if qdq else 0
     keys = original_keys(model_dir)
     sd = model.state_dict()
     tensors = {}
@@ -151,7 +174,8 @@ def save_dense_copy(model, model_dir, out_dir):
         src = os.path.join(model_dir, name)
         if os.path.exists(src):
             shutil.copyfile(src, os.path.join(out_dir, name))
-    return {"tensors": len(tensors), "modules_with_weight_scale": quantized, "dropped_state_dict_keys": len(extra), "dropped_examples": extra[:6]}
+    return {"tensors": len(tensors), "modules_with_weight_scale": quantized, "weights_rounded_here": rounded,
+            "dropped_state_dict_keys": len(extra), "dropped_examples": extra[:6]}
 
 
 def save_compressed(model, tok, out_dir):
@@ -263,10 +287,12 @@ def write_report(out_dir, report):
         f.write(json.dumps(report, indent=1) + "\n")
 
 
-def run_oneshot_and_save(args, model, tok, ds, n, seqlen, recipe, report, after=None):
+def run_oneshot_and_save(args, model, tok, ds, n, seqlen, recipe, report, after=None, qdq=False,
+                         after_dense=None):
     """The tail every peer script shares: `oneshot` timed (an error goes into the report before it
     is raised), `after(report)` for modifier-specific fields, then the dense f32 copy, the
-    compressed-tensors save (and its check with --verify-compressed) and peer_report.json."""
+    compressed-tensors save (and its check with --verify-compressed) and peer_report.json.
+    `after_dense(report, dense_dir)` runs once the dense copy is written."""
     from llmcompressor import oneshot
 
     report["cpu_before_oneshot"] = cpu_state()
@@ -284,8 +310,10 @@ def run_oneshot_and_save(args, model, tok, ds, n, seqlen, recipe, report, after=
     if after is not None:
         after(report)
     t1 = time.time()
-    report["dense"] = save_dense_copy(model, args.model, os.path.join(args.out, "dense"))
+    report["dense"] = save_dense_copy(model, args.model, os.path.join(args.out, "dense"), qdq=qdq)
     report["dense"]["seconds"] = round(time.time() - t1, 2)
+    if after_dense is not None:
+        after_dense(report, os.path.join(args.out, "dense"))
     if not args.no_compressed:
         try:
             report["compressed"] = save_compressed(model, tok, os.path.join(args.out, "compressed"))

@@ -66,7 +66,7 @@ def main():
     if pinned_noop:
         torch.Tensor.pin_memory = lambda self, *a, **k: self
     os.makedirs(args.out, exist_ok=True)
-    from llmcompressor import oneshot  # configures loguru (removes handlers): attach the file after
+    from llmcompressor import oneshot  # noqa: F401  (configures loguru, removing handlers: attach the file after)
 
     log_path = P.attach_log_file(args.out)
 

@@ -71,7 +71,7 @@ def main():
 
     torch = P.setup_torch(args.threads, args.omp_wait_policy)
     os.makedirs(args.out, exist_ok=True)
-    from llmcompressor import oneshot  # configures loguru (removes handlers): attach the file after
+    from llmcompressor import oneshot  # noqa: F401  (configures loguru, removing handlers: attach the file after)
 
     log_path = P.attach_log_file(args.out)
 
@@ -96,39 +96,16 @@ def main():
         "pipeline": pipeline, "versions": P.versions(), "log": log_path,
         "model_load_seconds": round(load_s, 2),
     }
-    report["cpu_before_oneshot"] = P.cpu_state()
-    t0 = time.time()
-    try:
-        oneshot(model=model, tokenizer=tok, dataset=ds, recipe=modifier,
-                num_calibration_samples=n, max_seq_length=seqlen)
-    except Exception as e:
-        report["error"] = f"oneshot failed: {type(e).__name__}: {e}"[:2000]
-        report["wall_seconds_oneshot_until_error"] = round(time.time() - t0, 2)
-        P.write_report(args.out, report)
-        raise
-    report["wall_seconds_oneshot"] = round(time.time() - t0, 2)
-    report["cpu_after_oneshot"] = P.cpu_state()
-    # What the modifier actually resolved (actorder default, RTN fallbacks).
-    try:
-        scheme = next(iter(modifier.resolve_quantization_config().config_groups.values()))
-        report["resolved_actorder"] = str(getattr(scheme.weights.actorder, "value", scheme.weights.actorder))
-    except Exception as e:
-        report["resolved_actorder"] = f"? ({e!r})"[:200]
-    report["rtn_fallback_modules"] = list(getattr(modifier, "_rtn_fallback_module_names", []))
-
-    t1 = time.time()
-    report["dense"] = P.save_dense_copy(model, args.model, os.path.join(args.out, "dense"))
-    report["dense"]["seconds"] = round(time.time() - t1, 2)
-    if not args.no_compressed:
+    def resolved(report):
+        # what the modifier actually resolved (actorder default, RTN fallbacks)
         try:
-            report["compressed"] = P.save_compressed(model, tok, os.path.join(args.out, "compressed"))
+            scheme = next(iter(modifier.resolve_quantization_config().config_groups.values()))
+            report["resolved_actorder"] = str(getattr(scheme.weights.actorder, "value", scheme.weights.actorder))
         except Exception as e:
-            report["compressed"] = {"error": f"{type(e).__name__}: {e}"[:1000]}
-        if args.verify_compressed and "error" not in report["compressed"]:
-            report["compressed"]["verify"] = P.verify_compressed(
-                os.path.join(args.out, "compressed"), os.path.join(args.out, "dense"))
-    P.write_report(args.out, report)
+            report["resolved_actorder"] = f"? ({e!r})"[:200]
+        report["rtn_fallback_modules"] = list(getattr(modifier, "_rtn_fallback_module_names", []))
 
+    P.run_oneshot_and_save(args, model, tok, ds, n, seqlen, modifier, report, after=resolved)
 
 if __name__ == "__main__":
     main()

@@ -95,7 +95,7 @@ def main():
 
     torch = P.setup_torch(args.threads, args.omp_wait_policy)  # noqa: F841
     os.makedirs(args.out, exist_ok=True)
-    from llmcompressor import oneshot  # configures loguru (removes handlers): attach the file after
+    from llmcompressor import oneshot  # noqa: F401  (configures loguru, removing handlers: attach the file after)
 
     log_path = P.attach_log_file(args.out)
 
@@ -127,34 +127,9 @@ def main():
         "settings": settings, "pipeline": pipeline, "versions": P.versions(), "log": log_path,
         "model_load_seconds": round(load_s, 2),
     }
-    report["cpu_before_oneshot"] = P.cpu_state()
-    t0 = time.time()
-    try:
-        oneshot(model=model, tokenizer=tok, dataset=ds, recipe=modifier,
-                num_calibration_samples=n, max_seq_length=seqlen)
-    except Exception as e:
-        report["error"] = f"oneshot failed: {type(e).__name__}: {e}"[:2000]
-        report["wall_seconds_oneshot_until_error"] = round(time.time() - t0, 2)
-        P.write_report(args.out, report)
-        raise
-    report["wall_seconds_oneshot"] = round(time.time() - t0, 2)
-    report["cpu_after_oneshot"] = P.cpu_state()
-
-    t1 = time.time()
-    dense_dir = os.path.join(args.out, "dense")
-    report["dense"] = P.save_dense_copy(model, args.model, dense_dir)
-    report["dense"]["seconds"] = round(time.time() - t1, 2)
-    report["measured_sparsity"] = measure_sparsity(dense_dir, args.mask_structure)
-    if not args.no_compressed:
-        try:
-            report["compressed"] = P.save_compressed(model, tok, os.path.join(args.out, "compressed"))
-        except Exception as e:
-            report["compressed"] = {"error": f"{type(e).__name__}: {e}"[:1000]}
-        if args.verify_compressed and "error" not in report["compressed"]:
-            report["compressed"]["verify"] = P.verify_compressed(
-                os.path.join(args.out, "compressed"), dense_dir)
-    P.write_report(args.out, report)
-
+    P.run_oneshot_and_save(
+        args, model, tok, ds, n, seqlen, modifier, report,
+        after_dense=lambda r, d: r.update(measured_sparsity=measure_sparsity(d, args.mask_structure)))
 
 if __name__ == "__main__":
     main()

@@ -69,7 +69,7 @@ def main():
         "pipeline": pipeline, "versions": P.versions(), "log": log_path,
         "model_load_seconds": round(load_s, 2),
     }
-    P.run_oneshot_and_save(args, model, tok, ds, n, seqlen, recipe, report)
+    P.run_oneshot_and_save(args, model, tok, ds, n, seqlen, recipe, report, qdq=True)
 
 
 if __name__ == "__main__":
