@@ -103,9 +103,21 @@ fn lattice_iquants_match_ggml_quantize_chunk_byte_for_byte() {
                 );
                 checked += 1;
                 nbytes += got.len();
+                if set.is_empty() {
+                    // and shrink's dequantizer gets the rows back within 3 or 2 bits' error
+                    let mut y = vec![0f32; x.len()];
+                    shrink_model::quants::dequantize(ty, &got, &mut y).unwrap();
+                    let e: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+                    let rel = (e / x.iter().map(|a| a * a).sum::<f32>()).sqrt();
+                    let hi = if name.starts_with("IQ3") { 0.3 } else { 0.5 };
+                    assert!(rel > 0.02 && rel < hi, "{key}: relative RMS error {rel}");
+                }
             }
         }
     }
     assert_eq!(checked, 14);
-    assert_eq!(nbytes, 2 * (4704 + 5280 + 3936) + 3552 + 2 * (1176 + 1320 + 984) + 888);
+    assert_eq!(
+        nbytes,
+        2 * (4704 + 5280 + 3936) + 3552 + 2 * (1176 + 1320 + 984) + 888
+    );
 }

@@ -122,7 +122,7 @@ pub fn quantize(
     }
     if imatrix.is_none() && requires_imatrix(ty) {
         bail!(
-            "{} needs an importance matrix (llama.cpp's ggml_quantize_requires_imatrix)",
+            "{} needs an importance matrix (as in llama.cpp: ggml_quantize_requires_imatrix)",
             ty.name()
         );
     }
@@ -199,7 +199,9 @@ fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
         IQ3_XXS | IQ3_S | IQ2_XS | IQ2_S => {
             let ts = ty.type_size();
             match qw {
-                None => blocks(x, y, QK_K, ts, |x, y| iq_lattice::quantize_block(ty, x, None, y)),
+                None => blocks(x, y, QK_K, ts, |x, y| {
+                    iq_lattice::quantize_block(ty, x, None, y)
+                }),
                 Some(w) => blocks_w(x, y, w, QK_K, ts, |x, y, qw| {
                     iq_lattice::quantize_block(ty, x, Some(qw), y)
                 }),
@@ -2012,7 +2014,10 @@ mod tests {
         let x = data(n_per_row * 8, 1);
         // the lattice types have no per-weight bound (a point of 4 or 8 weights is one of a few
         // hundred); iq_lattice's tests bound their RMS error
-        for ty in QUANT_TYPES.into_iter().filter(|t| !LATTICE_TYPES.contains(t)) {
+        for ty in QUANT_TYPES
+            .into_iter()
+            .filter(|t| !LATTICE_TYPES.contains(t))
+        {
             for imat in [false, true] {
                 let w: Vec<f32> = (0..n_per_row).map(|i| 1.0 + (i % 7) as f32).collect();
                 let q = quantize(ty, &x, n_per_row, imat.then_some(&w[..])).unwrap();

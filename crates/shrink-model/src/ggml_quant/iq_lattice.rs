@@ -296,13 +296,7 @@ fn cmax(a: f32, b: f32) -> f32 {
 
 /// The body of the `ib` loop of `quantize_row_iq*_impl`: `None` where the reference `continue`s
 /// (a sub-block whose largest magnitude is below the type's epsilon).
-fn sub_block(
-    c: &Cfg,
-    lat: &Lattice,
-    xb: &[f32],
-    qw: Option<&[f32]>,
-    sigma2: f32,
-) -> Option<Sub> {
+fn sub_block(c: &Cfg, lat: &Lattice, xb: &[f32], qw: Option<&[f32]>, sigma2: f32) -> Option<Sub> {
     let bs = c.sub;
     let n = lat.n;
     let groups = bs / n;
@@ -485,7 +479,13 @@ pub(super) fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &mu
     let mut max_scale = 0f32;
     for ib in 0..nsub {
         let r = c.sub * ib;
-        subs[ib] = sub_block(&c, lat, &x[r..r + c.sub], qw.map(|w| &w[r..r + c.sub]), sigma2);
+        subs[ib] = sub_block(
+            &c,
+            lat,
+            &x[r..r + c.sub],
+            qw.map(|w| &w[r..r + c.sub]),
+            sigma2,
+        );
         if let Some(s) = subs[ib] {
             scales[ib] = s.scale;
             max_scale = cmax(max_scale, s.scale);
@@ -650,9 +650,16 @@ mod tests {
                 assert_eq!(q.len(), x.len() / QK_K * ty.type_size());
                 let mut y = vec![0f32; x.len()];
                 crate::quants::dequantize(ty, &q, &mut y).unwrap();
-                let e = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>();
+                let e = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>();
                 let rel = (e / ss).sqrt();
-                assert!(rel > lo && rel < hi, "{ty} imatrix={imat}: relative RMS error {rel}");
+                assert!(
+                    rel > lo && rel < hi,
+                    "{ty} imatrix={imat}: relative RMS error {rel}"
+                );
             }
         }
     }
