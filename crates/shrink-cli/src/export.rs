@@ -41,10 +41,11 @@ pub struct ExportArgs {
     /// Replace an existing output (only once the new one is complete).
     #[arg(long)]
     force: bool,
-    /// GGUF: type of the decoder linears (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16,
-    /// F32). Rows that are not whole blocks fall back as in llama-quantize (Q4_K -> Q5_0,
-    /// Q5_K -> Q5_1, Q6_K -> Q8_0). Default: the type the codes fit (from a compress directory
-    /// with groups of 32), else Q8_0.
+    /// GGUF: type of the decoder linears (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K,
+    /// Q6_K, IQ4_NL, IQ4_XS, IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS (needs an importance matrix), MXFP4,
+    /// F16, F32). Rows that are not whole blocks fall back as in llama-quantize (Q4_K -> Q5_0,
+    /// Q5_K -> Q5_1, Q6_K -> Q8_0, the i-quants -> IQ4_NL). Default: the type the codes fit (from
+    /// a compress directory with groups of 32), else Q8_0.
     ///
     /// A llama-quantize file type (Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q3_K_L, Q5_K_M, Q5_K_S, Q2_K_S)
     /// picks each tensor's type by llama-quantize's own rules (attn_v / ffn_down get more bits in
@@ -252,6 +253,19 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
             bail!("--tensor-type '{tt}': empty pattern");
         }
         overrides.push((p.to_string(), parse_type(t)?));
+    }
+    let has_imatrix = a.imatrix.is_some() || a.imatrix_calib.is_some() || a.imatrix_ids.is_some();
+    if let Some(t) = std::iter::once(main)
+        .chain(token_embedding)
+        .chain(output_type)
+        .chain(overrides.iter().map(|(_, t)| *t))
+        .find(|t| shrink_formats::gguf_quant::requires_imatrix(*t) && !has_imatrix)
+    {
+        bail!(
+            "{} needs an importance matrix (as in llama.cpp): give --imatrix-calib, --imatrix-ids \
+             or --imatrix",
+            t.name()
+        );
     }
     let meta_from: Option<PathBuf> = match &a.gguf_metadata {
         Some(p) => Some(p.clone()),

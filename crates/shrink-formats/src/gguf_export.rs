@@ -446,6 +446,10 @@ fn file_type(t: GgmlType) -> u32 {
         GgmlType::Q3K => 12, // llama-quantize's Q3_K (= Q3_K_M)
         GgmlType::IQ4_NL => 25,
         GgmlType::IQ4_XS => 30,
+        GgmlType::IQ2_XS => 20,
+        GgmlType::IQ3_XXS => 23,
+        GgmlType::IQ3_S => 26,
+        GgmlType::IQ2_S => 28,
         GgmlType::MXFP4 => 38, // MXFP4_MOE
         _ => 0,
     }
@@ -1212,5 +1216,14 @@ mod tests {
         assert_eq!(parse_type("Q2_K").unwrap(), GgmlType::Q2K);
         assert!(parse_type("IQ2_XXS").is_err());
         assert!(parse_type("Q9").is_err());
+        for (name, ft) in [
+            ("IQ3_XXS", 23),
+            ("iq3_s", 26),
+            ("IQ2_XS", 20),
+            ("IQ2_S", 28),
+        ] {
+            let t = parse_type(name).unwrap();
+            assert_eq!(file_type(t), ft, "{name}");
+        }
     }
 }

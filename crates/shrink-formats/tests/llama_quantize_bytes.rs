@@ -52,3 +52,72 @@ fn quantizers_match_llama_quantize_byte_for_byte() {
         assert_ne!(a.data(), b.data(), "{name}");
     }
 }
+
+/// The lattice i-quants against llama.cpp's `ggml_quantize_chunk`:
+/// tests/fixtures/gguf_quant/ggml_quantize_iq_rows.safetensors holds its bytes for the rows above
+/// (`<TYPE>.plain`, `<TYPE>.imatrix`) and for synthetic rows with edge cases (`edge`,
+/// `edge_imatrix`; `<TYPE>.edge.plain`, `<TYPE>.edge.imatrix`), made by
+/// tools/reference/ggml_quantize_rows.c and ggml_quantize_fixture.py. IQ2_XS needs an importance
+/// matrix in llama.cpp, and has no plain bytes.
+#[test]
+fn lattice_iquants_match_ggml_quantize_chunk_byte_for_byte() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf_quant");
+    let rows = std::fs::read(dir.join("llama_quantize_rows.safetensors")).unwrap();
+    let rows = safetensors::SafeTensors::deserialize(&rows).unwrap();
+    let bytes = std::fs::read(dir.join("ggml_quantize_iq_rows.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |st: &safetensors::SafeTensors, n: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = st.tensor(n).unwrap();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), v)
+    };
+    let (shape, x) = f32s(&rows, "input");
+    let (_, im) = f32s(&rows, "imatrix");
+    let (eshape, ex) = f32s(&st, "edge");
+    let (_, eim) = f32s(&st, "edge_imatrix");
+    let mut checked = 0;
+    let mut nbytes = 0;
+    for name in ["IQ3_XXS", "IQ3_S", "IQ2_XS", "IQ2_S"] {
+        let ty = GgmlType::from_name(name).unwrap();
+        for (set, x, im, cols) in [("", &x, &im, shape[1]), (".edge", &ex, &eim, eshape[1])] {
+            for mode in ["plain", "imatrix"] {
+                let key = format!("{name}{set}.{mode}");
+                let w = (mode == "imatrix").then_some(&im[..]);
+                let Ok(want) = st.tensor(&key) else {
+                    // llama.cpp refuses it; so does shrink
+                    assert!(w.is_none() && quantize(ty, x, cols, w).is_err(), "{key}");
+                    continue;
+                };
+                let got = quantize(ty, x, cols, w).unwrap();
+                assert_eq!(got.len(), want.data().len(), "{key}");
+                let first_bad = got.iter().zip(want.data()).position(|(a, b)| a != b);
+                assert!(
+                    first_bad.is_none(),
+                    "{key}: first differing byte {first_bad:?} of {} (block {:?})",
+                    got.len(),
+                    first_bad.map(|i| i / ty.type_size())
+                );
+                checked += 1;
+                nbytes += got.len();
+                if set.is_empty() {
+                    // and shrink's dequantizer gets the rows back within 3 or 2 bits' error
+                    let mut y = vec![0f32; x.len()];
+                    shrink_model::quants::dequantize(ty, &got, &mut y).unwrap();
+                    let e: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+                    let rel = (e / x.iter().map(|a| a * a).sum::<f32>()).sqrt();
+                    let hi = if name.starts_with("IQ3") { 0.3 } else { 0.5 };
+                    assert!(rel > 0.02 && rel < hi, "{key}: relative RMS error {rel}");
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 14);
+    assert_eq!(
+        nbytes,
+        2 * (4704 + 5280 + 3936) + 3552 + 2 * (1176 + 1320 + 984) + 888
+    );
+}

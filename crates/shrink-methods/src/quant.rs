@@ -9,7 +9,7 @@
 //! Python reference bit for bit where the inputs are the same.
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use shrink_model::ggml_quant::{grid_shape, GRID_TYPES};
+use shrink_model::ggml_quant::{grid_shape, GRID_TYPES, LATTICE_TYPES};
 use shrink_model::gguf::GgmlType;
 
 /// The quantization grid: bit width, grouping, symmetric or asymmetric, optional clipping search.
@@ -45,6 +45,26 @@ pub const MSE_NORM: f32 = 2.4;
 pub const MSE_GRID: usize = 100;
 /// Largest relative shrink of the range tried by the clipping search (GPTQ reference `maxshrink`).
 pub const MSE_MAXSHRINK: f64 = 0.8;
+
+/// Why GPTQ cannot round onto `t`: it has no per-weight grid shrink handles.
+fn no_grid(t: GgmlType) -> anyhow::Error {
+    if LATTICE_TYPES.contains(&t) {
+        anyhow::anyhow!(
+            "cannot round onto {}: its codes are points of a lattice of 4 or 8 weights, not a grid \
+             per weight (GPTQ rounds onto {}); `shrink export --format gguf --type {}` writes it \
+             by llama.cpp's own search",
+            t.name(),
+            GRID_TYPES.map(|t| t.name()).join(", "),
+            t.name()
+        )
+    } else {
+        anyhow::anyhow!(
+            "cannot round onto the grid of {} (shrink rounds onto {})",
+            t.name(),
+            GRID_TYPES.map(|t| t.name()).join(", ")
+        )
+    }
+}
 
 impl QuantConfig {
     /// Checks the configuration, with a message that names the bad field.
@@ -86,11 +106,7 @@ impl QuantConfig {
         }
         if let Some(t) = self.ggml {
             if grid_shape(t).is_none() {
-                bail!(
-                    "cannot round onto the grid of {} (shrink rounds onto {})",
-                    t.name(),
-                    GRID_TYPES.map(|t| t.name()).join(", ")
-                );
+                return Err(no_grid(t));
             }
         }
         Ok(())
@@ -100,11 +116,7 @@ impl QuantConfig {
     /// `sym` when it has no offset (Q4_0, Q5_0, Q8_0, Q6_K).
     pub fn for_ggml(t: GgmlType) -> Result<QuantConfig> {
         let Some((sub, max)) = grid_shape(t) else {
-            bail!(
-                "cannot round onto the grid of {} (shrink rounds onto {})",
-                t.name(),
-                GRID_TYPES.map(|t| t.name()).join(", ")
-            );
+            return Err(no_grid(t));
         };
         Ok(QuantConfig {
             bits: 32 - max.leading_zeros(),

@@ -164,6 +164,16 @@ fn bad_grid_settings_are_errors() {
     let g = grid_for(&QuantConfig::for_ggml(GgmlType::Q4K).unwrap(), d_in).unwrap();
     assert_eq!(g.label(), "Q5_0");
     assert!(QuantConfig::for_ggml(GgmlType::IQ2_XXS).is_err());
+    // shrink writes IQ3_XXS/IQ3_S/IQ2_XS/IQ2_S, by round to nearest only: GPTQ refuses them
+    for t in [
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+    ] {
+        let e = QuantConfig::for_ggml(t).err().unwrap().to_string();
+        assert!(e.contains("lattice") && e.contains("shrink export"), "{e}");
+    }
     // 100 columns: no quantized fallback (llama-quantize writes F16)
     let e = grid_for(&QuantConfig::for_ggml(GgmlType::Q4K).unwrap(), 100)
         .err()

@@ -1,5 +1,6 @@
 //! ggml quantizers: F32/F16 -> Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL,
-//! IQ4_XS.
+//! IQ4_XS, MXFP4, and the lattice i-quants IQ3_XXS, IQ3_S, IQ2_XS, IQ2_S ([`LATTICE_TYPES`], in
+//! `iq_lattice`).
 //!
 //! A line-by-line port of llama.cpp's reference quantizers in `ggml/src/ggml-quants.c`
 //! (the tree vendored in llama-cpp-python 0.3.36): without an importance matrix,
@@ -20,20 +21,43 @@ use anyhow::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
 
+mod iq_lattice;
+
 const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Types [`quantize`] can produce: F32, F16 and every [`GRID_TYPES`] type.
-pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + 2] = {
-    let mut t = [GgmlType::F32; GRID_TYPES.len() + 2];
+/// The i-quants on a lattice of 4- or 8-value points (llama.cpp's `iq3xs`/`iq2xs` grids), which
+/// [`quantize`] writes by round-to-nearest on the lattice (llama.cpp's `quantize_iq*`), but which
+/// have no per-weight [`Affine`] grid, so GPTQ ([`GRID_TYPES`]) cannot target them.
+pub const LATTICE_TYPES: [GgmlType; 4] = [
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+];
+
+/// Types [`quantize`] can produce: F32, F16, every [`GRID_TYPES`] and [`LATTICE_TYPES`] type.
+pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + LATTICE_TYPES.len() + 2] = {
+    let mut t = [GgmlType::F32; GRID_TYPES.len() + LATTICE_TYPES.len() + 2];
     t[1] = GgmlType::F16;
     let mut i = 0;
     while i < GRID_TYPES.len() {
         t[i + 2] = GRID_TYPES[i];
         i += 1;
     }
+    let mut j = 0;
+    while j < LATTICE_TYPES.len() {
+        t[i + 2 + j] = LATTICE_TYPES[j];
+        j += 1;
+    }
     t
 };
+
+/// Whether llama.cpp refuses to quantize `ty` without an importance matrix
+/// (`ggml_quantize_requires_imatrix`, of the types [`quantize`] writes: IQ2_XS).
+pub fn requires_imatrix(ty: GgmlType) -> bool {
+    ty == GgmlType::IQ2_XS
+}
 
 /// Whether [`quantize`] can write `ty`.
 pub fn can_quantize(ty: GgmlType) -> bool {
@@ -93,6 +117,12 @@ pub fn quantize(
     if n_per_row % bs != 0 {
         bail!(
             "rows of {n_per_row} values are not a whole number of {} blocks of {bs}",
+            ty.name()
+        );
+    }
+    if imatrix.is_none() && requires_imatrix(ty) {
+        bail!(
+            "{} needs an importance matrix (as in llama.cpp: ggml_quantize_requires_imatrix)",
             ty.name()
         );
     }
@@ -166,6 +196,17 @@ fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
         }
         // llama.cpp's quantize_mxfp4 ignores the importance matrix
         MXFP4 => blocks(x, y, 32, 17, mxfp4),
+        IQ3_XXS | IQ3_S | IQ2_XS | IQ2_S => {
+            let ts = ty.type_size();
+            match qw {
+                None => blocks(x, y, QK_K, ts, |x, y| {
+                    iq_lattice::quantize_block(ty, x, None, y)
+                }),
+                Some(w) => blocks_w(x, y, w, QK_K, ts, |x, y, qw| {
+                    iq_lattice::quantize_block(ty, x, Some(qw), y)
+                }),
+            }
+        }
         _ => unreachable!("filtered by can_quantize"),
     }
 }
@@ -1971,7 +2012,12 @@ mod tests {
     fn round_trip_error_is_bounded() {
         let n_per_row = 512;
         let x = data(n_per_row * 8, 1);
-        for ty in QUANT_TYPES {
+        // the lattice types have no per-weight bound (a point of 4 or 8 weights is one of a few
+        // hundred); iq_lattice's tests bound their RMS error
+        for ty in QUANT_TYPES
+            .into_iter()
+            .filter(|t| !LATTICE_TYPES.contains(t))
+        {
             for imat in [false, true] {
                 let w: Vec<f32> = (0..n_per_row).map(|i| 1.0 + (i % 7) as f32).collect();
                 let q = quantize(ty, &x, n_per_row, imat.then_some(&w[..])).unwrap();
@@ -2014,6 +2060,10 @@ mod tests {
         assert!(quantize(GgmlType::Q4_0, &[0.0; 64], 32, Some(&[1.0; 16])).is_err());
         assert!(quantize(GgmlType::Q4_0, &[f32::NAN; 32], 32, None).is_err());
         assert!(quantize(GgmlType::IQ2_XXS, &[0.0; 256], 256, None).is_err());
+        assert!(quantize(GgmlType::IQ1_S, &[0.0; 256], 256, Some(&[1.0; 256])).is_err());
+        // llama.cpp asserts an importance matrix for IQ2_XS
+        assert!(quantize(GgmlType::IQ2_XS, &[0.0; 256], 256, None).is_err());
+        assert!(quantize(GgmlType::IQ2_XS, &[0.0; 256], 256, Some(&[1.0; 256])).is_ok());
         assert_eq!(fallback_type(GgmlType::Q4K, 576), GgmlType::Q5_0);
         assert_eq!(fallback_type(GgmlType::Q6K, 576), GgmlType::Q8_0);
         assert_eq!(fallback_type(GgmlType::Q4K, 1536), GgmlType::Q4K);
@@ -2022,7 +2072,8 @@ mod tests {
     #[test]
     fn all_zero_blocks_stay_zero() {
         for ty in QUANT_TYPES {
-            let q = quantize(ty, &[0.0; 256], 256, None).unwrap();
+            let w = requires_imatrix(ty).then_some(&[1.0; 256][..]);
+            let q = quantize(ty, &[0.0; 256], 256, w).unwrap();
             let mut y = vec![1f32; 256];
             dequantize(ty, &q, &mut y).unwrap();
             assert!(y.iter().all(|v| *v == 0.0), "{ty}");

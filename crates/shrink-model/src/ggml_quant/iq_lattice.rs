@@ -1,0 +1,666 @@
+//! The lattice i-quants IQ3_XXS, IQ3_S, IQ2_XS and IQ2_S.
+//!
+//! A port of ggml-quants.c's (llama.cpp, MIT licence; the tree vendored in llama-cpp-python
+//! 0.3.36) `iq3xs_init_impl` and `iq2xs_init_impl` (a grid's point -> index map and the
+//! neighbour lists of the points off the grid), `iq3_find_best_neighbour` and
+//! `iq2_find_best_neighbour`, and the row quantizers `quantize_row_iq3_xxs_impl` (grid 256),
+//! `quantize_row_iq3_s_impl` (grid 512, as `quantize_iq3_s` calls it), `quantize_row_iq2_xs_impl`
+//! and `quantize_row_iq2_s_impl`. The four differ only in the constants and switches of
+//! [`Cfg`]; each is followed line by line, in f32 and in the reference's order, so that the bytes
+//! equal llama.cpp's. The grid points are read from the dequantization tables of
+//! [`crate::iq_tables`], which list them in the order of the quantizers' `kgrid_*` tables.
+
+use super::{fp16, nearest_int, QK_K};
+use crate::gguf::GgmlType;
+use crate::iq_tables::{IQ2S_GRID, IQ2XS_GRID, IQ3S_GRID, IQ3XXS_GRID};
+use std::sync::OnceLock;
+
+const GROUP_MAX_EPS: f32 = 1e-15;
+const GROUP_MAX_EPS_IQ3_XXS: f32 = 1e-8;
+const GROUP_MAX_EPS_IQ2_S: f32 = 1e-8;
+
+/// A grid of points of `n` (4 or 8) odd levels `2l + 1`, `l < 2^bits`, with `iq*xs_init_impl`'s
+/// `kmap` (packed levels -> grid index, or `-(offset + 1)` of a point's neighbour list) and
+/// `kneighbours` (per point off the grid: the count, then the grid indices at the `nwant`
+/// smallest squared distances, nearest first, ties by index).
+pub(super) struct Lattice {
+    n: usize,
+    bits: usize,
+    grid: Vec<[i8; 8]>,
+    map: Vec<i32>,
+    neighbours: Vec<u16>,
+}
+
+/// A `map` entry that no quantizer looks up (IQ2's level 3, which `kMaxQ = 3` never reaches).
+const UNUSED: i32 = i32::MIN;
+
+impl Lattice {
+    /// `points`: the dequantization grid (`n` bytes per point, value `j` in byte `j`), whose
+    /// distinct byte values are the levels `0, 1, ...` in increasing order.
+    fn new(points: &[u64], n: usize, bits: usize, kmap_size: usize, nwant: usize) -> Lattice {
+        let byte = |p: u64, j: usize| (p >> (8 * j)) as u8;
+        let mut vals: Vec<u8> = points
+            .iter()
+            .flat_map(|&p| (0..n).map(move |j| byte(p, j)))
+            .collect();
+        vals.sort_unstable();
+        vals.dedup();
+        assert!(vals.len() <= 1 << bits);
+        let grid: Vec<[i8; 8]> = points
+            .iter()
+            .map(|&p| {
+                let mut g = [0i8; 8];
+                for j in 0..n {
+                    let l = vals.binary_search(&byte(p, j)).unwrap();
+                    g[j] = 2 * l as i8 + 1;
+                }
+                g
+            })
+            .collect();
+        let mut map = vec![-1i32; kmap_size];
+        for (i, g) in grid.iter().enumerate() {
+            let mut index = 0usize;
+            for k in 0..n {
+                index |= (((g[k] - 1) / 2) as usize) << (bits * k);
+            }
+            map[index] = i as i32;
+        }
+        // The levels the quantizers can produce: 0..kMaxQ-1 with kMaxQ = 8 (IQ3) or 3 (IQ2).
+        let kmax = if bits == 3 { 8 } else { 3 };
+        let mut neighbours: Vec<u16> = Vec::new();
+        let mut dist2: Vec<(i32, i32)> = Vec::with_capacity(grid.len());
+        let mask = (1 << bits) - 1;
+        for i in 0..kmap_size {
+            if map[i] >= 0 {
+                continue;
+            }
+            let mut pos = [0i32; 8];
+            let mut reachable = true;
+            for k in 0..n {
+                let l = (i >> (bits * k)) & mask;
+                reachable &= l < kmax;
+                pos[k] = 2 * l as i32 + 1;
+            }
+            if !reachable {
+                // llama.cpp lists neighbours for these too; no lookup ever reads them
+                map[i] = UNUSED;
+                continue;
+            }
+            dist2.clear();
+            for (j, g) in grid.iter().enumerate() {
+                let mut d2 = 0;
+                for k in 0..n {
+                    let d = g[k] as i32 - pos[k];
+                    d2 += d * d;
+                }
+                dist2.push((d2, j as i32));
+            }
+            // qsort with iq*_compare_func: by distance, then index (a total order)
+            dist2.sort_unstable();
+            map[i] = -(neighbours.len() as i32 + 1);
+            let start = neighbours.len();
+            neighbours.push(0);
+            let (mut d2, mut nhave, mut count) = (dist2[0].0, 1, 0u16);
+            for &(d, j) in &dist2 {
+                if d > d2 {
+                    if nhave == nwant {
+                        break;
+                    }
+                    d2 = d;
+                    nhave += 1;
+                }
+                neighbours.push(j as u16);
+                count += 1;
+            }
+            neighbours[start] = count;
+        }
+        Lattice {
+            n,
+            bits,
+            grid,
+            map,
+            neighbours,
+        }
+    }
+
+    /// `u`: packed levels of one point.
+    #[inline]
+    fn pack(&self, l: &[i8]) -> usize {
+        let mut u = 0usize;
+        for i in 0..self.n {
+            u |= (l[i] as usize) << (self.bits * i);
+        }
+        u
+    }
+
+    /// `iq3_find_best_neighbour` / `iq2_find_best_neighbour`: among the neighbours of the
+    /// off-grid point `u`, the first with the least `sum weight * (scale * q - xval)^2`; sets `l`
+    /// to its levels and returns its index. (llama.cpp aborts where no distance is below
+    /// `FLT_MAX`; this takes the nearest neighbour then.)
+    fn best_neighbour(
+        &self,
+        u: usize,
+        xval: &[f32],
+        weight: &[f32],
+        scale: f32,
+        l: &mut [i8],
+    ) -> usize {
+        debug_assert!(self.map[u] < 0 && self.map[u] != UNUSED);
+        let off = (-self.map[u] - 1) as usize;
+        let num = self.neighbours[off] as usize;
+        let list = &self.neighbours[off + 1..off + 1 + num];
+        let mut best_d2 = f32::MAX;
+        let mut grid_index = list[0] as usize;
+        for &j in list {
+            let pg = &self.grid[j as usize];
+            let mut d2 = 0f32;
+            for i in 0..self.n {
+                let q = pg[i] as f32;
+                let diff = scale * q - xval[i];
+                d2 += weight[i] * diff * diff;
+            }
+            if d2 < best_d2 {
+                best_d2 = d2;
+                grid_index = j as usize;
+            }
+        }
+        let pg = &self.grid[grid_index];
+        for i in 0..self.n {
+            l[i] = (pg[i] - 1) / 2;
+        }
+        grid_index
+    }
+}
+
+fn widen<T: Copy + Into<u64>>(t: &[T]) -> Vec<u64> {
+    t.iter().map(|&v| v.into()).collect()
+}
+
+/// The lattice of `ty`, built once (`ggml_quantize_init`).
+pub(super) fn lattice(ty: GgmlType) -> &'static Lattice {
+    static IQ3_256: OnceLock<Lattice> = OnceLock::new();
+    static IQ3_512: OnceLock<Lattice> = OnceLock::new();
+    static IQ2_512: OnceLock<Lattice> = OnceLock::new();
+    static IQ2_1024: OnceLock<Lattice> = OnceLock::new();
+    match ty {
+        GgmlType::IQ3_XXS => {
+            IQ3_256.get_or_init(|| Lattice::new(&widen(&IQ3XXS_GRID), 4, 3, 4096, 2))
+        }
+        GgmlType::IQ3_S => IQ3_512.get_or_init(|| Lattice::new(&widen(&IQ3S_GRID), 4, 3, 4096, 3)),
+        GgmlType::IQ2_XS => IQ2_512.get_or_init(|| Lattice::new(&IQ2XS_GRID, 8, 2, 43692, 2)),
+        GgmlType::IQ2_S => IQ2_1024.get_or_init(|| Lattice::new(&IQ2S_GRID, 8, 2, 43692, 1)),
+        _ => unreachable!("{ty} has no lattice"),
+    }
+}
+
+/// What tells the four quantizers apart.
+struct Cfg {
+    /// weights per sub-block with one scale (32 for IQ3, 16 for IQ2)
+    sub: usize,
+    /// `kMaxQ`: levels `0..kMaxQ`
+    kmax: i32,
+    /// the scale search: `is` in `-steps..=steps`, `id = (2 kMaxQ - 1 + is * step) / max`
+    steps: i32,
+    step: f32,
+    /// `sigma2 = sigma_mul * sumx2 / QK_K`
+    sigma_mul: f32,
+    /// the weights without an importance matrix: `x^2`, or (IQ2_S) `0.25 sigma2 + x^2`
+    plain_quarter_sigma: bool,
+    /// a sub-block is skipped when its largest `|x|` is below this (IQ3_S: `!max`, i.e. zero)
+    eps: Option<f32>,
+    /// signs are stored as 7 bits with an even count of minus signs (IQ3_XXS, IQ2_XS)
+    even_signs: bool,
+    /// `is_on_grid` before the scale search (IQ3_S: false)
+    on_grid_init: bool,
+    /// the second pass redoes the points on the grid too (IQ3_S)
+    second_pass_all: bool,
+    /// `d = max_scale / 31 * fudge`
+    fudge: Option<f32>,
+}
+
+fn cfg(ty: GgmlType) -> Cfg {
+    match ty {
+        GgmlType::IQ3_XXS => Cfg {
+            sub: 32,
+            kmax: 8,
+            steps: 15,
+            step: 0.2,
+            sigma_mul: 2.0,
+            plain_quarter_sigma: false,
+            eps: Some(GROUP_MAX_EPS_IQ3_XXS),
+            even_signs: true,
+            on_grid_init: true,
+            second_pass_all: false,
+            fudge: Some(1.0125),
+        },
+        GgmlType::IQ3_S => Cfg {
+            sub: 32,
+            kmax: 8,
+            steps: 9,
+            step: 0.2,
+            sigma_mul: 2.0,
+            plain_quarter_sigma: false,
+            eps: None,
+            even_signs: false,
+            on_grid_init: false,
+            second_pass_all: true,
+            fudge: Some(1.033),
+        },
+        GgmlType::IQ2_XS => Cfg {
+            sub: 16,
+            kmax: 3,
+            steps: 9,
+            step: 0.1,
+            sigma_mul: 1.0,
+            plain_quarter_sigma: false,
+            eps: Some(GROUP_MAX_EPS),
+            even_signs: true,
+            on_grid_init: true,
+            second_pass_all: false,
+            fudge: None,
+        },
+        GgmlType::IQ2_S => Cfg {
+            sub: 16,
+            kmax: 3,
+            steps: 9,
+            step: 0.1,
+            sigma_mul: 2.0,
+            plain_quarter_sigma: true,
+            eps: Some(GROUP_MAX_EPS_IQ2_S),
+            even_signs: false,
+            on_grid_init: true,
+            second_pass_all: false,
+            fudge: Some(0.9875),
+        },
+        _ => unreachable!("{ty} is not a lattice type"),
+    }
+}
+
+/// One sub-block's result: its scale, the grid index of each point and the signs of each 8.
+#[derive(Clone, Copy, Default)]
+struct Sub {
+    scale: f32,
+    index: [u16; 8],
+    signs: [u8; 4],
+}
+
+#[inline]
+fn cmax(a: f32, b: f32) -> f32 {
+    // ggml's MAX(a, b): `a > b ? a : b`
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The body of the `ib` loop of `quantize_row_iq*_impl`: `None` where the reference `continue`s
+/// (a sub-block whose largest magnitude is below the type's epsilon).
+fn sub_block(c: &Cfg, lat: &Lattice, xb: &[f32], qw: Option<&[f32]>, sigma2: f32) -> Option<Sub> {
+    let bs = c.sub;
+    let n = lat.n;
+    let groups = bs / n;
+    let mut weight = [0f32; 32];
+    let mut waux = [0f32; 32];
+    let mut xval = [0f32; 32];
+    let mut l = [0i8; 32];
+    let mut laux = [0i8; 32];
+    let mut is_on_grid = [c.on_grid_init; 8];
+    let mut is_on_grid_aux = [false; 8];
+    let mut block_signs = [0u8; 4];
+    match qw {
+        Some(qw) => {
+            for i in 0..bs {
+                weight[i] = qw[i] * (sigma2 + xb[i] * xb[i]).sqrt();
+            }
+        }
+        None if c.plain_quarter_sigma => {
+            for i in 0..bs {
+                weight[i] = 0.25 * sigma2 + xb[i] * xb[i];
+            }
+        }
+        None => {
+            for i in 0..bs {
+                weight[i] = xb[i] * xb[i];
+            }
+        }
+    }
+    for i in 0..bs {
+        waux[i] = weight[i].sqrt();
+    }
+    for k in 0..bs / 8 {
+        let mut nflip = 0;
+        let mut s = 0u8;
+        for i in 0..8 {
+            if xb[8 * k + i] >= 0.0 {
+                xval[8 * k + i] = xb[8 * k + i];
+            } else {
+                xval[8 * k + i] = -xb[8 * k + i];
+                nflip += 1;
+                s |= 1 << i;
+            }
+        }
+        if c.even_signs {
+            if nflip % 2 != 0 {
+                let mut imin = 0;
+                let mut min = weight[8 * k] * xb[8 * k] * xb[8 * k];
+                for i in 1..8 {
+                    let ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+                    if ax < min {
+                        min = ax;
+                        imin = i;
+                    }
+                }
+                xval[8 * k + imin] = -xval[8 * k + imin];
+                s ^= 1 << imin;
+            }
+            block_signs[k] = s & 127;
+        } else {
+            block_signs[k] = s;
+        }
+    }
+    let mut max = xval[0];
+    for i in 1..bs {
+        max = cmax(max, xval[i]);
+    }
+    let skip = match c.eps {
+        Some(eps) => max < eps,
+        None => max == 0.0,
+    };
+    if skip {
+        return None;
+    }
+    let q_top = (2 * c.kmax - 1) as f32;
+    let mut best = 0f32;
+    let mut scale = max / q_top;
+    for is in -c.steps..=c.steps {
+        let id = (q_top + is as f32 * c.step) / max;
+        let this_scale = 1.0 / id;
+        for k in 0..groups {
+            for i in 0..n {
+                let li = nearest_int(0.5 * (id * xval[n * k + i] - 1.0));
+                laux[n * k + i] = li.clamp(0, c.kmax - 1) as i8;
+            }
+            let u = lat.pack(&laux[n * k..]);
+            is_on_grid_aux[k] = true;
+            if lat.map[u] < 0 {
+                is_on_grid_aux[k] = false;
+                lat.best_neighbour(
+                    u,
+                    &xval[n * k..],
+                    &waux[n * k..],
+                    this_scale,
+                    &mut laux[n * k..],
+                );
+            }
+        }
+        let (mut sumqx, mut sumq2) = (0f32, 0f32);
+        for i in 0..bs {
+            let w = weight[i];
+            let q = (2 * laux[i] as i32 + 1) as f32;
+            sumqx += w * xval[i] * q;
+            sumq2 += w * q * q;
+        }
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            l[..bs].copy_from_slice(&laux[..bs]);
+            is_on_grid[..groups].copy_from_slice(&is_on_grid_aux[..groups]);
+        }
+    }
+    let n_not_ongrid = is_on_grid[..groups].iter().filter(|g| !**g).count();
+    if n_not_ongrid > 0 && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..groups {
+            if !c.second_pass_all && is_on_grid[k] {
+                continue;
+            }
+            for i in 0..n {
+                let li = nearest_int(0.5 * (id * xval[n * k + i] - 1.0));
+                l[n * k + i] = li.clamp(0, c.kmax - 1) as i8;
+            }
+            let u = lat.pack(&l[n * k..]);
+            if lat.map[u] < 0 {
+                lat.best_neighbour(u, &xval[n * k..], &waux[n * k..], scale, &mut l[n * k..]);
+            }
+        }
+        let (mut sumqx, mut sumq2) = (0f32, 0f32);
+        for i in 0..bs {
+            let w = weight[i];
+            let q = (2 * l[i] as i32 + 1) as f32;
+            sumqx += w * xval[i] * q;
+            sumq2 += w * q * q;
+        }
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    if scale < 0.0 {
+        // "should never happen": a positive scale and flipped signs
+        scale = -scale;
+        let m = if c.even_signs { 127 } else { 255 };
+        for s in &mut block_signs[..bs / 8] {
+            *s = !*s & m;
+        }
+    }
+    let mut out = Sub {
+        scale,
+        index: [0; 8],
+        signs: block_signs,
+    };
+    for k in 0..groups {
+        let gi = lat.map[lat.pack(&l[n * k..])];
+        assert!(gi >= 0, "a point off the {} grid", lat.grid.len());
+        out.index[k] = gi as u16;
+    }
+    Some(out)
+}
+
+/// `nearest_int(0.5 * (id * scale - 1))` in `0..=15`: a sub-block's 4-bit scale.
+#[inline]
+fn scale4(id: f32, s: f32) -> u8 {
+    nearest_int(0.5 * (id * s - 1.0)).clamp(0, 15) as u8
+}
+
+/// One 256-weight block of `ty` (IQ3_XXS, IQ3_S, IQ2_XS, IQ2_S) into `y` (zeroed or not);
+/// `qw` has the block's 256 importances.
+pub(super) fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let c = cfg(ty);
+    let lat = lattice(ty);
+    y.fill(0);
+    let mut sumx2 = 0f32;
+    for i in 0..QK_K {
+        sumx2 += x[i] * x[i];
+    }
+    let sigma2 = c.sigma_mul * sumx2 / QK_K as f32;
+    let nsub = QK_K / c.sub;
+    let mut subs = [None; 16];
+    let mut scales = [0f32; 16];
+    let mut max_scale = 0f32;
+    for ib in 0..nsub {
+        let r = c.sub * ib;
+        subs[ib] = sub_block(
+            &c,
+            lat,
+            &x[r..r + c.sub],
+            qw.map(|w| &w[r..r + c.sub]),
+            sigma2,
+        );
+        if let Some(s) = subs[ib] {
+            scales[ib] = s.scale;
+            max_scale = cmax(max_scale, s.scale);
+        }
+    }
+    let d = max_scale / 31.0;
+    let id = 1.0 / d;
+    let dh = |y: &mut [u8]| y[0..2].copy_from_slice(&fp16(d * c.fudge.unwrap_or(1.0)));
+    match ty {
+        GgmlType::IQ3_XXS => {
+            // qs: 64 grid indices, then 8 u32 of 4 x 7 sign bits and the 4-bit scale
+            if max_scale == 0.0 {
+                return;
+            }
+            dh(y);
+            let qs = &mut y[2..];
+            for ib in 0..nsub {
+                let mut ss = 0u32;
+                if let Some(s) = subs[ib] {
+                    for k in 0..8 {
+                        qs[8 * ib + k] = s.index[k] as u8;
+                    }
+                    ss = s.signs[0] as u32
+                        | (s.signs[1] as u32) << 7
+                        | (s.signs[2] as u32) << 14
+                        | (s.signs[3] as u32) << 21;
+                }
+                ss |= (scale4(id, scales[ib]) as u32) << 28;
+                qs[64 + 4 * ib..68 + 4 * ib].copy_from_slice(&ss.to_le_bytes());
+            }
+        }
+        GgmlType::IQ3_S => {
+            // qs 2..66, qh 66..74, signs 74..106, scales 106..110; qs and signs advance only
+            // past the sub-blocks not skipped (as the reference's pointers do), qh by position
+            let (mut qs, mut sg) = (2, 74);
+            for ib in 0..nsub {
+                let Some(s) = subs[ib] else { continue };
+                for k in 0..8 {
+                    let gi = s.index[k] as usize;
+                    y[qs + k] = gi as u8;
+                    y[66 + (ib * 8 + k) / 8] |= ((gi >> 8) << ((ib * 8 + k) % 8)) as u8;
+                }
+                qs += 8;
+                y[sg..sg + 4].copy_from_slice(&s.signs);
+                sg += 4;
+            }
+            if max_scale == 0.0 {
+                return;
+            }
+            dh(y);
+            for ib in (0..nsub).step_by(2) {
+                y[106 + ib / 2] = scale4(id, scales[ib]) | (scale4(id, scales[ib + 1]) << 4);
+            }
+        }
+        GgmlType::IQ2_XS => {
+            // qs: 32 u16 of a 9-bit grid index and 7 sign bits (2..66), scales 66..74
+            if max_scale == 0.0 {
+                return;
+            }
+            dh(y);
+            for ib in 0..nsub {
+                if let Some(s) = subs[ib] {
+                    for k in 0..2 {
+                        let q = s.index[k] | (s.signs[k] as u16) << 9;
+                        let o = 2 + 2 * (2 * ib + k);
+                        y[o..o + 2].copy_from_slice(&q.to_le_bytes());
+                    }
+                }
+                let l = scale4(id, scales[ib]);
+                y[66 + ib / 2] |= if ib % 2 == 0 { l } else { l << 4 };
+            }
+        }
+        GgmlType::IQ2_S => {
+            // qs: 32 low index bytes (2..34) then 32 sign bytes (34..66), qh 66..74, scales 74..82
+            for ib in 0..nsub {
+                let Some(s) = subs[ib] else { continue };
+                for k in 0..2 {
+                    let i8 = 2 * ib + k;
+                    let gi = s.index[k] as usize;
+                    y[2 + i8] = gi as u8;
+                    y[66 + i8 / 4] |= ((gi >> 8) << (2 * (i8 % 4))) as u8;
+                    y[34 + i8] = s.signs[k];
+                }
+            }
+            if max_scale == 0.0 {
+                return;
+            }
+            dh(y);
+            for ib in 0..nsub {
+                let l = scale4(id, scales[ib]);
+                y[74 + ib / 2] |= if ib % 2 == 0 { l } else { l << 4 };
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_match_the_kgrid_tables_of_ggml_quants() {
+        // the first and last entries of kgrid_256 / kgrid_512 / kgrid_2bit_512 / kgrid_2bit_1024
+        for (ty, first, last) in [
+            (GgmlType::IQ3_XXS, [0usize, 2, 4, 9], 3992usize),
+            (GgmlType::IQ3_S, [0, 1, 2, 5], 4032),
+            (GgmlType::IQ2_XS, [0, 2, 5, 8], 43690),
+            (GgmlType::IQ2_S, [0, 2, 5, 8], 43690),
+        ] {
+            let lat = lattice(ty);
+            let idx = |g: &[i8; 8]| {
+                let l: Vec<i8> = g.iter().map(|v| (v - 1) / 2).collect();
+                lat.pack(&l)
+            };
+            for (j, &f) in first.iter().enumerate() {
+                assert_eq!(idx(&lat.grid[j]), f, "{ty} {j}");
+            }
+            assert_eq!(idx(lat.grid.last().unwrap()), last, "{ty}");
+            for (i, g) in lat.grid.iter().enumerate() {
+                assert_eq!(lat.map[idx(g)], i as i32);
+            }
+        }
+    }
+
+    /// Quantize, dequantize with shrink's dequantizer and bound the relative RMS error (a sanity
+    /// check; llama.cpp's bytes are checked in shrink-formats' llama_quantize_bytes test).
+    #[test]
+    fn round_trip_rms_error_is_plausible() {
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut u = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let cols = 1024;
+        // roughly normal (a sum of 4 uniforms), a few outliers
+        let x: Vec<f32> = (0..cols * 4)
+            .map(|i| {
+                let v = (u() + u() + u() + u()) * 0.05;
+                if i % 101 == 7 {
+                    v * 5.0
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let w: Vec<f32> = (0..cols).map(|i| 0.5 + (i % 5) as f32).collect();
+        let ss = x.iter().map(|v| v * v).sum::<f32>();
+        for (ty, lo, hi) in [
+            (GgmlType::IQ3_XXS, 0.05, 0.3),
+            (GgmlType::IQ3_S, 0.05, 0.3),
+            (GgmlType::IQ2_XS, 0.1, 0.5),
+            (GgmlType::IQ2_S, 0.1, 0.5),
+        ] {
+            for imat in [false, true] {
+                if !imat && ty == GgmlType::IQ2_XS {
+                    continue;
+                }
+                let q = super::super::quantize(ty, &x, cols, imat.then_some(&w[..])).unwrap();
+                assert_eq!(q.len(), x.len() / QK_K * ty.type_size());
+                let mut y = vec![0f32; x.len()];
+                crate::quants::dequantize(ty, &q, &mut y).unwrap();
+                let e = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>();
+                let rel = (e / ss).sqrt();
+                assert!(
+                    rel > lo && rel < hi,
+                    "{ty} imatrix={imat}: relative RMS error {rel}"
+                );
+            }
+        }
+    }
+}
