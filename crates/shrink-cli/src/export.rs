@@ -47,7 +47,8 @@ pub struct ExportArgs {
     /// Q5_K -> Q5_1, Q6_K -> Q8_0, the i-quants -> IQ4_NL). Default: the type the codes fit (from
     /// a compress directory with groups of 32), else Q8_0.
     ///
-    /// A llama-quantize file type (Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q3_K_L, Q5_K_M, Q5_K_S, Q2_K_S)
+    /// A llama-quantize file type (Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q3_K_L, Q5_K_M, Q5_K_S, Q2_K_S,
+    /// MXFP4_MOE: stacked experts MXFP4, the rest Q8_0)
     /// picks each tensor's type by llama-quantize's own rules (attn_v / ffn_down get more bits in
     /// some layers; the token embedding and head their own type), as `llama-quantize` without
     /// `--pure` does. A plain type name is the same type everywhere (`--pure`), unless `--mix`.

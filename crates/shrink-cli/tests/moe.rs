@@ -5,6 +5,7 @@
 //! stacked expert tensors) load back with every expert quantized.
 mod common;
 use common::*;
+use shrink_model::gguf::GgmlType;
 use shrink_model::source::SafetensorsSource;
 use shrink_model::{ModelSource, TensorSource};
 use std::path::{Path, PathBuf};
@@ -249,6 +250,39 @@ fn moe_exports_keep_every_expert_quantized() {
         (p_g - p_q).abs() < 0.02 * p_q,
         "GGUF Q8_0 {p_g} vs compressed {p_q}"
     );
+    // llama-quantize's MXFP4_MOE file type: the stacked experts MXFP4, everything else Q8_0;
+    // ffn_down_exps rows (FF = 16) are not whole 32-blocks, so it falls back to F16 as
+    // llama-quantize's tensor_type_fallback does
+    let gm = tmp.path().join("mxfp4moe.gguf");
+    let (code, _, err) = shrink(&[
+        "export",
+        "-q",
+        "--model",
+        s(&out),
+        "--format",
+        "gguf",
+        "--type",
+        "MXFP4_MOE",
+        "--tokenizer-pre",
+        "gpt2",
+        "--out",
+        s(&gm),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let f = shrink_model::gguf::GgufFile::open(&gm).unwrap();
+    assert_eq!(
+        f.get("general.file_type").and_then(|v| v.as_u64()),
+        Some(38)
+    );
+    for (name, want) in [
+        ("blk.1.ffn_down_exps.weight", GgmlType::F16),
+        ("blk.0.ffn_gate_exps.weight", GgmlType::MXFP4),
+        ("blk.1.ffn_up_exps.weight", GgmlType::MXFP4),
+        ("blk.0.attn_q.weight", GgmlType::Q8_0),
+    ] {
+        assert_eq!(f.tensor(name).unwrap().dtype, want, "{name}");
+    }
+    assert!(ppl16(&gm, &text).is_finite());
 }
 
 /// GPTQ codes on llama.cpp's Q4_0 grid (sym, groups of 32) are carried into the stacked expert

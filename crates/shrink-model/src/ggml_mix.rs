@@ -41,10 +41,12 @@ pub enum Mix {
     Q6_K,
     IQ4_NL,
     IQ4_XS,
+    /// Expert tensors (3-D, stacked) MXFP4, every other quantized tensor Q8_0.
+    MXFP4_MOE,
 }
 
 /// Every mix, in llama.cpp's ftype order.
-pub const MIXES: [Mix; 17] = [
+pub const MIXES: [Mix; 18] = [
     Mix::Q4_0,
     Mix::Q4_1,
     Mix::Q8_0,
@@ -62,6 +64,7 @@ pub const MIXES: [Mix; 17] = [
     Mix::Q2_K_S,
     Mix::IQ4_NL,
     Mix::IQ4_XS,
+    Mix::MXFP4_MOE,
 ];
 
 impl Mix {
@@ -84,6 +87,7 @@ impl Mix {
             Mix::Q6_K => "Q6_K",
             Mix::IQ4_NL => "IQ4_NL",
             Mix::IQ4_XS => "IQ4_XS",
+            Mix::MXFP4_MOE => "MXFP4_MOE",
         }
     }
 
@@ -131,6 +135,7 @@ impl Mix {
             Mix::Q6_K => T::Q6K,
             Mix::IQ4_NL => T::IQ4_NL,
             Mix::IQ4_XS => T::IQ4_XS,
+            Mix::MXFP4_MOE => T::MXFP4,
         }
     }
 
@@ -154,6 +159,7 @@ impl Mix {
             Mix::Q2_K_S => 21,
             Mix::IQ4_NL => 25,
             Mix::IQ4_XS => 30,
+            Mix::MXFP4_MOE => 38,
         }
     }
 }
@@ -294,6 +300,16 @@ impl State<'_> {
         let cat = category(&x.name);
         let gqa = self.m.n_gqa;
         let n_expert = self.m.n_expert;
+        if mix == F::MXFP4_MOE {
+            // the head (and a tied embedding) Q8_0; stacked expert tensors MXFP4; the rest Q8_0
+            // (llama.cpp's MXFP4_MOE branch comes before every per-category rule)
+            let head = cat == Category::Output || (self.tied && cat == Category::TokenEmbd);
+            return Ok(if !head && x.n_dims == 3 && n_expert > 1 {
+                G::MXFP4
+            } else {
+                G::Q8_0
+            });
+        }
         if cat == Category::Output || (self.tied && cat == Category::TokenEmbd) {
             let qk = t.block_size();
             if x.row % qk != 0 {
@@ -620,6 +636,58 @@ mod tests {
             .map(|i| t[&format!("blk.{i}.attn_v.weight")] == GgmlType::Q5K)
             .collect();
         assert_eq!(v, [[true; 4].as_slice(), &[false; 8]].concat());
+    }
+
+    /// MXFP4_MOE (`llama_tensor_get_type_impl`'s MXFP4_MOE branch): stacked experts MXFP4,
+    /// attention, the shared/dense MLP, the router-free tensors and the head Q8_0; a dense model
+    /// is all Q8_0.
+    #[test]
+    fn mxfp4_moe_puts_experts_in_mxfp4() {
+        let mut t = dense(2, 512, 512, false);
+        for l in 0..2 {
+            for n in ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"] {
+                t.push(MixTensor {
+                    name: format!("blk.{l}.{n}.weight"),
+                    row: 512,
+                    n_dims: 3,
+                });
+            }
+            t.push(MixTensor {
+                name: format!("blk.{l}.ffn_gate_inp.weight"),
+                row: 512,
+                n_dims: 2,
+            });
+        }
+        let moe = MixModel {
+            n_expert: 8,
+            ..model(2, 4)
+        };
+        let types = mix_types(&t, &moe, Mix::MXFP4_MOE, &MixFlags::default()).unwrap();
+        for (name, ty) in &types {
+            let want = if name.contains("_exps") {
+                GgmlType::MXFP4
+            } else {
+                GgmlType::Q8_0
+            };
+            assert_eq!(*ty, want, "{name}");
+        }
+        assert_eq!(types["output.weight"], GgmlType::Q8_0);
+        assert_eq!(types["token_embd.weight"], GgmlType::Q8_0);
+        assert!(
+            !types.contains_key("blk.0.ffn_gate_inp.weight"),
+            "the router stays as it is"
+        );
+        assert_eq!(types.values().filter(|t| **t == GgmlType::MXFP4).count(), 6);
+        let dense_types = mix_types(
+            &dense(2, 512, 512, true),
+            &model(2, 4),
+            Mix::MXFP4_MOE,
+            &MixFlags::default(),
+        )
+        .unwrap();
+        assert!(dense_types.values().all(|t| *t == GgmlType::Q8_0));
+        assert_eq!(Mix::MXFP4_MOE.file_type(), 38);
+        assert_eq!(Mix::parse("mxfp4_moe", false), Some(Mix::MXFP4_MOE));
     }
 
     #[test]
