@@ -81,32 +81,13 @@ fn smoothing_folds_exactly_and_is_recorded() {
     }
 }
 
-/// `shrink eval --json` of `model` on `text` in windows of 16 tokens, with `extra` flags.
-fn eval_json(model: &std::path::Path, text: &std::path::Path, extra: &[&str]) -> serde_json::Value {
-    let mut a = vec![
-        "eval",
-        "-q",
-        "--model",
-        s(model),
-        "--text",
-        s(text),
-        "--seqlen",
-        "16",
-        "--json",
-    ];
-    a.extend_from_slice(extra);
-    let (code, out, err) = shrink(&a);
-    assert_eq!(code, 0, "{a:?}: {err}");
-    serde_json::from_str(out.lines().last().unwrap()).unwrap()
-}
-
 #[test]
 fn act_quant_changes_the_measured_perplexity() {
     let t = tempfile::tempdir().unwrap();
     let model = hf_dir(t.path());
     let text = calib_text(t.path());
     let ppl = |extra: &[&str]| {
-        eval_json(&model, &text, extra)["perplexity"]
+        eval_json(&model, &text, "16", extra)["perplexity"]
             .as_f64()
             .unwrap()
     };
@@ -149,7 +130,7 @@ fn act_quant_with_a_reference_and_recorded_by_the_scheme() {
     let t = tempfile::tempdir().unwrap();
     let model = hf_dir(t.path());
     let text = calib_text(t.path());
-    let eval = |m: &std::path::Path, extra: &[&str]| eval_json(m, &text, extra);
+    let eval = |m: &std::path::Path, extra: &[&str]| eval_json(m, &text, "16", extra);
     let ppl = |v: &serde_json::Value| v["perplexity"].as_f64().unwrap();
     let base = ppl(&eval(&model, &[]));
     let int8 = ppl(&eval(&model, &["--act-quant", "int8"]));

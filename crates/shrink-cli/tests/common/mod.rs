@@ -275,7 +275,15 @@ pub fn ppl16(model: &Path, text: &Path) -> f64 {
 /// `shrink eval --seqlen SEQLEN --json` of `model` on `text`: the perplexity (the run must
 /// succeed).
 pub fn ppl_at(model: &Path, text: &Path, seqlen: &str) -> f64 {
-    let (code, out, err) = shrink(&[
+    eval_json(model, text, seqlen, &[])["perplexity"]
+        .as_f64()
+        .unwrap()
+}
+
+/// `shrink eval --seqlen SEQLEN --json` of `model` on `text` with `extra` flags: its JSON line
+/// (the run must succeed).
+pub fn eval_json(model: &Path, text: &Path, seqlen: &str, extra: &[&str]) -> serde_json::Value {
+    let mut a = vec![
         "eval",
         "-q",
         "--model",
@@ -285,11 +293,11 @@ pub fn ppl_at(model: &Path, text: &Path, seqlen: &str) -> f64 {
         "--seqlen",
         seqlen,
         "--json",
-    ]);
-    assert_eq!(code, 0, "eval {}: {err}", model.display());
-    serde_json::from_str::<serde_json::Value>(&out).unwrap()["perplexity"]
-        .as_f64()
-        .unwrap()
+    ];
+    a.extend_from_slice(extra);
+    let (code, out, err) = shrink(&a);
+    assert_eq!(code, 0, "{a:?}: {err}");
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
 }
 
 /// A 6-layer random Llama whose layers `identity` add nothing to the residual stream (o_proj
