@@ -36,6 +36,37 @@ pub const LATTICE_TYPES: [GgmlType; 4] = [
     GgmlType::IQ2_S,
 ];
 
+/// Columns of a [`LATTICE_TYPES`] block that GPTQ rounds at once (one sign byte's 8 weights).
+pub const LATTICE_UNIT: usize = iq_lattice::UNIT;
+
+/// One 256-weight block of a [`LATTICE_TYPES`] type, fitted as llama.cpp fits it (scales,
+/// points and signs), `qw` the block's importances; `y` holds `ty.type_size()` bytes.
+pub fn quantize_lattice_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    assert!(LATTICE_TYPES.contains(&ty), "{ty} is not a lattice type");
+    iq_lattice::quantize_block(ty, x, qw, y)
+}
+
+/// Rechooses unit `k` (weights `8k..8k+8`) of the written [`LATTICE_TYPES`] block `y` for the
+/// values `x` under weights `w`, keeping the block's scales; `out` gets the unit's dequantized
+/// values, bit for bit llama.cpp's (see `iq_lattice::choose_unit`).
+pub fn lattice_choose_unit(
+    ty: GgmlType,
+    y: &mut [u8],
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+) {
+    assert!(LATTICE_TYPES.contains(&ty), "{ty} is not a lattice type");
+    iq_lattice::choose_unit(ty, y, k, x, w, out)
+}
+
+/// The dequantized values of unit `k` of the [`LATTICE_TYPES`] block `y`.
+pub fn lattice_unit_values(ty: GgmlType, y: &[u8], k: usize, out: &mut [f32]) {
+    assert!(LATTICE_TYPES.contains(&ty), "{ty} is not a lattice type");
+    iq_lattice::unit_values(ty, y, k, out)
+}
+
 /// Types [`quantize`] can produce: F32, F16, every [`GRID_TYPES`] and [`LATTICE_TYPES`] type.
 pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + LATTICE_TYPES.len() + 2] = {
     let mut t = [GgmlType::F32; GRID_TYPES.len() + LATTICE_TYPES.len() + 2];

@@ -583,6 +583,236 @@ pub(super) fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &mu
     }
 }
 
+// ------------------------------------------------------------- one unit of 8 weights, rechosen
+
+/// Weights in a unit that [`choose_unit`] chooses at once: 8 consecutive columns, the span of
+/// one sign byte (two 4-value points of the IQ3 grids, one 8-value point of the IQ2 grids).
+pub const UNIT: usize = 8;
+
+/// The magnitudes of every point of `ty`'s grid as the dequantizers read them (`IQ3XXS_GRID` etc.
+/// as bytes), `n` (4 or 8) per point.
+fn magnitudes(ty: GgmlType) -> &'static [u8] {
+    static M: [OnceLock<Vec<u8>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let (i, f): (usize, fn() -> Vec<u8>) = match ty {
+        GgmlType::IQ3_XXS => (0, || {
+            IQ3XXS_GRID.iter().flat_map(|g| g.to_le_bytes()).collect()
+        }),
+        GgmlType::IQ3_S => (1, || {
+            IQ3S_GRID.iter().flat_map(|g| g.to_le_bytes()).collect()
+        }),
+        GgmlType::IQ2_XS => (2, || {
+            IQ2XS_GRID.iter().flat_map(|g| g.to_le_bytes()).collect()
+        }),
+        GgmlType::IQ2_S => (3, || {
+            IQ2S_GRID.iter().flat_map(|g| g.to_le_bytes()).collect()
+        }),
+        _ => unreachable!("{ty} has no lattice"),
+    };
+    M[i].get_or_init(f)
+}
+
+/// The scale of unit `k` (of 32) of a written block: what the dequantizer multiplies its grid
+/// magnitudes by, computed as `shrink_model::quants` and ggml compute it.
+pub(super) fn unit_scale(ty: GgmlType, y: &[u8], k: usize) -> f32 {
+    let d = half::f16::from_bits(u16::from_le_bytes([y[0], y[1]])).to_f32();
+    let nib = |b: u8, hi: bool| if hi { b >> 4 } else { b & 0xF } as u32;
+    match ty {
+        GgmlType::IQ3_XXS => {
+            let ib = k / 4;
+            let o = 66 + 4 * ib;
+            let aux = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
+            d * (0.5 + (aux >> 28) as f32) * 0.5
+        }
+        GgmlType::IQ3_S => {
+            let ib = k / 4;
+            let ls = nib(y[106 + ib / 2], ib % 2 == 1);
+            d * (1 + 2 * ls) as f32
+        }
+        GgmlType::IQ2_XS | GgmlType::IQ2_S => {
+            let ib = k / 2; // sub-block of 16
+            let o = if ty == GgmlType::IQ2_XS { 66 } else { 74 };
+            let ls = nib(y[o + ib / 2], ib % 2 == 1);
+            d * (0.5 + ls as f32) * 0.25
+        }
+        _ => unreachable!("{ty} has no lattice"),
+    }
+}
+
+/// Writes unit `k`'s grid indices (one 8-value point, or two 4-value points) and its sign mask
+/// (bit `i` set = weight `i` negative; with even signs only the low 7 bits are stored).
+fn put_unit(ty: GgmlType, y: &mut [u8], k: usize, idx: [usize; 2], signs: u8) {
+    match ty {
+        GgmlType::IQ3_XXS => {
+            y[2 + 2 * k] = idx[0] as u8;
+            y[3 + 2 * k] = idx[1] as u8;
+            let (ib, l) = (k / 4, k % 4);
+            let o = 66 + 4 * ib;
+            let mut aux = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
+            aux = (aux & !(127 << (7 * l))) | ((signs as u32 & 127) << (7 * l));
+            y[o..o + 4].copy_from_slice(&aux.to_le_bytes());
+        }
+        GgmlType::IQ3_S => {
+            for (h, &gi) in idx.iter().enumerate() {
+                let p = 2 * k + h;
+                y[2 + p] = gi as u8;
+                let bit = 1u8 << (p % 8);
+                y[66 + p / 8] = (y[66 + p / 8] & !bit) | (((gi >> 8) as u8 & 1) << (p % 8));
+            }
+            y[74 + k] = signs;
+        }
+        GgmlType::IQ2_XS => {
+            let q = idx[0] as u16 | ((signs as u16 & 127) << 9);
+            y[2 + 2 * k..4 + 2 * k].copy_from_slice(&q.to_le_bytes());
+        }
+        GgmlType::IQ2_S => {
+            y[2 + k] = idx[0] as u8;
+            let sh = 2 * (k % 4);
+            y[66 + k / 4] = (y[66 + k / 4] & !(3 << sh)) | ((((idx[0] >> 8) & 3) as u8) << sh);
+            y[34 + k] = signs;
+        }
+        _ => unreachable!("{ty} has no lattice"),
+    }
+}
+
+/// Whether `ty` stores 7 sign bits per 8 weights, the 8th making the count of minus signs even.
+fn even_signs(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::IQ3_XXS | GgmlType::IQ2_XS)
+}
+
+/// The best point of one `n`-value part of a unit: for magnitudes `a` and weights `w` at scale
+/// `s`, the grid index of least `sum w (a - s g)^2`, that cost, and the least cost of that part
+/// with one sign flipped (`+ min 4 w a s g`, a flip of weight `i` turns `(a - q)^2` into
+/// `(a + q)^2`), each over the whole grid (first index on ties).
+fn best_part(mags: &[u8], n: usize, a: &[f32], w: &[f32], s: f32) -> ((usize, f32), (usize, f32)) {
+    let mut best = (0usize, f32::INFINITY);
+    let mut best_flip = (0usize, f32::INFINITY);
+    for (gi, g) in mags.chunks_exact(n).enumerate() {
+        let mut cost = 0f32;
+        let mut flip = f32::INFINITY;
+        for i in 0..n {
+            let q = s * g[i] as f32;
+            let e = a[i] - q;
+            cost += w[i] * e * e;
+            flip = flip.min(4.0 * w[i] * a[i] * q);
+        }
+        if cost < best.1 {
+            best = (gi, cost);
+        }
+        if cost + flip < best_flip.1 {
+            best_flip = (gi, cost + flip);
+        }
+    }
+    (best, best_flip)
+}
+
+/// Rechooses unit `k` (weights `8k..8k+8`) of the written block `y` of `ty` for the values `x`,
+/// keeping the block's scales: the grid point(s) and signs of least `sum w (x - value)^2`, found
+/// over the whole grid. Each sign is that of its `x` (every grid magnitude is positive); where
+/// the type stores signs with even parity and that parity is odd, the one flip that costs least,
+/// over every point, is taken. Writes the choice into `y` and the unit's dequantized values, bit
+/// for bit what llama.cpp reads from `y`, into `out`. A unit whose scale is 0 keeps its bytes.
+///
+/// This is the rounding step of GPTQ onto a lattice: the sweep fixes a unit's 8 columns at once,
+/// then passes each column's error on in order (`shrink_methods::sweep`).
+pub(super) fn choose_unit(
+    ty: GgmlType,
+    y: &mut [u8],
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+) {
+    let s = unit_scale(ty, y, k);
+    let mags = magnitudes(ty);
+    let n = if matches!(ty, GgmlType::IQ3_XXS | GgmlType::IQ3_S) {
+        4
+    } else {
+        8
+    };
+    if s > 0.0 {
+        let mut a = [0f32; UNIT];
+        let mut signs = 0u8;
+        for i in 0..UNIT {
+            a[i] = x[i].abs();
+            if x[i] < 0.0 {
+                signs |= 1 << i;
+            }
+        }
+        let odd = even_signs(ty) && signs.count_ones() % 2 == 1;
+        let parts: Vec<_> = (0..UNIT / n)
+            .map(|h| best_part(mags, n, &a[h * n..], &w[h * n..], s))
+            .collect();
+        let mut idx = [parts[0].0 .0, parts.get(1).map_or(0, |p| p.0 .0)];
+        if odd {
+            // flip in the part where it costs least (the other part keeps its free best)
+            let h = if parts.len() == 2
+                && parts[1].1 .1 + parts[0].0 .1 < parts[0].1 .1 + parts[1].0 .1
+            {
+                1
+            } else {
+                0
+            };
+            idx[h] = parts[h].1 .0;
+            let g = &mags[idx[h] * n..(idx[h] + 1) * n];
+            let mut imin = 0;
+            let mut min = f32::INFINITY;
+            for i in 0..n {
+                let c = 4.0 * w[h * n + i] * a[h * n + i] * (s * g[i] as f32);
+                if c < min {
+                    min = c;
+                    imin = i;
+                }
+            }
+            signs ^= 1 << (h * n + imin);
+        }
+        put_unit(ty, y, k, idx, signs);
+    }
+    unit_values(ty, y, k, out);
+}
+
+/// The dequantized values of unit `k` of the block `y` (as `shrink_model::quants` reads them).
+pub(super) fn unit_values(ty: GgmlType, y: &[u8], k: usize, out: &mut [f32]) {
+    let s = unit_scale(ty, y, k);
+    let mags = magnitudes(ty);
+    let sgn = |m: u8, j: usize| if (m >> j) & 1 != 0 { -1.0f32 } else { 1.0 };
+    let parity = |m: u8| if m.count_ones() % 2 == 1 { m | 0x80 } else { m };
+    let (idx, signs): ([usize; 2], u8) = match ty {
+        GgmlType::IQ3_XXS => {
+            let o = 66 + 4 * (k / 4);
+            let aux = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
+            let m = ((aux >> (7 * (k % 4))) & 127) as u8;
+            ([y[2 + 2 * k] as usize, y[3 + 2 * k] as usize], parity(m))
+        }
+        GgmlType::IQ3_S => {
+            let i = |p: usize| y[2 + p] as usize | (((y[66 + p / 8] >> (p % 8)) & 1) as usize) << 8;
+            ([i(2 * k), i(2 * k + 1)], y[74 + k])
+        }
+        GgmlType::IQ2_XS => {
+            let q = u16::from_le_bytes([y[2 + 2 * k], y[3 + 2 * k]]);
+            ([(q & 511) as usize, 0], parity((q >> 9) as u8))
+        }
+        GgmlType::IQ2_S => {
+            let i = y[2 + k] as usize | (((y[66 + k / 4] >> (2 * (k % 4))) & 3) as usize) << 8;
+            ([i, 0], y[34 + k])
+        }
+        _ => unreachable!("{ty} has no lattice"),
+    };
+    let n = if matches!(ty, GgmlType::IQ3_XXS | GgmlType::IQ3_S) {
+        4
+    } else {
+        8
+    };
+    for j in 0..UNIT {
+        let g = mags[idx[j / n] * n + j % n];
+        out[j] = s * g as f32 * sgn(signs, j);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,6 +837,72 @@ mod tests {
             assert_eq!(idx(lat.grid.last().unwrap()), last, "{ty}");
             for (i, g) in lat.grid.iter().enumerate() {
                 assert_eq!(lat.map[idx(g)], i as i32);
+            }
+        }
+    }
+
+    /// `unit_values` reads what the dequantizer reads; `choose_unit` on a block's own
+    /// dequantized values writes the block's bytes back; on other values it never does worse
+    /// (under its weights) than the point llama.cpp's quantizer chose.
+    #[test]
+    fn units_read_and_rechoose_the_written_points() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut u = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let x: Vec<f32> = (0..QK_K * 4).map(|_| (u() + u() + u()) * 0.1).collect();
+        let imp: Vec<f32> = (0..QK_K).map(|i| 0.2 + (i % 7) as f32).collect();
+        for ty in [
+            GgmlType::IQ3_XXS,
+            GgmlType::IQ3_S,
+            GgmlType::IQ2_XS,
+            GgmlType::IQ2_S,
+        ] {
+            let ts = ty.type_size();
+            for b in 0..4 {
+                let xb = &x[b * QK_K..(b + 1) * QK_K];
+                let mut y = vec![0u8; ts];
+                quantize_block(ty, xb, Some(&imp), &mut y);
+                let mut deq = vec![0f32; QK_K];
+                crate::quants::dequantize(ty, &y, &mut deq).unwrap();
+                let mut v = [0f32; UNIT];
+                for k in 0..QK_K / UNIT {
+                    unit_values(ty, &y, k, &mut v);
+                    assert_eq!(&v[..], &deq[k * UNIT..(k + 1) * UNIT], "{ty} unit {k}");
+                }
+                // the block's own values come back as the block's bytes
+                let mut y2 = y.clone();
+                let ones = [1f32; UNIT];
+                for k in 0..QK_K / UNIT {
+                    choose_unit(ty, &mut y2, k, &deq[k * UNIT..], &ones, &mut v);
+                    assert_eq!(&v[..], &deq[k * UNIT..(k + 1) * UNIT], "{ty} unit {k}");
+                }
+                assert_eq!(y2, y, "{ty} block {b}: requantized bytes differ");
+                // perturbed values: the rechosen point is at least as close as the written one
+                let w: Vec<f32> = (0..UNIT).map(|i| 0.5 + i as f32 * 0.3).collect();
+                let mut y3 = y.clone();
+                for k in 0..QK_K / UNIT {
+                    let xu: Vec<f32> = (0..UNIT).map(|i| xb[k * UNIT + i] + 0.02 * u()).collect();
+                    let cost = |vals: &[f32]| -> f32 {
+                        (0..UNIT).map(|i| w[i] * (xu[i] - vals[i]).powi(2)).sum()
+                    };
+                    choose_unit(ty, &mut y3, k, &xu, &w, &mut v);
+                    let old = cost(&deq[k * UNIT..(k + 1) * UNIT]);
+                    assert!(
+                        cost(&v) <= old * (1.0 + 1e-5) + 1e-12,
+                        "{ty} unit {k}: {} > {old}",
+                        cost(&v)
+                    );
+                }
+                let mut deq3 = vec![0f32; QK_K];
+                crate::quants::dequantize(ty, &y3, &mut deq3).unwrap();
+                for k in 0..QK_K / UNIT {
+                    unit_values(ty, &y3, k, &mut v);
+                    assert_eq!(&v[..], &deq3[k * UNIT..(k + 1) * UNIT], "{ty} unit {k}");
+                }
             }
         }
     }
