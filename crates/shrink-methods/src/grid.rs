@@ -27,7 +27,8 @@ use crate::quant::{find_params, quantize_value, NumberFormat, QuantConfig, Quant
 use anyhow::{bail, Result};
 pub use shrink_model::ggml_quant::Affine;
 use shrink_model::ggml_quant::{
-    decode_block, encode_codes, fallback_type, grid_shape, quantize_block, GRID_TYPES,
+    decode_block, encode_codes, fallback_type, grid_shape, lattice_choose_unit, quantize_block,
+    quantize_lattice_block, GRID_TYPES, LATTICE_TYPES, LATTICE_UNIT,
 };
 use shrink_model::gguf::GgmlType;
 
@@ -76,6 +77,18 @@ pub trait Grid: Send + Sync {
     ) {
         self.fit(x, importance, sigma2, affines, codes, stored)
     }
+    /// Columns whose codes are chosen together: 1 for a grid per weight, 8 for a lattice, whose
+    /// codes are points of several weights ([`LatticeGrid`]). Units are consecutive columns
+    /// aligned to their length.
+    fn unit_len(&self) -> usize {
+        1
+    }
+    /// For a grid with [`Grid::unit_len`] > 1: rechooses unit `k` of a fitted block (`stored`
+    /// its bytes) for the values `x` under the weights `w` (one per column), keeping the block's
+    /// scales, and writes the unit's values into `out`.
+    fn choose_unit(&self, _stored: &mut [u8], _k: usize, _x: &[f32], _w: &[f32], _out: &mut [f32]) {
+        unreachable!("{} chooses codes per weight", self.label())
+    }
     /// Whether [`Grid::fit_row`] depends on the row: such a grid is fitted up front only (its
     /// configuration has no `group_size`, so the sweep's parameters are static).
     fn row_dependent(&self) -> bool {
@@ -107,6 +120,9 @@ pub fn grid_for(cfg: &QuantConfig, d_in: usize) -> Result<Box<dyn Grid>> {
     }
     Ok(match cfg.ggml {
         None => Box::new(IntGrid::new(cfg.clone(), d_in)),
+        Some(t) if LATTICE_TYPES.contains(&fallback_type(t, d_in)) => {
+            Box::new(LatticeGrid::new(cfg, t))
+        }
         Some(t) => Box::new(GgmlGrid::new(cfg, t, d_in)?),
     })
 }
@@ -279,6 +295,99 @@ impl Grid for GgmlGrid {
             codes,
             scales: affines.iter().map(|a| a.a).collect(),
             zeros: affines.iter().map(|a| a.zero as u32).collect(),
+            g_idx,
+            ggml: Some((self.ty, stored)),
+        }
+    }
+}
+
+/// A lattice i-quant's blocks (IQ3_XXS, IQ3_S, IQ2_XS, IQ2_S): 256 weights under one f16 scale
+/// and 4-bit sub-block scales, whose codes are points of 4 or 8 weights of a fixed codebook
+/// (llama.cpp's `iq3xs`/`iq2xs` grids) with sign bits per 8.
+///
+/// [`Grid::fit`] is llama.cpp's own quantizer (`quantize_row_iq*_impl`), importance-weighted like
+/// [`GgmlGrid`]; it fixes the scales. The sweep then rounds a unit of 8 columns at a time
+/// ([`Grid::choose_unit`]: the point and signs of least weighted error over the whole codebook,
+/// at the fitted scales) and passes each of its 8 columns' errors on in order. That is GPTQ's
+/// update with a vector quantizer (as GPTVQ, van Baalen et al. 2024, eq. 4, does with its own
+/// codebooks): fixing columns `S` at once to `q` costs `(x - q)^T ((H_F^-1)_SS)^-1 (x - q) / 2`,
+/// which the in-order updates with the codes fixed attain exactly, and whose diagonal weights
+/// `1 / U_qq^2` the choice uses. The per-weight affines are placeholders (one per block, its
+/// f16 scale); the block bytes are the codes.
+pub struct LatticeGrid {
+    cfg: QuantConfig,
+    pub ty: GgmlType,
+}
+
+impl LatticeGrid {
+    pub fn new(cfg: &QuantConfig, ty: GgmlType) -> Self {
+        assert!(LATTICE_TYPES.contains(&ty), "{ty} is not a lattice type");
+        LatticeGrid {
+            cfg: cfg.clone(),
+            ty,
+        }
+    }
+}
+
+impl Grid for LatticeGrid {
+    fn label(&self) -> String {
+        self.ty.name().to_string()
+    }
+    fn block_len(&self) -> usize {
+        self.ty.block_size()
+    }
+    fn sub_len(&self) -> usize {
+        self.ty.block_size()
+    }
+    fn max_code(&self) -> u32 {
+        0
+    }
+    fn stored_bytes(&self) -> usize {
+        self.ty.type_size()
+    }
+    fn uses_importance(&self) -> bool {
+        true
+    }
+    fn unit_len(&self) -> usize {
+        LATTICE_UNIT
+    }
+    fn fit(
+        &self,
+        x: &[f32],
+        importance: Option<&[f32]>,
+        _sigma2: f32,
+        affines: &mut [Affine],
+        codes: &mut [u8],
+        stored: &mut [u8],
+    ) {
+        quantize_lattice_block(self.ty, x, importance, stored);
+        codes.fill(0);
+        affines[0] = Affine {
+            a: half::f16::from_bits(u16::from_le_bytes([stored[0], stored[1]])).to_f32(),
+            b: -0.0,
+            zero: 0,
+            table: None,
+        };
+    }
+    fn choose_unit(&self, stored: &mut [u8], k: usize, x: &[f32], w: &[f32], out: &mut [f32]) {
+        lattice_choose_unit(self.ty, stored, k, x, w, out)
+    }
+    fn assemble(
+        &self,
+        d_out: usize,
+        d_in: usize,
+        codes: Vec<u8>,
+        affines: Vec<Affine>,
+        stored: Vec<u8>,
+        g_idx: Vec<u32>,
+    ) -> QuantizedWeight {
+        QuantizedWeight {
+            d_out,
+            d_in,
+            config: self.cfg.clone(),
+            codes,
+            scales: affines.iter().map(|a| a.a).collect(),
+            zeros: vec![0; affines.len()],
             g_idx,
             ggml: Some((self.ty, stored)),
         }

@@ -46,24 +46,14 @@ pub const MSE_GRID: usize = 100;
 /// Largest relative shrink of the range tried by the clipping search (GPTQ reference `maxshrink`).
 pub const MSE_MAXSHRINK: f64 = 0.8;
 
-/// Why GPTQ cannot round onto `t`: it has no per-weight grid shrink handles.
+/// Why GPTQ cannot round onto `t`: it is none of the grids shrink handles.
 fn no_grid(t: GgmlType) -> anyhow::Error {
-    if LATTICE_TYPES.contains(&t) {
-        anyhow::anyhow!(
-            "cannot round onto {}: its codes are points of a lattice of 4 or 8 weights, not a grid \
-             per weight (GPTQ rounds onto {}); `shrink export --format gguf --type {}` writes it \
-             by llama.cpp's own search",
-            t.name(),
-            GRID_TYPES.map(|t| t.name()).join(", "),
-            t.name()
-        )
-    } else {
-        anyhow::anyhow!(
-            "cannot round onto the grid of {} (shrink rounds onto {})",
-            t.name(),
-            GRID_TYPES.map(|t| t.name()).join(", ")
-        )
-    }
+    anyhow::anyhow!(
+        "cannot round onto the grid of {} (shrink rounds onto {}, and the lattices {})",
+        t.name(),
+        GRID_TYPES.map(|t| t.name()).join(", "),
+        LATTICE_TYPES.map(|t| t.name()).join(", ")
+    )
 }
 
 impl QuantConfig {
@@ -105,7 +95,7 @@ impl QuantConfig {
             }
         }
         if let Some(t) = self.ggml {
-            if grid_shape(t).is_none() {
+            if grid_shape(t).is_none() && !LATTICE_TYPES.contains(&t) {
                 return Err(no_grid(t));
             }
         }
@@ -114,7 +104,21 @@ impl QuantConfig {
 
     /// The grid of a llama.cpp block type: `bits` its code width, `group_size` its sub-block,
     /// `sym` when it has no offset (Q4_0, Q5_0, Q8_0, Q6_K).
+    /// A lattice type (IQ3_XXS, IQ3_S: 3 bits; IQ2_XS, IQ2_S: 2 bits) has its 256-weight
+    /// block as the group and is symmetric: its codes are points of 8 weights
+    /// ([`crate::grid::LatticeGrid`]).
     pub fn for_ggml(t: GgmlType) -> Result<QuantConfig> {
+        if LATTICE_TYPES.contains(&t) {
+            let three = matches!(t, GgmlType::IQ3_XXS | GgmlType::IQ3_S);
+            return Ok(QuantConfig {
+                bits: if three { 3 } else { 2 },
+                group_size: Some(t.block_size()),
+                sym: true,
+                mse: false,
+                ggml: Some(t),
+                format: NumberFormat::Int,
+            });
+        }
         let Some((sub, max)) = grid_shape(t) else {
             return Err(no_grid(t));
         };

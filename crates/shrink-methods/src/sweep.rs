@@ -258,6 +258,8 @@ pub fn sweep(
             gr.label()
         );
     }
+    // Columns whose codes are chosen at once (a lattice's 8; 1 for the per-weight grids).
+    let unit = grid.as_ref().map_or(1, |g| g.unit_len());
     // Columns fitted together, columns per affine, largest code, stored bytes per block.
     let (bl, sub, maxq, sb) = match &grid {
         Some(gr) => (
@@ -343,7 +345,20 @@ pub fn sweep(
 
     // 3. Act-order permutation: perm[p] = original column processed at position p.
     let mut perm: Vec<usize> = (0..n).collect();
-    if cfg.act_order != ActOrder::None {
+    if cfg.act_order != ActOrder::None && unit > 1 {
+        // A lattice's units stay whole and in order: the units by their summed diag(H).
+        let score = |k: usize| {
+            (k * unit..(k + 1) * unit)
+                .map(|j| hm[j * n + j])
+                .sum::<f64>()
+        };
+        let mut units: Vec<usize> = (0..n / unit).collect();
+        units.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
+        perm = units
+            .iter()
+            .flat_map(|&k| k * unit..(k + 1) * unit)
+            .collect();
+    } else if cfg.act_order != ActOrder::None {
         perm.sort_by(|&a, &b| hm[b * n + b].total_cmp(&hm[a * n + a]));
     }
     let identity = perm.iter().enumerate().all(|(p, &j)| p == j);
@@ -389,9 +404,10 @@ pub fn sweep(
     drop(hm);
 
     // 5. Block loop. N:M groups must not straddle blocks.
+    // A lattice's units must not straddle them either.
     let bs = match nm {
         Some((_, m)) => cfg.block_size.div_ceil(m) * m,
-        None => cfg.block_size,
+        None => cfg.block_size.div_ceil(unit) * unit,
     };
     // Codes in processing order (unused without quantization).
     let mut codes_p = vec![0u8; d_out * n];
@@ -425,6 +441,8 @@ pub fn sweep(
                     let mut gbuf: Vec<f32> = Vec::with_capacity(bl.min(n));
                     let mut ibuf: Vec<f32> = Vec::with_capacity(bl.min(n));
                     let mut sc: Vec<f32> = Vec::new();
+                    let mut uw = vec![0.0f32; unit];
+                    let mut uvals = vec![0.0f32; unit];
                     let mut l = 0.0f64;
                     let nr = wrows.len() / n;
                     for r in 0..nr {
@@ -495,9 +513,24 @@ pub fn sweep(
                                     st,
                                 );
                             }
+                            if let (true, Some(gr)) = (unit > 1 && p % unit == 0, grid) {
+                                // A lattice unit: its point chosen for the values as they
+                                // stand, weighted by each column's 1 / [H_F^-1]_qq; its columns
+                                // are then fixed in turn to those values below.
+                                let c0 = perm[p];
+                                let (kb, ku) = (c0 / bl, (c0 % bl) / unit);
+                                let st =
+                                    &mut strows[r * sstride + kb * sb..r * sstride + (kb + 1) * sb];
+                                for (q, w) in uw.iter_mut().enumerate() {
+                                    let d = u[(p + q) * n + p + q];
+                                    *w = 1.0 / (d * d);
+                                }
+                                gr.choose_unit(st, ku, &buf[i..i + unit], &uw, &mut uvals);
+                            }
                             let x = buf[i];
                             let pruned = mrow[p];
                             let fixed = match grid {
+                                Some(_) if unit > 1 => uvals[p % unit],
                                 Some(_) => {
                                     let aff = arows[r * n_sub + sub_of_pos[p]];
                                     let code = if pruned {

@@ -7,7 +7,10 @@ mod common;
 use common::{correlated_inputs, hessian_of, layer_loss, Rng};
 use shrink_methods::grid::{grid_for, rtn_on};
 use shrink_methods::*;
-use shrink_model::ggml_quant::{decode_block, grid_shape, quantize, Affine, GRID_TYPES};
+use shrink_model::ggml_quant::{
+    decode_block, grid_shape, lattice_choose_unit, quantize, Affine, GRID_TYPES, LATTICE_TYPES,
+    LATTICE_UNIT,
+};
 use shrink_model::gguf::GgmlType;
 use shrink_model::quants::dequantize;
 
@@ -157,22 +160,88 @@ fn gptq_on_ggml_grids_beats_weighted_rounding() {
     }
 }
 
+/// The lattice blocks of `q` decode to `weight` bit for bit, and rechoosing every unit of 8 for
+/// its own decoded values, at the fitted scales, writes the same bytes.
+fn check_lattice_consistent(ty: GgmlType, q: &QuantizedWeight, weight: &[f32]) {
+    let (t, blocks) = q.ggml.as_ref().expect("ggml blocks");
+    assert_eq!(*t, ty);
+    let mut y = vec![0f32; weight.len()];
+    dequantize(ty, blocks, &mut y).unwrap();
+    for (i, (a, b)) in y.iter().zip(weight).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "{ty}: weight {i}: file {a} vs sweep {b}"
+        );
+    }
+    let ones = [1f32; LATTICE_UNIT];
+    let mut out = [0f32; LATTICE_UNIT];
+    let mut again = blocks.clone();
+    let bs = ty.block_size();
+    for (b, blk) in again.chunks_exact_mut(ty.type_size()).enumerate() {
+        for k in 0..bs / LATTICE_UNIT {
+            let o = b * bs + k * LATTICE_UNIT;
+            lattice_choose_unit(ty, blk, k, &y[o..o + LATTICE_UNIT], &ones, &mut out);
+            assert_eq!(
+                &out[..],
+                &y[o..o + LATTICE_UNIT],
+                "{ty}: block {b} unit {k}"
+            );
+        }
+    }
+    assert!(
+        &again == blocks,
+        "{ty}: re-rounding the decoded weights changed the bytes"
+    );
+}
+
+#[test]
+fn gptq_on_lattices_beats_llama_cpps_search() {
+    let mut rng = Rng::new(11);
+    let (d_out, d_in, rows) = (16, 512, 2048);
+    let w = weights(&mut rng, d_out * d_in);
+    let x = correlated_inputs(&mut rng, rows, d_in);
+    let h = hessian_of(&x, rows, d_in);
+    let hm = h.matrix();
+    let imat: Vec<f32> = (0..d_in).map(|j| hm[j * d_in + j] as f32).collect();
+    for ty in LATTICE_TYPES {
+        let mut y = vec![0f32; w.len()];
+        dequantize(ty, &quantize(ty, &w, d_in, Some(&imat)).unwrap(), &mut y).unwrap();
+        let theirs = layer_loss(&w, &y, d_out, d_in, hm);
+        for act in [ActOrder::None, ActOrder::Static] {
+            let r = gptq(&w, d_out, d_in, &h, &gptq_on(ty, act)).unwrap();
+            check_lattice_consistent(ty, &r.q, &r.weight);
+            let ours = layer_loss(&w, &r.weight, d_out, d_in, hm);
+            assert!(
+                ours < theirs * 0.9,
+                "{ty} {act:?}: GPTQ loss {ours} vs llama.cpp imatrix search {theirs}"
+            );
+            eprintln!("{ty} {act:?}: GPTQ loss / llama.cpp's {:.3}", ours / theirs);
+        }
+    }
+}
+
 #[test]
 fn bad_grid_settings_are_errors() {
     let d_in = 576;
     // Q4_K on 576 columns falls back to Q5_0 as llama-quantize does.
     let g = grid_for(&QuantConfig::for_ggml(GgmlType::Q4K).unwrap(), d_in).unwrap();
     assert_eq!(g.label(), "Q5_0");
-    assert!(QuantConfig::for_ggml(GgmlType::IQ2_XXS).is_err());
-    // shrink writes IQ3_XXS/IQ3_S/IQ2_XS/IQ2_S, by round to nearest only: GPTQ refuses them
-    for t in [
-        GgmlType::IQ3_XXS,
-        GgmlType::IQ3_S,
-        GgmlType::IQ2_XS,
-        GgmlType::IQ2_S,
-    ] {
-        let e = QuantConfig::for_ggml(t).err().unwrap().to_string();
-        assert!(e.contains("lattice") && e.contains("shrink export"), "{e}");
+    let e = QuantConfig::for_ggml(GgmlType::IQ2_XXS)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("IQ2_XXS") && e.contains("IQ3_S"), "{e}");
+    // the lattices on rows of 576 fall back to IQ4_NL, as llama-quantize does
+    for t in LATTICE_TYPES {
+        let g = grid_for(&QuantConfig::for_ggml(t).unwrap(), d_in).unwrap();
+        assert_eq!(g.label(), "IQ4_NL", "{t}");
+        assert_eq!(
+            grid_for(&QuantConfig::for_ggml(t).unwrap(), 512)
+                .unwrap()
+                .label(),
+            t.name()
+        );
     }
     // 100 columns: no quantized fallback (llama-quantize writes F16)
     let e = grid_for(&QuantConfig::for_ggml(GgmlType::Q4K).unwrap(), 100)
