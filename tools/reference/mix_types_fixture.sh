@@ -6,6 +6,7 @@
 #   tools/reference/mix_types_fixture.sh MODEL.gguf NAME
 # DRY=1: llama-quantize --dry-run (types read from its log, no files written, general.file_type
 # not recorded; the input is shrink's F16 export) — for the larger models.
+# MIXES="IQ3_S IQ3_M ..." picks the file types (default: the legacy and K-quant ones, IQ4_NL, IQ4_XS).
 # Needs tools/reference/build_llamacpp.sh (LLAMACPP_BIN), target/release/shrink, .venv-ref (gguf).
 set -euo pipefail
 M=${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -20,7 +21,7 @@ if [ "$DRY" = 1 ]; then IN=$D/f16.gguf; DR=(--dry-run); IT=F16; else IN=$D/f32.g
 # the importance matrix only has to exist (it changes which rules apply, not the types' values)
 [ -f $D/imatrix.gguf ] || $S export --model "$M" --format gguf --type Q8_0 --out $D/im-q8.gguf --force -q \
   --imatrix-calib data/calib.txt --imatrix-nsamples 4 --imatrix-seqlen 128 --imatrix-out $D/imatrix.gguf
-MIXES="Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS"
+MIXES=${MIXES:-"Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS"}
 for T in $MIXES; do
   # Q2_K_S needs an importance matrix: llama-quantize refuses it without one
   nice "$B/llama-quantize" "${DR[@]}" $IN $D/lq-$T-plain.gguf $T 2 > $D/lq-$T-plain.log 2>&1 \

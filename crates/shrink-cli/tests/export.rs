@@ -593,7 +593,12 @@ fn gguf_grid_blocks_are_written_as_they_are() {
     let g = gguf_file(t);
     let calib = calib_text(t);
     let cfg = ModelConfig::from_hf_file(&tiny("mistral").join("config.json")).unwrap();
-    for (ty, written) in [("Q4_0", "Q4_0"), ("q4_k", "Q5_0"), ("Q5_1", "Q5_1")] {
+    for (ty, written) in [
+        ("Q4_0", "Q4_0"),
+        ("q4_k", "Q5_0"),
+        ("Q5_1", "Q5_1"),
+        ("IQ3_S", "IQ4_NL"),
+    ] {
         let c = t.join(format!("c-{ty}"));
         compress(&g, &calib, &c, &["--gguf-type", ty]);
         let out = t.join(format!("{ty}.gguf"));

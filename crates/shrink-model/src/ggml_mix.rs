@@ -41,12 +41,19 @@ pub enum Mix {
     Q6_K,
     IQ4_NL,
     IQ4_XS,
+    IQ2_XS,
+    IQ2_S,
+    IQ2_M,
+    IQ3_XXS,
+    IQ3_XS,
+    IQ3_S,
+    IQ3_M,
     /// Expert tensors (3-D, stacked) MXFP4, every other quantized tensor Q8_0.
     MXFP4_MOE,
 }
 
 /// Every mix, in llama.cpp's ftype order.
-pub const MIXES: [Mix; 18] = [
+pub const MIXES: [Mix; 25] = [
     Mix::Q4_0,
     Mix::Q4_1,
     Mix::Q8_0,
@@ -61,8 +68,15 @@ pub const MIXES: [Mix; 18] = [
     Mix::Q5_K_S,
     Mix::Q5_K_M,
     Mix::Q6_K,
+    Mix::IQ2_XS,
     Mix::Q2_K_S,
+    Mix::IQ3_XS,
+    Mix::IQ3_XXS,
     Mix::IQ4_NL,
+    Mix::IQ3_S,
+    Mix::IQ3_M,
+    Mix::IQ2_S,
+    Mix::IQ2_M,
     Mix::IQ4_XS,
     Mix::MXFP4_MOE,
 ];
@@ -87,6 +101,13 @@ impl Mix {
             Mix::Q6_K => "Q6_K",
             Mix::IQ4_NL => "IQ4_NL",
             Mix::IQ4_XS => "IQ4_XS",
+            Mix::IQ2_XS => "IQ2_XS",
+            Mix::IQ2_S => "IQ2_S",
+            Mix::IQ2_M => "IQ2_M",
+            Mix::IQ3_XXS => "IQ3_XXS",
+            Mix::IQ3_XS => "IQ3_XS",
+            Mix::IQ3_S => "IQ3_S",
+            Mix::IQ3_M => "IQ3_M",
             Mix::MXFP4_MOE => "MXFP4_MOE",
         }
     }
@@ -135,6 +156,11 @@ impl Mix {
             Mix::Q6_K => T::Q6K,
             Mix::IQ4_NL => T::IQ4_NL,
             Mix::IQ4_XS => T::IQ4_XS,
+            // the IQ2_S file type's main type is IQ2_XS (llama.cpp's own choice)
+            Mix::IQ2_XS | Mix::IQ2_S => T::IQ2_XS,
+            Mix::IQ2_M => T::IQ2_S,
+            Mix::IQ3_XXS => T::IQ3_XXS,
+            Mix::IQ3_XS | Mix::IQ3_S | Mix::IQ3_M => T::IQ3_S,
             Mix::MXFP4_MOE => T::MXFP4,
         }
     }
@@ -159,6 +185,13 @@ impl Mix {
             Mix::Q2_K_S => 21,
             Mix::IQ4_NL => 25,
             Mix::IQ4_XS => 30,
+            Mix::IQ2_XS => 20,
+            Mix::IQ3_XS => 22,
+            Mix::IQ3_XXS => 23,
+            Mix::IQ3_S => 26,
+            Mix::IQ3_M => 27,
+            Mix::IQ2_S => 28,
+            Mix::IQ2_M => 29,
             Mix::MXFP4_MOE => 38,
         }
     }
@@ -310,17 +343,63 @@ impl State<'_> {
                 G::Q8_0
             });
         }
+        let iq2 = matches!(mix, F::IQ2_XS | F::IQ2_S | F::IQ2_M);
+        let iq2_s = matches!(mix, F::IQ2_S | F::IQ2_M);
         if cat == Category::Output || (self.tied && cat == Category::TokenEmbd) {
             let qk = t.block_size();
             if x.row % qk != 0 {
                 t = G::Q8_0;
+            } else if iq2 || mix == F::IQ3_XXS {
+                t = G::Q5K;
             } else if t != G::Q8_0 {
                 t = G::Q6K;
             }
         } else if cat == Category::TokenEmbd {
-            // no rule for the mixes shrink writes (IQ1/IQ2/IQ3/TQ ones pick Q2_K/IQ3_S/Q4_K)
+            // (the IQ1/TQ mixes, which shrink does not write, pick Q2_K/Q4_K)
+            match mix {
+                F::IQ2_XS => t = G::Q2K,
+                F::IQ2_S | F::IQ2_M | F::IQ3_XXS => t = G::IQ3_S,
+                _ => {}
+            }
+        } else if iq2 {
+            // llama.cpp's branch for the IQ1/IQ2 file types takes every other tensor
+            if cat == Category::AttnQkv || cat == Category::AttnV {
+                t = if gqa >= 4 || n_expert >= 4 {
+                    G::Q4K
+                } else if iq2_s {
+                    G::IQ3_S
+                } else {
+                    G::Q2K
+                };
+                self.i_attention_wv += 1;
+            } else if n_expert == 8 && cat == Category::AttnK {
+                t = G::Q4K;
+            } else if cat == Category::FfnDown {
+                // the plain counter, even for MoE (no layer_info here)
+                if self.i_ffn_down < self.m.n_layer as i64 / 8 {
+                    t = if iq2_s { G::IQ3_S } else { G::Q2K };
+                }
+                self.i_ffn_down += 1;
+            } else if cat == Category::AttnOutput {
+                if n_expert == 8 {
+                    t = G::Q5K;
+                } else if iq2_s {
+                    t = G::IQ3_S;
+                }
+            }
         } else if cat == Category::AttnQkv || cat == Category::AttnV {
             match mix {
+                F::IQ3_XXS => {
+                    t = if gqa >= 4 {
+                        G::Q4K
+                    } else if !self.m.has_imatrix {
+                        G::IQ3_S
+                    } else {
+                        G::IQ3_XXS
+                    }
+                }
+                F::IQ3_XS | F::IQ3_S if gqa >= 4 => t = G::Q4K,
+                F::IQ3_M => t = G::Q4K,
                 F::Q2_K => t = if gqa >= 4 { G::Q4K } else { G::Q3K },
                 F::Q2_K_S if gqa >= 4 => t = G::Q4K,
                 F::Q3_K_M => {
@@ -348,12 +427,22 @@ impl State<'_> {
         } else if cat == Category::AttnK {
             if n_expert == 8 {
                 t = G::Q8_0;
+            } else if mix == F::IQ3_XS {
+                t = G::IQ3_XXS;
+            } else if mix == F::IQ3_XXS {
+                t = G::IQ2_S;
             }
         } else if cat == Category::AttnQ {
-            // IQ3_XS / IQ3_XXS only
+            if mix == F::IQ3_XS {
+                t = G::IQ3_XXS;
+            } else if mix == F::IQ3_XXS {
+                t = G::IQ2_S;
+            }
         } else if cat == Category::FfnDown {
             let (i, n) = self.layer_info(self.i_ffn_down, &x.name)?;
             match mix {
+                F::IQ3_XXS if !self.m.has_imatrix => t = if i < n / 8 { G::Q4K } else { G::Q3K },
+                F::IQ3_M if i < n / 8 || (n_expert == 8 && use_more_bits(i, n)) => t = G::Q4K,
                 F::Q2_K => t = G::Q3K,
                 F::Q2_K_S if i < n / 8 => t = G::Q4K,
                 F::Q2_K_S => {}
@@ -374,24 +463,41 @@ impl State<'_> {
             if n_expert == 8 {
                 if matches!(
                     mix,
-                    F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M | F::IQ4_XS
+                    F::Q2_K
+                        | F::IQ3_XS
+                        | F::IQ3_XXS
+                        | F::Q3_K_S
+                        | F::Q3_K_M
+                        | F::IQ4_NL
+                        | F::Q4_K_S
+                        | F::Q4_K_M
+                        | F::IQ3_S
+                        | F::IQ3_M
+                        | F::IQ4_XS
                 ) {
                     t = G::Q5K;
                 }
             } else {
                 match mix {
                     F::Q2_K => t = G::Q3K,
-                    F::Q3_K_M => t = G::Q4K,
+                    F::IQ3_XXS => t = G::IQ3_S,
+                    F::Q3_K_M | F::IQ3_M => t = G::Q4K,
                     F::Q3_K_L => t = G::Q5K,
                     _ => {}
                 }
             }
-        } else if cat == Category::FfnGate {
-            self.layer_info(self.i_ffn_gate, &x.name)?;
-            self.i_ffn_gate += 1;
-        } else if cat == Category::FfnUp {
-            self.layer_info(self.i_ffn_up, &x.name)?;
-            self.i_ffn_up += 1;
+        } else if cat == Category::FfnGate || cat == Category::FfnUp {
+            let c = if cat == Category::FfnGate {
+                &mut self.i_ffn_gate
+            } else {
+                &mut self.i_ffn_up
+            };
+            let counter = *c;
+            *c += 1;
+            let (i, n) = self.layer_info(counter, &x.name)?;
+            if mix == F::IQ3_XS && i >= n / 8 && i < 7 * n / 8 {
+                t = G::IQ3_XXS;
+            }
         }
         Ok(t)
     }

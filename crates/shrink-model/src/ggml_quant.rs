@@ -27,8 +27,8 @@ const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// The i-quants on a lattice of 4- or 8-value points (llama.cpp's `iq3xs`/`iq2xs` grids), which
-/// [`quantize`] writes by round-to-nearest on the lattice (llama.cpp's `quantize_iq*`), but which
-/// have no per-weight [`Affine`] grid, so GPTQ ([`GRID_TYPES`]) cannot target them.
+/// [`quantize`] writes by llama.cpp's own search (`quantize_iq*`). They have no per-weight
+/// [`Affine`] grid: GPTQ rounds onto them 8 weights at a time ([`lattice_choose_unit`]).
 pub const LATTICE_TYPES: [GgmlType; 4] = [
     GgmlType::IQ3_XXS,
     GgmlType::IQ3_S,

@@ -210,13 +210,16 @@ pub struct CompressJob {
     #[arg(long)]
     pub mse: bool,
     /// Round onto a llama.cpp block type's own grid instead of integer groups (rtn, gptq):
-    /// Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0. Its scales are fitted as llama-quantize
+    /// Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4, or the
+    /// lattices IQ3_XXS, IQ3_S, IQ2_XS, IQ2_S (GPTQ rounds 8 weights at a time onto their
+    /// codebooks). Its scales are fitted as llama-quantize
     /// fits them (weighted by the Hessian diagonal, llama-imatrix's statistic up to a factor);
     /// GPTQ then chooses the codes and propagates their error, and `shrink export --format gguf`
     /// writes the blocks as they are. Rows the type's blocks do not divide get llama-quantize's
     /// fallback type (Q4_K on 576 columns: Q5_0). Sets --bits, --group-size and --sym.
     ///
-    /// A llama-quantize file type (Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q3_K_L, Q5_K_M, Q5_K_S, Q2_K_S)
+    /// A llama-quantize file type (Q4_K_M, Q4_K_S, Q3_K_M, Q3_K_S, Q3_K_L, Q5_K_M, Q5_K_S, Q2_K_S,
+    /// IQ3_M, IQ3_XS, IQ2_M)
     /// gives each linear the type llama-quantize's rules pick for it (attn_v and ffn_down get more
     /// bits in some layers); the recipe written beside the output lists them as overrides, and
     /// `shrink export --format gguf` writes the same mix.
