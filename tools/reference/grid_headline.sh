@@ -46,6 +46,7 @@ for TT in $TYPES; do
   T=${TT#mix:}
   case "$TT" in
     mix:*) lqa=(); ca=(--gguf-mix); ea=(--type $T --mix); T=$T-mix ;;
+    IQ2_S|IQ3_S) lqa=(--pure --token-embedding-type q8_0); ca=(); ea=(--token-embedding-type Q8_0) ;; # type names, not mixes
     *_S|*_M|*_L) lqa=(); ca=(); ea=() ;;
     *) lqa=(--pure --token-embedding-type q8_0); ca=(); ea=(--token-embedding-type Q8_0) ;;
   esac
