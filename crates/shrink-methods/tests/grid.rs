@@ -123,15 +123,24 @@ fn diagonal_hessian_gives_llama_cpps_imatrix_blocks() {
     }
 }
 
-#[test]
-fn gptq_on_ggml_grids_beats_weighted_rounding() {
-    let mut rng = Rng::new(9);
-    let (d_out, d_in, rows) = (16, 512, 2048);
+/// A `[d_out, d_in]` weight, the Hessian of 2048 correlated input rows, and its diagonal as the
+/// importance matrix llama.cpp would weight with.
+fn correlated_problem(seed: u64, d_out: usize, d_in: usize) -> (Vec<f32>, Hessian, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let rows = 2048;
     let w = weights(&mut rng, d_out * d_in);
     let x = correlated_inputs(&mut rng, rows, d_in);
     let h = hessian_of(&x, rows, d_in);
     let hm = h.matrix();
-    let imat: Vec<f32> = (0..d_in).map(|j| hm[j * d_in + j] as f32).collect();
+    let imat = (0..d_in).map(|j| hm[j * d_in + j] as f32).collect();
+    (w, h, imat)
+}
+
+#[test]
+fn gptq_on_ggml_grids_beats_weighted_rounding() {
+    let (d_out, d_in) = (16, 512);
+    let (w, h, imat) = correlated_problem(9, d_out, d_in);
+    let hm = h.matrix();
     for ty in [
         GgmlType::Q4K,
         GgmlType::Q6K,
@@ -197,13 +206,9 @@ fn check_lattice_consistent(ty: GgmlType, q: &QuantizedWeight, weight: &[f32]) {
 
 #[test]
 fn gptq_on_lattices_beats_llama_cpps_search() {
-    let mut rng = Rng::new(11);
-    let (d_out, d_in, rows) = (16, 512, 2048);
-    let w = weights(&mut rng, d_out * d_in);
-    let x = correlated_inputs(&mut rng, rows, d_in);
-    let h = hessian_of(&x, rows, d_in);
+    let (d_out, d_in) = (16, 512);
+    let (w, h, imat) = correlated_problem(11, d_out, d_in);
     let hm = h.matrix();
-    let imat: Vec<f32> = (0..d_in).map(|j| hm[j * d_in + j] as f32).collect();
     for ty in LATTICE_TYPES {
         let mut y = vec![0f32; w.len()];
         dequantize(ty, &quantize(ty, &w, d_in, Some(&imat)).unwrap(), &mut y).unwrap();
