@@ -46,12 +46,15 @@ for TT in $TYPES; do
   T=${TT#mix:}
   case "$TT" in
     mix:*) lqa=(); ca=(--gguf-mix); ea=(--type $T --mix); T=$T-mix ;;
-    IQ2_S|IQ3_S) lqa=(--pure --token-embedding-type q8_0); ca=(); ea=(--token-embedding-type Q8_0) ;; # type names, not mixes
+    # type names, not mixes. llama-quantize's IQ2_S is a file type whose main type is IQ2_XS:
+    # pure IQ2_S tensors come from its IQ2_M file type with --pure
+    IQ2_S|IQ3_S) lqa=(--pure --token-embedding-type q8_0); ca=(); ea=(--token-embedding-type Q8_0) ;;
     *_S|*_M|*_L) lqa=(); ca=(); ea=() ;;
     *) lqa=(--pure --token-embedding-type q8_0); ca=(); ea=(--token-embedding-type Q8_0) ;;
   esac
+  LQT=${T%-mix}; [ "$TT" = IQ2_S ] && LQT=IQ2_M
   q0=$(date +%s.%N)
-  "$B/llama-quantize" "${lqa[@]}" --imatrix $D/imatrix.gguf $D/f32.gguf $D/lq-$T.gguf ${T%-mix} 2 \
+  "$B/llama-quantize" "${lqa[@]}" --imatrix $D/imatrix.gguf $D/f32.gguf $D/lq-$T.gguf $LQT 2 \
     > $D/lq-$T.log 2>&1
   q1=$(date +%s.%N)
   t0=$(date +%s.%N)
