@@ -25,9 +25,9 @@ fn gptq_on(ty: GgmlType, act_order: ActOrder) -> GptqConfig {
     }
 }
 
-/// The blocks of `q` decode to `weight` bit for bit, and every weight re-rounded on its block's
-/// grid gives its code back.
-fn check_consistent(ty: GgmlType, q: &QuantizedWeight, weight: &[f32]) {
+/// The blocks of `q` (of type `ty`, sized for `weight`) and their llama.cpp decoding, which
+/// equals `weight` bit for bit.
+fn decodes_to<'a>(ty: GgmlType, q: &'a QuantizedWeight, weight: &[f32]) -> (&'a Vec<u8>, Vec<f32>) {
     let (t, blocks) = q.ggml.as_ref().expect("ggml blocks");
     assert_eq!(*t, ty);
     assert_eq!(
@@ -43,6 +43,13 @@ fn check_consistent(ty: GgmlType, q: &QuantizedWeight, weight: &[f32]) {
             "{ty}: weight {i}: file {a} vs sweep {b}"
         );
     }
+    (blocks, y)
+}
+
+/// The blocks of `q` decode to `weight` bit for bit, and every weight re-rounded on its block's
+/// grid gives its code back.
+fn check_consistent(ty: GgmlType, q: &QuantizedWeight, weight: &[f32]) {
+    let (blocks, y) = decodes_to(ty, q, weight);
     let (sub, max) = grid_shape(ty).unwrap();
     let bs = ty.block_size();
     let mut aff = vec![Affine::default(); bs / sub];
@@ -172,17 +179,7 @@ fn gptq_on_ggml_grids_beats_weighted_rounding() {
 /// The lattice blocks of `q` decode to `weight` bit for bit, and rechoosing every unit of 8 for
 /// its own decoded values, at the fitted scales, writes the same bytes.
 fn check_lattice_consistent(ty: GgmlType, q: &QuantizedWeight, weight: &[f32]) {
-    let (t, blocks) = q.ggml.as_ref().expect("ggml blocks");
-    assert_eq!(*t, ty);
-    let mut y = vec![0f32; weight.len()];
-    dequantize(ty, blocks, &mut y).unwrap();
-    for (i, (a, b)) in y.iter().zip(weight).enumerate() {
-        assert_eq!(
-            a.to_bits(),
-            b.to_bits(),
-            "{ty}: weight {i}: file {a} vs sweep {b}"
-        );
-    }
+    let (blocks, y) = decodes_to(ty, q, weight);
     let ones = [1f32; LATTICE_UNIT];
     let mut out = [0f32; LATTICE_UNIT];
     let mut again = blocks.clone();

@@ -729,11 +729,7 @@ pub(super) fn choose_unit(
 ) {
     let s = unit_scale(ty, y, k);
     let mags = magnitudes(ty);
-    let n = if matches!(ty, GgmlType::IQ3_XXS | GgmlType::IQ3_S) {
-        4
-    } else {
-        8
-    };
+    let n = lattice(ty).n;
     if s > 0.0 {
         let mut a = [0f32; UNIT];
         let mut signs = 0u8;
@@ -744,15 +740,15 @@ pub(super) fn choose_unit(
             }
         }
         let odd = even_signs(ty) && signs.count_ones() % 2 == 1;
-        let parts: Vec<_> = (0..UNIT / n)
-            .map(|h| best_part(mags, n, &a[h * n..], &w[h * n..], s))
-            .collect();
-        let mut idx = [parts[0].0 .0, parts.get(1).map_or(0, |p| p.0 .0)];
+        let np = UNIT / n;
+        let mut parts = [((0usize, 0f32), (0usize, 0f32)); 2];
+        for h in 0..np {
+            parts[h] = best_part(mags, n, &a[h * n..], &w[h * n..], s);
+        }
+        let mut idx = [parts[0].0 .0, parts[1].0 .0];
         if odd {
             // flip in the part where it costs least (the other part keeps its free best)
-            let h = if parts.len() == 2
-                && parts[1].1 .1 + parts[0].0 .1 < parts[0].1 .1 + parts[1].0 .1
-            {
+            let h = if np == 2 && parts[1].1 .1 + parts[0].0 .1 < parts[0].1 .1 + parts[1].0 .1 {
                 1
             } else {
                 0
@@ -802,11 +798,7 @@ pub(super) fn unit_values(ty: GgmlType, y: &[u8], k: usize, out: &mut [f32]) {
         }
         _ => unreachable!("{ty} has no lattice"),
     };
-    let n = if matches!(ty, GgmlType::IQ3_XXS | GgmlType::IQ3_S) {
-        4
-    } else {
-        8
-    };
+    let n = lattice(ty).n;
     for j in 0..UNIT {
         let g = mags[idx[j / n] * n + j % n];
         out[j] = s * g as f32 * sgn(signs, j);
