@@ -298,10 +298,7 @@ impl QuantizedDir {
         }
         let id = i32::from_le_bytes([tb[0], tb[1], tb[2], tb[3]]);
         let t = GgmlType::from_u32(id as u32)
-            .filter(|t| {
-                shrink_model::ggml_quant::grid_shape(*t).is_some()
-                    || shrink_model::ggml_quant::LATTICE_TYPES.contains(t)
-            })
+            .filter(|t| shrink_model::ggml_quant::gptq_target(*t))
             .with_context(|| format!("{f}: '{base}.gtype' = {id} is not a ggml grid type"))?;
         Ok(Some(t))
     }

@@ -9,7 +9,7 @@
 //! Python reference bit for bit where the inputs are the same.
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use shrink_model::ggml_quant::{grid_shape, GRID_TYPES, LATTICE_TYPES};
+use shrink_model::ggml_quant::{gptq_target, grid_shape, GRID_TYPES, LATTICE_TYPES};
 use shrink_model::gguf::GgmlType;
 
 /// The quantization grid: bit width, grouping, symmetric or asymmetric, optional clipping search.
@@ -95,7 +95,7 @@ impl QuantConfig {
             }
         }
         if let Some(t) = self.ggml {
-            if grid_shape(t).is_none() && !LATTICE_TYPES.contains(&t) {
+            if !gptq_target(t) {
                 return Err(no_grid(t));
             }
         }

@@ -402,6 +402,14 @@ pub fn sweep(
     // 4. Damping and U.
     let (u, damp_used, damp_retries) = factor_with_damping(&hm, n, &perm, cfg.damp, h.nsamples())?;
     drop(hm);
+    // A lattice unit's weights: each column's 1 / [H_F^-1]_qq = 1 / U_qq^2.
+    let unit_w: Vec<f32> = if unit > 1 {
+        (0..n)
+            .map(|p| 1.0 / (u[p * n + p] * u[p * n + p]))
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     // 5. Block loop. N:M groups must not straddle blocks.
     // A lattice's units must not straddle them either.
@@ -426,6 +434,7 @@ pub fn sweep(
         let grid = &grid;
         let importance = &importance;
         let perm = &perm;
+        let unit_w = &unit_w;
         let block_loss: f64 = wp
             .par_chunks_mut(n * rows_per_task)
             .zip(maskp.par_chunks_mut(n * rows_per_task))
@@ -441,7 +450,6 @@ pub fn sweep(
                     let mut gbuf: Vec<f32> = Vec::with_capacity(bl.min(n));
                     let mut ibuf: Vec<f32> = Vec::with_capacity(bl.min(n));
                     let mut sc: Vec<f32> = Vec::new();
-                    let mut uw = vec![0.0f32; unit];
                     let mut uvals = vec![0.0f32; unit];
                     let mut l = 0.0f64;
                     let nr = wrows.len() / n;
@@ -521,11 +529,8 @@ pub fn sweep(
                                 let (kb, ku) = (c0 / bl, (c0 % bl) / unit);
                                 let st =
                                     &mut strows[r * sstride + kb * sb..r * sstride + (kb + 1) * sb];
-                                for (q, w) in uw.iter_mut().enumerate() {
-                                    let d = u[(p + q) * n + p + q];
-                                    *w = 1.0 / (d * d);
-                                }
-                                gr.choose_unit(st, ku, &buf[i..i + unit], &uw, &mut uvals);
+                                let w = &unit_w[p..p + unit];
+                                gr.choose_unit(st, ku, &buf[i..i + unit], w, &mut uvals);
                             }
                             let x = buf[i];
                             let pruned = mrow[p];

@@ -36,6 +36,11 @@ pub const LATTICE_TYPES: [GgmlType; 4] = [
     GgmlType::IQ2_S,
 ];
 
+/// Whether GPTQ can round onto `ty`: a grid per weight ([`grid_shape`]) or a lattice.
+pub fn gptq_target(ty: GgmlType) -> bool {
+    grid_shape(ty).is_some() || LATTICE_TYPES.contains(&ty)
+}
+
 /// Columns of a [`LATTICE_TYPES`] block that GPTQ rounds at once (one sign byte's 8 weights).
 pub const LATTICE_UNIT: usize = iq_lattice::UNIT;
 
