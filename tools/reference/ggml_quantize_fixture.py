@@ -1,7 +1,8 @@
 """Write tests/fixtures/gguf_quant/ggml_quantize_iq_rows.safetensors: the bytes llama.cpp's
 `ggml_quantize_chunk` (llama-cpp-python 0.3.36's vendored tree, libggml-base.so) makes of the rows
 in llama_quantize_rows.safetensors (`input`, with and without its `imatrix`) for the i-quants that
-need a lattice search (IQ3_XXS, IQ3_S, IQ2_XS, IQ2_S), and of a few synthetic rows with edge cases
+need a lattice search (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) and the ternary
+TQ1_0/TQ2_0, and of a few synthetic rows with edge cases
 (`edge`, `edge_imatrix`: zero sub-blocks, tiny values, all-zero rows, zero importances), so that
 CI (no llama.cpp there) checks shrink's writers byte for byte.
 
@@ -11,8 +12,8 @@ CI (no llama.cpp there) checks shrink's writers byte for byte.
 
 It first re-quantizes `input` to the types llama_quantize_rows.safetensors already holds (made by
 llama-quantize, another build) and checks the bytes agree, so both fixtures come from the same
-quantizers. IQ2_XS needs an importance matrix in llama.cpp (`ggml_quantize_requires_imatrix`), so
-it has no `.plain` tensors.
+quantizers. IQ2_XXS, IQ2_XS and IQ1_S need an importance matrix in llama.cpp
+(`ggml_quantize_requires_imatrix`), so they have no `.plain` tensors.
 """
 
 import argparse
@@ -26,8 +27,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-TYPES = ["IQ3_XXS", "IQ3_S", "IQ2_XS", "IQ2_S"]
-NEEDS_IMATRIX = {"IQ2_XS"}
+TYPES = ["IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0"]
+NEEDS_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ1_S"}
 CHECK = ["Q4_0", "Q2_K", "Q3_K", "Q4_K", "Q6_K", "IQ4_XS"]
 
 

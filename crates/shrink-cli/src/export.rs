@@ -42,8 +42,9 @@ pub struct ExportArgs {
     #[arg(long)]
     force: bool,
     /// GGUF: type of the decoder linears (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K,
-    /// Q6_K, IQ4_NL, IQ4_XS, IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS (needs an importance matrix), MXFP4,
-    /// F16, F32). Rows that are not whole blocks fall back as in llama-quantize (Q4_K -> Q5_0,
+    /// Q6_K, IQ4_NL, IQ4_XS, IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_M, IQ1_S (IQ2_XS,
+    /// IQ2_XXS and IQ1_S need an importance matrix), MXFP4, the ternary TQ1_0 and TQ2_0, F16,
+    /// F32). Rows that are not whole blocks fall back as in llama-quantize (Q4_K -> Q5_0,
     /// Q5_K -> Q5_1, Q6_K -> Q8_0, the i-quants -> IQ4_NL). Default: the type the codes fit (from
     /// a compress directory with groups of 32), else Q8_0.
     ///

@@ -446,10 +446,15 @@ fn file_type(t: GgmlType) -> u32 {
         GgmlType::Q3K => 12, // llama-quantize's Q3_K (= Q3_K_M)
         GgmlType::IQ4_NL => 25,
         GgmlType::IQ4_XS => 30,
+        GgmlType::IQ2_XXS => 19,
+        GgmlType::IQ1_S => 24,
+        GgmlType::IQ1_M => 31,
         GgmlType::IQ2_XS => 20,
         GgmlType::IQ3_XXS => 23,
         GgmlType::IQ3_S => 26,
         GgmlType::IQ2_S => 28,
+        GgmlType::TQ1_0 => 36,
+        GgmlType::TQ2_0 => 37,
         GgmlType::MXFP4 => 38, // MXFP4_MOE
         _ => 0,
     }
@@ -1214,11 +1219,14 @@ mod tests {
         assert_eq!(parse_type("q4_k").unwrap(), GgmlType::Q4K);
         assert_eq!(parse_type("Q8_0").unwrap(), GgmlType::Q8_0);
         assert_eq!(parse_type("Q2_K").unwrap(), GgmlType::Q2K);
-        assert!(parse_type("IQ2_XXS").is_err());
+        assert!(parse_type("BF16").is_err());
         assert!(parse_type("Q9").is_err());
         for (name, ft) in [
             ("IQ3_XXS", 23),
             ("iq3_s", 26),
+            ("IQ2_XXS", 19),
+            ("IQ1_S", 24),
+            ("IQ1_M", 31),
             ("IQ2_XS", 20),
             ("IQ2_S", 28),
         ] {

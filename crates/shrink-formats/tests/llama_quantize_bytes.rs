@@ -53,12 +53,13 @@ fn quantizers_match_llama_quantize_byte_for_byte() {
     }
 }
 
-/// The lattice i-quants against llama.cpp's `ggml_quantize_chunk`:
+/// The lattice i-quants (IQ3, IQ2, IQ1) and the ternary TQ1_0/TQ2_0 against llama.cpp's
+/// `ggml_quantize_chunk`:
 /// tests/fixtures/gguf_quant/ggml_quantize_iq_rows.safetensors holds its bytes for the rows above
 /// (`<TYPE>.plain`, `<TYPE>.imatrix`) and for synthetic rows with edge cases (`edge`,
 /// `edge_imatrix`; `<TYPE>.edge.plain`, `<TYPE>.edge.imatrix`), made by
-/// tools/reference/ggml_quantize_rows.c and ggml_quantize_fixture.py. IQ2_XS needs an importance
-/// matrix in llama.cpp, and has no plain bytes.
+/// tools/reference/ggml_quantize_rows.c and ggml_quantize_fixture.py. IQ2_XXS, IQ2_XS and IQ1_S
+/// need an importance matrix in llama.cpp, and have no plain bytes; TQ1_0 and TQ2_0 ignore it.
 #[test]
 fn lattice_iquants_match_ggml_quantize_chunk_byte_for_byte() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf_quant");
@@ -81,7 +82,19 @@ fn lattice_iquants_match_ggml_quantize_chunk_byte_for_byte() {
     let (_, eim) = f32s(&st, "edge_imatrix");
     let mut checked = 0;
     let mut nbytes = 0;
-    for name in ["IQ3_XXS", "IQ3_S", "IQ2_XS", "IQ2_S"] {
+    // (type, the largest relative RMS error of its round trip: 3 bits, 2 bits, 1.5-1.75 bits,
+    // ternary at the block's amax)
+    for (name, hi) in [
+        ("IQ3_XXS", 0.3),
+        ("IQ3_S", 0.3),
+        ("IQ2_XXS", 0.5),
+        ("IQ2_XS", 0.5),
+        ("IQ2_S", 0.5),
+        ("IQ1_S", 0.9),
+        ("IQ1_M", 0.9),
+        ("TQ1_0", 1.0),
+        ("TQ2_0", 1.0),
+    ] {
         let ty = GgmlType::from_name(name).unwrap();
         for (set, x, im, cols) in [("", &x, &im, shape[1]), (".edge", &ex, &eim, eshape[1])] {
             for mode in ["plain", "imatrix"] {
@@ -104,20 +117,27 @@ fn lattice_iquants_match_ggml_quantize_chunk_byte_for_byte() {
                 checked += 1;
                 nbytes += got.len();
                 if set.is_empty() {
-                    // and shrink's dequantizer gets the rows back within 3 or 2 bits' error
+                    // and shrink's dequantizer gets the rows back within the type's error
                     let mut y = vec![0f32; x.len()];
                     shrink_model::quants::dequantize(ty, &got, &mut y).unwrap();
                     let e: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
                     let rel = (e / x.iter().map(|a| a * a).sum::<f32>()).sqrt();
-                    let hi = if name.starts_with("IQ3") { 0.3 } else { 0.5 };
                     assert!(rel > 0.02 && rel < hi, "{key}: relative RMS error {rel}");
                 }
             }
         }
     }
-    assert_eq!(checked, 14);
+    assert_eq!(checked, 30);
+    // 48 blocks of input, 12 of edge rows; IQ2_XXS, IQ2_XS and IQ1_S with an imatrix only
+    let blocks = |ty: &str| GgmlType::from_name(ty).unwrap().type_size() * (48 + 12);
     assert_eq!(
         nbytes,
-        2 * (4704 + 5280 + 3936) + 3552 + 2 * (1176 + 1320 + 984) + 888
+        2 * ["IQ3_XXS", "IQ3_S", "IQ2_S", "IQ1_M", "TQ1_0", "TQ2_0"]
+            .map(blocks)
+            .iter()
+            .sum::<usize>()
+            + blocks("IQ2_XXS")
+            + blocks("IQ2_XS")
+            + blocks("IQ1_S")
     );
 }

@@ -301,7 +301,7 @@ impl Grid for GgmlGrid {
     }
 }
 
-/// A lattice i-quant's blocks (IQ3_XXS, IQ3_S, IQ2_XS, IQ2_S): 256 weights under one f16 scale
+/// A lattice i-quant's blocks (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S): 256 weights under one f16 scale
 /// and 4-bit sub-block scales, whose codes are points of 4 or 8 weights of a fixed codebook
 /// (llama.cpp's `iq3xs`/`iq2xs` grids) with sign bits per 8.
 ///

@@ -103,8 +103,8 @@ impl QuantConfig {
     }
 
     /// The grid of a llama.cpp block type: `bits` its code width, `group_size` its sub-block,
-    /// `sym` when it has no offset (Q4_0, Q5_0, Q8_0, Q6_K).
-    /// A lattice type (IQ3_XXS, IQ3_S: 3 bits; IQ2_XS, IQ2_S: 2 bits) has its 256-weight
+    /// `sym` when it has no offset (Q4_0, Q5_0, Q8_0, Q6_K, TQ1_0, TQ2_0).
+    /// A lattice type (IQ3_XXS, IQ3_S: 3 bits; IQ2_XXS, IQ2_XS, IQ2_S: 2 bits) has its 256-weight
     /// block as the group and is symmetric: its codes are points of 8 weights
     /// ([`crate::grid::LatticeGrid`]).
     pub fn for_ggml(t: GgmlType) -> Result<QuantConfig> {
@@ -127,7 +127,12 @@ impl QuantConfig {
             group_size: Some(sub),
             sym: matches!(
                 t,
-                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q6K
+                GgmlType::Q4_0
+                    | GgmlType::Q5_0
+                    | GgmlType::Q8_0
+                    | GgmlType::Q6K
+                    | GgmlType::TQ1_0
+                    | GgmlType::TQ2_0
             ),
             mse: false,
             ggml: Some(t),

@@ -41,6 +41,9 @@ pub enum Mix {
     Q6_K,
     IQ4_NL,
     IQ4_XS,
+    IQ1_S,
+    IQ1_M,
+    IQ2_XXS,
     IQ2_XS,
     IQ2_S,
     IQ2_M,
@@ -48,12 +51,14 @@ pub enum Mix {
     IQ3_XS,
     IQ3_S,
     IQ3_M,
+    TQ1_0,
+    TQ2_0,
     /// Expert tensors (3-D, stacked) MXFP4, every other quantized tensor Q8_0.
     MXFP4_MOE,
 }
 
 /// Every mix, in llama.cpp's ftype order.
-pub const MIXES: [Mix; 25] = [
+pub const MIXES: [Mix; 30] = [
     Mix::Q4_0,
     Mix::Q4_1,
     Mix::Q8_0,
@@ -68,16 +73,21 @@ pub const MIXES: [Mix; 25] = [
     Mix::Q5_K_S,
     Mix::Q5_K_M,
     Mix::Q6_K,
+    Mix::IQ2_XXS,
     Mix::IQ2_XS,
     Mix::Q2_K_S,
     Mix::IQ3_XS,
     Mix::IQ3_XXS,
+    Mix::IQ1_S,
     Mix::IQ4_NL,
     Mix::IQ3_S,
     Mix::IQ3_M,
     Mix::IQ2_S,
     Mix::IQ2_M,
     Mix::IQ4_XS,
+    Mix::IQ1_M,
+    Mix::TQ1_0,
+    Mix::TQ2_0,
     Mix::MXFP4_MOE,
 ];
 
@@ -101,6 +111,9 @@ impl Mix {
             Mix::Q6_K => "Q6_K",
             Mix::IQ4_NL => "IQ4_NL",
             Mix::IQ4_XS => "IQ4_XS",
+            Mix::IQ1_S => "IQ1_S",
+            Mix::IQ1_M => "IQ1_M",
+            Mix::IQ2_XXS => "IQ2_XXS",
             Mix::IQ2_XS => "IQ2_XS",
             Mix::IQ2_S => "IQ2_S",
             Mix::IQ2_M => "IQ2_M",
@@ -108,6 +121,8 @@ impl Mix {
             Mix::IQ3_XS => "IQ3_XS",
             Mix::IQ3_S => "IQ3_S",
             Mix::IQ3_M => "IQ3_M",
+            Mix::TQ1_0 => "TQ1_0",
+            Mix::TQ2_0 => "TQ2_0",
             Mix::MXFP4_MOE => "MXFP4_MOE",
         }
     }
@@ -157,10 +172,15 @@ impl Mix {
             Mix::IQ4_NL => T::IQ4_NL,
             Mix::IQ4_XS => T::IQ4_XS,
             // the IQ2_S file type's main type is IQ2_XS (llama.cpp's own choice)
+            Mix::IQ1_S => T::IQ1_S,
+            Mix::IQ1_M => T::IQ1_M,
+            Mix::IQ2_XXS => T::IQ2_XXS,
             Mix::IQ2_XS | Mix::IQ2_S => T::IQ2_XS,
             Mix::IQ2_M => T::IQ2_S,
             Mix::IQ3_XXS => T::IQ3_XXS,
             Mix::IQ3_XS | Mix::IQ3_S | Mix::IQ3_M => T::IQ3_S,
+            Mix::TQ1_0 => T::TQ1_0,
+            Mix::TQ2_0 => T::TQ2_0,
             Mix::MXFP4_MOE => T::MXFP4,
         }
     }
@@ -185,6 +205,9 @@ impl Mix {
             Mix::Q2_K_S => 21,
             Mix::IQ4_NL => 25,
             Mix::IQ4_XS => 30,
+            Mix::IQ2_XXS => 19,
+            Mix::IQ1_S => 24,
+            Mix::IQ1_M => 31,
             Mix::IQ2_XS => 20,
             Mix::IQ3_XS => 22,
             Mix::IQ3_XXS => 23,
@@ -192,6 +215,8 @@ impl Mix {
             Mix::IQ3_M => 27,
             Mix::IQ2_S => 28,
             Mix::IQ2_M => 29,
+            Mix::TQ1_0 => 36,
+            Mix::TQ2_0 => 37,
             Mix::MXFP4_MOE => 38,
         }
     }
@@ -343,7 +368,11 @@ impl State<'_> {
                 G::Q8_0
             });
         }
-        let iq2 = matches!(mix, F::IQ2_XS | F::IQ2_S | F::IQ2_M);
+        // llama.cpp's branch for the IQ1/IQ2 file types
+        let iq2 = matches!(
+            mix,
+            F::IQ1_S | F::IQ1_M | F::IQ2_XXS | F::IQ2_XS | F::IQ2_S | F::IQ2_M
+        );
         let iq2_s = matches!(mix, F::IQ2_S | F::IQ2_M);
         if cat == Category::Output || (self.tied && cat == Category::TokenEmbd) {
             let qk = t.block_size();
@@ -355,10 +384,10 @@ impl State<'_> {
                 t = G::Q6K;
             }
         } else if cat == Category::TokenEmbd {
-            // (the IQ1/TQ mixes, which shrink does not write, pick Q2_K/Q4_K)
             match mix {
-                F::IQ2_XS => t = G::Q2K,
+                F::IQ1_S | F::IQ1_M | F::IQ2_XXS | F::IQ2_XS => t = G::Q2K,
                 F::IQ2_S | F::IQ2_M | F::IQ3_XXS => t = G::IQ3_S,
+                F::TQ1_0 | F::TQ2_0 => t = G::Q4K,
                 _ => {}
             }
         } else if iq2 {
@@ -383,6 +412,8 @@ impl State<'_> {
             } else if cat == Category::AttnOutput {
                 if n_expert == 8 {
                     t = G::Q5K;
+                } else if matches!(mix, F::IQ1_S | F::IQ1_M) {
+                    t = G::IQ2_XXS;
                 } else if iq2_s {
                     t = G::IQ3_S;
                 }

@@ -1,5 +1,5 @@
 //! ggml quantizers: F32/F16 -> Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL,
-//! IQ4_XS, MXFP4, and the lattice i-quants IQ3_XXS, IQ3_S, IQ2_XS, IQ2_S ([`LATTICE_TYPES`], in
+//! IQ4_XS, MXFP4, the ternary TQ1_0 and TQ2_0, IQ1_S and IQ1_M (in `iq1`), and the lattice i-quants IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S ([`LATTICE_TYPES`], in
 //! `iq_lattice`).
 //!
 //! A line-by-line port of llama.cpp's reference quantizers in `ggml/src/ggml-quants.c`
@@ -21,6 +21,7 @@ use anyhow::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
 
+mod iq1;
 mod iq_lattice;
 
 const QK_K: usize = 256;
@@ -29,9 +30,10 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// The i-quants on a lattice of 4- or 8-value points (llama.cpp's `iq3xs`/`iq2xs` grids), which
 /// [`quantize`] writes by llama.cpp's own search (`quantize_iq*`). They have no per-weight
 /// [`Affine`] grid: GPTQ rounds onto them 8 weights at a time ([`lattice_choose_unit`]).
-pub const LATTICE_TYPES: [GgmlType; 4] = [
+pub const LATTICE_TYPES: [GgmlType; 5] = [
     GgmlType::IQ3_XXS,
     GgmlType::IQ3_S,
+    GgmlType::IQ2_XXS,
     GgmlType::IQ2_XS,
     GgmlType::IQ2_S,
 ];
@@ -72,10 +74,13 @@ pub fn lattice_unit_values(ty: GgmlType, y: &[u8], k: usize, out: &mut [f32]) {
     iq_lattice::unit_values(ty, y, k, out)
 }
 
-/// Types [`quantize`] can produce: F32, F16, every [`GRID_TYPES`] and [`LATTICE_TYPES`] type.
-pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + LATTICE_TYPES.len() + 2] = {
-    let mut t = [GgmlType::F32; GRID_TYPES.len() + LATTICE_TYPES.len() + 2];
+/// Types [`quantize`] can produce: F32, F16, every [`GRID_TYPES`] and [`LATTICE_TYPES`] type,
+/// IQ1_S and IQ1_M (written as llama.cpp writes them; GPTQ does not round onto them).
+pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + LATTICE_TYPES.len() + 4] = {
+    let mut t = [GgmlType::F32; GRID_TYPES.len() + LATTICE_TYPES.len() + 4];
     t[1] = GgmlType::F16;
+    t[GRID_TYPES.len() + LATTICE_TYPES.len() + 2] = GgmlType::IQ1_S;
+    t[GRID_TYPES.len() + LATTICE_TYPES.len() + 3] = GgmlType::IQ1_M;
     let mut i = 0;
     while i < GRID_TYPES.len() {
         t[i + 2] = GRID_TYPES[i];
@@ -90,9 +95,9 @@ pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + LATTICE_TYPES.len() + 2] = 
 };
 
 /// Whether llama.cpp refuses to quantize `ty` without an importance matrix
-/// (`ggml_quantize_requires_imatrix`, of the types [`quantize`] writes: IQ2_XS).
+/// (`ggml_quantize_requires_imatrix`: IQ2_XXS, IQ2_XS, IQ1_S).
 pub fn requires_imatrix(ty: GgmlType) -> bool {
-    ty == GgmlType::IQ2_XS
+    matches!(ty, GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ1_S)
 }
 
 /// Whether [`quantize`] can write `ty`.
@@ -100,11 +105,17 @@ pub fn can_quantize(ty: GgmlType) -> bool {
     QUANT_TYPES.contains(&ty)
 }
 
-/// Whether an importance matrix changes how `ty` is quantized (llama.cpp ignores it for Q8_0).
+/// Whether an importance matrix changes how `ty` is quantized (llama.cpp ignores it for Q8_0,
+/// MXFP4, TQ1_0 and TQ2_0).
 pub fn uses_imatrix(ty: GgmlType) -> bool {
     !matches!(
         ty,
-        GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0 | GgmlType::MXFP4
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::Q8_0
+            | GgmlType::MXFP4
+            | GgmlType::TQ1_0
+            | GgmlType::TQ2_0
     )
 }
 
@@ -230,9 +241,21 @@ fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
                 Some(w) => blocks_w(x, y, w, bs, ts, |x, y, qw| iq4(x, y, Some(qw))),
             }
         }
-        // llama.cpp's quantize_mxfp4 ignores the importance matrix
+        // llama.cpp's quantize_mxfp4 and quantize_tq*_0 ignore the importance matrix
         MXFP4 => blocks(x, y, 32, 17, mxfp4),
-        IQ3_XXS | IQ3_S | IQ2_XS | IQ2_S => {
+        TQ1_0 => blocks(x, y, QK_K, 54, tq1_0),
+        // quantize() has checked that IQ1_S has its importance matrix
+        IQ1_S => blocks_w(x, y, qw.unwrap(), QK_K, 50, |x, y, qw| {
+            iq1::quantize_iq1_s(x, qw, y)
+        }),
+        IQ1_M => match qw {
+            None => blocks(x, y, QK_K, 56, |x, y| iq1::quantize_iq1_m(x, None, y)),
+            Some(w) => blocks_w(x, y, w, QK_K, 56, |x, y, qw| {
+                iq1::quantize_iq1_m(x, Some(qw), y)
+            }),
+        },
+        TQ2_0 => blocks(x, y, QK_K, 66, tq2_0),
+        IQ3_XXS | IQ3_S | IQ2_XXS | IQ2_XS | IQ2_S => {
             let ts = ty.type_size();
             match qw {
                 None => blocks(x, y, QK_K, ts, |x, y| {
@@ -769,13 +792,16 @@ fn make_qp_quants(n: usize, nmax: i32, x: &[f32], l_out: &mut [u8], qw: &[f32]) 
             iscale = iscale_is;
         }
     }
+    // `L` is `uint8_t` in llama.cpp: a negative level (a negative `x`, as IQ2_XXS's sign-parity
+    // flip passes) is stored wrapped (-1 -> 255) and read back so, while the sums use the int
     let (mut sumlx, mut suml2) = (0f32, 0f32);
     let mut l: Vec<i32> = vec![0; n];
     for i in 0..n {
-        l[i] = nearest_int(iscale * x[i]).min(nmax);
+        let li = nearest_int(iscale * x[i]).min(nmax);
+        l[i] = li as u8 as i32;
         let w = qw[i];
-        sumlx += w * x[i] * l[i] as f32;
-        suml2 += w * l[i] as f32 * l[i] as f32;
+        sumlx += w * x[i] * li as f32;
+        suml2 += w * li as f32 * li as f32;
     }
     for _ in 0..5 {
         let mut n_changed = 0;
@@ -789,7 +815,7 @@ fn make_qp_quants(n: usize, nmax: i32, x: &[f32], l_out: &mut [u8], qw: &[f32]) 
                     slx += w * x[i] * new_l as f32;
                     sl2 += w * new_l as f32 * new_l as f32;
                     if slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        l[i] = new_l;
+                        l[i] = new_l as u8 as i32;
                         sumlx = slx;
                         suml2 = sl2;
                         n_changed += 1;
@@ -1555,6 +1581,8 @@ pub fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, sigma2: f32, 
         (Q3K, w) => q3_k(x, y, w),
         (IQ4_NL | IQ4_XS, w) => iq4(x, y, w),
         (MXFP4, _) => mxfp4(x, y),
+        (TQ1_0, _) => tq1_0(x, y),
+        (TQ2_0, _) => tq2_0(x, y),
         _ => unreachable!("{ty} is not a grid type"),
     }
 }
@@ -1606,6 +1634,99 @@ fn mxfp4(x: &[f32], y: &mut [u8]) {
     y[0] = e;
     for j in 0..16 {
         y[1 + j] = mxfp4_index(x[j], d) | (mxfp4_index(x[16 + j], d) << 4);
+    }
+}
+
+// ------------------------------------------------------------------------------ TQ1_0, TQ2_0
+
+/// The ternary digit `lroundf(x * id) + 1` in `0..=2` (`lroundf` rounds half away from zero, as
+/// `f32::round` does; `|x * id| <= 1` as `id` is the block's `1 / amax`).
+#[inline]
+fn trit(x: f32, id: f32) -> u8 {
+    ((x * id).round() as i32 + 1) as u8
+}
+
+/// `d = amax` of a 256-block and its inverse (0 for an all-zero block), as
+/// `quantize_row_tq*_0_ref` compute them.
+fn tq_scale(x: &[f32]) -> (f32, f32) {
+    let mut amax = 0f32;
+    for v in &x[..QK_K] {
+        amax = cmax(amax, v.abs());
+    }
+    (amax, if amax != 0.0 { 1.0 / amax } else { 0.0 })
+}
+
+/// ggml's `MAX(a, b)`: `a > b ? a : b`.
+#[inline]
+fn cmax(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// `quantize_row_tq1_0_ref` (one block of 256): codes `0..=2` from [`tq_scale`], packed by
+/// [`put_tq1_0`], `d` (f16) last.
+fn tq1_0(x: &[f32], y: &mut [u8]) {
+    let (d, id) = tq_scale(x);
+    let mut codes = [0u8; QK_K];
+    for (c, v) in codes.iter_mut().zip(x) {
+        *c = trit(*v, id);
+    }
+    put_tq1_0(y, &codes);
+    y[52..54].copy_from_slice(&fp16(d));
+}
+
+/// `block_tq1_0`'s code bytes: 5 trits per byte along 32 bytes (weights `m + 32 n` of the first
+/// 160), then along 16 (`m + 16 n` of the next 80), then 4 per byte along the 4 `qh` bytes
+/// (`j + 4 m` of the last 16, the first trit shifted to the top), each byte the base-3 number
+/// scaled to 0..255 by a ceiling division (`(q * 256 + 242) / 243`).
+fn put_tq1_0(y: &mut [u8], codes: &[u8]) {
+    let pack = |digits: &mut dyn Iterator<Item = u8>, shift: bool| -> u8 {
+        let mut q = 0u16;
+        for t in digits {
+            q = q * 3 + t as u16;
+        }
+        if shift {
+            q *= 3;
+        }
+        (q * 256).div_ceil(243) as u8
+    };
+    for m in 0..32 {
+        y[m] = pack(&mut (0..5).map(|n| codes[m + 32 * n]), false);
+    }
+    for m in 0..16 {
+        y[32 + m] = pack(&mut (0..5).map(|n| codes[160 + m + 16 * n]), false);
+    }
+    for j in 0..4 {
+        y[48 + j] = pack(&mut (0..4).map(|m| codes[240 + j + 4 * m]), true);
+    }
+}
+
+/// `quantize_row_tq2_0_ref` (one block of 256): codes `0..=2` from [`tq_scale`], 4 per byte
+/// ([`put_tq2_0`]), `d` (f16) last.
+fn tq2_0(x: &[f32], y: &mut [u8]) {
+    let (d, id) = tq_scale(x);
+    let mut codes = [0u8; QK_K];
+    for (c, v) in codes.iter_mut().zip(x) {
+        *c = trit(*v, id);
+    }
+    put_tq2_0(y, &codes);
+    y[64..66].copy_from_slice(&fp16(d));
+}
+
+/// `block_tq2_0`'s code bytes: per 128-weight half, 32 bytes, weight `32 n + m` in bits
+/// `2n..2n+2` of byte `m`.
+fn put_tq2_0(y: &mut [u8], codes: &[u8]) {
+    for half in 0..2 {
+        for m in 0..32 {
+            let mut q = 0u8;
+            for n in 0..4 {
+                q |= (codes[128 * half + 32 * n + m] & 3) << (2 * n);
+            }
+            y[32 * half + m] = q;
+        }
     }
 }
 
@@ -1699,7 +1820,7 @@ impl Affine {
 
 /// Types whose blocks [`decode_block`] and [`encode_codes`] handle: every type [`quantize`]
 /// writes except the float ones.
-pub const GRID_TYPES: [GgmlType; 13] = [
+pub const GRID_TYPES: [GgmlType; 15] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -1713,6 +1834,8 @@ pub const GRID_TYPES: [GgmlType; 13] = [
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
     GgmlType::MXFP4,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
 ];
 
 /// `(columns per sub-block, largest code)` of a grid type: the sub-blocks sharing one [`Affine`].
@@ -1728,6 +1851,7 @@ pub fn grid_shape(ty: GgmlType) -> Option<(usize, u32)> {
         Q2K => (16, 3),
         Q3K => (16, 7),
         IQ4_NL | IQ4_XS | MXFP4 => (32, 15),
+        TQ1_0 | TQ2_0 => (QK_K, 2),
         _ => return None,
     })
 }
@@ -1878,6 +2002,34 @@ pub fn decode_block(ty: GgmlType, y: &[u8], affines: &mut [Affine], codes: &mut 
                 codes[c] = low | (high << 2);
             }
         }
+        TQ1_0 | TQ2_0 => {
+            // dequantize_row_tq*_0: (q - 1) * d, d (f16) after the codes
+            affines[0] = Affine {
+                a: f16_at(y, ty.type_size() - 2),
+                b: none,
+                zero: 1,
+                table: None,
+            };
+            if ty == TQ2_0 {
+                for c in 0..QK_K {
+                    let (h, n, m) = (c / 128, (c % 128) / 32, c % 32);
+                    codes[c] = (y[32 * h + m] >> (2 * n)) & 3;
+                }
+            } else {
+                // the trit of digit p of a byte q: ((q * 3^p mod 256) * 3) >> 8, in the
+                // dequantizer's order (digits outer, bytes inner) per span
+                const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+                let mut o = 0;
+                for (lo, hi, digits) in [(0, 32, 5), (32, 48, 5), (48, 52, 4)] {
+                    for &p in &POW3[..digits] {
+                        for &q in &y[lo..hi] {
+                            codes[o] = ((q.wrapping_mul(p) as u16 * 3) >> 8) as u8;
+                            o += 1;
+                        }
+                    }
+                }
+            }
+        }
         MXFP4 => {
             affines[0] = Affine {
                 a: e8m0_half(y[0]),
@@ -1996,6 +2148,8 @@ pub fn encode_codes(ty: GgmlType, y: &mut [u8], codes: &[u8]) {
                 }
             }
         }
+        TQ1_0 => put_tq1_0(y, codes),
+        TQ2_0 => put_tq2_0(y, codes),
         _ => unreachable!("{ty} is not a grid type"),
     }
 }
@@ -2049,11 +2203,10 @@ mod tests {
         let n_per_row = 512;
         let x = data(n_per_row * 8, 1);
         // the lattice types have no per-weight bound (a point of 4 or 8 weights is one of a few
-        // hundred); iq_lattice's tests bound their RMS error
-        for ty in QUANT_TYPES
-            .into_iter()
-            .filter(|t| !LATTICE_TYPES.contains(t))
-        {
+        // hundred or thousand); iq_lattice's and iq1's tests bound their RMS error
+        for ty in QUANT_TYPES.into_iter().filter(|t| {
+            !LATTICE_TYPES.contains(t) && !matches!(t, GgmlType::IQ1_S | GgmlType::IQ1_M)
+        }) {
             for imat in [false, true] {
                 let w: Vec<f32> = (0..n_per_row).map(|i| 1.0 + (i % 7) as f32).collect();
                 let q = quantize(ty, &x, n_per_row, imat.then_some(&w[..])).unwrap();
@@ -2070,10 +2223,14 @@ mod tests {
                     // E2M1 under a power-of-two scale: the largest weights clip to 1.5 * 2^k
                     GgmlType::MXFP4 => 2.0,
                     GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 4.0,
+                    // ternary at d = the 256-block's amax: half a step is amax / 2
+                    GgmlType::TQ1_0 | GgmlType::TQ2_0 => 2.0,
                     _ => 5.0,
                 };
                 let bs = if ty.block_size() == 1 {
                     32
+                } else if matches!(ty, GgmlType::TQ1_0 | GgmlType::TQ2_0) {
+                    QK_K
                 } else {
                     32.min(ty.block_size())
                 };
@@ -2096,7 +2253,9 @@ mod tests {
         assert!(quantize(GgmlType::Q4_0, &[0.0; 64], 32, Some(&[1.0; 16])).is_err());
         assert!(quantize(GgmlType::Q4_0, &[f32::NAN; 32], 32, None).is_err());
         assert!(quantize(GgmlType::IQ2_XXS, &[0.0; 256], 256, None).is_err());
-        assert!(quantize(GgmlType::IQ1_S, &[0.0; 256], 256, Some(&[1.0; 256])).is_err());
+        assert!(quantize(GgmlType::IQ1_S, &[0.0; 256], 256, None).is_err());
+        assert!(quantize(GgmlType::IQ1_S, &[0.0; 256], 256, Some(&[1.0; 256])).is_ok());
+        assert!(quantize(GgmlType::BF16, &[0.0; 256], 256, None).is_err());
         // llama.cpp asserts an importance matrix for IQ2_XS
         assert!(quantize(GgmlType::IQ2_XS, &[0.0; 256], 256, None).is_err());
         assert!(quantize(GgmlType::IQ2_XS, &[0.0; 256], 256, Some(&[1.0; 256])).is_ok());

@@ -1,18 +1,19 @@
-//! The lattice i-quants IQ3_XXS, IQ3_S, IQ2_XS and IQ2_S.
+//! The lattice i-quants IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS and IQ2_S.
 //!
 //! A port of ggml-quants.c's (llama.cpp, MIT licence; the tree vendored in llama-cpp-python
 //! 0.3.36) `iq3xs_init_impl` and `iq2xs_init_impl` (a grid's point -> index map and the
 //! neighbour lists of the points off the grid), `iq3_find_best_neighbour` and
 //! `iq2_find_best_neighbour`, and the row quantizers `quantize_row_iq3_xxs_impl` (grid 256),
-//! `quantize_row_iq3_s_impl` (grid 512, as `quantize_iq3_s` calls it), `quantize_row_iq2_xs_impl`
-//! and `quantize_row_iq2_s_impl`. The four differ only in the constants and switches of
+//! `quantize_row_iq3_s_impl` (grid 512, as `quantize_iq3_s` calls it), `quantize_row_iq2_xxs_impl`,
+//! `quantize_row_iq2_xs_impl` and `quantize_row_iq2_s_impl`. The five differ only in the constants
+//! and switches of
 //! [`Cfg`]; each is followed line by line, in f32 and in the reference's order, so that the bytes
 //! equal llama.cpp's. The grid points are read from the dequantization tables of
 //! [`crate::iq_tables`], which list them in the order of the quantizers' `kgrid_*` tables.
 
-use super::{fp16, nearest_int, QK_K};
+use super::{fp16, make_qp_quants, nearest_int, QK_K};
 use crate::gguf::GgmlType;
-use crate::iq_tables::{IQ2S_GRID, IQ2XS_GRID, IQ3S_GRID, IQ3XXS_GRID};
+use crate::iq_tables::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
 use std::sync::OnceLock;
 
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -26,8 +27,8 @@ const GROUP_MAX_EPS_IQ2_S: f32 = 1e-8;
 pub(super) struct Lattice {
     n: usize,
     bits: usize,
-    grid: Vec<[i8; 8]>,
-    map: Vec<i32>,
+    pub(super) grid: Vec<[i8; 8]>,
+    pub(super) map: Vec<i32>,
     neighbours: Vec<u16>,
 }
 
@@ -36,12 +37,13 @@ const UNUSED: i32 = i32::MIN;
 
 impl Lattice {
     /// `points`: the dequantization grid (`n` bytes per point, value `j` in byte `j`), whose
-    /// distinct byte values are the levels `0, 1, ...` in increasing order.
+    /// distinct byte values, in increasing order as signed bytes (IQ1's grid holds -1, 0, 1),
+    /// are the levels `0, 1, ...`.
     fn new(points: &[u64], n: usize, bits: usize, kmap_size: usize, nwant: usize) -> Lattice {
         let byte = |p: u64, j: usize| (p >> (8 * j)) as u8;
-        let mut vals: Vec<u8> = points
+        let mut vals: Vec<i8> = points
             .iter()
-            .flat_map(|&p| (0..n).map(move |j| byte(p, j)))
+            .flat_map(|&p| (0..n).map(move |j| byte(p, j) as i8))
             .collect();
         vals.sort_unstable();
         vals.dedup();
@@ -51,7 +53,7 @@ impl Lattice {
             .map(|&p| {
                 let mut g = [0i8; 8];
                 for j in 0..n {
-                    let l = vals.binary_search(&byte(p, j)).unwrap();
+                    let l = vals.binary_search(&(byte(p, j) as i8)).unwrap();
                     g[j] = 2 * l as i8 + 1;
                 }
                 g
@@ -125,7 +127,7 @@ impl Lattice {
 
     /// `u`: packed levels of one point.
     #[inline]
-    fn pack(&self, l: &[i8]) -> usize {
+    pub(super) fn pack(&self, l: &[i8]) -> usize {
         let mut u = 0usize;
         for i in 0..self.n {
             u |= (l[i] as usize) << (self.bits * i);
@@ -137,6 +139,15 @@ impl Lattice {
     /// off-grid point `u`, the first with the least `sum weight * (scale * q - xval)^2`; sets `l`
     /// to its levels and returns its index. (llama.cpp aborts where no distance is below
     /// `FLT_MAX`; this takes the nearest neighbour then.)
+    /// The grid indices listed for the off-grid point `u` (`kneighbors_q2xs - kmap_q2xs[u] - 1`
+    /// past its count).
+    pub(super) fn neighbour_list(&self, u: usize) -> &[u16] {
+        debug_assert!(self.map[u] < 0 && self.map[u] != UNUSED);
+        let off = (-self.map[u] - 1) as usize;
+        let num = self.neighbours[off] as usize;
+        &self.neighbours[off + 1..off + 1 + num]
+    }
+
     fn best_neighbour(
         &self,
         u: usize,
@@ -145,10 +156,7 @@ impl Lattice {
         scale: f32,
         l: &mut [i8],
     ) -> usize {
-        debug_assert!(self.map[u] < 0 && self.map[u] != UNUSED);
-        let off = (-self.map[u] - 1) as usize;
-        let num = self.neighbours[off] as usize;
-        let list = &self.neighbours[off + 1..off + 1 + num];
+        let list = self.neighbour_list(u);
         let mut best_d2 = f32::MAX;
         let mut grid_index = list[0] as usize;
         for &j in list {
@@ -180,20 +188,26 @@ fn widen<T: Copy + Into<u64>>(t: &[T]) -> Vec<u64> {
 pub(super) fn lattice(ty: GgmlType) -> &'static Lattice {
     static IQ3_256: OnceLock<Lattice> = OnceLock::new();
     static IQ3_512: OnceLock<Lattice> = OnceLock::new();
+    static IQ2_256: OnceLock<Lattice> = OnceLock::new();
     static IQ2_512: OnceLock<Lattice> = OnceLock::new();
     static IQ2_1024: OnceLock<Lattice> = OnceLock::new();
+    static IQ1_2048: OnceLock<Lattice> = OnceLock::new();
     match ty {
         GgmlType::IQ3_XXS => {
             IQ3_256.get_or_init(|| Lattice::new(&widen(&IQ3XXS_GRID), 4, 3, 4096, 2))
         }
         GgmlType::IQ3_S => IQ3_512.get_or_init(|| Lattice::new(&widen(&IQ3S_GRID), 4, 3, 4096, 3)),
+        GgmlType::IQ2_XXS => IQ2_256.get_or_init(|| Lattice::new(&IQ2XXS_GRID, 8, 2, 43692, 2)),
         GgmlType::IQ2_XS => IQ2_512.get_or_init(|| Lattice::new(&IQ2XS_GRID, 8, 2, 43692, 2)),
         GgmlType::IQ2_S => IQ2_1024.get_or_init(|| Lattice::new(&IQ2S_GRID, 8, 2, 43692, 1)),
+        GgmlType::IQ1_S | GgmlType::IQ1_M => {
+            IQ1_2048.get_or_init(|| Lattice::new(&IQ1S_GRID, 8, 2, 43692, 3))
+        }
         _ => unreachable!("{ty} has no lattice"),
     }
 }
 
-/// What tells the four quantizers apart.
+/// What tells the five quantizers apart.
 struct Cfg {
     /// weights per sub-block with one scale (32 for IQ3, 16 for IQ2)
     sub: usize,
@@ -201,6 +215,12 @@ struct Cfg {
     kmax: i32,
     /// the scale search: `is` in `-steps..=steps`, `id = (2 kMaxQ - 1 + is * step) / max`
     steps: i32,
+    /// (IQ2_XXS) the search is around `make_qp_quants(kMaxQ + 1)`'s scale: `max` is that scale
+    /// times `kMaxQ`, and a sub-block where it is not positive is skipped
+    qp_start: bool,
+    /// (IQ2_XXS) the second pass (every point, at the searched scale) runs whenever the scale is
+    /// positive, not only when a point was off the grid
+    refine_always: bool,
     step: f32,
     /// `sigma2 = sigma_mul * sumx2 / QK_K`
     sigma_mul: f32,
@@ -225,6 +245,8 @@ fn cfg(ty: GgmlType) -> Cfg {
             kmax: 8,
             steps: 15,
             step: 0.2,
+            qp_start: false,
+            refine_always: false,
             sigma_mul: 2.0,
             plain_quarter_sigma: false,
             eps: Some(GROUP_MAX_EPS_IQ3_XXS),
@@ -238,6 +260,8 @@ fn cfg(ty: GgmlType) -> Cfg {
             kmax: 8,
             steps: 9,
             step: 0.2,
+            qp_start: false,
+            refine_always: false,
             sigma_mul: 2.0,
             plain_quarter_sigma: false,
             eps: None,
@@ -246,11 +270,28 @@ fn cfg(ty: GgmlType) -> Cfg {
             second_pass_all: true,
             fudge: Some(1.033),
         },
+        GgmlType::IQ2_XXS => Cfg {
+            sub: 32,
+            kmax: 3,
+            steps: 6,
+            step: 0.1,
+            qp_start: true,
+            refine_always: true,
+            sigma_mul: 1.0,
+            plain_quarter_sigma: false,
+            eps: Some(GROUP_MAX_EPS),
+            even_signs: true,
+            on_grid_init: false,
+            second_pass_all: true,
+            fudge: None,
+        },
         GgmlType::IQ2_XS => Cfg {
             sub: 16,
             kmax: 3,
             steps: 9,
             step: 0.1,
+            qp_start: false,
+            refine_always: false,
             sigma_mul: 1.0,
             plain_quarter_sigma: false,
             eps: Some(GROUP_MAX_EPS),
@@ -264,6 +305,8 @@ fn cfg(ty: GgmlType) -> Cfg {
             kmax: 3,
             steps: 9,
             step: 0.1,
+            qp_start: false,
+            refine_always: false,
             sigma_mul: 2.0,
             plain_quarter_sigma: true,
             eps: Some(GROUP_MAX_EPS_IQ2_S),
@@ -373,6 +416,17 @@ fn sub_block(c: &Cfg, lat: &Lattice, xb: &[f32], qw: Option<&[f32]>, sigma2: f32
     let q_top = (2 * c.kmax - 1) as f32;
     let mut best = 0f32;
     let mut scale = max / q_top;
+    if c.qp_start {
+        // quantize_row_iq2_xxs_impl: `scale = make_qp_quants(32, kMaxQ+1, xval, L, weight)`,
+        // `eff_max = scale * kMaxQ` (its levels are overwritten below: the scale is positive, so
+        // the second pass sets every point)
+        let mut lq = [0u8; 32];
+        scale = make_qp_quants(bs, c.kmax + 1, &xval[..bs], &mut lq, &weight[..bs]);
+        max = scale * c.kmax as f32;
+        if max <= 0.0 {
+            return None;
+        }
+    }
     for is in -c.steps..=c.steps {
         let id = (q_top + is as f32 * c.step) / max;
         let this_scale = 1.0 / id;
@@ -409,7 +463,7 @@ fn sub_block(c: &Cfg, lat: &Lattice, xb: &[f32], qw: Option<&[f32]>, sigma2: f32
         }
     }
     let n_not_ongrid = is_on_grid[..groups].iter().filter(|g| !**g).count();
-    if n_not_ongrid > 0 && scale > 0.0 {
+    if (c.refine_always || n_not_ongrid > 0) && scale > 0.0 {
         let id = 1.0 / scale;
         for k in 0..groups {
             if !c.second_pass_all && is_on_grid[k] {
@@ -462,7 +516,7 @@ fn scale4(id: f32, s: f32) -> u8 {
     nearest_int(0.5 * (id * s - 1.0)).clamp(0, 15) as u8
 }
 
-/// One 256-weight block of `ty` (IQ3_XXS, IQ3_S, IQ2_XS, IQ2_S) into `y` (zeroed or not);
+/// One 256-weight block of `ty` (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S) into `y` (zeroed or not);
 /// `qw` has the block's 256 importances.
 pub(super) fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     let c = cfg(ty);
@@ -540,6 +594,26 @@ pub(super) fn quantize_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &mu
                 y[106 + ib / 2] = scale4(id, scales[ib]) | (scale4(id, scales[ib + 1]) << 4);
             }
         }
+        GgmlType::IQ2_XXS => {
+            // qs: per 32-block two u32, the 4 grid indices (bytes) and 4 x 7 sign bits plus
+            // the 4-bit scale
+            if max_scale == 0.0 {
+                return;
+            }
+            dh(y);
+            for ib in 0..nsub {
+                let (mut q0, mut q1) = (0u32, 0u32);
+                if let Some(s) = subs[ib] {
+                    for k in 0..4 {
+                        q0 |= (s.index[k] as u32) << (8 * k);
+                        q1 |= (s.signs[k] as u32) << (7 * k);
+                    }
+                }
+                q1 |= (scale4(id, scales[ib]) as u32) << 28;
+                y[2 + 8 * ib..6 + 8 * ib].copy_from_slice(&q0.to_le_bytes());
+                y[6 + 8 * ib..10 + 8 * ib].copy_from_slice(&q1.to_le_bytes());
+            }
+        }
         GgmlType::IQ2_XS => {
             // qs: 32 u16 of a 9-bit grid index and 7 sign bits (2..66), scales 66..74
             if max_scale == 0.0 {
@@ -592,7 +666,8 @@ pub const UNIT: usize = 8;
 /// The magnitudes of every point of `ty`'s grid as the dequantizers read them (`IQ3XXS_GRID` etc.
 /// as bytes), `n` (4 or 8) per point.
 fn magnitudes(ty: GgmlType) -> &'static [u8] {
-    static M: [OnceLock<Vec<u8>>; 4] = [
+    static M: [OnceLock<Vec<u8>>; 5] = [
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -610,6 +685,9 @@ fn magnitudes(ty: GgmlType) -> &'static [u8] {
         }),
         GgmlType::IQ2_S => (3, || {
             IQ2S_GRID.iter().flat_map(|g| g.to_le_bytes()).collect()
+        }),
+        GgmlType::IQ2_XXS => (4, || {
+            IQ2XXS_GRID.iter().flat_map(|g| g.to_le_bytes()).collect()
         }),
         _ => unreachable!("{ty} has no lattice"),
     };
@@ -632,6 +710,11 @@ pub(super) fn unit_scale(ty: GgmlType, y: &[u8], k: usize) -> f32 {
             let ib = k / 4;
             let ls = nib(y[106 + ib / 2], ib % 2 == 1);
             d * (1 + 2 * ls) as f32
+        }
+        GgmlType::IQ2_XXS => {
+            let o = 6 + 8 * (k / 4);
+            let aux = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
+            d * (0.5 + (aux >> 28) as f32) * 0.25
         }
         GgmlType::IQ2_XS | GgmlType::IQ2_S => {
             let ib = k / 2; // sub-block of 16
@@ -665,6 +748,14 @@ fn put_unit(ty: GgmlType, y: &mut [u8], k: usize, idx: [usize; 2], signs: u8) {
             }
             y[74 + k] = signs;
         }
+        GgmlType::IQ2_XXS => {
+            let (ib, l) = (k / 4, k % 4);
+            y[2 + 8 * ib + l] = idx[0] as u8;
+            let o = 6 + 8 * ib;
+            let mut aux = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
+            aux = (aux & !(127 << (7 * l))) | ((signs as u32 & 127) << (7 * l));
+            y[o..o + 4].copy_from_slice(&aux.to_le_bytes());
+        }
         GgmlType::IQ2_XS => {
             let q = idx[0] as u16 | ((signs as u16 & 127) << 9);
             y[2 + 2 * k..4 + 2 * k].copy_from_slice(&q.to_le_bytes());
@@ -681,7 +772,7 @@ fn put_unit(ty: GgmlType, y: &mut [u8], k: usize, idx: [usize; 2], signs: u8) {
 
 /// Whether `ty` stores 7 sign bits per 8 weights, the 8th making the count of minus signs even.
 fn even_signs(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::IQ3_XXS | GgmlType::IQ2_XS)
+    matches!(ty, GgmlType::IQ3_XXS | GgmlType::IQ2_XXS | GgmlType::IQ2_XS)
 }
 
 /// The best point of one `n`-value part of a unit: for magnitudes `a` and weights `w` at scale
@@ -788,6 +879,12 @@ pub(super) fn unit_values(ty: GgmlType, y: &[u8], k: usize, out: &mut [f32]) {
             let i = |p: usize| y[2 + p] as usize | (((y[66 + p / 8] >> (p % 8)) & 1) as usize) << 8;
             ([i(2 * k), i(2 * k + 1)], y[74 + k])
         }
+        GgmlType::IQ2_XXS => {
+            let o = 6 + 8 * (k / 4);
+            let aux = u32::from_le_bytes([y[o], y[o + 1], y[o + 2], y[o + 3]]);
+            let m = ((aux >> (7 * (k % 4))) & 127) as u8;
+            ([y[2 + 8 * (k / 4) + k % 4] as usize, 0], parity(m))
+        }
         GgmlType::IQ2_XS => {
             let q = u16::from_le_bytes([y[2 + 2 * k], y[3 + 2 * k]]);
             ([(q & 511) as usize, 0], parity((q >> 9) as u8))
@@ -815,8 +912,10 @@ mod tests {
         for (ty, first, last) in [
             (GgmlType::IQ3_XXS, [0usize, 2, 4, 9], 3992usize),
             (GgmlType::IQ3_S, [0, 1, 2, 5], 4032),
+            (GgmlType::IQ2_XXS, [0, 2, 5, 8], 43268),
             (GgmlType::IQ2_XS, [0, 2, 5, 8], 43690),
             (GgmlType::IQ2_S, [0, 2, 5, 8], 43690),
+            (GgmlType::IQ1_S, [0, 2, 5, 8], 43690),
         ] {
             let lat = lattice(ty);
             let idx = |g: &[i8; 8]| {
@@ -850,6 +949,7 @@ mod tests {
         for ty in [
             GgmlType::IQ3_XXS,
             GgmlType::IQ3_S,
+            GgmlType::IQ2_XXS,
             GgmlType::IQ2_XS,
             GgmlType::IQ2_S,
         ] {
@@ -927,11 +1027,12 @@ mod tests {
         for (ty, lo, hi) in [
             (GgmlType::IQ3_XXS, 0.05, 0.3),
             (GgmlType::IQ3_S, 0.05, 0.3),
+            (GgmlType::IQ2_XXS, 0.1, 0.6),
             (GgmlType::IQ2_XS, 0.1, 0.5),
             (GgmlType::IQ2_S, 0.1, 0.5),
         ] {
             for imat in [false, true] {
-                if !imat && ty == GgmlType::IQ2_XS {
+                if !imat && super::super::requires_imatrix(ty) {
                     continue;
                 }
                 let q = super::super::quantize(ty, &x, cols, imat.then_some(&w[..])).unwrap();
