@@ -598,6 +598,8 @@ fn gguf_grid_blocks_are_written_as_they_are() {
         ("q4_k", "Q5_0"),
         ("Q5_1", "Q5_1"),
         ("IQ3_S", "IQ4_NL"),
+        ("IQ1_M", "IQ4_NL"),
+        ("TQ2_0", "Q4_0"),
     ] {
         let c = t.join(format!("c-{ty}"));
         compress(&g, &calib, &c, &["--gguf-type", ty]);
@@ -645,14 +647,14 @@ fn gguf_grid_blocks_are_written_as_they_are() {
             "--method",
             "gptq",
             "--gguf-type",
-            "IQ2_XXS",
+            "BF16",
             "--calib",
             &s(&calib),
             "--out",
             &s(&t.join("x")),
             "-q",
         ],
-        &["IQ2_XXS"],
+        &["BF16"],
     );
     fails_with(
         &[

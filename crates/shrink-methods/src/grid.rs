@@ -301,9 +301,10 @@ impl Grid for GgmlGrid {
     }
 }
 
-/// A lattice i-quant's blocks (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S): 256 weights under one f16 scale
-/// and 4-bit sub-block scales, whose codes are points of 4 or 8 weights of a fixed codebook
-/// (llama.cpp's `iq3xs`/`iq2xs` grids) with sign bits per 8.
+/// A lattice i-quant's blocks (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M): 256
+/// weights under one f16 scale and 3- or 4-bit sub-block scales, whose codes are points of 4 or 8
+/// weights of a fixed codebook (llama.cpp's `iq3xs`/`iq2xs` grids with sign bits per 8; IQ1's
+/// unsigned grid of `{-1, 0, 1}` plus a fitted delta).
 ///
 /// [`Grid::fit`] is llama.cpp's own quantizer (`quantize_row_iq*_impl`), importance-weighted like
 /// [`GgmlGrid`]; it fixes the scales. The sweep then rounds a unit of 8 columns at a time

@@ -104,7 +104,8 @@ impl QuantConfig {
 
     /// The grid of a llama.cpp block type: `bits` its code width, `group_size` its sub-block,
     /// `sym` when it has no offset (Q4_0, Q5_0, Q8_0, Q6_K, TQ1_0, TQ2_0).
-    /// A lattice type (IQ3_XXS, IQ3_S: 3 bits; IQ2_XXS, IQ2_XS, IQ2_S: 2 bits) has its 256-weight
+    /// A lattice type (IQ3_XXS, IQ3_S: 3 bits; IQ2_XXS, IQ2_XS, IQ2_S, and IQ1_S, IQ1_M, whose
+    /// 1.56/1.75 bits per weight are below `bits`' floor of 2: 2 bits) has its 256-weight
     /// block as the group and is symmetric: its codes are points of 8 weights
     /// ([`crate::grid::LatticeGrid`]).
     pub fn for_ggml(t: GgmlType) -> Result<QuantConfig> {

@@ -27,16 +27,23 @@ mod iq_lattice;
 const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// The i-quants on a lattice of 4- or 8-value points (llama.cpp's `iq3xs`/`iq2xs` grids), which
-/// [`quantize`] writes by llama.cpp's own search (`quantize_iq*`). They have no per-weight
-/// [`Affine`] grid: GPTQ rounds onto them 8 weights at a time ([`lattice_choose_unit`]).
-pub const LATTICE_TYPES: [GgmlType; 5] = [
+/// The i-quants on a lattice of 4- or 8-value points (llama.cpp's `iq3xs`/`iq2xs` grids, and
+/// IQ1's 2048 points of `{-1, 0, 1}` plus a delta), which [`quantize`] writes by llama.cpp's own
+/// search (`quantize_iq*`). They have no per-weight [`Affine`] grid: GPTQ rounds onto them 8
+/// weights at a time ([`lattice_choose_unit`]).
+pub const LATTICE_TYPES: [GgmlType; 7] = [
     GgmlType::IQ3_XXS,
     GgmlType::IQ3_S,
     GgmlType::IQ2_XXS,
     GgmlType::IQ2_XS,
     GgmlType::IQ2_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
 ];
+
+fn is_iq1(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::IQ1_S | GgmlType::IQ1_M)
+}
 
 /// Whether GPTQ can round onto `ty`: a grid per weight ([`grid_shape`]) or a lattice.
 pub fn gptq_target(ty: GgmlType) -> bool {
@@ -47,10 +54,15 @@ pub fn gptq_target(ty: GgmlType) -> bool {
 pub const LATTICE_UNIT: usize = iq_lattice::UNIT;
 
 /// One 256-weight block of a [`LATTICE_TYPES`] type, fitted as llama.cpp fits it (scales,
-/// points and signs), `qw` the block's importances; `y` holds `ty.type_size()` bytes.
+/// points and signs), `qw` the block's importances; `y` holds `ty.type_size()` bytes. (IQ1_S,
+/// which llama.cpp only quantizes with importances, takes them as all 1 when `qw` is `None`.)
 pub fn quantize_lattice_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     assert!(LATTICE_TYPES.contains(&ty), "{ty} is not a lattice type");
-    iq_lattice::quantize_block(ty, x, qw, y)
+    match ty {
+        GgmlType::IQ1_S => iq1::quantize_iq1_s(x, qw.unwrap_or(&[1.0; QK_K]), y),
+        GgmlType::IQ1_M => iq1::quantize_iq1_m(x, qw, y),
+        _ => iq_lattice::quantize_block(ty, x, qw, y),
+    }
 }
 
 /// Rechooses unit `k` (weights `8k..8k+8`) of the written [`LATTICE_TYPES`] block `y` for the
@@ -65,22 +77,27 @@ pub fn lattice_choose_unit(
     out: &mut [f32],
 ) {
     assert!(LATTICE_TYPES.contains(&ty), "{ty} is not a lattice type");
-    iq_lattice::choose_unit(ty, y, k, x, w, out)
+    if is_iq1(ty) {
+        iq1::choose_unit(ty, y, k, x, w, out)
+    } else {
+        iq_lattice::choose_unit(ty, y, k, x, w, out)
+    }
 }
 
 /// The dequantized values of unit `k` of the [`LATTICE_TYPES`] block `y`.
 pub fn lattice_unit_values(ty: GgmlType, y: &[u8], k: usize, out: &mut [f32]) {
     assert!(LATTICE_TYPES.contains(&ty), "{ty} is not a lattice type");
-    iq_lattice::unit_values(ty, y, k, out)
+    if is_iq1(ty) {
+        iq1::unit_values(ty, y, k, out)
+    } else {
+        iq_lattice::unit_values(ty, y, k, out)
+    }
 }
 
-/// Types [`quantize`] can produce: F32, F16, every [`GRID_TYPES`] and [`LATTICE_TYPES`] type,
-/// IQ1_S and IQ1_M (written as llama.cpp writes them; GPTQ does not round onto them).
-pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + LATTICE_TYPES.len() + 4] = {
-    let mut t = [GgmlType::F32; GRID_TYPES.len() + LATTICE_TYPES.len() + 4];
+/// Types [`quantize`] can produce: F32, F16, every [`GRID_TYPES`] and [`LATTICE_TYPES`] type.
+pub const QUANT_TYPES: [GgmlType; GRID_TYPES.len() + LATTICE_TYPES.len() + 2] = {
+    let mut t = [GgmlType::F32; GRID_TYPES.len() + LATTICE_TYPES.len() + 2];
     t[1] = GgmlType::F16;
-    t[GRID_TYPES.len() + LATTICE_TYPES.len() + 2] = GgmlType::IQ1_S;
-    t[GRID_TYPES.len() + LATTICE_TYPES.len() + 3] = GgmlType::IQ1_M;
     let mut i = 0;
     while i < GRID_TYPES.len() {
         t[i + 2] = GRID_TYPES[i];

@@ -445,10 +445,171 @@ pub(super) fn quantize_iq1_m(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     }
 }
 
+// ------------------------------------------------------------- one unit of 8 weights, rechosen
+
+/// The grid's points as the dequantizer reads them: 8 values in `{-1, 0, 1}` per point.
+fn points() -> &'static [[i8; 8]] {
+    static P: std::sync::OnceLock<Vec<[i8; 8]>> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        crate::iq_tables::IQ1S_GRID
+            .iter()
+            .map(|g| g.to_le_bytes().map(|b| b as i8))
+            .collect()
+    })
+}
+
+/// Unit `k` (weights `8k..8k+8`, one grid point) of a written IQ1_S/IQ1_M block: its scale
+/// `dl`, its delta and its grid index, computed as `shrink_model::quants` and ggml compute them.
+fn unit_parts(ty: GgmlType, y: &[u8], k: usize) -> (f32, f32, usize) {
+    let delta = |neg: bool| if neg { -DELTA } else { DELTA };
+    match ty {
+        GgmlType::IQ1_S => {
+            let d = half::f16::from_bits(u16::from_le_bytes([y[0], y[1]])).to_f32();
+            let ib = k / 4;
+            let qh = u16::from_le_bytes([y[34 + 2 * ib], y[35 + 2 * ib]]);
+            let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
+            let idx = y[2 + k] as usize | (((qh >> (3 * (k % 4))) & 7) as usize) << 8;
+            (dl, delta(qh & 0x8000 != 0), idx)
+        }
+        GgmlType::IQ1_M => {
+            let sc: [u16; 4] =
+                std::array::from_fn(|i| u16::from_le_bytes([y[48 + 2 * i], y[49 + 2 * i]]));
+            let d_bits = (sc[0] >> 12)
+                | ((sc[1] >> 8) & 0x00F0)
+                | ((sc[2] >> 4) & 0x0F00)
+                | (sc[3] & 0xF000);
+            let d = half::f16::from_bits(d_bits).to_f32();
+            let ib = k / 4;
+            let s = sc[ib / 2] >> (6 * (ib % 2));
+            let dl = d * (2 * ((s >> (3 * ((k % 4) / 2))) & 7) + 1) as f32;
+            let qh = y[32 + k / 2] >> (4 * (k % 2));
+            let idx = y[k] as usize | ((qh & 7) as usize) << 8;
+            (dl, delta(qh & 8 != 0), idx)
+        }
+        _ => unreachable!("{ty} is not IQ1"),
+    }
+}
+
+/// Writes unit `k`'s grid index into the block `y`, keeping its scale and delta.
+fn put_index(ty: GgmlType, y: &mut [u8], k: usize, idx: usize) {
+    match ty {
+        GgmlType::IQ1_S => {
+            y[2 + k] = idx as u8;
+            let o = 34 + 2 * (k / 4);
+            let sh = 3 * (k % 4);
+            let mut qh = u16::from_le_bytes([y[o], y[o + 1]]);
+            qh = (qh & !(7 << sh)) | ((((idx >> 8) & 7) as u16) << sh);
+            y[o..o + 2].copy_from_slice(&qh.to_le_bytes());
+        }
+        GgmlType::IQ1_M => {
+            y[k] = idx as u8;
+            let sh = 4 * (k % 2);
+            let b = &mut y[32 + k / 2];
+            *b = (*b & !(7 << sh)) | ((((idx >> 8) & 7) as u8) << sh);
+        }
+        _ => unreachable!("{ty} is not IQ1"),
+    }
+}
+
+/// The dequantized values of unit `k` of the IQ1_S/IQ1_M block `y`: `dl * (g + delta)`.
+pub(super) fn unit_values(ty: GgmlType, y: &[u8], k: usize, out: &mut [f32]) {
+    let (dl, delta, idx) = unit_parts(ty, y, k);
+    let g = &points()[idx];
+    for j in 0..8 {
+        out[j] = dl * (g[j] as f32 + delta);
+    }
+}
+
+/// Rechooses unit `k` of the written IQ1_S/IQ1_M block `y` for the values `x`, keeping the
+/// block's scales and deltas: the grid point of least `sum w (x - dl (g + delta))^2` over all
+/// 2048 (first on ties). Writes it into `y` and the unit's dequantized values, bit for bit what
+/// llama.cpp reads, into `out`. A unit whose scale is 0 keeps its bytes. (GPTQ's rounding step,
+/// as `iq_lattice::choose_unit` is for the signed lattices.)
+pub(super) fn choose_unit(
+    ty: GgmlType,
+    y: &mut [u8],
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+) {
+    let (dl, delta, _) = unit_parts(ty, y, k);
+    if dl > 0.0 {
+        let mut vals = [0f32; 3];
+        for (l, v) in vals.iter_mut().enumerate() {
+            *v = dl * ((l as i32 - 1) as f32 + delta);
+        }
+        let mut best = (0usize, f32::INFINITY);
+        for (gi, g) in points().iter().enumerate() {
+            let mut cost = 0f32;
+            for j in 0..8 {
+                let e = x[j] - vals[(g[j] + 1) as usize];
+                cost += w[j] * e * e;
+            }
+            if cost < best.1 {
+                best = (gi, cost);
+            }
+        }
+        put_index(ty, y, k, best.0);
+    }
+    unit_values(ty, y, k, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::quantize;
+    use super::{choose_unit, unit_values};
     use crate::gguf::GgmlType;
+
+    /// `unit_values` reads what the dequantizer reads; `choose_unit` on a block's own values
+    /// writes its bytes back, and on other values never does worse under its weights than the
+    /// point llama.cpp chose.
+    #[test]
+    fn units_read_and_rechoose_the_written_points() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut u = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let x: Vec<f32> = (0..256 * 4).map(|_| (u() + u() + u()) * 0.1).collect();
+        let imp: Vec<f32> = (0..256).map(|i| 0.2 + (i % 7) as f32).collect();
+        for ty in [GgmlType::IQ1_S, GgmlType::IQ1_M] {
+            for xb in x.chunks(256) {
+                let y = quantize(ty, xb, 256, Some(&imp)).unwrap();
+                let mut deq = vec![0f32; 256];
+                crate::quants::dequantize(ty, &y, &mut deq).unwrap();
+                let mut v = [0f32; 8];
+                let mut y2 = y.clone();
+                let ones = [1f32; 8];
+                for k in 0..32 {
+                    unit_values(ty, &y, k, &mut v);
+                    assert_eq!(&v[..], &deq[8 * k..8 * k + 8], "{ty} unit {k}");
+                    choose_unit(ty, &mut y2, k, &deq[8 * k..], &ones, &mut v);
+                    assert_eq!(&v[..], &deq[8 * k..8 * k + 8], "{ty} unit {k}");
+                }
+                assert_eq!(y2, y, "{ty}: requantized bytes differ");
+                let w: Vec<f32> = (0..8).map(|i| 0.5 + i as f32 * 0.3).collect();
+                let mut y3 = y.clone();
+                for k in 0..32 {
+                    let xu: Vec<f32> = (0..8).map(|i| xb[8 * k + i] + 0.02 * u()).collect();
+                    let cost = |vals: &[f32]| -> f32 {
+                        (0..8).map(|i| w[i] * (xu[i] - vals[i]).powi(2)).sum()
+                    };
+                    choose_unit(ty, &mut y3, k, &xu, &w, &mut v);
+                    let old = cost(&deq[8 * k..8 * k + 8]);
+                    assert!(cost(&v) <= old * (1.0 + 1e-5) + 1e-12, "{ty} unit {k}");
+                }
+                let mut deq3 = vec![0f32; 256];
+                crate::quants::dequantize(ty, &y3, &mut deq3).unwrap();
+                for k in 0..32 {
+                    unit_values(ty, &y3, k, &mut v);
+                    assert_eq!(&v[..], &deq3[8 * k..8 * k + 8], "{ty} unit {k}");
+                }
+            }
+        }
+    }
 
     /// A round trip through shrink's dequantizer loses what 1.5-1.75 bits lose and no more; an
     /// all-zero row stays zero. (llama.cpp's bytes are checked in shrink-formats'

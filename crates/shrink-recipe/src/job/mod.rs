@@ -211,7 +211,7 @@ pub struct CompressJob {
     pub mse: bool,
     /// Round onto a llama.cpp block type's own grid instead of integer groups (rtn, gptq):
     /// Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4, the
-    /// ternary TQ1_0 and TQ2_0, or the lattices IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S (GPTQ
+    /// ternary TQ1_0 and TQ2_0, or the lattices IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M (GPTQ
     /// rounds 8 weights at a time onto their codebooks). Its scales are fitted as llama-quantize
     /// fits them (weighted by the Hessian diagonal, llama-imatrix's statistic up to a factor);
     /// GPTQ then chooses the codes and propagates their error, and `shrink export --format gguf`
