@@ -257,7 +257,12 @@ fn export_gguf(a: &ExportArgs, quiet: bool) -> Result<(PathBuf, serde_json::Valu
         overrides.push((p.to_string(), parse_type(t)?));
     }
     let has_imatrix = a.imatrix.is_some() || a.imatrix_calib.is_some() || a.imatrix_ids.is_some();
+    // The type of a `compress --gguf-type` directory is carried, not re-quantized: its blocks are
+    // written as they are (a tensor that still needs llama.cpp's quantizer fails there, cleanly).
+    let main_carried =
+        a.ty.is_none() && mix.is_none() && qdir.as_ref().is_some_and(|q| q.settings.ggml.is_some());
     if let Some(t) = std::iter::once(main)
+        .filter(|_| !main_carried)
         .chain(token_embedding)
         .chain(output_type)
         .chain(overrides.iter().map(|(_, t)| *t))
