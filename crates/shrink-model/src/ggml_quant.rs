@@ -24,6 +24,17 @@ use rayon::prelude::*;
 mod iq1;
 mod iq_lattice;
 
+/// Uniform values in `[-0.5, 0.5)` from a xorshift generator, for the i-quant tests.
+#[cfg(test)]
+fn uniform_rng(mut s: u64) -> impl FnMut() -> f32 {
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
+
 const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 

@@ -82,6 +82,28 @@ fn ascending<const N: usize>(xb: &[f32]) -> [usize; N] {
     idx
 }
 
+/// The levels of the split `besti1 <= besti2` of the values sorted by `idx`: 0 below `besti1`,
+/// 1 up to `besti2`, 2 above; mirrored (`2 - l`) for a negative scale.
+fn split_levels<const N: usize>(
+    idx: &[usize; N],
+    besti1: i32,
+    besti2: i32,
+    mirror: bool,
+) -> [i8; N] {
+    let mut lv = [0i8; N];
+    for (j, &i) in idx.iter().enumerate() {
+        let l = if (j as i32) < besti1 {
+            0
+        } else if (j as i32) < besti2 {
+            1
+        } else {
+            2
+        };
+        lv[i] = if mirror { 2 - l } else { l };
+    }
+    lv
+}
+
 /// The grid index of each 8-value part of `lv` (levels `0..3`), moving parts off the grid to
 /// their best neighbour at `scale` (`xx(k)`: the shifted levels of part `k`); whether all were
 /// on the grid.
@@ -205,20 +227,8 @@ pub(super) fn quantize_iq1_s(x: &[f32], qw: &[f32], y: &mut [u8]) {
             shifts[ib] = 1;
             continue;
         }
-        let mut lv = [0i8; BS];
-        for j in 0..BS {
-            lv[idx[j]] = if (j as i32) < besti1 {
-                0
-            } else if (j as i32) < besti2 {
-                1
-            } else {
-                2
-            };
-        }
+        let mut lv = split_levels::<BS>(&idx, besti1, besti2, scale < 0.0);
         if scale < 0.0 {
-            for l in &mut lv {
-                *l = 2 - *l;
-            }
             scale = -scale;
             best_shift = -best_shift;
         }
@@ -369,20 +379,8 @@ pub(super) fn quantize_iq1_m(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
             shifts[ib] = 0;
             continue;
         }
-        let mut lv = [0i8; BS];
-        for j in 0..BS {
-            lv[idx[j]] = if (j as i32) < besti1 {
-                0
-            } else if (j as i32) < besti2 {
-                1
-            } else {
-                2
-            };
-        }
+        let mut lv = split_levels::<BS>(&idx, besti1, besti2, scale < 0.0);
         if scale < 0.0 {
-            for l in &mut lv {
-                *l = 2 - *l;
-            }
             scale = -scale;
             best_k = 3 - best_k;
         }
@@ -589,13 +587,7 @@ mod tests {
     /// point llama.cpp chose.
     #[test]
     fn units_read_and_rechoose_the_written_points() {
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        let mut u = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut u = super::super::uniform_rng(0x9e37_79b9_7f4a_7c15u64);
         let x: Vec<f32> = (0..256 * 4).map(|_| (u() + u() + u()) * 0.1).collect();
         let imp: Vec<f32> = (0..256).map(|i| 0.2 + (i % 7) as f32).collect();
         for ty in [GgmlType::IQ1_S, GgmlType::IQ1_M] {
@@ -639,13 +631,7 @@ mod tests {
     /// llama_quantize_bytes test.)
     #[test]
     fn round_trip_rms_error_is_plausible() {
-        let mut s = 0x2545_f491_4f6c_dd1du64;
-        let mut u = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut u = super::super::uniform_rng(0x2545_f491_4f6c_dd1du64);
         let cols = 1024;
         let x: Vec<f32> = (0..cols * 4)
             .map(|_| (u() + u() + u() + u()) * 0.05)

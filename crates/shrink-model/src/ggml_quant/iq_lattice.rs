@@ -1014,13 +1014,7 @@ mod tests {
     /// (under its weights) than the point llama.cpp's quantizer chose.
     #[test]
     fn units_read_and_rechoose_the_written_points() {
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        let mut u = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut u = super::super::uniform_rng(0x9e37_79b9_7f4a_7c15u64);
         let x: Vec<f32> = (0..QK_K * 4).map(|_| (u() + u() + u()) * 0.1).collect();
         let imp: Vec<f32> = (0..QK_K).map(|i| 0.2 + (i % 7) as f32).collect();
         for ty in [
@@ -1080,13 +1074,7 @@ mod tests {
     /// check; llama.cpp's bytes are checked in shrink-formats' llama_quantize_bytes test).
     #[test]
     fn round_trip_rms_error_is_plausible() {
-        let mut s = 0x2545_f491_4f6c_dd1du64;
-        let mut u = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut u = super::super::uniform_rng(0x2545_f491_4f6c_dd1du64);
         let cols = 1024;
         // roughly normal (a sum of 4 uniforms), a few outliers
         let x: Vec<f32> = (0..cols * 4)
