@@ -85,18 +85,8 @@ pub trait Grid: Send + Sync {
     }
     /// For a grid with [`Grid::unit_len`] > 1: rechooses unit `k` of a fitted block (`stored`
     /// its bytes) for the values `x` under the weights `w` (one per column), keeping the block's
-    /// scales, and writes the unit's values into `out`. `form`, when given, is the unit's block
-    /// of the sweep's factor (`unit_len`² values, row-major), whose exact loss rescores the best
-    /// candidates.
-    fn choose_unit(
-        &self,
-        _stored: &mut [u8],
-        _k: usize,
-        _x: &[f32],
-        _w: &[f32],
-        _form: Option<&[f32]>,
-        _out: &mut [f32],
-    ) {
+    /// scales, and writes the unit's values into `out`.
+    fn choose_unit(&self, _stored: &mut [u8], _k: usize, _x: &[f32], _w: &[f32], _out: &mut [f32]) {
         unreachable!("{} chooses codes per weight", self.label())
     }
     /// Whether [`Grid::fit_row`] depends on the row: such a grid is fitted up front only (its
@@ -319,8 +309,7 @@ impl Grid for GgmlGrid {
 /// [`Grid::fit`] is llama.cpp's own quantizer (`quantize_row_iq*_impl`), importance-weighted like
 /// [`GgmlGrid`]; it fixes the scales. The sweep then rounds a unit of 8 columns at a time
 /// ([`Grid::choose_unit`]: the point and signs of least weighted error over the whole codebook,
-/// at the fitted scales, the best few rescored under the unit's exact loss) and passes each of
-/// its 8 columns' errors on in order. That is GPTQ's
+/// at the fitted scales) and passes each of its 8 columns' errors on in order. That is GPTQ's
 /// update with a vector quantizer (as GPTVQ, van Baalen et al. 2024, eq. 4, does with its own
 /// codebooks): fixing columns `S` at once to `q` costs `(x - q)^T ((H_F^-1)_SS)^-1 (x - q) / 2`,
 /// which the in-order updates with the codes fixed attain exactly, and whose diagonal weights
@@ -381,16 +370,8 @@ impl Grid for LatticeGrid {
             table: None,
         };
     }
-    fn choose_unit(
-        &self,
-        stored: &mut [u8],
-        k: usize,
-        x: &[f32],
-        w: &[f32],
-        form: Option<&[f32]>,
-        out: &mut [f32],
-    ) {
-        lattice_choose_unit(self.ty, stored, k, x, w, form, out)
+    fn choose_unit(&self, stored: &mut [u8], k: usize, x: &[f32], w: &[f32], out: &mut [f32]) {
+        lattice_choose_unit(self.ty, stored, k, x, w, out)
     }
     fn assemble(
         &self,

@@ -402,25 +402,13 @@ pub fn sweep(
     // 4. Damping and U.
     let (u, damp_used, damp_retries) = factor_with_damping(&hm, n, &perm, cfg.damp, h.nsamples())?;
     drop(hm);
-    // A lattice unit's weights: each column's 1 / [H_F^-1]_qq = 1 / U_qq^2, the diagonal of the
-    // unit's exact loss ‖U_SS^-T (x - q)‖², whose block U_SS (row-major, zero below the
-    // diagonal) rescores the best candidates.
-    let (unit_w, unit_form): (Vec<f32>, Vec<f32>) = if unit > 1 {
-        let w = (0..n)
+    // A lattice unit's weights: each column's 1 / [H_F^-1]_qq = 1 / U_qq^2.
+    let unit_w: Vec<f32> = if unit > 1 {
+        (0..n)
             .map(|p| 1.0 / (u[p * n + p] * u[p * n + p]))
-            .collect();
-        let mut f = vec![0f32; n / unit * unit * unit];
-        for (b, blk) in f.chunks_exact_mut(unit * unit).enumerate() {
-            let p = b * unit;
-            for a in 0..unit {
-                for c in a..unit {
-                    blk[a * unit + c] = u[(p + a) * n + p + c];
-                }
-            }
-        }
-        (w, f)
+            .collect()
     } else {
-        (Vec::new(), Vec::new())
+        Vec::new()
     };
 
     // 5. Block loop. N:M groups must not straddle blocks.
@@ -535,23 +523,14 @@ pub fn sweep(
                             }
                             if let (true, Some(gr)) = (unit > 1 && p % unit == 0, grid) {
                                 // A lattice unit: its point chosen for the values as they
-                                // stand, weighted by each column's 1 / [H_F^-1]_qq and rescored
-                                // under the unit's exact loss; its columns are then fixed in
-                                // turn to those values below.
+                                // stand, weighted by each column's 1 / [H_F^-1]_qq; its columns
+                                // are then fixed in turn to those values below.
                                 let c0 = perm[p];
                                 let (kb, ku) = (c0 / bl, (c0 % bl) / unit);
                                 let st =
                                     &mut strows[r * sstride + kb * sb..r * sstride + (kb + 1) * sb];
                                 let w = &unit_w[p..p + unit];
-                                let form = &unit_form[p * unit..(p + unit) * unit];
-                                gr.choose_unit(
-                                    st,
-                                    ku,
-                                    &buf[i..i + unit],
-                                    w,
-                                    Some(form),
-                                    &mut uvals,
-                                );
+                                gr.choose_unit(st, ku, &buf[i..i + unit], w, &mut uvals);
                             }
                             let x = buf[i];
                             let pruned = mrow[p];

@@ -187,7 +187,7 @@ fn check_lattice_consistent(ty: GgmlType, q: &QuantizedWeight, weight: &[f32]) {
     for (b, blk) in again.chunks_exact_mut(ty.type_size()).enumerate() {
         for k in 0..bs / LATTICE_UNIT {
             let o = b * bs + k * LATTICE_UNIT;
-            lattice_choose_unit(ty, blk, k, &y[o..o + LATTICE_UNIT], &ones, None, &mut out);
+            lattice_choose_unit(ty, blk, k, &y[o..o + LATTICE_UNIT], &ones, &mut out);
             assert_eq!(
                 &out[..],
                 &y[o..o + LATTICE_UNIT],

@@ -78,26 +78,20 @@ pub fn quantize_lattice_block(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &m
 
 /// Rechooses unit `k` (weights `8k..8k+8`) of the written [`LATTICE_TYPES`] block `y` for the
 /// values `x` under weights `w`, keeping the block's scales; `out` gets the unit's dequantized
-/// values, bit for bit llama.cpp's (see `iq_lattice::choose_unit`). `form`, when given, is the
-/// unit's 8x8 block of GPTQ's upper Cholesky factor of `H^-1` (row-major), whose exact loss
-/// `‖U^-T (x - v)‖²` rescores the best candidates (`w` is its diagonal, `1 / U_qq^2`).
+/// values, bit for bit llama.cpp's (see `iq_lattice::choose_unit`).
 pub fn lattice_choose_unit(
     ty: GgmlType,
     y: &mut [u8],
     k: usize,
     x: &[f32],
     w: &[f32],
-    form: Option<&[f32]>,
     out: &mut [f32],
 ) {
     assert!(LATTICE_TYPES.contains(&ty), "{ty} is not a lattice type");
-    if let Some(u) = form {
-        assert_eq!(u.len(), LATTICE_UNIT * LATTICE_UNIT, "form: not 8 x 8");
-    }
     if is_iq1(ty) {
-        iq1::choose_unit(ty, y, k, x, w, form, out)
+        iq1::choose_unit(ty, y, k, x, w, out)
     } else {
-        iq_lattice::choose_unit(ty, y, k, x, w, form, out)
+        iq_lattice::choose_unit(ty, y, k, x, w, out)
     }
 }
 

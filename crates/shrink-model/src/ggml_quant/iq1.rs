@@ -13,7 +13,7 @@
 //! leaves equal values in an order the C standard does not fix; this sorts stably (index order
 //! among equal values), as glibc's merge sort does.
 
-use super::iq_lattice::{form_loss, lattice, Lattice};
+use super::iq_lattice::{lattice, Lattice};
 use super::{fp16, nearest_int, QK_K};
 use crate::gguf::GgmlType;
 
@@ -521,57 +521,34 @@ pub(super) fn unit_values(ty: GgmlType, y: &[u8], k: usize, out: &mut [f32]) {
 /// Rechooses unit `k` of the written IQ1_S/IQ1_M block `y` for the values `x`, keeping the
 /// block's scales and deltas: the grid point of least `sum w (x - dl (g + delta))^2` over all
 /// 2048 (first on ties). Writes it into `y` and the unit's dequantized values, bit for bit what
-/// llama.cpp reads, into `out`. A unit whose scale is 0 keeps its bytes. With `form` (the unit's
-/// 8x8 block of the sweep's factor), the [`TOP`] best points are rescored under the unit's exact
-/// loss (`iq_lattice::form_loss`). (GPTQ's rounding step, as `iq_lattice::choose_unit` is for
-/// the signed lattices.)
+/// llama.cpp reads, into `out`. A unit whose scale is 0 keeps its bytes. (GPTQ's rounding step,
+/// as `iq_lattice::choose_unit` is for the signed lattices.)
 pub(super) fn choose_unit(
     ty: GgmlType,
     y: &mut [u8],
     k: usize,
     x: &[f32],
     w: &[f32],
-    form: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    const TOP: usize = 8;
     let (dl, delta, _) = unit_parts(ty, y, k);
     if dl > 0.0 {
         let mut vals = [0f32; 3];
         for (l, v) in vals.iter_mut().enumerate() {
             *v = dl * ((l as i32 - 1) as f32 + delta);
         }
-        let mut top = [(0usize, f32::INFINITY); TOP];
+        let mut best = (0usize, f32::INFINITY);
         for (gi, g) in points().iter().enumerate() {
             let mut cost = 0f32;
             for j in 0..8 {
                 let e = x[j] - vals[(g[j] + 1) as usize];
                 cost += w[j] * e * e;
             }
-            if cost < top[TOP - 1].1 {
-                let mut i = TOP - 1;
-                while i > 0 && cost < top[i - 1].1 {
-                    top[i] = top[i - 1];
-                    i -= 1;
-                }
-                top[i] = (gi, cost);
+            if cost < best.1 {
+                best = (gi, cost);
             }
         }
-        let mut best = top[0].0;
-        if let Some(u) = form {
-            let mut bl = f32::INFINITY;
-            for &(gi, c) in &top {
-                if c.is_finite() {
-                    let v: [f32; 8] = std::array::from_fn(|j| vals[(points()[gi][j] + 1) as usize]);
-                    let l = form_loss(u, x, &v);
-                    if l < bl {
-                        bl = l;
-                        best = gi;
-                    }
-                }
-            }
-        }
-        put_index(ty, y, k, best);
+        put_index(ty, y, k, best.0);
     }
     unit_values(ty, y, k, out);
 }
@@ -601,7 +578,7 @@ mod tests {
                 for k in 0..32 {
                     unit_values(ty, &y, k, &mut v);
                     assert_eq!(&v[..], &deq[8 * k..8 * k + 8], "{ty} unit {k}");
-                    choose_unit(ty, &mut y2, k, &deq[8 * k..], &ones, None, &mut v);
+                    choose_unit(ty, &mut y2, k, &deq[8 * k..], &ones, &mut v);
                     assert_eq!(&v[..], &deq[8 * k..8 * k + 8], "{ty} unit {k}");
                 }
                 assert_eq!(y2, y, "{ty}: requantized bytes differ");
@@ -612,7 +589,7 @@ mod tests {
                     let cost = |vals: &[f32]| -> f32 {
                         (0..8).map(|i| w[i] * (xu[i] - vals[i]).powi(2)).sum()
                     };
-                    choose_unit(ty, &mut y3, k, &xu, &w, None, &mut v);
+                    choose_unit(ty, &mut y3, k, &xu, &w, &mut v);
                     let old = cost(&deq[8 * k..8 * k + 8]);
                     assert!(cost(&v) <= old * (1.0 + 1e-5) + 1e-12, "{ty} unit {k}");
                 }

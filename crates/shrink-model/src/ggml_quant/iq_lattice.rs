@@ -775,31 +775,12 @@ fn even_signs(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::IQ3_XXS | GgmlType::IQ2_XXS | GgmlType::IQ2_XS)
 }
 
-/// Candidates kept per part for the rescoring under the full form ([`choose_unit`]).
-const TOP: usize = 4;
-
-/// `TOP` entries `(grid index, cost)` in increasing cost (first index on ties), `usize::MAX`
-/// where empty.
-type Top = [(usize, f32); TOP];
-
-fn push_top(top: &mut Top, gi: usize, cost: f32) {
-    if cost >= top[TOP - 1].1 {
-        return;
-    }
-    let mut i = TOP - 1;
-    while i > 0 && cost < top[i - 1].1 {
-        top[i] = top[i - 1];
-        i -= 1;
-    }
-    top[i] = (gi, cost);
-}
-
-/// The best points of one `n`-value part of a unit: for magnitudes `a` and weights `w` at scale
-/// `s`, the [`TOP`] grid indices of least `sum w (a - s g)^2`, and the least cost of that part
+/// The best point of one `n`-value part of a unit: for magnitudes `a` and weights `w` at scale
+/// `s`, the grid index of least `sum w (a - s g)^2`, that cost, and the least cost of that part
 /// with one sign flipped (`+ min 4 w a s g`, a flip of weight `i` turns `(a - q)^2` into
-/// `(a + q)^2`) with its index, each over the whole grid (first index on ties).
-fn best_part(mags: &[u8], n: usize, a: &[f32], w: &[f32], s: f32) -> (Top, (usize, f32)) {
-    let mut top = [(usize::MAX, f32::INFINITY); TOP];
+/// `(a + q)^2`), each over the whole grid (first index on ties).
+fn best_part(mags: &[u8], n: usize, a: &[f32], w: &[f32], s: f32) -> ((usize, f32), (usize, f32)) {
+    let mut best = (0usize, f32::INFINITY);
     let mut best_flip = (0usize, f32::INFINITY);
     for (gi, g) in mags.chunks_exact(n).enumerate() {
         let mut cost = 0f32;
@@ -810,29 +791,14 @@ fn best_part(mags: &[u8], n: usize, a: &[f32], w: &[f32], s: f32) -> (Top, (usiz
             cost += w[i] * e * e;
             flip = flip.min(4.0 * w[i] * a[i] * q);
         }
-        push_top(&mut top, gi, cost);
+        if cost < best.1 {
+            best = (gi, cost);
+        }
         if cost + flip < best_flip.1 {
             best_flip = (gi, cost + flip);
         }
     }
-    (top, best_flip)
-}
-
-/// The loss of fixing a unit's columns to `v` in turn, each column's error passed on to the
-/// later ones through `u` (the unit's 8x8 block of the upper Cholesky factor of `H^-1`,
-/// row-major): `‖U^-T (x - v)‖²`, by forward substitution (the sweep's own order of updates).
-pub(super) fn form_loss(u: &[f32], x: &[f32], v: &[f32]) -> f32 {
-    let mut e = [0f32; UNIT];
-    let mut l = 0f32;
-    for j in 0..UNIT {
-        let mut r = x[j] - v[j];
-        for i in 0..j {
-            r -= u[i * UNIT + j] * e[i];
-        }
-        e[j] = r / u[j * UNIT + j];
-        l += e[j] * e[j];
-    }
-    l
+    (best, best_flip)
 }
 
 /// Rechooses unit `k` (weights `8k..8k+8`) of the written block `y` of `ty` for the values `x`,
@@ -842,12 +808,6 @@ pub(super) fn form_loss(u: &[f32], x: &[f32], v: &[f32]) -> f32 {
 /// over every point, is taken. Writes the choice into `y` and the unit's dequantized values, bit
 /// for bit what llama.cpp reads from `y`, into `out`. A unit whose scale is 0 keeps its bytes.
 ///
-/// With `form` (the unit's 8x8 block `U_SS` of the sweep's factor), the choice is rescored
-/// under the exact loss of the unit, [`form_loss`], of which `w = 1 / U_qq^2` is the diagonal:
-/// the candidates are that choice, and every pair of the [`TOP`] points per part with the
-/// signs of `x` (with odd parity where it must be even: each of the 8 single flips). The
-/// diagonal choice is among them, so the exact loss is never higher than it.
-///
 /// This is the rounding step of GPTQ onto a lattice: the sweep fixes a unit's 8 columns at once,
 /// then passes each column's error on in order (`shrink_methods::sweep`).
 pub(super) fn choose_unit(
@@ -856,7 +816,6 @@ pub(super) fn choose_unit(
     k: usize,
     x: &[f32],
     w: &[f32],
-    form: Option<&[f32]>,
     out: &mut [f32],
 ) {
     let s = unit_scale(ty, y, k);
@@ -873,16 +832,14 @@ pub(super) fn choose_unit(
         }
         let odd = even_signs(ty) && signs.count_ones() % 2 == 1;
         let np = UNIT / n;
-        let mut parts = [([(0usize, 0f32); TOP], (0usize, 0f32)); 2];
+        let mut parts = [((0usize, 0f32), (0usize, 0f32)); 2];
         for h in 0..np {
             parts[h] = best_part(mags, n, &a[h * n..], &w[h * n..], s);
         }
-        let mut idx = [parts[0].0[0].0, parts[1].0[0].0];
-        let mut sg = signs;
+        let mut idx = [parts[0].0 .0, parts[1].0 .0];
         if odd {
             // flip in the part where it costs least (the other part keeps its free best)
-            let h = if np == 2 && parts[1].1 .1 + parts[0].0[0].1 < parts[0].1 .1 + parts[1].0[0].1
-            {
+            let h = if np == 2 && parts[1].1 .1 + parts[0].0 .1 < parts[0].1 .1 + parts[1].0 .1 {
                 1
             } else {
                 0
@@ -898,43 +855,9 @@ pub(super) fn choose_unit(
                     imin = i;
                 }
             }
-            sg ^= 1 << (h * n + imin);
+            signs ^= 1 << (h * n + imin);
         }
-        if let Some(u) = form {
-            let value = |idx: [usize; 2], sg: u8, v: &mut [f32; UNIT]| {
-                for j in 0..UNIT {
-                    let g = mags[idx[j / n] * n + j % n] as f32;
-                    v[j] = if (sg >> j) & 1 != 0 { -(s * g) } else { s * g };
-                }
-            };
-            let mut v = [0f32; UNIT];
-            value(idx, sg, &mut v);
-            let mut best = form_loss(u, x, &v);
-            let second = if np == 2 { TOP } else { 1 };
-            for t0 in 0..TOP {
-                for t1 in 0..second {
-                    let cand = [parts[0].0[t0].0, parts[1].0[t1].0];
-                    if cand[0] == usize::MAX || (np == 2 && cand[1] == usize::MAX) {
-                        continue;
-                    }
-                    let flips: &[u8] = if odd {
-                        &[1, 2, 4, 8, 16, 32, 64, 128]
-                    } else {
-                        &[0]
-                    };
-                    for &f in flips {
-                        value(cand, signs ^ f, &mut v);
-                        let l = form_loss(u, x, &v);
-                        if l < best {
-                            best = l;
-                            idx = cand;
-                            sg = signs ^ f;
-                        }
-                    }
-                }
-            }
-        }
-        put_unit(ty, y, k, idx, sg);
+        put_unit(ty, y, k, idx, signs);
     }
     unit_values(ty, y, k, out);
 }
@@ -1040,7 +963,7 @@ mod tests {
                 let mut y2 = y.clone();
                 let ones = [1f32; UNIT];
                 for k in 0..QK_K / UNIT {
-                    choose_unit(ty, &mut y2, k, &deq[k * UNIT..], &ones, None, &mut v);
+                    choose_unit(ty, &mut y2, k, &deq[k * UNIT..], &ones, &mut v);
                     assert_eq!(&v[..], &deq[k * UNIT..(k + 1) * UNIT], "{ty} unit {k}");
                 }
                 assert_eq!(y2, y, "{ty} block {b}: requantized bytes differ");
@@ -1052,7 +975,7 @@ mod tests {
                     let cost = |vals: &[f32]| -> f32 {
                         (0..UNIT).map(|i| w[i] * (xu[i] - vals[i]).powi(2)).sum()
                     };
-                    choose_unit(ty, &mut y3, k, &xu, &w, None, &mut v);
+                    choose_unit(ty, &mut y3, k, &xu, &w, &mut v);
                     let old = cost(&deq[k * UNIT..(k + 1) * UNIT]);
                     assert!(
                         cost(&v) <= old * (1.0 + 1e-5) + 1e-12,
