@@ -48,7 +48,8 @@ for TT in $TYPES; do
     mix:*) lqa=(); ca=(--gguf-mix); ea=(--type $T --mix); T=$T-mix ;;
     # type names, not mixes. llama-quantize's IQ2_S is a file type whose main type is IQ2_XS:
     # pure IQ2_S tensors come from its IQ2_M file type with --pure
-    IQ2_S|IQ3_S) lqa=(--pure --token-embedding-type q8_0); ca=(); ea=(--token-embedding-type Q8_0) ;;
+    # (IQ1_S, IQ1_M: type names that look like mixes)
+    IQ2_S|IQ3_S|IQ1_S|IQ1_M) lqa=(--pure --token-embedding-type q8_0); ca=(); ea=(--token-embedding-type Q8_0) ;;
     *_S|*_M|*_L) lqa=(); ca=(); ea=() ;;
     *) lqa=(--pure --token-embedding-type q8_0); ca=(); ea=(--token-embedding-type Q8_0) ;;
   esac
