@@ -34,43 +34,6 @@ fn cmax(a: f32, b: f32) -> f32 {
     }
 }
 
-/// `iq1_find_best_neighbour2`: among the listed neighbours of the off-grid point `u`, the first
-/// of least `sum weight * (scale * xg[level] - xval)^2`; sets `l` to its levels. (The reference's
-/// fallback over the whole grid, for a list with no finite distance, indexes `xval` by the grid
-/// point; this takes the first neighbour then.)
-fn best_neighbour2(
-    lat: &Lattice,
-    u: usize,
-    xval: &[f32],
-    weight: &[f32],
-    scale: f32,
-    xg: &[f32; 3],
-    l: &mut [i8],
-) -> usize {
-    let list = lat.neighbour_list(u);
-    let mut best = f32::MAX;
-    let mut grid_index = list[0] as usize;
-    for &j in list {
-        let pg = &lat.grid[j as usize];
-        let mut d2 = 0f32;
-        for i in 0..8 {
-            let q = xg[((pg[i] - 1) / 2) as usize];
-            let w = weight[i];
-            let diff = scale * q - xval[i];
-            d2 += w * diff * diff;
-        }
-        if d2 < best {
-            best = d2;
-            grid_index = j as usize;
-        }
-    }
-    let pg = &lat.grid[grid_index];
-    for i in 0..8 {
-        l[i] = (pg[i] - 1) / 2;
-    }
-    grid_index
-}
-
 /// The indices of `xb` in ascending order of value (`qsort` with `iq1_sort_helper`; stable).
 fn ascending<const N: usize>(xb: &[f32]) -> [usize; N] {
     let mut idx: [usize; N] = std::array::from_fn(|j| j);
@@ -122,14 +85,14 @@ fn to_grid(
         let mut gi = lat.map[u];
         if gi < 0 {
             all_on_grid = false;
-            gi = best_neighbour2(
-                lat,
+            let xg = xx(k);
+            gi = lat.best_neighbour_by(
                 u,
                 &xb[8 * k..],
                 &weight[8 * k..],
                 scale,
-                xx(k),
                 &mut lv[8 * k..],
+                |g| xg[((g - 1) / 2) as usize],
             ) as i32;
         }
         index[k] = gi as u16;

@@ -135,19 +135,19 @@ impl Lattice {
         u
     }
 
-    /// `iq3_find_best_neighbour` / `iq2_find_best_neighbour`: among the neighbours of the
-    /// off-grid point `u`, the first with the least `sum weight * (scale * q - xval)^2`; sets `l`
-    /// to its levels and returns its index. (llama.cpp aborts where no distance is below
-    /// `FLT_MAX`; this takes the nearest neighbour then.)
     /// The grid indices listed for the off-grid point `u` (`kneighbors_q2xs - kmap_q2xs[u] - 1`
     /// past its count).
-    pub(super) fn neighbour_list(&self, u: usize) -> &[u16] {
+    fn neighbour_list(&self, u: usize) -> &[u16] {
         debug_assert!(self.map[u] < 0 && self.map[u] != UNUSED);
         let off = (-self.map[u] - 1) as usize;
         let num = self.neighbours[off] as usize;
         &self.neighbours[off + 1..off + 1 + num]
     }
 
+    /// `iq3_find_best_neighbour` / `iq2_find_best_neighbour`: among the neighbours of the
+    /// off-grid point `u`, the first with the least `sum weight * (scale * q - xval)^2`; sets `l`
+    /// to its levels and returns its index. (llama.cpp aborts where no distance is below
+    /// `FLT_MAX`; this takes the nearest neighbour then.)
     fn best_neighbour(
         &self,
         u: usize,
@@ -156,6 +156,22 @@ impl Lattice {
         scale: f32,
         l: &mut [i8],
     ) -> usize {
+        self.best_neighbour_by(u, xval, weight, scale, l, |g| g as f32)
+    }
+
+    /// [`Lattice::best_neighbour`] with the grid value `g` (`2 level + 1`) read as `value(g)`
+    /// (IQ1's `iq1_find_best_neighbour2`: the shifted level `xg[level]`; its fallback over the
+    /// whole grid, for a list with no finite distance, indexes `xval` by the grid point, and
+    /// this takes the first neighbour then).
+    pub(super) fn best_neighbour_by(
+        &self,
+        u: usize,
+        xval: &[f32],
+        weight: &[f32],
+        scale: f32,
+        l: &mut [i8],
+        value: impl Fn(i8) -> f32,
+    ) -> usize {
         let list = self.neighbour_list(u);
         let mut best_d2 = f32::MAX;
         let mut grid_index = list[0] as usize;
@@ -163,8 +179,7 @@ impl Lattice {
             let pg = &self.grid[j as usize];
             let mut d2 = 0f32;
             for i in 0..self.n {
-                let q = pg[i] as f32;
-                let diff = scale * q - xval[i];
+                let diff = scale * value(pg[i]) - xval[i];
                 d2 += weight[i] * diff * diff;
             }
             if d2 < best_d2 {
