@@ -144,25 +144,13 @@ impl Lattice {
         &self.neighbours[off + 1..off + 1 + num]
     }
 
-    /// `iq3_find_best_neighbour` / `iq2_find_best_neighbour`: among the neighbours of the
-    /// off-grid point `u`, the first with the least `sum weight * (scale * q - xval)^2`; sets `l`
-    /// to its levels and returns its index. (llama.cpp aborts where no distance is below
-    /// `FLT_MAX`; this takes the nearest neighbour then.)
-    fn best_neighbour(
-        &self,
-        u: usize,
-        xval: &[f32],
-        weight: &[f32],
-        scale: f32,
-        l: &mut [i8],
-    ) -> usize {
-        self.best_neighbour_by(u, xval, weight, scale, l, |g| g as f32)
-    }
-
-    /// [`Lattice::best_neighbour`] with the grid value `g` (`2 level + 1`) read as `value(g)`
-    /// (IQ1's `iq1_find_best_neighbour2`: the shifted level `xg[level]`; its fallback over the
-    /// whole grid, for a list with no finite distance, indexes `xval` by the grid point, and
-    /// this takes the first neighbour then).
+    /// `iq3_find_best_neighbour` / `iq2_find_best_neighbour` with `value = g as f32`: among the
+    /// neighbours of the off-grid point `u`, the first with the least
+    /// `sum weight * (scale * value(g) - xval)^2` over the grid values `g` (`2 level + 1`); sets
+    /// `l` to its levels and returns its index. (llama.cpp aborts where no distance is below
+    /// `FLT_MAX`; this takes the nearest neighbour then.) IQ1's `iq1_find_best_neighbour2` reads
+    /// `g` as the shifted level `xg[level]`; its fallback over the whole grid, for a list with no
+    /// finite distance, indexes `xval` by the grid point, and this takes the first neighbour then.
     pub(super) fn best_neighbour_by(
         &self,
         u: usize,
@@ -454,12 +442,13 @@ fn sub_block(c: &Cfg, lat: &Lattice, xb: &[f32], qw: Option<&[f32]>, sigma2: f32
             is_on_grid_aux[k] = true;
             if lat.map[u] < 0 {
                 is_on_grid_aux[k] = false;
-                lat.best_neighbour(
+                lat.best_neighbour_by(
                     u,
                     &xval[n * k..],
                     &waux[n * k..],
                     this_scale,
                     &mut laux[n * k..],
+                    |g| g as f32,
                 );
             }
         }
@@ -490,7 +479,14 @@ fn sub_block(c: &Cfg, lat: &Lattice, xb: &[f32], qw: Option<&[f32]>, sigma2: f32
             }
             let u = lat.pack(&l[n * k..]);
             if lat.map[u] < 0 {
-                lat.best_neighbour(u, &xval[n * k..], &waux[n * k..], scale, &mut l[n * k..]);
+                lat.best_neighbour_by(
+                    u,
+                    &xval[n * k..],
+                    &waux[n * k..],
+                    scale,
+                    &mut l[n * k..],
+                    |g| g as f32,
+                );
             }
         }
         let (mut sumqx, mut sumq2) = (0f32, 0f32);
